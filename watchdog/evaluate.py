@@ -1,0 +1,199 @@
+"""From query results to the alert instances a rule trips on ("hits") at one evaluation time.
+
+Pure: the caller runs the queries this module plans (`plan`) and hands back their results; no I/O,
+no clock. Prometheus semantics for a plain rule (every sample of `expr` is a hit, labels and
+annotations templated from the sample); our extensions (`threshold`, `severities`, `baseline`,
+`when`, `no_data`) are applied here and nowhere else, so `run`, `replay` and `test` agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from watchdog.labels import fingerprint, without_name
+from watchdog.model import AlertingRule, Comparison, Group
+from watchdog.templates import TemplateData, expand
+
+
+@dataclass(frozen=True)
+class Sample:
+    labels: Mapping[str, str]  # as Prometheus returned them, `__name__` included when present
+    value: float
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    at: float  # the instant the query is evaluated at (Unix seconds)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the environment contributes to evaluation, fixed for one tick."""
+
+    external_url: str = ""
+    external_labels: Mapping[str, str] = field(default_factory=dict)
+    # alertname -> series fingerprint (labels without __name__) -> value captured at the last
+    # deploy marker, for `baseline: {deploy: true}`
+    deploy_baselines: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One alert instance the rule trips on now."""
+
+    fingerprint: str  # identity; excludes `severity` for tiered rules so a tier change is one alert
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    value: float  # the value of `expr` for this series
+    severity: str | None = None
+    threshold: str | None = None  # the comparison that tripped, e.g. "> 0.1"
+    baseline: float | None = None
+    compared: float | None = None  # value/baseline or value-baseline when a baseline is used
+
+
+@dataclass(frozen=True)
+class Plan:
+    main: Query
+    baseline: Query | None = None
+    guard: Query | None = None
+
+    def queries(self) -> list[Query]:
+        return [q for q in (self.main, self.baseline, self.guard) if q is not None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """`hits is None` means: change no state (failed query, or `no_data: keep` on empty data)."""
+
+    hits: list[Hit] | None
+    error: str | None = None
+    samples: int = 0
+
+
+def plan(rule: AlertingRule, group: Group, at: float) -> Plan:
+    """The instant queries one evaluation of `rule` at `at` needs."""
+    t = at - group.query_offset
+    baseline: Query | None = None
+    if rule.baseline is not None:
+        if rule.baseline.offset is not None:
+            # Evaluating the same expression at an earlier instant is what `offset` on every
+            # selector does, without rewriting arbitrary PromQL.
+            baseline = Query(rule.expr, t - rule.baseline.offset)
+        elif rule.baseline.expr is not None:
+            baseline = Query(rule.baseline.expr, t)
+    guard = Query(rule.when, t) if rule.when is not None else None
+    return Plan(Query(rule.expr, t), baseline, guard)
+
+
+QueryResults = Mapping[Query, Sequence[Sample] | BaseException]
+
+
+def evaluate(rule: AlertingRule, group: Group, plan_: Plan, results: QueryResults,
+             ctx: Context) -> Outcome:
+    for q in plan_.queries():
+        r = results.get(q)
+        if r is None:
+            return Outcome(None, f"no result for query {q.expr!r}")
+        if isinstance(r, BaseException):
+            return Outcome(None, str(r) or type(r).__name__)
+    main = results[plan_.main]
+    assert not isinstance(main, BaseException)
+    if plan_.guard is not None and not results[plan_.guard]:
+        # `when` guard not met (e.g. too little traffic to judge): the rule trips on nothing.
+        return Outcome([], samples=len(main))
+    if not main:
+        if rule.no_data == "keep":
+            return Outcome(None, samples=0)
+        if rule.no_data == "alerting":
+            return _hits(rule, group, [(Sample({}, math.nan), None, None, None)], ctx, 0)
+        return Outcome([], samples=0)
+
+    tripped: list[tuple[Sample, str | None, float | None, float | None]] = []
+    if rule.threshold is None and rule.severities is None:
+        tripped = [(s, None, None, None) for s in main]
+    else:
+        baselines = _baseline_index(rule, plan_, results, ctx)
+        for s in main:
+            compared: float | None = None
+            base: float | None = None
+            if rule.baseline is not None:
+                base = baselines.get(fingerprint(without_name(s.labels)))
+                if base is None:
+                    continue  # nothing to compare with: cannot judge this series
+                compared = _compare(s.value, base, rule.baseline.compare)
+            judged = s.value if compared is None else compared
+            if rule.threshold is not None:
+                if rule.threshold.holds(judged):
+                    tripped.append((s, None, base, compared))
+            else:
+                tier = _highest_tier(rule, judged)
+                if tier is not None:
+                    tripped.append((s, tier, base, compared))
+    return _hits(rule, group, tripped, ctx, len(main))
+
+
+def _compare(value: float, base: float, how: str) -> float:
+    if how == "delta":
+        return value - base
+    if base == 0:
+        return math.nan if value == 0 else math.copysign(math.inf, value)
+    return value / base
+
+
+def _baseline_index(rule: AlertingRule, plan_: Plan, results: QueryResults, ctx: Context
+                    ) -> dict[str, float]:
+    if rule.baseline is None:
+        return {}
+    if rule.baseline.deploy:
+        return dict(ctx.deploy_baselines.get(rule.alert, {}))
+    assert plan_.baseline is not None
+    rows = results[plan_.baseline]
+    assert not isinstance(rows, BaseException)
+    return {fingerprint(without_name(s.labels)): s.value for s in rows}
+
+
+def _highest_tier(rule: AlertingRule, value: float) -> str | None:
+    for name, cmp in rule.ranked_tiers():
+        if cmp.holds(value):
+            return name
+    return None
+
+
+def tier_comparison(rule: AlertingRule, severity: str | None) -> Comparison | None:
+    if severity is not None and rule.severities is not None:
+        return rule.severities.get(severity)
+    return rule.threshold
+
+
+def _hits(rule: AlertingRule, group: Group,
+          tripped: list[tuple[Sample, str | None, float | None, float | None]],
+          ctx: Context, samples: int) -> Outcome:
+    hits: list[Hit] = []
+    seen: set[str] = set()
+    rule_labels = {**group.labels, **rule.labels}
+    for s, tier, base, compared in tripped:
+        data = TemplateData(labels=dict(s.labels), value=s.value,
+                            external_labels=ctx.external_labels, external_url=ctx.external_url)
+        labels = without_name(s.labels)
+        for k, tmpl in rule_labels.items():
+            v = expand(tmpl, data)
+            if v == "":
+                labels.pop(k, None)  # Prometheus drops labels that expand to empty
+            else:
+                labels[k] = v
+        labels["alertname"] = rule.alert
+        if tier is not None:
+            labels["severity"] = tier
+        fp = fingerprint(labels, exclude=("severity",) if rule.tiered else ())
+        if fp in seen:
+            return Outcome(None, "vector contains metrics with the same labelset after "
+                                 "applying alert labels", samples)
+        seen.add(fp)
+        annotations = {k: expand(t, data) for k, t in rule.annotations.items()}
+        cmp = tier_comparison(rule, tier)
+        hits.append(Hit(fp, labels, annotations, s.value, tier,
+                        str(cmp) if cmp is not None else None, base, compared))
+    return Outcome(hits, samples=samples)

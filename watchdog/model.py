@@ -1,0 +1,458 @@
+"""The rules folder as typed models: groups and alerting rules (Prometheus-compatible, plus our
+extensions), actions, receivers, routes and inhibition rules.
+
+Pure data and validation: no I/O, no clock. Field names follow Prometheus/Alertmanager so that
+their files load unchanged; every model forbids unknown keys so that a typo is reported at its line
+instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from watchdog.durations import format_duration, parse_duration
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+# Why a fixed rank: "the severity label is the highest tier met" needs an order that does not
+# depend on how the author listed the tiers; unknown names rank by their position after these.
+SEVERITY_RANK: dict[str, int] = {
+    "none": 0, "info": 10, "low": 20, "warning": 30, "medium": 40, "high": 50, "error": 60,
+    "major": 70, "critical": 80, "page": 90, "emergency": 100,
+}
+
+_COMPARISON = re.compile(
+    r"^\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|inf|Inf))\s*$"
+)
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`> 0.10` — the operator and the number a value is compared with."""
+
+    op: str
+    number: float
+
+    @classmethod
+    def parse(cls, text: Any) -> Comparison:
+        if isinstance(text, Comparison):
+            return text
+        m = _COMPARISON.match(str(text)) if isinstance(text, str) else None
+        if m is None:
+            raise ValueError(
+                f"not a comparison: {text!r} (expected an operator and a number, e.g. \"> 0.10\")"
+            )
+        return cls(m.group(1), float(m.group(2)))
+
+    def holds(self, value: float) -> bool:
+        if math.isnan(value):
+            return self.op == "!="
+        n = self.number
+        return {
+            ">": value > n, ">=": value >= n, "<": value < n, "<=": value <= n,
+            "==": value == n, "!=": value != n,
+        }[self.op]
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.number:g}"
+
+
+ComparisonField = Annotated[Comparison, BeforeValidator(Comparison.parse)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Baseline(_Strict):
+    offset: Duration | None = None
+    expr: str | None = None
+    deploy: bool = False
+    compare: Literal["ratio", "delta"] = "ratio"
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Baseline:
+        given = [k for k, v in (("offset", self.offset), ("expr", self.expr),
+                                ("deploy", self.deploy or None)) if v is not None]
+        if len(given) != 1:
+            raise ValueError("baseline needs exactly one of offset, expr or deploy: true")
+        if self.offset is not None and self.offset <= 0:
+            raise ValueError("baseline offset must be positive")
+        return self
+
+
+class AlertingRule(_Strict):
+    alert: str
+    expr: str
+    for_: Duration = Field(0.0, alias="for")
+    keep_firing_for: Duration = 0.0
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    # Extensions (CONTRACT §3)
+    threshold: ComparisonField | None = None
+    severities: dict[str, ComparisonField] | None = None
+    baseline: Baseline | None = None
+    when: str | None = None
+    no_data: Literal["ok", "alerting", "keep"] = "ok"
+    actions: list[str] = Field(default_factory=list)
+    dry_run: bool = False
+
+    @field_validator("alert")
+    @classmethod
+    def _alert_name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("alert name must not be empty")
+        return v
+
+    @field_validator("expr")
+    @classmethod
+    def _expr_present(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("expr must not be empty")
+        return v
+
+    @field_validator("labels", "annotations", mode="before")
+    @classmethod
+    def _stringify(cls, v: Any) -> Any:
+        # Prometheus reads label values as strings; YAML may give `priority: 1`.
+        if isinstance(v, dict):
+            return {k: (str(x).lower() if isinstance(x, bool) else str(x))
+                    if isinstance(x, int | float | bool) else x for k, x in v.items()}
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if not _LABEL_NAME.match(k):
+                raise ValueError(f"invalid label name {k!r}")
+        return v
+
+    @field_validator("severities")
+    @classmethod
+    def _tiers(cls, v: dict[str, Comparison] | None) -> dict[str, Comparison] | None:
+        if v is not None and not v:
+            raise ValueError("severities needs at least one tier")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AlertingRule:
+        if self.threshold is not None and self.severities is not None:
+            raise ValueError("use either threshold or severities, not both")
+        if self.baseline is not None and self.threshold is None and self.severities is None:
+            raise ValueError("baseline needs a threshold or severities to compare against")
+        if self.severities is not None and "severity" in self.labels:
+            raise ValueError("severities sets the severity label; remove labels.severity")
+        return self
+
+    @property
+    def tiered(self) -> bool:
+        return self.severities is not None
+
+    def ranked_tiers(self) -> list[tuple[str, Comparison]]:
+        """Tiers from the highest to the lowest severity."""
+        assert self.severities is not None
+        names = list(self.severities)
+        def rank(name: str) -> tuple[int, int]:
+            return (SEVERITY_RANK.get(name.lower(), -1), names.index(name))
+        return sorted(self.severities.items(), key=lambda kv: rank(kv[0]), reverse=True)
+
+
+class RecordingRule(_Strict):
+    record: str
+    expr: str
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+def _rule_kind(v: Any) -> str:
+    if isinstance(v, dict):
+        return "<recording rule>" if "record" in v and "alert" not in v else "<alerting rule>"
+    return "<recording rule>" if isinstance(v, RecordingRule) else "<alerting rule>"
+
+
+# A tagged union so that a validation error points into the one model the author meant.
+RuleEntry = Annotated[
+    Annotated[AlertingRule, Tag("<alerting rule>")]
+    | Annotated[RecordingRule, Tag("<recording rule>")],
+    Discriminator(_rule_kind),
+]
+
+
+class Group(_Strict):
+    name: str
+    interval: Duration | None = None
+    limit: int = 0
+    query_offset: Duration = 0.0
+    labels: dict[str, str] = Field(default_factory=dict)
+    rules: list[RuleEntry] = Field(default_factory=list)
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _null_rules(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("limit must not be negative")
+        return v
+
+    @property
+    def alerting_rules(self) -> list[AlertingRule]:
+        return [r for r in self.rules if isinstance(r, AlertingRule)]
+
+    def interval_or(self, default: float) -> float:
+        return self.interval if self.interval else default
+
+
+# ---- actions -------------------------------------------------------------------------------
+
+class WebhookStep(_Strict):
+    url: str
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict)
+    json_: Any = Field(None, alias="json")
+    body: str | None = None
+    timeout: Duration = 10.0
+
+
+class WaitStep(_Strict):
+    for_: Duration = Field(alias="for")
+    until: Literal["resolved"] | None = None
+
+
+class RolloutUndo(_Strict):
+    namespace: str = "default"
+    deployment: str
+    to_revision: int | None = None
+
+
+class Scale(_Strict):
+    namespace: str = "default"
+    deployment: str
+    replicas: int = Field(ge=0)
+
+
+class SetImage(_Strict):
+    namespace: str = "default"
+    deployment: str
+    container: str
+    image: str
+
+
+class KubernetesStep(_Strict):
+    rollout_undo: RolloutUndo | None = None
+    scale: Scale | None = None
+    set_image: SetImage | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> KubernetesStep:
+        if sum(x is not None for x in (self.rollout_undo, self.scale, self.set_image)) != 1:
+            raise ValueError("kubernetes step needs exactly one of rollout_undo, scale, set_image")
+        return self
+
+
+class CommandStep(_Strict):
+    argv: list[str]
+    timeout: Duration = 60.0
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("argv", mode="before")
+    @classmethod
+    def _argv_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            raise ValueError("argv must be a list of arguments, never a shell string")
+        return v
+
+    @field_validator("argv")
+    @classmethod
+    def _argv_nonempty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("argv must not be empty")
+        return v
+
+
+class MqttStep(_Strict):
+    topic: str
+    payload: str = ""
+    qos: Literal[0, 1, 2] = 0
+    retain: bool = False
+
+
+class Step(_Strict):
+    webhook: WebhookStep | None = None
+    wait: WaitStep | None = None
+    kubernetes: KubernetesStep | None = None
+    command: CommandStep | None = None
+    mqtt: MqttStep | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Step:
+        kinds = [k for k in ("webhook", "wait", "kubernetes", "command", "mqtt")
+                 if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                "a step needs exactly one of webhook, wait, kubernetes, command, mqtt"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        for k in ("webhook", "wait", "kubernetes", "command", "mqtt"):
+            if getattr(self, k) is not None:
+                return k
+        raise AssertionError("validated to have one kind")
+
+
+class Action(_Strict):
+    cooldown: Duration = 0.0
+    max_runs_per_hour: int | None = Field(None, ge=1)
+    verify_for: Duration | None = None
+    steps: list[Step] = Field(min_length=1)
+
+
+# ---- receivers, routes, inhibition ---------------------------------------------------------
+
+class SlackConfig(_Strict):
+    webhook_url: str | None = None
+    webhook_url_file: str | None = None
+    channel: str | None = None
+    username: str | None = None
+
+    @model_validator(mode="after")
+    def _url(self) -> SlackConfig:
+        if (self.webhook_url is None) == (self.webhook_url_file is None):
+            raise ValueError("slack needs exactly one of webhook_url, webhook_url_file")
+        return self
+
+
+class PagerDutyConfig(_Strict):
+    routing_key: str | None = None
+    routing_key_file: str | None = None
+    url: str = "https://events.pagerduty.com/v2/enqueue"
+
+    @model_validator(mode="after")
+    def _key(self) -> PagerDutyConfig:
+        if (self.routing_key is None) == (self.routing_key_file is None):
+            raise ValueError("pagerduty needs exactly one of routing_key, routing_key_file")
+        return self
+
+
+class WebhookConfig(_Strict):
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration = 10.0
+
+
+class AlertmanagerConfig(_Strict):
+    url: str
+    timeout: Duration = 10.0
+
+
+class EmailConfig(_Strict):
+    to: list[str] = Field(min_length=1)
+    from_: str = Field(alias="from")
+    smarthost: str
+    auth_username: str | None = None
+    auth_password_file: str | None = None
+    require_tls: bool = True
+
+
+class MqttReceiverConfig(_Strict):
+    topic: str
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = False
+
+
+class Receiver(_Strict):
+    name: str
+    slack: SlackConfig | None = None
+    pagerduty: PagerDutyConfig | None = None
+    webhook: WebhookConfig | None = None
+    alertmanager: AlertmanagerConfig | None = None
+    email: EmailConfig | None = None
+    mqtt: MqttReceiverConfig | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Receiver:
+        kinds = [k for k in ("slack", "pagerduty", "webhook", "alertmanager", "email", "mqtt")
+                 if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a receiver needs exactly one of slack, pagerduty, webhook, "
+                             "alertmanager, email, mqtt")
+        return self
+
+
+class Escalation(_Strict):
+    after: Duration
+    receivers: list[str] = Field(min_length=1)
+
+
+class Route(_Strict):
+    match: dict[str, str] = Field(default_factory=dict)
+    match_re: dict[str, str] = Field(default_factory=dict)
+    receivers: list[str] = Field(min_length=1)
+    group_by: list[str] = Field(default_factory=list)
+    group_wait: Duration = 30.0
+    group_interval: Duration = 300.0
+    repeat_interval: Duration = 4 * 3600.0
+    send_resolved: bool = True
+    escalate: list[Escalation] = Field(default_factory=list)
+
+    @field_validator("match_re")
+    @classmethod
+    def _regexes(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, pattern in v.items():
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"match_re.{k}: invalid regex {pattern!r}: {e}") from e
+        return v
+
+
+class InhibitRule(_Strict):
+    source_match: dict[str, str] = Field(default_factory=dict)
+    source_match_re: dict[str, str] = Field(default_factory=dict)
+    target_match: dict[str, str] = Field(default_factory=dict)
+    target_match_re: dict[str, str] = Field(default_factory=dict)
+    equal: list[str] = Field(default_factory=list)
+
+
+class RuleFileModel(_Strict):
+    """One YAML file of the rules folder; every top-level key is optional."""
+
+    groups: list[Group] = Field(default_factory=list)
+    actions: dict[str, Action] = Field(default_factory=dict)
+    receivers: list[Receiver] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=list)
+    inhibit_rules: list[InhibitRule] = Field(default_factory=list)
+
+    @field_validator("groups", "receivers", "routes", "inhibit_rules", mode="before")
+    @classmethod
+    def _null_list(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+    @field_validator("actions", mode="before")
+    @classmethod
+    def _null_map(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+
+def describe_duration(seconds: float) -> str:
+    return format_duration(seconds)

@@ -1,0 +1,180 @@
+"""Where samples come from: the `Source` seam and its Prometheus HTTP implementation.
+
+Shell: does network I/O through one shared aiohttp session, with an explicit timeout, auth and TLS.
+It must not interpret results beyond turning Prometheus's JSON into `Sample`s, and must never log
+credentials (the bearer token is read from its file on each request so rotation needs no restart,
+and it never appears in an error message).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+
+from watchdog.evaluate import Sample
+
+
+class QueryError(Exception):
+    """A query that did not produce a result; the message names the endpoint, never secrets."""
+
+
+class Source(Protocol):
+    async def query(self, expr: str, at: float) -> list[Sample]: ...
+
+
+@dataclass(frozen=True)
+class RangeSeries:
+    labels: Mapping[str, str]
+    points: Sequence[tuple[float, float]]
+
+
+class RangeSource(Source, Protocol):
+    async def query_range(self, expr: str, start: float, end: float, step: float
+                          ) -> list[RangeSeries]: ...
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    url: str = "http://localhost:9090"
+    timeout: float = 10.0
+    bearer_token_file: str | None = None
+    basic_auth_user: str | None = None
+    basic_auth_password_file: str | None = None
+    ca_file: str | None = None
+    insecure_skip_verify: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def _read_secret(path: str) -> str:
+    return Path(path).read_text().strip()
+
+
+def ssl_context(cfg: PrometheusConfig) -> ssl.SSLContext | bool:
+    if cfg.insecure_skip_verify:
+        return False
+    if cfg.ca_file:
+        return ssl.create_default_context(cafile=cfg.ca_file)
+    return True
+
+
+def _float(v: Any) -> float:
+    # Prometheus encodes sample values as strings, including "NaN", "+Inf", "-Inf".
+    return float(v)
+
+
+class PrometheusSource:
+    """Instant and range queries against a Prometheus-compatible HTTP API."""
+
+    def __init__(self, session: aiohttp.ClientSession, cfg: PrometheusConfig) -> None:
+        self._session = session
+        self._cfg = cfg
+        self._base = cfg.url.rstrip("/")
+        self._ssl = ssl_context(cfg)
+        self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
+
+    @property
+    def url(self) -> str:
+        return self._base
+
+    def _auth(self) -> tuple[dict[str, str], aiohttp.BasicAuth | None]:
+        headers = dict(self._cfg.headers)
+        auth = None
+        try:
+            if self._cfg.bearer_token_file:
+                headers["Authorization"] = f"Bearer {_read_secret(self._cfg.bearer_token_file)}"
+            if self._cfg.basic_auth_user:
+                pw = (_read_secret(self._cfg.basic_auth_password_file)
+                      if self._cfg.basic_auth_password_file else "")
+                auth = aiohttp.BasicAuth(self._cfg.basic_auth_user, pw)
+        except OSError as e:
+            raise QueryError(f"cannot read Prometheus credentials file: {e.strerror}") from None
+        return headers, auth
+
+    async def _call(self, path: str, params: dict[str, str]) -> Any:
+        endpoint = f"{self._base}{path}"
+        headers, auth = self._auth()
+        try:
+            # POST form: long expressions do not hit URL length limits.
+            async with self._session.post(endpoint, data=params, headers=headers, auth=auth,
+                                          timeout=self._timeout, ssl=self._ssl) as resp:
+                body = await resp.read()
+                status = resp.status
+        except TimeoutError:
+            raise QueryError(f"{endpoint}: timed out after {self._cfg.timeout:g}s") from None
+        except aiohttp.ClientError as e:
+            raise QueryError(f"{endpoint}: {type(e).__name__}: {e}") from None
+        try:
+            doc = _json(body)
+        except ValueError:
+            snippet = body[:120].decode("utf-8", "replace")
+            raise QueryError(
+                f"{endpoint}: HTTP {status}, not a Prometheus API response: {snippet!r}"
+            ) from None
+        if not isinstance(doc, dict) or doc.get("status") != "success":
+            err = doc.get("error") if isinstance(doc, dict) else None
+            kind = doc.get("errorType") if isinstance(doc, dict) else None
+            raise QueryError(f"{endpoint}: HTTP {status}: {kind or 'error'}: "
+                             f"{err or 'unexpected response'}")
+        return doc.get("data")
+
+    async def query(self, expr: str, at: float) -> list[Sample]:
+        data = await self._call("/api/v1/query", {"query": expr, "time": _ts(at)})
+        try:
+            return parse_instant(data)
+        except (TypeError, ValueError, KeyError, IndexError) as e:
+            raise QueryError(f"{self._base}/api/v1/query: malformed result: {e}") from None
+
+    async def query_range(self, expr: str, start: float, end: float, step: float
+                          ) -> list[RangeSeries]:
+        data = await self._call("/api/v1/query_range", {
+            "query": expr, "start": _ts(start), "end": _ts(end), "step": f"{step:g}"})
+        try:
+            if data["resultType"] != "matrix":
+                raise ValueError(f"expected a matrix, got {data['resultType']!r}")
+            return [RangeSeries(dict(r["metric"]), [(float(t), _float(v)) for t, v in r["values"]])
+                    for r in data["result"]]
+        except (TypeError, ValueError, KeyError, IndexError) as e:
+            raise QueryError(f"{self._base}/api/v1/query_range: malformed result: {e}") from None
+
+    async def buildinfo(self) -> dict[str, Any]:
+        """A cheap call that proves Prometheus answers (for /readyz)."""
+        endpoint = f"{self._base}/api/v1/status/buildinfo"
+        headers, auth = self._auth()
+        try:
+            async with self._session.get(endpoint, headers=headers, auth=auth,
+                                         timeout=self._timeout, ssl=self._ssl) as resp:
+                if resp.status != 200:
+                    raise QueryError(f"{endpoint}: HTTP {resp.status}")
+                doc = _json(await resp.read())
+        except TimeoutError:
+            raise QueryError(f"{endpoint}: timed out after {self._cfg.timeout:g}s") from None
+        except aiohttp.ClientError as e:
+            raise QueryError(f"{endpoint}: {type(e).__name__}: {e}") from None
+        except ValueError:
+            raise QueryError(f"{endpoint}: not a Prometheus API response") from None
+        data = doc.get("data") if isinstance(doc, dict) else None
+        return data if isinstance(data, dict) else {}
+
+
+def _ts(t: float) -> str:
+    return f"{t:.3f}"
+
+
+def _json(body: bytes) -> Any:
+    return json.loads(body)
+
+
+def parse_instant(data: Any) -> list[Sample]:
+    kind = data["resultType"]
+    if kind == "vector":
+        return [Sample(dict(r["metric"]), _float(r["value"][1])) for r in data["result"]]
+    if kind == "scalar":
+        # A scalar result is one sample with no labels, as Prometheus's rule engine treats it.
+        return [Sample({}, _float(data["result"][1]))]
+    raise ValueError(f"expected a vector or scalar, got {kind!r}")
