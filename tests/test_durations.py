@@ -1,0 +1,25 @@
+import pytest
+
+from watchdog.durations import format_duration, parse_duration
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("0", 0), (0, 0), ("30s", 30), ("5m", 300), ("1h30m", 5400), ("1d", 86400), ("1w", 604800),
+    ("1y", 31536000), ("500ms", 0.5), ("1m30s500ms", 90.5), ("2h0m", 7200),
+])
+def test_parse(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5", 5, "5x", "1m1h", "-5m", "1.5h", "m", True, "5m5m"])
+def test_parse_rejects(text: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0, "0s"), (90, "1m30s"), (5400, "1h30m"), (86400 * 8, "1w1d"), (0.25, "250ms"),
+])
+def test_format(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == seconds

@@ -1,0 +1,95 @@
+"""The seam between the evaluation loop and what reacts to it (notifications, actions).
+
+Interfaces only: the daemon calls every registered `EventHandler` after each (re)load and after
+each tick; handlers never call back into the scheduler. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from watchdog.rulesdir import RuleSet
+from watchdog.state import Alert, Event
+
+if TYPE_CHECKING:
+    import aiohttp
+    import aiosqlite
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from watchdog.settings import Settings
+    from watchdog.source import Source
+
+
+class AlertView(Protocol):
+    """Read access to the live alert state (all groups)."""
+
+    def alerts(self) -> list[Alert]: ...
+
+    def find(self, rule: str, fingerprint: str) -> Alert | None: ...
+
+
+@dataclass(frozen=True)
+class ActionEvent:
+    """Something an action did, to be notified like an alert event."""
+
+    kind: Literal["started", "succeeded", "failed", "would_run", "verified", "not_helped"]
+    action: str
+    at: float
+    labels: Mapping[str, str]
+    rule: str | None = None
+    step: str | None = None
+    detail: str = ""
+    run_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ActionEventSink(Protocol):
+    async def on_action_event(self, event: ActionEvent) -> None: ...
+
+
+class EventHandler(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def on_rules(self, rules: RuleSet) -> None:
+        """Called with the accepted rule set after startup and after every reload."""
+
+    async def on_events(self, events: Sequence[Event], at: float) -> None:
+        """Called after each group tick with its transitions, once they are persisted."""
+
+
+class MqttPublisher(Protocol):
+    async def publish(self, topic: str, payload: bytes | str, qos: int = 0,
+                      retain: bool = False) -> None:
+        """Raises on failure (no broker); callers that must not lose the message retry."""
+
+
+CommandFn = Callable[[Mapping[str, Any]], Awaitable[Any]]
+
+
+@dataclass
+class DaemonContext:
+    """What the daemon hands to each subsystem when it is created (see `watchdog.daemon`)."""
+
+    settings: Settings
+    db: aiosqlite.Connection  # one SQLite connection; each subsystem creates its own tables
+    session: aiohttp.ClientSession  # the one shared HTTP client session
+    source: Source  # Prometheus
+    alerts: AlertView
+    clock: Callable[[], float]  # wall clock (Unix seconds); tests inject a fake
+    registry: CollectorRegistry  # the watchdog's own /metrics
+    routes: list[web.RouteDef] = field(default_factory=list)  # extra HTTP routes; non-GET ones
+    # are behind the API token automatically
+    commands: dict[str, CommandFn] = field(default_factory=dict)  # "deploy", "silence", "ack",
+    # "run_action": the same JSON as the HTTP API; MQTT commands dispatch here
+    action_sinks: list[ActionEventSink] = field(default_factory=list)
+    mqtt: MqttPublisher | None = None
+    rules: RuleSet | None = None
+
+    async def emit_action_event(self, event: ActionEvent) -> None:
+        for sink in self.action_sinks:
+            await sink.on_action_event(event)

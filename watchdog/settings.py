@@ -1,0 +1,120 @@
+"""Daemon settings: environment (`WATCHDOG_*`), a `--config` YAML file and a secrets directory.
+
+Precedence, highest first: init arguments, `--config` YAML, environment, secrets directory files
+(`/run/secrets/watchdog` or WATCHDOG_SECRETS_DIR), defaults. Secret values are `SecretStr` so that
+they never print in logs, errors or `/api` output. No other module reads the environment for
+settings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from watchdog.durations import parse_duration
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if path is not None:
+            doc = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(doc, dict):
+                raise ValueError(f"{path}: settings file must be a mapping")
+            # accept both `prometheus_url:` and `PROMETHEUS_URL:` / `WATCHDOG_PROMETHEUS_URL:`
+            self._data = {str(k).lower().removeprefix("watchdog_"): v for k, v in doc.items()}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="WATCHDOG_", env_nested_delimiter="__", extra="ignore",
+        secrets_dir=os.environ.get("WATCHDOG_SECRETS_DIR") or None,
+    )
+
+    prometheus_url: str = "http://localhost:9090"
+    prometheus_timeout: float = 10.0
+    prometheus_bearer_token_file: str | None = None
+    prometheus_basic_auth_user: str | None = None
+    prometheus_basic_auth_password_file: str | None = None
+    prometheus_ca_file: str | None = None
+    prometheus_insecure_skip_verify: bool = False
+    rules_dir: Path = Path("./rules")
+    rules_poll_interval: float = 5.0
+    evaluation_interval: float = 30.0
+    evaluation_concurrency: int = Field(16, ge=1)
+    http_listen: str = "0.0.0.0:8080"
+    data_dir: Path = Path("./data")
+    state_url: str | None = None  # default: sqlite in data_dir
+    mqtt_url: str | None = None
+    mqtt_prefix: str = "watchdog"
+    mqtt_commands: bool = False
+    sentry_dsn: SecretStr | None = None
+    dry_run: bool = False
+    api_token: SecretStr | None = None
+    external_url: str = ""
+    external_labels: dict[str, str] = Field(default_factory=dict)
+    log_format: Literal["json", "console"] = "console"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    datasource_down_after: int = Field(3, ge=1)  # failed evaluations before WatchdogDatasourceDown
+    outage_tolerance: float = 3600.0  # Prometheus's rules.alert.for-outage-tolerance
+    for_grace_period: float = 600.0  # Prometheus's rules.alert.for-grace-period
+    resend_delay: float = 60.0
+    kubeconfig: str | None = None
+    shutdown_timeout: float = 5.0
+
+    @field_validator("prometheus_timeout", "evaluation_interval", "rules_poll_interval",
+                     "outage_tolerance", "for_grace_period", "resend_delay", "shutdown_timeout",
+                     mode="before")
+    @classmethod
+    def _durations(cls, v: Any) -> Any:
+        # "30s" as Prometheus spells it, or a bare number of seconds
+        if isinstance(v, str):
+            try:
+                return float(v)
+            except ValueError:
+                return parse_duration(v)
+        return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @property
+    def state_path(self) -> str:
+        return self.state_url or f"sqlite:///{(self.data_dir / 'watchdog.db').as_posix()}"
+
+    @classmethod
+    def load(cls, config: Path | None = None, **overrides: Any) -> Settings:
+        cls._config_path = config  # read by settings_customise_sources
+        try:
+            return cls(**overrides)
+        finally:
+            cls._config_path = None
+
+    _config_path: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _YamlSource(settings_cls, cls._config_path), env_settings,
+                file_secret_settings)
