@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from watchdog.engine import GroupRuntime, tick
+from watchdog.engine import GroupRuntime, TickResult, tick
 from watchdog.evaluate import Context, Sample
 from watchdog.labels import format_labels
 from watchdog.rulesdir import RuleSet
@@ -83,12 +83,10 @@ def _num(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else v
 
 
-async def replay(rules: RuleSet, source: RangeSource, start: float, end: float,
-                 step: float | None, default_interval: float, ctx: Context,
-                 concurrency: int = 16) -> list[ReplayLine]:
-    out: list[ReplayLine] = []
-    order = 0
-    actions = rules.actions
+async def walk(rules: RuleSet, source: RangeSource, start: float, end: float,
+               step: float | None, default_interval: float, ctx: Context,
+               concurrency: int = 16) -> AsyncIterator[tuple[float, GroupRuntime, TickResult]]:
+    """Tick every group at every step of the range, group by group; yields after each tick."""
     for file, group in rules.groups():
         rt = GroupRuntime.new(file, group)
         if not rt.rules:
@@ -97,26 +95,33 @@ async def replay(rules: RuleSet, source: RangeSource, start: float, end: float,
         sliced = SlicedRangeSource(source, start, end, every)
         for at in steps(start, end, every):
             sliced.now = at
-            result = await tick(rt, at, sliced, ctx, concurrency)
-            rules_by_name = {r.rule.alert: r.rule for r in rt.rules}
-            for ev in result.events:
-                if ev.kind not in ("pending", "firing", "resolved"):
-                    continue
-                a = ev.alert
-                labels = dict(a.labels)
-                out.append(ReplayLine(ev.at, order, {
-                    "ts": ev.at, "rule": a.rule, "group": a.group, "labels": labels,
-                    "state": ev.kind, "value": None if ev.kind == "resolved" else _num(a.value),
-                }))
-                order += 1
-                rule = rules_by_name.get(a.rule)
-                if ev.kind == "firing" and rule is not None:
-                    for name in rule.actions:
-                        if name in actions:
-                            out.append(ReplayLine(ev.at, order, {
-                                "ts": ev.at, "rule": a.rule, "labels": labels, "action": name,
-                                "state": "would_run"}))
-                            order += 1
+            yield at, rt, await tick(rt, at, sliced, ctx, concurrency)
+
+
+async def replay(rules: RuleSet, source: RangeSource, start: float, end: float,
+                 step: float | None, default_interval: float, ctx: Context,
+                 concurrency: int = 16) -> list[ReplayLine]:
+    out: list[ReplayLine] = []
+    actions = rules.actions
+    async for _, rt, result in walk(rules, source, start, end, step, default_interval, ctx,
+                                    concurrency):
+        rules_by_name = {r.rule.alert: r.rule for r in rt.rules}
+        for ev in result.events:
+            if ev.kind not in ("pending", "firing", "resolved"):
+                continue
+            a = ev.alert
+            labels = dict(a.labels)
+            out.append(ReplayLine(ev.at, len(out), {
+                "ts": ev.at, "rule": a.rule, "group": a.group, "labels": labels,
+                "state": ev.kind, "value": None if ev.kind == "resolved" else _num(a.value),
+            }))
+            rule = rules_by_name.get(a.rule)
+            if ev.kind == "firing" and rule is not None:
+                for name in rule.actions:
+                    if name in actions:
+                        out.append(ReplayLine(ev.at, len(out), {
+                            "ts": ev.at, "rule": a.rule, "labels": labels, "action": name,
+                            "state": "would_run"}))
     out.sort(key=lambda line: (line.ts, line.order))
     return out
 
