@@ -119,7 +119,9 @@ async def test_replay_fires_exactly_when_promtool_does(tmp_path: Path, promtool_
     with PrometheusServer(tsdb) as prom:
         async with aiohttp.ClientSession() as session:
             src = PrometheusSource(session, PrometheusConfig(url=prom.url, timeout=30))
-            lines = await replay(rs, src, 0.0, MINUTES * 60.0, 60.0, 60.0, Context())
+            report = await replay(rs, src, 0.0, MINUTES * 60.0, 60.0, 60.0, Context())
+    assert report.errors == {}
+    lines = report.lines
 
     # firing label sets per (alert, minute), from our transitions
     firing: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)  # alert -> fp -> labels

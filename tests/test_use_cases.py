@@ -69,7 +69,7 @@ def history() -> tuple[list[Series], list[dict[str, str]]]:
     series, notation = [], []
     for key, values in cols.items():
         labels = dict(key)
-        series.append(Series(labels, [(i * M, v) for i, v in enumerate(values)]))
+        series.append(Series(dict(labels), [(i * M, v) for i, v in enumerate(values)]))
         name = labels.pop("__name__")
         sel = name + "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
         notation.append({"series": sel, "values": " ".join(repr(v) for v in values)})

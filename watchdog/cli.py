@@ -114,10 +114,12 @@ async def _replay(args: argparse.Namespace) -> int:
     async with aiohttp.ClientSession() as session:
         src = PrometheusSource(session, PrometheusConfig(url=args.prometheus_url,
                                                          timeout=args.timeout))
-        lines = await replay(rs, src, args.start, args.end, args.step, 60.0,
-                             Context(external_url=args.prometheus_url))
-    (write_jsonl if args.format == "jsonl" else write_table)(lines, sys.stdout)
-    return 0
+        report = await replay(rs, src, args.start, args.end, args.step, 60.0,
+                              Context(external_url=args.prometheus_url))
+    (write_jsonl if args.format == "jsonl" else write_table)(report.lines, sys.stdout)
+    for rule, err in report.errors.items():
+        print(f"replay: {rule}: {err}", file=sys.stderr)
+    return 1 if report.errors else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,6 +139,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         from watchdog.daemon import run_daemon
 
-        return run_daemon(args.config)
+        return int(run_daemon(args.config))
     parser.error(f"unknown command {args.command}")
     return 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -142,9 +143,9 @@ async def _run_test_group(test: Mapping[str, Any], rule_files: list[Path], eval_
                 continue
             got_s = sorted((format_labels(s.labels), s.value) for s in samples)
             exp_s = []
-            for e in t.get("exp_samples") or []:
-                labels = parse_series_selector(str(e.get("labels", "{}")))
-                exp_s.append((format_labels(labels), float(e.get("value", 0))))
+            for sample in t.get("exp_samples") or []:
+                labels = parse_series_selector(str(sample.get("labels", "{}")))
+                exp_s.append((format_labels(labels), float(sample.get("value", 0))))
             exp_s.sort()
             if not _samples_equal(exp_s, got_s):
                 errors.append(
@@ -169,6 +170,10 @@ def _fmt_samples(s: list[tuple[str, float]]) -> str:
     return "[" + ", ".join(f"{labels} {value:g}" for labels, value in s) + "]"
 
 
+def _one_line(x: LabelsAndAnnotations) -> str:
+    return f"{format_labels(dict(x.labels))} {format_labels(dict(x.annotations))}"
+
+
 def _alert_failure(name: str, at: float, exp: list[LabelsAndAnnotations],
                    got: list[LabelsAndAnnotations]) -> str:
     lines = [f"    alertname: {name}, time: {format_duration(at)}, ",
@@ -178,10 +183,8 @@ def _alert_failure(name: str, at: float, exp: list[LabelsAndAnnotations],
     extra = [x for x in got if x not in exp]
     if missing or extra:
         lines.append("        diff:")
-        lines += [f"          - {format_labels(dict(x.labels))} {format_labels(dict(x.annotations))}"
-                  for x in missing]
-        lines += [f"          + {format_labels(dict(x.labels))} {format_labels(dict(x.annotations))}"
-                  for x in extra]
+        lines += [f"          - {_one_line(x)}" for x in missing]
+        lines += [f"          + {_one_line(x)}" for x in extra]
     return "\n".join(lines)
 
 
@@ -234,6 +237,9 @@ def run_test_files(files: Sequence[Path]) -> int:
     ok = True
     for f in files:
         passed, text = asyncio.run(run_test_file(f))
-        print(text)
+        # like promtool: the header on stdout, failures on stderr
+        header, _, body = text.partition("\n")
+        print(header)
+        print(body, file=sys.stdout if passed else sys.stderr)
         ok &= passed
     return 0 if ok else 1

@@ -98,13 +98,22 @@ async def walk(rules: RuleSet, source: RangeSource, start: float, end: float,
             yield at, rt, await tick(rt, at, sliced, ctx, concurrency)
 
 
+@dataclass
+class ReplayReport:
+    lines: list[ReplayLine]
+    errors: dict[str, str]  # "group/rule" -> first error (a failed query changes no state)
+
+
 async def replay(rules: RuleSet, source: RangeSource, start: float, end: float,
                  step: float | None, default_interval: float, ctx: Context,
-                 concurrency: int = 16) -> list[ReplayLine]:
+                 concurrency: int = 16) -> ReplayReport:
     out: list[ReplayLine] = []
+    errors: dict[str, str] = {}
     actions = rules.actions
     async for _, rt, result in walk(rules, source, start, end, step, default_interval, ctx,
                                     concurrency):
+        for key, err in result.errors.items():
+            errors.setdefault(f"{rt.group.name}/{key}", err)
         rules_by_name = {r.rule.alert: r.rule for r in rt.rules}
         for ev in result.events:
             if ev.kind not in ("pending", "firing", "resolved"):
@@ -123,7 +132,7 @@ async def replay(rules: RuleSet, source: RangeSource, start: float, end: float,
                             "ts": ev.at, "rule": a.rule, "labels": labels, "action": name,
                             "state": "would_run"}))
     out.sort(key=lambda line: (line.ts, line.order))
-    return out
+    return ReplayReport(out, errors)
 
 
 def write_jsonl(lines: Sequence[ReplayLine], fh: TextIO) -> None:

@@ -181,7 +181,7 @@ def build(raw: Mapping[str, bytes | OSError], previous: RuleSet | None = None) -
 
     rs = RuleSet()
     for name, pf in parsed.items():
-        problems = tuple(pf.problems + extra[name])
+        problems = tuple(sorted(pf.problems + extra[name], key=lambda p: p.line))
         ok = pf.ok and not extra[name]
         if ok:
             rs.files[name] = pf

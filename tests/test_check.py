@@ -1,0 +1,118 @@
+"""`watchdog check`: every problem as `file:line: message`, exit 1; good folders exit 0; no input
+crashes the loader."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from watchdog.cli import main
+from watchdog.rulefile import parse_rule_file
+from watchdog.rulesdir import build, load
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKEN = ROOT / "tests" / "data" / "broken"
+CORPUS = ROOT.parent / "shared" / "corpus" / "awesome-prometheus-alerts"
+if not CORPUS.is_dir():  # CI clones main with shared/ beside it
+    CORPUS = Path("/work/shared/corpus/awesome-prometheus-alerts")
+
+EXPECTED = {
+    "bad_schema_and_promql.yml": [
+        "5: expr: invalid PromQL: unclosed left parenthesis",
+        "6: groups[0].rules[0].for: not a valid duration: '5x'",
+        "13: groups[0].rules[1].fro: unknown field",
+    ],
+    "bad_comparison.yml": ["6: groups[0].rules[0].threshold: not a comparison: 'bigger than 3'"],
+    "bad_yaml.yml": ["5: invalid YAML"],
+    "duplicate_key.yml": ["2: duplicate key 'groups' (first defined on line 1)"],
+    "undefined_action.yml": ["6: rule 'Fine' refers to undefined action 'nope'"],
+    "bad_template.yml": ["8: annotations.broken: invalid template in rule 'T'"],
+    "dup_group_and_receiver.yml": [
+        "4: receiver 'chat' is defined twice (first on line 2)",
+        "9: group 'same' is repeated in the same file (first on line 7)",
+    ],
+    "bad_route.yml": [
+        "2: route refers to undefined receiver 'nobody'",
+        "4: escalation refers to undefined receiver 'ghost'",
+    ],
+}
+
+
+def test_each_broken_file_reports_file_and_line(capsys: object) -> None:
+    rc = main(["check", str(BROKEN)])
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    assert rc == 1
+    lines = out.splitlines()
+    for name, expected in EXPECTED.items():
+        mine = [line for line in lines if line.startswith(f"{BROKEN / name}:")]
+        assert len(mine) == len(expected), (name, mine)
+        for got, want in zip(mine, expected, strict=True):
+            assert got.startswith(f"{BROKEN / name}:{want}"), (got, want)
+
+
+def test_recording_rules_are_a_warning_not_an_error(tmp_path: Path, capsys: object) -> None:
+    f = tmp_path / "r.yml"
+    f.write_text("groups:\n- name: g\n  rules:\n  - record: job:up:sum\n    expr: sum(up)\n")
+    assert main(["check", str(f)]) == 0
+    err = capsys.readouterr().err  # type: ignore[attr-defined]
+    assert f"{f}:4: warning: recording rule 'job:up:sum' skipped" in err
+
+
+def test_example_rules_pass() -> None:
+    proc = subprocess.run([sys.executable, "-m", "watchdog", "check", str(ROOT / "rules")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+
+
+def test_every_corpus_file_loads() -> None:
+    files = sorted(CORPUS.glob("*.yml"))
+    assert len(files) == 112
+    rs = load([CORPUS])
+    assert [str(p) for p in rs.problems] == []
+    assert sum(len(g.alerting_rules) for _, g in rs.groups()) == 954
+
+
+def test_last_good_version_keeps_running() -> None:
+    good = b"groups:\n- name: g\n  rules:\n  - alert: A\n    expr: up == 0\n"
+    first = build({"rules/a.yml": good})
+    second = build({"rules/a.yml": b"groups:\n- name: g\n  rules:\n  - alert: A\n    expr: (\n"},
+                   first)
+    st_ = second.status["rules/a.yml"]
+    assert not st_.ok and st_.running_previous
+    assert [g.name for _, g in second.groups()] == ["g"]
+    assert "rules/a.yml:5: expr: invalid PromQL" in str(st_.problems[0])
+
+
+yaml_like = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
+              st.text(max_size=20)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.sampled_from(
+            ["groups", "name", "rules", "alert", "expr", "for", "labels", "annotations",
+             "threshold", "severities", "baseline", "actions", "steps", "receivers", "routes",
+             "webhook", "offset", "keep_firing_for", "x"]), children, max_size=5)),
+    max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=300))
+def test_loader_never_crashes_on_text(text: str) -> None:
+    pf = parse_rule_file(text, "fuzz.yml")
+    assert pf.ok or pf.errors
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(yaml_like)
+def test_loader_never_crashes_on_structures(doc: object) -> None:
+    import yaml
+
+    text = yaml.safe_dump(doc)
+    pf = parse_rule_file(text, "fuzz.yml")
+    for p in pf.problems:
+        assert p.file == "fuzz.yml" and p.line >= 1 and p.message

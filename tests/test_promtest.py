@@ -1,0 +1,59 @@
+"""`watchdog test` against `promtool test rules`: same verdicts on the same files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data" / "promtest"
+
+pytestmark = [pytest.mark.prometheus]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "watchdog", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_documentation_example_passes_in_both(promtool_binary: str, prometheus_binary: str
+                                              ) -> None:
+    oracle = subprocess.run([promtool_binary, "test", "rules", str(DATA / "test.yml")],
+                            capture_output=True, text=True)
+    assert oracle.returncode == 0, oracle.stdout + oracle.stderr
+    ours = run("test", str(DATA / "test.yml"))
+    assert ours.returncode == 0, ours.stdout + ours.stderr
+    assert ours.stdout.splitlines()[:2] == [f"Unit Testing:  {DATA / 'test.yml'}", "  SUCCESS"]
+
+
+def test_wrong_expectations_fail_in_both_with_a_diff(promtool_binary: str,
+                                                     prometheus_binary: str) -> None:
+    f = DATA / "failing_test.yml"
+    oracle = subprocess.run([promtool_binary, "test", "rules", str(f)], capture_output=True,
+                            text=True)
+    ours = run("test", str(f))
+    assert oracle.returncode == 1 and ours.returncode == 1, ours.stdout
+    out = ours.stderr
+    assert "FAILED:" in out
+    # the annotation mismatch at 10m
+    assert "alertname: InstanceDown, time: 10m" in out
+    assert '- {alertname="InstanceDown", instance="localhost:9090", job="prometheus", ' \
+           'severity="page"} {description="localhost:9090 of job prometheus has been down ' \
+           'for more than 5 minutes.", summary="Instance localhost:9090 is down"}' in out
+    assert '+ {alertname="InstanceDown", instance="localhost:9090", job="prometheus", ' \
+           'severity="page"}' in out
+    # the alert that fires at 9m although the test expects nothing
+    assert "alertname: MyAlert, time: 9m" in out
+    assert 'got:[\n            0:\n              Labels:{alertname="MyAlert", job="node", ' \
+           'severity="page"}' in out
+    # promtool reports the same two failures
+    assert oracle.stderr.count("alertname:") == out.count("alertname:") == 2
+
+
+def test_missing_rule_file_is_a_clear_failure(tmp_path: Path, prometheus_binary: str) -> None:
+    f = tmp_path / "t.yml"
+    f.write_text("rule_files: [nope.yml]\ntests: []\n")
+    ours = run("test", str(f))
+    assert ours.returncode == 1 and "rule file 'nope.yml' not found" in ours.stderr
