@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import Field, SecretStr, field_validator
@@ -108,7 +108,7 @@ class Settings(BaseSettings):
         finally:
             cls._config_path = None
 
-    _config_path: Path | None = None
+    _config_path: ClassVar[Path | None] = None
 
     @classmethod
     def settings_customise_sources(
