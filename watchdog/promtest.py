@@ -28,7 +28,7 @@ from watchdog.evaluate import Context
 from watchdog.labels import format_labels
 from watchdog.promserver import PrometheusServer, backfill, find_binary
 from watchdog.rulesdir import build, discover
-from watchdog.series import Series, expand_input_series, parse_series_selector
+from watchdog.series import Series, expand_input_series, is_stale_nan, parse_series_selector
 from watchdog.source import PrometheusConfig, PrometheusSource
 
 
@@ -75,8 +75,10 @@ async def _run_test_group(test: Mapping[str, Any], rule_files: list[Path], eval_
     series: list[Series] = []
     for s in test.get("input_series") or []:
         try:
-            series.append(expand_input_series(str(s["series"]), str(s.get("values", "")),
-                                              interval))
+            full = expand_input_series(str(s["series"]), str(s.get("values", "")), interval)
+            # OpenMetrics cannot carry stale markers: a `stale` point becomes a gap
+            series.append(Series(full.labels, [(t, v) for t, v in full.samples
+                                               if not is_stale_nan(v)]))
         except (KeyError, ValueError) as e:
             raise TestFileError(f"input_series {s!r}: {e}") from None
     raw = {str(p): p.read_bytes() for p in rule_files}
