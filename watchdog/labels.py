@@ -7,6 +7,7 @@ Python's randomised `hash()`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -16,13 +17,17 @@ Labels = Mapping[str, str]
 
 def fingerprint(labels: Labels, exclude: Iterable[str] = ()) -> str:
     skip = set(exclude)
+    return _fingerprint(tuple(sorted((k, v) for k, v in labels.items() if k not in skip)))
+
+
+@functools.lru_cache(maxsize=65536)
+def _fingerprint(pairs: tuple[tuple[str, str], ...]) -> str:
+    # cached: the same label sets come back every evaluation
     h = hashlib.sha256()
-    for k in sorted(labels):
-        if k in skip:
-            continue
+    for k, v in pairs:
         h.update(k.encode())
         h.update(b"\xff")
-        h.update(labels[k].encode())
+        h.update(v.encode())
         h.update(b"\xff")
     return h.hexdigest()[:16]
 

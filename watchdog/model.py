@@ -9,7 +9,9 @@ instead of silently ignored.
 from __future__ import annotations
 
 import math
+import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -41,6 +43,12 @@ _COMPARISON = re.compile(
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
+    "==": operator.eq, "!=": operator.ne,
+}
+
+
 @dataclass(frozen=True)
 class Comparison:
     """`> 0.10` — the operator and the number a value is compared with."""
@@ -62,11 +70,7 @@ class Comparison:
     def holds(self, value: float) -> bool:
         if math.isnan(value):
             return self.op == "!="
-        n = self.number
-        return {
-            ">": value > n, ">=": value >= n, "<": value < n, "<=": value <= n,
-            "==": value == n, "!=": value != n,
-        }[self.op]
+        return _OPS[self.op](value, self.number)
 
     def __str__(self) -> str:
         return f"{self.op} {self.number:g}"

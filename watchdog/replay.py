@@ -35,6 +35,13 @@ class SlicedRangeSource:
         self.now = start  # the evaluation instant being replayed; set by the caller
         self.range_queries = 0
 
+    def cached(self, expr: str, at: float) -> list[Sample] | QueryError | None:
+        """The answer when its range is already fetched, else None (see engine.run_queries)."""
+        table = self._cache.get((expr, round((self.now - at) * 1000)))
+        if table is None or isinstance(table, QueryError):
+            return table
+        return table.get(round(at * 1000), [])
+
     async def query(self, expr: str, at: float) -> list[Sample]:
         delta_ms = round((self.now - at) * 1000)
         key = (expr, delta_ms)
