@@ -73,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "code like `promtool test rules`. Needs the prometheus and "
                                    "promtool binaries (Debian package prometheus).")
     t.add_argument("files", nargs="+", type=Path, metavar="FILE")
+
+    npv = sub.add_parser("notify-preview", help="show the Slack message a rule would send",
+                         description="Print, for each alerting rule in RULEFILE (or folder), the "
+                                     "Slack message its firing and resolved notifications would "
+                                     "show, drawn in the terminal. Nothing is sent.")
+    npv.add_argument("rulefile", type=Path, metavar="RULEFILE")
+    npv.add_argument("--rule", help="only the rule with this alert name")
+    npv.add_argument("--label", action="append", default=[], metavar="NAME=VALUE",
+                     help="a sample label (repeatable)")
+    npv.add_argument("--value", type=float, help="sample value (default: just past the threshold)")
+    npv.add_argument("--state", choices=("firing", "resolved", "both"), default="both")
+    npv.add_argument("--format", choices=("terminal", "json"), default="terminal")
+    npv.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    npv.add_argument("--external-url", default="",
+                     help="EXTERNAL_URL for links (default: $WATCHDOG_EXTERNAL_URL)")
     return p
 
 
@@ -136,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from watchdog.promtest import run_test_files
 
         return run_test_files(args.files)
+    if args.command == "notify-preview":
+        from watchdog.notify.preview import run_cli
+
+        return run_cli(args)
     if args.command == "run":
         from watchdog.daemon import run_daemon
 

@@ -1,0 +1,141 @@
+"""The notification subsystem as the daemon sees it: an `EventHandler` and `ActionEventSink` that
+feeds the pipeline, runs its timer, owns the outbox workers, registers the HTTP routes and the
+`silence` / `unsilence` / `ack` commands, and forwards every event to the MQTT event stream.
+
+Wiring only: decisions are the pipeline's, delivery is the outbox's. The timer reads the injected
+clock; with `tick=None` (tests) nothing runs in the background and the test calls `flush(at)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import structlog
+
+from watchdog.handlers import ActionEvent, DaemonContext
+from watchdog.notify.api import Api
+from watchdog.notify.outbox import Outbox, Sleep
+from watchdog.notify.pipeline import Pipeline
+from watchdog.notify.silences import Matcher, SilenceStore
+from watchdog.rulesdir import RuleSet
+from watchdog.state import Alert, Event
+
+if TYPE_CHECKING:
+    from watchdog.model import Receiver
+
+log = structlog.get_logger(__name__)
+
+PRUNE_EVERY = 3600.0
+
+
+class NotifyHandler:
+    def __init__(self, ctx: DaemonContext, *, sleep: Sleep = asyncio.sleep,
+                 tick: float | None = 1.0, timeout: float = 10.0,
+                 rng: random.Random | None = None) -> None:
+        self.ctx = ctx
+        s = ctx.settings
+        self.tick = tick
+        self._receivers: dict[str, Receiver] | None = None
+        self.silences = SilenceStore(ctx.db)
+        self.outbox = Outbox(
+            ctx.db, ctx.session, clock=ctx.clock, registry=ctx.registry,
+            receivers=lambda: self._receivers, mqtt=lambda: ctx.mqtt, sleep=sleep,
+            timeout=timeout, resend=max(s.evaluation_interval, s.resend_delay), rng=rng)
+        self.pipeline = Pipeline(
+            ctx.db, self.outbox, self.silences, external_url=s.external_url,
+            generator_base=s.external_url or s.prometheus_url, resend_delay=s.resend_delay,
+            view=ctx.alerts)
+        self.api = Api(self, ctx.clock)
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._started = False
+        self._workers_started = False
+        self._pruned_at: float | None = None
+        ctx.routes.extend(self.api.routes())
+        ctx.commands["silence"] = self.api.silence
+        ctx.commands["unsilence"] = self.api.unsilence
+        ctx.commands["ack"] = self.api.ack
+        ctx.action_sinks.append(self)
+
+    async def start(self) -> None:
+        await self.silences.load()
+        await self.outbox.init()
+        await self.pipeline.load()
+        self.pipeline.seed(self.ctx.alerts.alerts())
+        self._started = True
+        if self.ctx.rules is not None and self._receivers is None:
+            await self.on_rules(self.ctx.rules)
+        elif self._receivers is not None:
+            await self._start_workers()
+        if self.tick is not None:
+            self._task = asyncio.create_task(self._loop(self.tick), name="notify-pipeline")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.outbox.stop()
+        self._workers_started = False
+
+    async def on_rules(self, rules: RuleSet) -> None:
+        self.pipeline.set_rules(rules)
+        self._receivers = rules.receivers
+        if self._started:
+            await self._start_workers()
+
+    async def _start_workers(self) -> None:
+        if not self._workers_started:
+            self._workers_started = True
+            await self.outbox.start()  # resumes what a previous process left pending
+        else:
+            self.outbox.kick_all()
+
+    async def on_events(self, events: Sequence[Event], at: float) -> None:
+        self._stream(events)
+        self.pipeline.observe(events)
+        await self.flush(at)
+
+    async def on_action_event(self, event: ActionEvent) -> None:
+        self._stream([event])
+        async with self._lock:
+            await self.pipeline.notify_action(event, self.ctx.clock())
+
+    async def acknowledge(self, matchers: Sequence[Matcher], created_by: str = "",
+                          comment: str = "") -> list[Alert]:
+        async with self._lock:
+            return await self.pipeline.ack(matchers, self.ctx.clock(), created_by, comment)
+
+    async def flush(self, at: float | None = None) -> int:
+        async with self._lock:
+            return await self.pipeline.flush(self.ctx.clock() if at is None else at)
+
+    def _stream(self, events: Sequence[Event | ActionEvent]) -> None:
+        from watchdog.mqtt import MqttBus
+
+        bus = self.ctx.mqtt
+        if isinstance(bus, MqttBus):
+            for e in events:
+                bus.publish_event(e)
+
+    async def _loop(self, tick: float) -> None:
+        # Real-time pacing, injected-clock decisions: group timers, repeats and escalation
+        # are due against ctx.clock, the loop only decides how often to look.
+        while True:
+            try:
+                now = self.ctx.clock()
+                await self.flush(now)
+                if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY:
+                    self._pruned_at = now
+                    async with self._lock:
+                        await self.pipeline.prune(now)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.exception("notification pipeline error", error=type(e).__name__)
+            await asyncio.sleep(tick)

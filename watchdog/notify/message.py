@@ -1,0 +1,257 @@
+"""What one notification says, independent of where it goes: the document stored in the outbox.
+
+A `Notification` is built by the pipeline from alert state, persisted as JSON *before* any delivery
+is tried, and rendered by a receiver only at delivery time (so a reload that fixes a receiver's URL
+applies to notifications already queued). Pure data and formatting helpers: no I/O, no clock, and
+never a secret — webhook URLs and routing keys are looked up from the receiver config at delivery.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from watchdog.durations import format_duration
+from watchdog.state import Alert
+
+Kind = Literal["firing", "resolved", "repeated", "escalated", "action"]
+Status = Literal["firing", "resolved"]
+
+# Alertmanager's webhook uses Go's zero time for "no end yet"; receivers that parse our webhook
+# with Alertmanager's own types expect exactly this spelling.
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class ActionNote(_Doc):
+    """Something an action did for an alert: shown in the alert's message, or notified alone."""
+
+    action: str
+    kind: str  # started | succeeded | failed | would_run | verified | not_helped
+    at: float
+    step: str | None = None
+    detail: str = ""
+    run_id: str | None = None
+
+
+class AlertDoc(_Doc):
+    fingerprint: str
+    rule: str
+    group: str
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    status: Status
+    starts_at: float  # activeAt, as Prometheus sends it to Alertmanager
+    fired_at: float | None = None
+    ends_at: float | None = None  # resolvedAt; None while firing
+    value: float | None = None
+    severity: str | None = None
+    threshold: str | None = None
+    baseline: float | None = None
+    compared: float | None = None
+    generator_url: str = ""
+    incident_id: str = ""
+    acked: bool = False
+    actions: tuple[ActionNote, ...] = ()
+
+    @property
+    def alertname(self) -> str:
+        return self.labels.get("alertname", self.rule)
+
+    @property
+    def duration(self) -> float | None:
+        """How long it lasted: from firing (or activation) to resolution."""
+        if self.ends_at is None:
+            return None
+        return max(0.0, self.ends_at - (self.fired_at if self.fired_at is not None
+                                        else self.starts_at))
+
+
+class Notification(_Doc):
+    kind: Kind
+    receiver: str
+    group_key: str
+    created_at: float
+    group_labels: dict[str, str] = Field(default_factory=dict)
+    alerts: tuple[AlertDoc, ...] = ()
+    external_url: str = ""
+    level: int | None = None  # escalation level reached (2, 3, …); level 1 is the route itself
+    escalated_after: float | None = None
+    previous_severity: str | None = None  # for a tier change (warning → critical)
+    action: ActionNote | None = None
+    action_labels: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def status(self) -> Status:
+        return "firing" if any(a.status == "firing" for a in self.alerts) else "resolved"
+
+    @property
+    def firing(self) -> list[AlertDoc]:
+        return [a for a in self.alerts if a.status == "firing"]
+
+    @property
+    def resolved(self) -> list[AlertDoc]:
+        return [a for a in self.alerts if a.status == "resolved"]
+
+    @property
+    def common_labels(self) -> dict[str, str]:
+        return common(a.labels for a in self.alerts)
+
+    @property
+    def common_annotations(self) -> dict[str, str]:
+        return common(a.annotations for a in self.alerts)
+
+    @property
+    def title_name(self) -> str:
+        """What the message is about, in a few words: the alert name(s) or the action."""
+        if self.kind == "action" and self.action is not None:
+            return self.action.action
+        names = sorted({a.alertname for a in self.alerts})
+        if not names:
+            return self.group_labels.get("alertname", "alerts")
+        return names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}"
+
+
+def common(maps: Iterable[Mapping[str, str]]) -> dict[str, str]:
+    """The pairs every map has with the same value (Alertmanager's commonLabels)."""
+    it = iter(maps)
+    first = next(it, None)
+    if first is None:
+        return {}
+    out = dict(first)
+    for m in it:
+        out = {k: v for k, v in out.items() if m.get(k) == v}
+    return out
+
+
+def generator_url(base: str, expr: str | None) -> str:
+    """Prometheus's generatorURL: the graph page for the rule's expression (`/graph?g0.expr=…`)."""
+    if not base or not expr:
+        return ""
+    return f"{base.rstrip('/')}/graph?g0.expr={quote(expr, safe='')}&g0.tab=1"
+
+
+def alert_doc(alert: Alert, *, generator: str = "", acked: bool = False,
+              actions: Sequence[ActionNote] = ()) -> AlertDoc:
+    firing = alert.state != "inactive"
+    value = alert.value
+    if value is not None and (math.isnan(value) or math.isinf(value)):
+        value = None  # JSON has no NaN; "no value" reads the same to a person
+    return AlertDoc(
+        fingerprint=alert.fingerprint, rule=alert.rule, group=alert.group,
+        labels=dict(alert.labels), annotations=dict(alert.annotations),
+        status="firing" if firing else "resolved", starts_at=alert.active_at,
+        fired_at=alert.fired_at, ends_at=None if firing else alert.resolved_at, value=value,
+        severity=alert.severity or alert.labels.get("severity"), threshold=alert.threshold,
+        baseline=alert.baseline, compared=alert.compared, generator_url=generator,
+        incident_id=alert.incident_id, acked=acked, actions=tuple(actions))
+
+
+# ---- formatting helpers shared by the renderers -----------------------------------------------
+
+def rfc3339(ts: float | None) -> str:
+    if ts is None:
+        return ZERO_TIME
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def clock_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def human_duration(seconds: float) -> str:
+    """`1h30m`, `45s`: Prometheus spelling, rounded to the second (people don't read ms)."""
+    return format_duration(float(round(seconds))) if seconds >= 1 else "0s"
+
+
+def format_value(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    if v == 0:
+        return "0"
+    a = abs(v)
+    if a >= 1e6 or a < 1e-3:
+        return f"{v:.3g}"
+    if a >= 100:
+        return f"{v:,.0f}" if a >= 1e4 else f"{v:.1f}".rstrip("0").rstrip(".")
+    return f"{v:.4g}"
+
+
+def value_line(a: AlertDoc) -> str:
+    """`0.17 (threshold > 0.1)` or `1.62× baseline 0.21 (threshold > 1.5)`."""
+    if a.status == "resolved":
+        return "resolved"
+    parts = [format_value(a.value)]
+    b, c, v = a.baseline, a.compared, a.value
+    if b is not None:
+        # The document does not carry `compare:`; the numbers tell ratio from delta.
+        if c is not None and v is not None and math.isclose(v, b * c, rel_tol=1e-9):
+            parts.append(f"= {format_value(c)}× baseline {format_value(b)}")
+        elif c is not None and v is not None and math.isclose(v, b + c, rel_tol=1e-9):
+            parts.append(f"= baseline {format_value(b)} {'+' if c >= 0 else '−'} "
+                         f"{format_value(abs(c))}")
+        else:
+            parts.append(f"vs baseline {format_value(b)}")
+    if a.threshold:
+        parts.append(f"(threshold {a.threshold})")
+    return " ".join(parts)
+
+
+# Labels that say *what* is affected, first; identity noise (alertname, severity shown elsewhere)
+# and Prometheus's scrape plumbing last, so a truncated list still shows what matters.
+_KEY_LABELS = ("service", "app", "namespace", "deployment", "job", "env", "environment",
+               "cluster", "region", "segment", "instance", "route", "endpoint", "pod")
+_HIDDEN_LABELS = frozenset({"alertname", "severity", "__name__"})
+
+
+def key_labels(labels: Mapping[str, str], limit: int = 8) -> list[tuple[str, str]]:
+    shown = [(k, labels[k]) for k in _KEY_LABELS if k in labels]
+    rest = sorted((k, v) for k, v in labels.items()
+                  if k not in _KEY_LABELS and k not in _HIDDEN_LABELS)
+    return (shown + rest)[:limit]
+
+
+def summary(a: AlertDoc) -> str:
+    return (a.annotations.get("summary") or a.annotations.get("message")
+            or a.annotations.get("description") or a.alertname)
+
+
+def links(a: AlertDoc) -> list[tuple[str, str]]:
+    out = []
+    if a.generator_url:
+        out.append(("Graph", a.generator_url))
+    for key, text in (("runbook_url", "Runbook"), ("dashboard_url", "Dashboard")):
+        url = a.annotations.get(key, "")
+        if url.startswith(("http://", "https://")):
+            out.append((text, url))
+    return out
+
+
+ACTION_VERB = {
+    "started": "started", "succeeded": "succeeded", "failed": "FAILED",
+    "would_run": "would run (dry run)", "verified": "verified: the alert cleared",
+    "not_helped": "did not help: the alert is still firing",
+}
+
+
+def action_line(n: ActionNote) -> str:
+    what = n.action if n.step is None else f"{n.action} / {n.step}"
+    line = f"{what} {ACTION_VERB.get(n.kind, n.kind)}"
+    if n.detail:
+        line += f": {n.detail}"
+    return line
+
+
+def truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: max(0, limit - 1)] + "…"

@@ -1,0 +1,428 @@
+"""The notification outbox: every notification is a SQLite row before any delivery is tried, and
+one worker per receiver delivers its rows in order, with retries, rate limits and a restart that
+picks up where the last process stopped.
+
+Retry policy (Alertmanager's, plus what HTTP says): exponential backoff with jitter between
+attempts; a 429's `Retry-After` is honoured instead; a permanent error (4xx other than 408/429, a
+missing secret, a receiver that no longer exists) fails the row at once — logged, counted in
+`watchdog_notifications_failed_total` and visible on `GET /api/v1/notifications`; a row still
+failing after `max_age` is given up the same way. Delivery is at-least-once: a crash after the
+receiver accepted but before the row was marked delivered re-sends it once after the restart
+(PagerDuty deduplicates that by dedup_key).
+
+Time comes from the injected `clock` and waits go through the injected `sleep`, so tests drive
+backoff and rate limits without waiting. This module knows nothing about routing or grouping, and
+must never log a secret: every error text passes through the receiver's redactor first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import aiosqlite
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from watchdog.notify.message import Notification
+from watchdog.notify.receivers import (
+    RATE_LIMITS,
+    DeliveryError,
+    Notifier,
+    SendContext,
+    build_notifier,
+    integration_of,
+)
+from watchdog.store import transaction
+
+if TYPE_CHECKING:
+    from watchdog.handlers import MqttPublisher
+    from watchdog.model import Receiver
+
+log = structlog.get_logger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS notify_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    receiver TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    group_key TEXT NOT NULL,
+    dedup_key TEXT UNIQUE,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS notify_outbox_pending ON notify_outbox (status, receiver, id);
+"""
+
+# Backoff: 1s, 2s, 4s … capped at 5 minutes — a receiver that was down for an hour is retried
+# within minutes of coming back, without hammering it while it's down. Jitter spreads the retries
+# of many rows (and of several watchdogs) so they don't arrive in lockstep.
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 300.0
+RETRY_AFTER_CAP = 3600.0  # a bogus Retry-After must not park notifications for days
+MAX_AGE = 24 * 3600.0  # a notification a day late helps nobody; give up, loudly
+KEEP_FINISHED = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    receiver: str
+    kind: str
+    group_key: str
+    payload: str
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A notification to enqueue; `dedup_key` makes a repeated enqueue (a replayed action event)
+    a no-op; `supersede` replaces the receiver's still-pending rows of the same group (the
+    Alertmanager re-sends, where only the newest state matters)."""
+
+    notification: Notification
+    dedup_key: str | None = None
+    supersede: bool = False
+
+
+class TokenBucket:
+    """`rate` requests per second with bursts of `burst`, on the injected clock."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float], sleep: Sleep
+                 ) -> None:
+        self.rate, self.burst = rate, max(1.0, burst)
+        self.clock, self.sleep = clock, sleep
+        self.tokens = self.burst
+        self.updated: float | None = None
+
+    async def acquire(self) -> None:
+        while True:
+            now = self.clock()
+            if self.updated is not None:
+                self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                return
+            await self.sleep((1.0 - self.tokens) / self.rate)
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.enqueued = Counter(
+            "watchdog_notifications_enqueued", "Notifications written to the outbox.",
+            ["receiver", "kind"], registry=registry)
+        self.delivered = Counter(
+            "watchdog_notifications_delivered", "Notifications a receiver accepted.",
+            ["receiver", "integration"], registry=registry)
+        self.failed = Counter(
+            "watchdog_notifications_failed",
+            "Notifications given up on (permanent error or too old).",
+            ["receiver", "integration"], registry=registry)
+        self.attempt_errors = Counter(
+            "watchdog_notification_attempt_errors", "Failed delivery attempts.",
+            ["receiver", "integration", "retryable"], registry=registry)
+        self.latency = Histogram(
+            "watchdog_notification_latency_seconds",
+            "From enqueue to delivery, retries included.", ["integration"],
+            buckets=(0.1, 0.5, 1, 2, 5, 15, 60, 300, 1800, 3600), registry=registry)
+        self.pending = Gauge(
+            "watchdog_notification_outbox_pending", "Notifications waiting for delivery.",
+            ["receiver"], registry=registry)
+
+
+class Outbox:
+    def __init__(self, db: aiosqlite.Connection, session: aiohttp.ClientSession, *,
+                 clock: Callable[[], float], registry: CollectorRegistry,
+                 receivers: Callable[[], Mapping[str, Receiver] | None],
+                 mqtt: Callable[[], MqttPublisher | None] = lambda: None,
+                 sleep: Sleep = asyncio.sleep, timeout: float = 10.0, resend: float = 60.0,
+                 rng: random.Random | None = None, max_age: float = MAX_AGE,
+                 backoff_base: float = BACKOFF_BASE, backoff_cap: float = BACKOFF_CAP,
+                 notifier_factory: Callable[[Receiver], Notifier] = build_notifier) -> None:
+        self.db, self.session, self.clock, self.sleep = db, session, clock, sleep
+        self.receivers, self.mqtt = receivers, mqtt
+        self.timeout, self.resend, self.max_age = timeout, resend, max_age
+        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.rng = rng or random.Random()
+        self.notifier_factory = notifier_factory
+        self.metrics = _Metrics(registry)
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._running = False
+        self._busy: set[str] = set()
+
+    async def init(self) -> None:
+        async with transaction(self.db):
+            await self.db.executescript(SCHEMA)
+
+    # ---- writing -----------------------------------------------------------------------------
+
+    async def enqueue(self, entries: Sequence[Entry],
+                      also: Iterable[tuple[str, Sequence[Any]]] = ()) -> int:
+        """Insert the rows (and run `also`, e.g. the notification-log update that goes with
+        them) and commit, then wake the workers. Returns how many rows were new."""
+        now = self.clock()
+        added = 0
+        receivers: set[str] = set()
+        async with transaction(self.db):
+            added = await self._insert(entries, also, now, receivers)
+        for r in receivers:
+            await self._update_pending(r)
+            self._kick(r)
+        return added
+
+    async def _insert(self, entries: Sequence[Entry], also: Iterable[tuple[str, Sequence[Any]]],
+                      now: float, receivers: set[str]) -> int:
+        added = 0
+        for e in entries:
+            n = e.notification
+            if e.supersede:
+                await self.db.execute(
+                    "UPDATE notify_outbox SET status = 'superseded', finished_at = ? "
+                    "WHERE receiver = ? AND group_key = ? AND status = 'pending'",
+                    (now, n.receiver, n.group_key))
+            cur = await self.db.execute(
+                "INSERT OR IGNORE INTO notify_outbox (receiver, kind, group_key, dedup_key, "
+                "payload, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (n.receiver, n.kind, n.group_key, e.dedup_key, n.model_dump_json(), now, now))
+            if cur.rowcount:
+                added += 1
+                receivers.add(n.receiver)
+                self.metrics.enqueued.labels(n.receiver, n.kind).inc()
+        for sql, params in also:
+            await self.db.execute(sql, params)
+        return added
+
+    # ---- workers -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start delivering, resuming every row a previous process left pending."""
+        self._running = True
+        async with self.db.execute(
+                "SELECT DISTINCT receiver FROM notify_outbox WHERE status = 'pending'") as cur:
+            for (receiver,) in await cur.fetchall():
+                await self._update_pending(receiver)
+                self._kick(receiver)
+
+    async def stop(self) -> None:
+        self._running = False
+        tasks = list(self._workers.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._workers.clear()
+
+    def _kick(self, receiver: str) -> None:
+        self._wake.setdefault(receiver, asyncio.Event()).set()
+        if not self._running:
+            return
+        task = self._workers.get(receiver)
+        if task is None or task.done():
+            self._workers[receiver] = asyncio.create_task(
+                self._work(receiver), name=f"notify-outbox-{receiver}")
+
+    def kick_all(self) -> None:
+        """After a reload: a receiver that was missing may exist now."""
+        for r in list(self._wake):
+            self._kick(r)
+
+    async def _next(self, receiver: str) -> Row | None:
+        async with self.db.execute(
+                "SELECT id, receiver, kind, group_key, payload, attempts, created_at, "
+                "next_attempt_at FROM notify_outbox WHERE status = 'pending' AND receiver = ? "
+                "ORDER BY id LIMIT 1", (receiver,)) as cur:
+            row = await cur.fetchone()
+        return Row(*row) if row is not None else None
+
+    async def _wait(self, receiver: str, delay: float | None) -> None:
+        wake = self._wake.setdefault(receiver, asyncio.Event())
+        if delay is None:
+            await wake.wait()
+            return
+        sleeper = asyncio.ensure_future(self.sleep(delay))
+        waiter = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (sleeper, waiter):
+                t.cancel()
+
+    async def _work(self, receiver: str) -> None:
+        while self._running:
+            try:
+                await self._work_loop(receiver)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # e.g. the database is locked for longer than its timeout
+                log.error("notification worker error; retrying", receiver=receiver,
+                          error=type(e).__name__)
+                await self.sleep(min(self.backoff_cap, 30.0))
+
+    async def _work_loop(self, receiver: str) -> None:
+        wake = self._wake.setdefault(receiver, asyncio.Event())
+        while self._running:
+            wake.clear()
+            row = await self._next(receiver)
+            if row is None:
+                self._busy.discard(receiver)
+                await self._wait(receiver, None)
+                continue
+            self._busy.add(receiver)
+            now = self.clock()
+            if row.next_attempt_at > now:
+                await self._wait(receiver, row.next_attempt_at - now)
+                continue
+            configured = self.receivers()
+            if configured is None:  # rules not loaded yet: keep everything for later
+                await self._wait(receiver, None)
+                continue
+            await self._attempt(row, configured.get(receiver))
+
+    async def _attempt(self, row: Row, receiver: Receiver | None) -> None:
+        if receiver is None:
+            await self._fail(row, "unknown", f"receiver {row.receiver!r} is no longer configured")
+            return
+        integration = integration_of(receiver)
+        try:
+            n = Notification.model_validate_json(row.payload)
+            notifier = self.notifier_factory(receiver)
+        except ValueError as e:  # a row written by an incompatible version: say so, once
+            await self._fail(row, integration, f"cannot read this notification: "
+                                               f"{type(e).__name__}")
+            return
+        bucket = self._buckets.get(row.receiver)
+        rate, burst = RATE_LIMITS.get(integration, (10.0, 10.0))
+        if bucket is None or bucket.rate != rate:
+            bucket = self._buckets[row.receiver] = TokenBucket(rate, burst, self.clock,
+                                                               self.sleep)
+        ctx = SendContext(now=self.clock(), session=self.session, timeout=self.timeout,
+                          pace=bucket.acquire, mqtt=self.mqtt(), settings_resend=self.resend)
+        try:
+            try:
+                await notifier.send(n, ctx)
+            except (DeliveryError, asyncio.CancelledError):
+                raise
+            except Exception as e:
+                # A bug in an integration must not kill the worker and strand the outbox:
+                # retried like a transient error, and given up on after max_age.
+                # No traceback: a rich traceback may print locals, and locals hold secrets.
+                log.error("notifier error", receiver=row.receiver,
+                          error=ctx.redact(f"{type(e).__name__}: {e}"))
+                raise DeliveryError(f"internal error in the {integration} notifier: "
+                                    f"{type(e).__name__}", retryable=True) from None
+        except DeliveryError as e:
+            error = ctx.redact(str(e))
+            self.metrics.attempt_errors.labels(row.receiver, integration,
+                                               str(e.retryable).lower()).inc()
+            now = self.clock()
+            if not e.retryable:
+                await self._fail(row, integration, error)
+            elif now - row.created_at >= self.max_age:
+                await self._fail(row, integration, f"gave up after {row.attempts + 1} attempts "
+                                 f"over {now - row.created_at:.0f}s; last error: {error}")
+            else:
+                delay = self._delay(row.attempts + 1, e.retry_after)
+                log.warning("notification delivery failed; will retry", receiver=row.receiver,
+                            integration=integration, kind=row.kind, attempt=row.attempts + 1,
+                            retry_in=round(delay, 1), error=error)
+                await self._finish(row, "pending", error, next_at=now + delay)
+            return
+        now = self.clock()
+        self.metrics.delivered.labels(row.receiver, integration).inc()
+        self.metrics.latency.labels(integration).observe(max(0.0, now - row.created_at))
+        await self._finish(row, "delivered", None, finished=now)
+        log.info("notification delivered", receiver=row.receiver, integration=integration,
+                 kind=row.kind, attempts=row.attempts + 1)
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, RETRY_AFTER_CAP)
+        raw = min(self.backoff_cap, self.backoff_base * 2.0 ** (attempt - 1))
+        return raw / 2 + self.rng.random() * raw / 2  # "equal jitter": never less than half
+
+    async def _fail(self, row: Row, integration: str, error: str) -> None:
+        self.metrics.failed.labels(row.receiver, integration).inc()
+        log.error("notification failed permanently", receiver=row.receiver,
+                  integration=integration, kind=row.kind, attempts=row.attempts + 1, error=error)
+        await self._finish(row, "failed", error, finished=self.clock())
+
+    async def _finish(self, row: Row, status: str, error: str | None, *,
+                      next_at: float | None = None, finished: float | None = None) -> None:
+        # Only a row still pending is updated: a superseded row stays superseded.
+        async with transaction(self.db):
+            await self.db.execute(
+            "UPDATE notify_outbox SET status = CASE WHEN status = 'pending' THEN ? ELSE status "
+                "END, attempts = attempts + 1, last_error = ?, "
+                "next_attempt_at = COALESCE(?, next_attempt_at), finished_at = ? WHERE id = ?",
+                (status, error, next_at, finished, row.id))
+        await self._update_pending(row.receiver)
+
+    async def _update_pending(self, receiver: str) -> None:
+        async with self.db.execute("SELECT COUNT(*) FROM notify_outbox WHERE status = "
+                                   "'pending' AND receiver = ?", (receiver,)) as cur:
+            row = await cur.fetchone()
+        self.metrics.pending.labels(receiver).set(row[0] if row else 0)
+
+    # ---- reading (API, tests) ----------------------------------------------------------------
+
+    async def pending_count(self, receiver: str | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM notify_outbox WHERE status = 'pending'"
+        params: tuple[str, ...] = ()
+        if receiver is not None:
+            sql += " AND receiver = ?"
+            params = (receiver,)
+        async with self.db.execute(sql, params) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def recent(self, *, status: str | None = None, receiver: str | None = None,
+                     limit: int = 100) -> list[dict[str, Any]]:
+        where, params = [], []
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        if receiver:
+            where.append("receiver = ?")
+            params.append(receiver)
+        sql = ("SELECT id, receiver, kind, group_key, status, attempts, created_at, "
+               "next_attempt_at, last_error, finished_at FROM notify_outbox"
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY id DESC LIMIT ?")
+        async with self.db.execute(sql, (*params, limit)) as cur:
+            rows = await cur.fetchall()
+        keys = ("id", "receiver", "kind", "group_key", "status", "attempts", "created_at",
+                "next_attempt_at", "last_error", "finished_at")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    async def prune(self, now: float) -> None:
+        async with transaction(self.db):
+            await self.db.execute("DELETE FROM notify_outbox WHERE status != 'pending' AND "
+                                  "finished_at < ?", (now - KEEP_FINISHED,))
+
+    async def drain(self, timeout: float = 5.0) -> bool:
+        """Wait (real time, bounded) until nothing is pending; for tests and shutdown."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if await self.pending_count() == 0:
+                return True
+            await asyncio.sleep(0.005)
+        return False

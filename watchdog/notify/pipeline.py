@@ -1,0 +1,487 @@
+"""The notification pipeline, Alertmanager's `notify/` stages in one place: inhibit → silence →
+route → group (group_wait / group_interval) → dedup against the persisted notification log →
+outbox; plus repeats, time-based escalation, acknowledgements, and the Prometheus-style re-sends
+to Alertmanager receivers.
+
+State: the alerts it has been told about (`observe`), one timer per aggregation group, and three
+persisted records — the notification log (what each receiver was last told about each group), the
+escalation levels already sent per incident, and (in `silences`) silences and acks. Everything it
+decides is written to the outbox, together with the log update, before anything is sent; it never
+sends, sleeps or reads the clock: `flush(at)` is called with the time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosqlite
+
+from watchdog.handlers import ActionEvent, AlertView
+from watchdog.labels import fingerprint, format_labels, matches
+from watchdog.model import InhibitRule, Receiver, Route
+from watchdog.notify.message import ActionNote, AlertDoc, Kind, Notification, alert_doc
+from watchdog.notify.message import generator_url as make_generator_url
+from watchdog.notify.outbox import Entry, Outbox
+from watchdog.notify.receivers import integration_of
+from watchdog.notify.silences import Ack, Matcher, SilenceStore, matches_all
+from watchdog.rulesdir import RuleSet
+from watchdog.state import RESOLVED_RETENTION, Alert, Event, severity_rank
+from watchdog.store import transaction
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS notify_log (
+    receiver TEXT NOT NULL,
+    group_key TEXT NOT NULL,
+    firing TEXT NOT NULL,
+    sent_at REAL NOT NULL,
+    PRIMARY KEY (receiver, group_key)
+);
+CREATE TABLE IF NOT EXISTS notify_escalations (
+    incident_id TEXT NOT NULL,
+    route_id TEXT NOT NULL,
+    level INTEGER NOT NULL,
+    at REAL NOT NULL,
+    resolved_sent INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (incident_id, route_id, level)
+);
+"""
+
+# Action events worth a message of their own. Step-level progress stays in the alert's own
+# message ("what the watchdog did") so a five-step rollback doesn't post ten messages.
+NOTIFIED_ACTION_KINDS = frozenset({"started", "succeeded", "failed", "would_run", "not_helped"})
+KEEP_ESCALATIONS = 7 * 86400.0
+
+
+def route_id(route: Route) -> str:
+    """Identity of a route across reloads and restarts: a hash of its content, so editing one
+    route neither resets nor inherits another route's notification log."""
+    text = route.model_dump_json(by_alias=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Tracked:
+    alert: Alert
+    notes: list[ActionNote] = field(default_factory=list)
+
+
+@dataclass
+class GroupState:
+    key: str
+    labels: dict[str, str]
+    next_flush: float
+
+
+@dataclass
+class LogEntry:
+    firing: dict[str, str]  # fingerprint -> severity ("" when none) last notified as firing
+    sent_at: float
+
+
+def group_labels(route: Route, labels: Mapping[str, str]) -> dict[str, str]:
+    if "..." in route.group_by:  # Alertmanager: group by all labels, i.e. one alert per group
+        return dict(labels)
+    return {k: labels[k] for k in route.group_by if k in labels}
+
+
+def inhibited(target: Mapping[str, str], sources: Iterable[Mapping[str, str]],
+              rules: Sequence[InhibitRule]) -> bool:
+    """Alertmanager's inhibitor: a firing source mutes a target when both match their sides and
+    the `equal` labels agree; an alert never inhibits itself."""
+    for rule in rules:
+        if not matches(target, rule.target_match, rule.target_match_re):
+            continue
+        for src in sources:
+            if src is target or dict(src) == dict(target):
+                continue
+            if not matches(src, rule.source_match, rule.source_match_re):
+                continue
+            if all(src.get(k, "") == target.get(k, "") for k in rule.equal):
+                return True
+    return False
+
+
+@dataclass
+class Pipeline:
+    db: aiosqlite.Connection
+    outbox: Outbox
+    silences: SilenceStore
+    external_url: str = ""
+    generator_base: str = ""
+    resend_delay: float = 60.0
+    view: AlertView | None = None
+
+    rules: RuleSet | None = None
+    routes: list[tuple[str, Route]] = field(default_factory=list)
+    receivers: dict[str, Receiver] = field(default_factory=dict)
+    inhibit_rules: list[InhibitRule] = field(default_factory=list)
+    exprs: dict[tuple[str, str], str] = field(default_factory=dict)
+    tracked: dict[str, Tracked] = field(default_factory=dict)
+    groups: dict[str, GroupState] = field(default_factory=dict)
+    log: dict[tuple[str, str], LogEntry] = field(default_factory=dict)
+    escalated: dict[tuple[str, str, int], bool] = field(default_factory=dict)
+    am_sent: dict[str, tuple[float, frozenset[tuple[str, str]]]] = field(default_factory=dict)
+
+    async def load(self) -> None:
+        async with transaction(self.db):
+            await self.db.executescript(SCHEMA)
+        async with self.db.execute("SELECT receiver, group_key, firing, sent_at FROM notify_log"
+                                   ) as cur:
+            for r, g, firing, sent_at in await cur.fetchall():
+                self.log[(r, g)] = LogEntry(json.loads(firing), sent_at)
+        async with self.db.execute("SELECT incident_id, route_id, level, resolved_sent FROM "
+                                   "notify_escalations") as cur:
+            for inc, rid, level, done in await cur.fetchall():
+                self.escalated[(inc, rid, level)] = bool(done)
+
+    # ---- inputs --------------------------------------------------------------------------
+
+    def set_rules(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self.routes = [(route_id(r), r) for r in rules.routes]
+        self.receivers = rules.receivers
+        self.inhibit_rules = rules.inhibit_rules
+        self.exprs = {}
+        for _, g in rules.groups():
+            for r in g.alerting_rules:
+                self.exprs.setdefault((g.name, r.alert), r.expr)
+
+    def seed(self, alerts: Iterable[Alert]) -> None:
+        """After a restart: the alerts the engine restored. The persisted log says what was
+        already notified, so nothing is sent twice; what was not yet sent, is."""
+        for a in alerts:
+            if a.state in ("firing", "inactive") and a.fingerprint not in self.tracked:
+                self.tracked[a.fingerprint] = Tracked(a)
+
+    def observe(self, events: Sequence[Event]) -> None:
+        for e in events:
+            a = e.alert
+            if e.kind == "pending":
+                continue
+            t = self.tracked.get(a.fingerprint)
+            if t is None or t.alert.incident_id != a.incident_id:
+                if e.kind == "firing" or t is None:
+                    self.tracked[a.fingerprint] = Tracked(a)
+                continue
+            t.alert = a
+
+    def note_action(self, ev: ActionEvent) -> Tracked | None:
+        t = self._find(ev.labels)
+        if t is not None:
+            note = ActionNote(action=ev.action, kind=ev.kind, at=ev.at, step=ev.step,
+                              detail=ev.detail, run_id=ev.run_id)
+            t.notes.append(note)
+            del t.notes[:-20]  # a runaway action must not grow a message without bound
+        return t
+
+    def _find(self, labels: Mapping[str, str]) -> Tracked | None:
+        for fp in (fingerprint(labels), fingerprint(labels, exclude=("severity",))):
+            if fp in self.tracked:
+                return self.tracked[fp]
+        bare = {k: v for k, v in labels.items() if k != "severity"}
+        for t in self.tracked.values():
+            if {k: v for k, v in t.alert.labels.items() if k != "severity"} == bare:
+                return t
+        return None
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _integration(self, receiver: str) -> str:
+        r = self.receivers.get(receiver)
+        return integration_of(r) if r is not None else "unknown"
+
+    def _doc(self, t: Tracked) -> AlertDoc:
+        a = t.alert
+        url = make_generator_url(self.generator_base, self.exprs.get((a.group, a.rule)))
+        return alert_doc(a, generator=url, acked=self.silences.acked(a.incident_id),
+                         actions=t.notes)
+
+    def _refresh(self) -> None:
+        """Take current values of firing alerts from the engine, so a repeat shows today's
+        value; transitions still come only from events."""
+        if self.view is None or not self.tracked:
+            return
+        # One pass over the view (not `find` per alert, which is linear itself).
+        current = {(a.rule, a.fingerprint): a for a in self.view.alerts()
+                   if a.state == "firing"}
+        for t in self.tracked.values():
+            if t.alert.state != "firing":
+                continue
+            fresh = current.get((t.alert.rule, t.alert.fingerprint))
+            if fresh is not None and fresh.incident_id == t.alert.incident_id:
+                t.alert = fresh
+
+    def _retention(self) -> float:
+        longest = max((r.group_wait + r.group_interval for _, r in self.routes), default=0.0)
+        return max(RESOLVED_RETENTION, longest + 60.0)
+
+    def suppressed(self, at: float) -> dict[str, str]:
+        """Firing alerts muted now, with the reason (silence id or "inhibited")."""
+        firing = [t.alert for t in self.tracked.values() if t.alert.state == "firing"]
+        out: dict[str, str] = {}
+        sources = [a.labels for a in firing]
+        for a in firing:
+            s = self.silences.muted(a.labels, at)
+            if s is not None:
+                out[a.fingerprint] = f"silenced by {s.id}"
+            elif self.inhibit_rules and inhibited(a.labels, sources, self.inhibit_rules):
+                out[a.fingerprint] = "inhibited"
+        return out
+
+    # ---- the flush -------------------------------------------------------------------------
+
+    async def flush(self, at: float) -> int:
+        """Decide every notification due at `at`, persist them (with the log) in the outbox."""
+        self._refresh()
+        retention = self._retention()
+        for fp in [fp for fp, t in self.tracked.items()
+                   if t.alert.state == "inactive" and t.alert.resolved_at is not None
+                   and at - t.alert.resolved_at > retention]:
+            del self.tracked[fp]
+
+        muted = self.suppressed(at)
+        entries: list[Entry] = []
+        also: list[tuple[str, Sequence[Any]]] = []
+        log_updates: dict[tuple[str, str], LogEntry | None] = {}
+        esc_updates: dict[tuple[str, str, int], bool] = {}
+        live_groups: set[str] = set()
+
+        for rid, route in self.routes:
+            members = [t for t in self.tracked.values()
+                       if matches(t.alert.labels, route.match, route.match_re)]
+            by_group: dict[str, tuple[dict[str, str], list[Tracked]]] = {}
+            for t in members:
+                gl = group_labels(route, t.alert.labels)
+                key = f"{rid}:{format_labels(gl)}"
+                by_group.setdefault(key, (gl, []))[1].append(t)
+            for key, (gl, ts) in by_group.items():
+                live_groups.add(key)
+                st = self.groups.get(key)
+                if st is None:
+                    st = self.groups[key] = GroupState(key, gl, at + route.group_wait)
+                if at < st.next_flush:
+                    continue
+                st.next_flush = at + route.group_interval
+                for receiver in dict.fromkeys(route.receivers):
+                    if self._integration(receiver) == "alertmanager":
+                        continue  # Alertmanager groups by itself: see _alertmanager
+                    self._flush_group(receiver, route, key, gl, ts, muted, at, entries,
+                                      log_updates)
+            if route.escalate:
+                self._escalate(rid, route, members, muted, at, entries, also, esc_updates)
+
+        for key in [k for k in self.groups if k not in live_groups]:
+            del self.groups[key]
+        self._alertmanager(at, entries)
+
+        for (receiver, key), entry in log_updates.items():
+            if entry is None:
+                also.append(("DELETE FROM notify_log WHERE receiver = ? AND group_key = ?",
+                             (receiver, key)))
+            else:
+                also.append(("INSERT OR REPLACE INTO notify_log (receiver, group_key, firing, "
+                             "sent_at) VALUES (?, ?, ?, ?)",
+                             (receiver, key, json.dumps(entry.firing, sort_keys=True),
+                              entry.sent_at)))
+        if not entries and not also:
+            return 0
+        added = await self.outbox.enqueue(entries, also)
+        # Memory follows the database only once the rows are committed.
+        for k, v in log_updates.items():
+            if v is None:
+                self.log.pop(k, None)
+            else:
+                self.log[k] = v
+        self.escalated.update(esc_updates)
+        return added
+
+    def _flush_group(self, receiver: str, route: Route, key: str, gl: dict[str, str],
+                     ts: list[Tracked], muted: Mapping[str, str], at: float,
+                     entries: list[Entry], log_updates: dict[tuple[str, str], LogEntry | None]
+                     ) -> None:
+        firing = {t.alert.fingerprint: t for t in ts
+                  if t.alert.state == "firing" and t.alert.fingerprint not in muted}
+        resolved = {t.alert.fingerprint: t for t in ts if t.alert.state == "inactive"}
+        sev = {fp: t.alert.labels.get("severity", t.alert.severity or "")
+               for fp, t in firing.items()}
+        entry = self.log.get((receiver, key))
+        prev = entry.firing if entry is not None else {}
+        new = [fp for fp in firing if fp not in prev]
+        up = [fp for fp in firing if fp in prev and severity_rank(sev[fp] or None)
+              > severity_rank(prev[fp] or None)]
+        # Resolved alerts are not filtered by silences or inhibition (Alertmanager would): a
+        # page that went out must be closed, or it stays open in PagerDuty forever.
+        gone_resolved = [fp for fp in prev if fp in resolved] if route.send_resolved else []
+
+        kind: Kind | None = None
+        previous_severity = None
+        if new:
+            kind = "firing"
+        elif up:
+            kind, previous_severity = "escalated", prev[up[0]] or None
+        elif gone_resolved:
+            kind = "resolved"
+        elif (firing and entry is not None and at - entry.sent_at >= route.repeat_interval
+              and not all(self.silences.acked(t.alert.incident_id) for t in firing.values())):
+            kind = "repeated"
+
+        if kind is None:
+            if prev != sev:  # silently follow: a re-fire after this is new again
+                log_updates[(receiver, key)] = (
+                    LogEntry(sev, entry.sent_at if entry else at) if sev else None)
+            return
+        docs = [self._doc(t) for t in firing.values()]
+        docs += [self._doc(resolved[fp]) for fp in gone_resolved]
+        entries.append(Entry(Notification(
+            kind=kind, receiver=receiver, group_key=key, created_at=at, group_labels=gl,
+            alerts=tuple(docs), external_url=self.external_url,
+            previous_severity=previous_severity)))
+        log_updates[(receiver, key)] = LogEntry(sev, at) if sev else None
+
+    def _escalate(self, rid: str, route: Route, members: list[Tracked],
+                  muted: Mapping[str, str], at: float, entries: list[Entry],
+                  also: list[tuple[str, Sequence[Any]]],
+                  esc_updates: dict[tuple[str, str, int], bool]) -> None:
+        for t in members:
+            a = t.alert
+            inc = a.incident_id
+            if a.state == "inactive":
+                if not route.send_resolved:
+                    continue
+                for level, esc in enumerate(route.escalate):
+                    k = (inc, rid, level)
+                    if self.escalated.get(k) is False and k not in esc_updates:
+                        self._escalation_entries(t, esc.receivers, rid, level, None, at,
+                                                 entries, resolved=True)
+                        esc_updates[k] = True
+                        also.append(("UPDATE notify_escalations SET resolved_sent = 1 WHERE "
+                                     "incident_id = ? AND route_id = ? AND level = ?", k))
+                continue
+            if (a.state != "firing" or a.fingerprint in muted
+                    or self.silences.acked(inc)):
+                continue
+            since = a.fired_at if a.fired_at is not None else a.active_at
+            for level, esc in enumerate(route.escalate):
+                k = (inc, rid, level)
+                if at - since < esc.after or k in self.escalated or k in esc_updates:
+                    continue
+                self._escalation_entries(t, esc.receivers, rid, level, esc.after, at, entries,
+                                         resolved=False)
+                esc_updates[k] = False
+                also.append(("INSERT OR IGNORE INTO notify_escalations (incident_id, route_id, "
+                             "level, at) VALUES (?, ?, ?, ?)", (*k, at)))
+
+    def _escalation_entries(self, t: Tracked, receivers: list[str], rid: str, level: int,
+                            after: float | None, at: float, entries: list[Entry], *,
+                            resolved: bool) -> None:
+        doc = self._doc(t)
+        for receiver in dict.fromkeys(receivers):
+            key = f"{rid}:escalation:{level}:{t.alert.fingerprint}"
+            n = Notification(kind="resolved" if resolved else "escalated", receiver=receiver,
+                             group_key=key, created_at=at, alerts=(doc,),
+                             external_url=self.external_url, level=None if resolved else level + 2,
+                             escalated_after=after)
+            tag = "resolved" if resolved else "escalated"
+            entries.append(Entry(n, dedup_key=f"{tag}:{t.alert.incident_id}:{rid}:{level}:"
+                                              f"{receiver}"))
+
+    def _alertmanager(self, at: float, entries: list[Entry]) -> None:
+        """Prometheus's sender: every alert routed to an Alertmanager receiver, firing or
+        resolved within the retention, re-sent every `resend_delay` and on every change.
+        Silences and inhibition are left to Alertmanager, which has its own."""
+        targets: dict[str, list[Tracked]] = {}
+        for _, route in self.routes:
+            names = [r for r in route.receivers if self._integration(r) == "alertmanager"]
+            if not names:
+                continue
+            for t in self.tracked.values():
+                if matches(t.alert.labels, route.match, route.match_re):
+                    for n in names:
+                        lst = targets.setdefault(n, [])
+                        if t not in lst:
+                            lst.append(t)
+        for receiver, ts in targets.items():
+            docs = [self._doc(t) for t in ts if t.alert.state in ("firing", "inactive")]
+            sig = frozenset((d.fingerprint + d.incident_id, d.status) for d in docs)
+            last = self.am_sent.get(receiver)
+            if not docs:
+                continue
+            if last is not None and last[1] == sig and at - last[0] < self.resend_delay:
+                continue
+            kind: Kind = "firing" if any(d.status == "firing" for d in docs) else "resolved"
+            entries.append(Entry(Notification(
+                kind=kind, receiver=receiver, group_key=f"alertmanager:{receiver}",
+                created_at=at, alerts=tuple(docs), external_url=self.external_url),
+                supersede=True))
+            self.am_sent[receiver] = (at, sig)
+
+    # ---- actions and acks ---------------------------------------------------------------
+
+    async def notify_action(self, ev: ActionEvent, at: float) -> int:
+        t = self.note_action(ev)
+        if ev.kind not in NOTIFIED_ACTION_KINDS or (ev.step is not None and ev.kind != "failed"):
+            return 0
+        labels = dict(ev.labels)
+        if ev.rule and "alertname" not in labels:
+            labels["alertname"] = ev.rule
+        if self.silences.muted(labels, at) is not None:
+            return 0
+        note = ActionNote(action=ev.action, kind=ev.kind, at=ev.at, step=ev.step,
+                          detail=ev.detail, run_id=ev.run_id)
+        docs = (self._doc(t),) if t is not None else ()
+        entries = []
+        for rid, route in self.routes:
+            if not matches(labels, route.match, route.match_re):
+                continue
+            for receiver in dict.fromkeys(route.receivers):
+                if self._integration(receiver) == "alertmanager":
+                    continue  # Alertmanager only takes alerts
+                n = Notification(kind="action", receiver=receiver,
+                                 group_key=f"{rid}:action:{ev.action}", created_at=at,
+                                 alerts=docs, external_url=self.external_url, action=note,
+                                 action_labels=labels)
+                dedup = (f"action:{ev.run_id}:{ev.step or ''}:{ev.kind}:{receiver}"
+                         if ev.run_id else None)
+                entries.append(Entry(n, dedup_key=dedup))
+        if not entries:
+            return 0
+        return await self.outbox.enqueue(entries)
+
+    def firing_matching(self, matchers: Sequence[Matcher]) -> list[Alert]:
+        return [t.alert for t in self.tracked.values()
+                if t.alert.state == "firing" and matches_all(matchers, t.alert.labels)]
+
+    async def ack(self, matchers: Sequence[Matcher], at: float, created_by: str = "",
+                  comment: str = "") -> list[Alert]:
+        alerts = self.firing_matching(matchers)
+        await self.silences.ack(Ack(a.incident_id, a.fingerprint, dict(a.labels), at,
+                                    created_by, comment) for a in alerts)
+        return alerts
+
+    async def prune(self, at: float) -> None:
+        """Forget what can no longer matter: escalations of incidents that are gone (an
+        incident id never recurs), expired silences, acks of resolved incidents, old rows."""
+        live = {t.alert.incident_id for t in self.tracked.values()}
+        old = [k for k in self.escalated if k[0] not in live]
+        if old:
+            async with transaction(self.db):
+                await self.db.executemany(
+                    "DELETE FROM notify_escalations WHERE incident_id = ? AND route_id = ? "
+                    "AND level = ?", old)
+            for k in old:
+                del self.escalated[k]
+        # Log entries of groups that no longer exist (a route edited away, alerts long gone).
+        stale = [k for k, e in self.log.items()
+                 if k[1] not in self.groups and e.sent_at < at - KEEP_ESCALATIONS]
+        if stale:
+            async with transaction(self.db):
+                await self.db.executemany(
+                    "DELETE FROM notify_log WHERE receiver = ? AND group_key = ?", stale)
+            for key in stale:
+                del self.log[key]
+        await self.silences.prune(at, keep=live)
+        await self.outbox.prune(at)

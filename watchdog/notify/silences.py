@@ -1,0 +1,262 @@
+"""Silences and acknowledgements: their validation, their matching, and their SQLite tables.
+
+A silence mutes notifications for alerts its matchers select until `endsAt` (Alertmanager's
+matcher semantics: `isRegex` is fully anchored, `isEqual: false` negates). An acknowledgement
+belongs to one incident (an alert instance from activation to resolution): it stops escalation and
+repeats for that incident only, so the next incident pages again. Both survive restarts.
+
+No delivery logic here, and nothing here reads the clock: callers pass `now`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import aiosqlite
+
+from watchdog.store import transaction
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS notify_silences (
+    id TEXT PRIMARY KEY,
+    matchers TEXT NOT NULL,
+    starts_at REAL NOT NULL,
+    ends_at REAL NOT NULL,
+    created_by TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS notify_acks (
+    incident_id TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    at REAL NOT NULL,
+    created_by TEXT NOT NULL,
+    comment TEXT NOT NULL
+);
+"""
+
+# Expired silences and acks of long-resolved incidents are kept this long (for the API's
+# history), then deleted so the tables stay small.
+KEEP_EXPIRED = 7 * 86400.0
+
+
+class InputError(ValueError):
+    """Bad input from the API or an MQTT command; the message is shown to the caller."""
+
+
+@dataclass(frozen=True)
+class Matcher:
+    name: str
+    value: str
+    is_regex: bool = False
+    is_equal: bool = True
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        v = labels.get(self.name, "")
+        hit = re.fullmatch(self.value, v) is not None if self.is_regex else v == self.value
+        return hit == self.is_equal
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "isRegex": self.is_regex,
+                "isEqual": self.is_equal}
+
+
+def parse_matchers(raw: Any) -> tuple[Matcher, ...]:
+    """`[{name, value, isRegex, isEqual}]` (Alertmanager's API), or a `{name: value}` map."""
+    if isinstance(raw, Mapping):
+        raw = [{"name": k, "value": v} for k, v in raw.items()]
+    if not isinstance(raw, list) or not raw:
+        raise InputError("matchers must be a non-empty list of {name, value, isRegex}")
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, Mapping):
+            raise InputError(f"matchers[{i}] must be an object with name and value")
+        name, value = m.get("name"), m.get("value")
+        if not isinstance(name, str) or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name):
+            raise InputError(f"matchers[{i}].name must be a label name, got {name!r}")
+        if not isinstance(value, str):
+            raise InputError(f"matchers[{i}].value must be a string")
+        is_regex, is_equal = m.get("isRegex", False), m.get("isEqual", True)
+        if not isinstance(is_regex, bool) or not isinstance(is_equal, bool):
+            raise InputError(f"matchers[{i}]: isRegex and isEqual must be booleans")
+        if is_regex:
+            try:
+                re.compile(value)
+            except re.error as e:
+                raise InputError(f"matchers[{i}].value: invalid regex: {e}") from None
+        out.append(Matcher(name, value, is_regex, is_equal))
+    # Alertmanager refuses a silence that would match every alert; so do we.
+    if all(x.matches({}) for x in out):
+        raise InputError("matchers would match every alert (including alerts with no labels)")
+    return tuple(out)
+
+
+def matches_all(matchers: Iterable[Matcher], labels: Mapping[str, str]) -> bool:
+    return all(x.matches(labels) for x in matchers)
+
+
+def parse_time(value: Any, what: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    raise InputError(f"{what} must be RFC 3339 or Unix seconds, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Silence:
+    id: str
+    matchers: tuple[Matcher, ...]
+    starts_at: float
+    ends_at: float
+    created_by: str
+    comment: str
+    created_at: float
+
+    def active(self, now: float) -> bool:
+        return self.starts_at <= now < self.ends_at
+
+    def mutes(self, labels: Mapping[str, str], now: float) -> bool:
+        return self.active(now) and matches_all(self.matchers, labels)
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        from watchdog.notify.message import rfc3339
+
+        state = "active" if self.active(now) else ("pending" if now < self.starts_at
+                                                   else "expired")
+        return {"id": self.id, "matchers": [x.to_json() for x in self.matchers],
+                "startsAt": rfc3339(self.starts_at), "endsAt": rfc3339(self.ends_at),
+                "createdBy": self.created_by, "comment": self.comment,
+                "status": {"state": state}}
+
+
+def silence_from_request(body: Any, now: float) -> Silence:
+    if not isinstance(body, Mapping):
+        raise InputError("expected a JSON object {matchers, endsAt, createdBy, comment}")
+    matchers = parse_matchers(body.get("matchers"))
+    starts = parse_time(body["startsAt"], "startsAt") if body.get("startsAt") else now
+    if "endsAt" not in body:
+        raise InputError("endsAt is required")
+    ends = parse_time(body["endsAt"], "endsAt")
+    if ends <= max(starts, now):
+        raise InputError("endsAt must be in the future and after startsAt")
+    created_by = body.get("createdBy", "")
+    comment = body.get("comment", "")
+    if not isinstance(created_by, str) or not isinstance(comment, str):
+        raise InputError("createdBy and comment must be strings")
+    return Silence(str(uuid.uuid4()), matchers, starts, ends, created_by or "unknown", comment,
+                   now)
+
+
+@dataclass(frozen=True)
+class Ack:
+    incident_id: str
+    fingerprint: str
+    labels: Mapping[str, str]
+    at: float
+    created_by: str = ""
+    comment: str = ""
+
+
+@dataclass
+class SilenceStore:
+    """The silences and acks, in memory for matching and in SQLite for restarts."""
+
+    db: aiosqlite.Connection
+    silences: dict[str, Silence] = field(default_factory=dict)
+    acks: dict[str, Ack] = field(default_factory=dict)
+
+    async def load(self) -> None:
+        async with transaction(self.db):
+            await self.db.executescript(SCHEMA)
+        async with self.db.execute(
+                "SELECT id, matchers, starts_at, ends_at, created_by, comment, created_at "
+                "FROM notify_silences") as cur:
+            for row in await cur.fetchall():
+                ms = tuple(Matcher(x["name"], x["value"], x.get("isRegex", False),
+                                   x.get("isEqual", True)) for x in json.loads(row[1]))
+                self.silences[row[0]] = Silence(row[0], ms, row[2], row[3], row[4], row[5],
+                                                row[6])
+        async with self.db.execute(
+                "SELECT incident_id, fingerprint, labels, at, created_by, comment "
+                "FROM notify_acks") as cur:
+            for row in await cur.fetchall():
+                self.acks[row[0]] = Ack(row[0], row[1], json.loads(row[2]), row[3], row[4],
+                                        row[5])
+
+    async def add(self, s: Silence) -> None:
+        async with transaction(self.db):
+            await self.db.execute(
+                "INSERT INTO notify_silences (id, matchers, starts_at, ends_at, created_by, "
+                "comment, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (s.id, json.dumps([x.to_json() for x in s.matchers]), s.starts_at, s.ends_at,
+                 s.created_by, s.comment, s.created_at))
+        self.silences[s.id] = s
+
+    async def expire(self, silence_id: str, now: float) -> Silence | None:
+        """Alertmanager's DELETE: the silence ends now (kept, as expired, for the history)."""
+        s = self.silences.get(silence_id)
+        if s is None:
+            return None
+        ended = Silence(s.id, s.matchers, min(s.starts_at, now), min(s.ends_at, now),
+                        s.created_by, s.comment, s.created_at)
+        async with transaction(self.db):
+            await self.db.execute("UPDATE notify_silences SET starts_at = ?, ends_at = ? "
+                                  "WHERE id = ?", (ended.starts_at, ended.ends_at, s.id))
+        self.silences[s.id] = ended
+        return ended
+
+    def muted(self, labels: Mapping[str, str], now: float) -> Silence | None:
+        for s in self.silences.values():
+            if s.mutes(labels, now):
+                return s
+        return None
+
+    async def ack(self, acks: Iterable[Ack]) -> list[Ack]:
+        new = [a for a in acks if a.incident_id not in self.acks]
+        if not new:
+            return []
+        async with transaction(self.db):
+            await self.db.executemany(
+                "INSERT OR IGNORE INTO notify_acks (incident_id, fingerprint, labels, at, "
+                "created_by, comment) VALUES (?, ?, ?, ?, ?, ?)",
+                [(a.incident_id, a.fingerprint, json.dumps(dict(a.labels)), a.at,
+                  a.created_by, a.comment) for a in new])
+        for a in new:
+            self.acks[a.incident_id] = a
+        return new
+
+    def acked(self, incident_id: str) -> bool:
+        return incident_id in self.acks
+
+    async def prune(self, now: float, keep: Iterable[str] = ()) -> None:
+        """Delete silences expired long ago and acks of incidents not in `keep` (the live ones:
+        an incident that lasts a week keeps its ack)."""
+        live = set(keep)
+        old_s = [k for k, s in self.silences.items() if s.ends_at < now - KEEP_EXPIRED]
+        old_a = [k for k, a in self.acks.items() if k not in live and a.at < now - 3600.0]
+        if not old_s and not old_a:
+            return
+        async with transaction(self.db):
+            await self.db.executemany("DELETE FROM notify_silences WHERE id = ?",
+                                      [(k,) for k in old_s])
+            await self.db.executemany("DELETE FROM notify_acks WHERE incident_id = ?",
+                                      [(k,) for k in old_a])
+        for k in old_s:
+            del self.silences[k]
+        for k in old_a:
+            del self.acks[k]
