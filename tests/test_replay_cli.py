@@ -72,3 +72,26 @@ def test_unreachable_prometheus_is_reported_with_the_endpoint(tmp_path: Path) ->
                           timeout=120)
     assert proc.returncode == 1
     assert "http://127.0.0.1:9/api/v1/query_range" in proc.stderr
+
+
+def test_replay_applies_the_action_interlocks(tmp_path: Path,
+                                              backfilled_prometheus: object) -> None:
+    """A flapping alert fires three times within the cooldown: one would_run, as live."""
+    values = [0.2, 0.2, 0.01, 0.2, 0.01, 0.2, 0.2, 0.01] + [0.01] * 30 + [0.2, 0.2]
+    prom = backfilled_prometheus([Series(  # type: ignore[operator]
+        {"__name__": "error_ratio", "service": "checkout", "instance": "a"},
+        [(60.0 * i, v) for i, v in enumerate(values)])])
+    rules = RULES.replace("for: 2m", "for: 0s").replace(
+        "  rollback-checkout:\n", "  rollback-checkout:\n    cooldown: 30m\n")
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "r.yml").write_text(rules)
+    proc = subprocess.run([sys.executable, "-m", "watchdog", "replay", "--rules",
+                           str(tmp_path / "rules"), "--prometheus-url", prom.url, "--start", "0", "--end",
+                           str(60 * (len(values) - 1))], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    docs = [json.loads(line) for line in proc.stdout.splitlines()]
+    fired = [d["ts"] for d in docs if d["state"] == "firing"]
+    ran = [d["ts"] for d in docs if d["state"] == "would_run"]
+    assert fired == [0.0, 180.0, 300.0, 2280.0]
+    assert ran == [0.0, 2280.0]  # within 30m of the first run: held back by the cooldown

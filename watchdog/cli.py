@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     npv.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     npv.add_argument("--external-url", default="",
                      help="EXTERNAL_URL for links (default: $WATCHDOG_EXTERNAL_URL)")
+
+    from watchdog.actions.client import add_action_parser
+
+    add_action_parser(sub)
     return p
 
 
@@ -155,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from watchdog.notify.preview import run_cli
 
         return run_cli(args)
+    if args.command == "action":
+        from watchdog.actions.client import main as action_main
+
+        return action_main(args)
     if args.command == "run":
         from watchdog.daemon import run_daemon
 

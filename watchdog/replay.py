@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from watchdog.engine import GroupRuntime, TickResult, tick
 from watchdog.evaluate import Context, Sample
+from watchdog.interlocks import History
 from watchdog.labels import format_labels
 from watchdog.rulesdir import RuleSet
 from watchdog.source import QueryError, RangeSource
@@ -117,6 +118,7 @@ async def replay(rules: RuleSet, source: RangeSource, start: float, end: float,
     out: list[ReplayLine] = []
     errors: dict[str, str] = {}
     actions = rules.actions
+    history = History()  # the daemon's interlocks: cooldown, max runs/hour, once per incident
     async for _, rt, result in walk(rules, source, start, end, step, default_interval, ctx,
                                     concurrency):
         for key, err in result.errors.items():
@@ -134,7 +136,9 @@ async def replay(rules: RuleSet, source: RangeSource, start: float, end: float,
             rule = rules_by_name.get(a.rule)
             if ev.kind == "firing" and rule is not None:
                 for name in rule.actions:
-                    if name in actions:
+                    if name in actions and history.check_and_record(
+                            name, actions[name], ev.at, fingerprint=a.fingerprint,
+                            incident_id=a.incident_id).allowed:
                         out.append(ReplayLine(ev.at, len(out), {
                             "ts": ev.at, "rule": a.rule, "labels": labels, "action": name,
                             "state": "would_run"}))

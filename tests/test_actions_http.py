@@ -1,0 +1,309 @@
+"""Manual triggers and deploy markers over HTTP, the MQTT command form, and the
+`watchdog action run` client against a real (in-process) server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiosqlite
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from watchdog.actions import client as action_client
+from watchdog.actions import create_handler
+from watchdog.actions.handler import ActionsHandler
+from watchdog.actions.testing import RecordingSink, StaticAlerts, eventually, make_context
+from watchdog.engine import GroupRuntime, tick
+from watchdog.evaluate import Context
+from watchdog.labels import fingerprint
+from watchdog.rulesdir import build
+from watchdog.state import Alert
+from watchdog.testing import FakeSource, FixedClock, sample
+
+T0 = 1_800_000_000.0
+
+RULES = b"""
+groups:
+  - name: checkout
+    rules:
+      - alert: HighErrorRate
+        expr: error_ratio
+        threshold: "> 0.1"
+        actions: [rollback, staged]
+  - name: api
+    rules:
+      - alert: ApiLatencyRegressed
+        expr: api_p95
+        baseline: {deploy: true}
+        threshold: "> 1.5"
+actions:
+  rollback:
+    max_runs_per_hour: 2
+    steps:
+      - webhook: {url: "${HOOK}/flag", method: PATCH, json: {enabled: false}}
+  staged:
+    steps:
+      - webhook: {url: "${HOOK}/stage1"}
+      - wait: {for: 10m, until: resolved}
+      - webhook: {url: "${HOOK}/stage2"}
+"""
+
+
+class Env:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.clock = FixedClock(T0)
+        self.alerts = StaticAlerts()
+        self.sink = RecordingSink()
+        self.p95 = {"api": 0.2, "web": 0.5}
+        self.source = FakeSource({"api_p95": lambda at: [
+            sample(v, __name__="api_p95", service=s) for s, v in self.p95.items()]})
+        self.h: ActionsHandler
+        self.client: TestClient[Any, Any]
+        self.url = ""
+        self.auth: list[str | None] = []
+        self.db: aiosqlite.Connection
+
+
+@pytest.fixture
+async def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
+    e = Env()
+
+    async def hook(request: web.Request) -> web.Response:
+        e.calls.append(request.path)
+        return web.Response()
+
+    hook_app = web.Application()
+    hook_app.router.add_route("*", "/{tail:.*}", hook)
+    hook_server = TestServer(hook_app, host="127.0.0.1")
+    await hook_server.start_server()
+    monkeypatch.setenv("HOOK", str(hook_server.make_url("")).rstrip("/"))
+    async with aiohttp.ClientSession() as session, \
+            aiosqlite.connect(tmp_path / "state.db") as db:
+        ctx = make_context(db, session, e.source, alerts=e.alerts, clock=e.clock,
+                           sinks=[e.sink])
+        ctx.rules = build({"r.yml": RULES})
+        e.h = create_handler(ctx)
+        await e.h.start()
+        @web.middleware
+        async def record_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+            e.auth.append(request.headers.get("Authorization"))
+            return await handler(request)
+
+        app = web.Application(middlewares=[record_auth])
+        app.add_routes(ctx.routes)
+        e.client = TestClient(TestServer(app, host="127.0.0.1"))
+        await e.client.start_server()
+        e.url = str(e.client.make_url("")).rstrip("/")
+        e.db = db
+        try:
+            yield e
+        finally:
+            await e.client.close()
+            await e.h.stop()
+            await hook_server.close()
+
+
+async def post(e: Env, path: str, body: Any) -> tuple[int, dict[str, Any], Any]:
+    resp = await e.client.post(path, json=body) if not isinstance(body, bytes) else \
+        await e.client.post(path, data=body)
+    return resp.status, await resp.json(), resp.headers
+
+
+async def test_manual_trigger_runs_and_is_visible(env: Env) -> None:
+    status, doc, _ = await post(env, "/api/v1/actions/rollback/run",
+                                {"labels": {"service": "checkout"}})
+    assert status == 202 and doc["action"] == "rollback" and doc["dryRun"] is False
+    await eventually(lambda: env.calls == ["/flag"])
+
+    async def done() -> bool:
+        r = await env.client.get(f"/api/v1/actions/runs/{doc['runID']}")
+        return bool((await r.json())["data"]["status"] == "succeeded")
+    await eventually(done)
+    r = await env.client.get("/api/v1/actions/runs", params={"action": "rollback"})
+    [run] = (await r.json())["data"]
+    assert run["trigger"] == "manual" and run["labels"] == {"service": "checkout"}
+    assert run["steps"][0]["status"] == "succeeded" and "HTTP 200" in run["steps"][0]["detail"]
+    assert env.sink.kinds("rollback")[:2] == ["started", "succeeded"]
+
+
+async def test_bad_input_gets_a_clear_4xx(env: Env) -> None:
+    status, doc, _ = await post(env, "/api/v1/actions/nope/run", {"labels": {}})
+    assert status == 404 and "no action named 'nope'" in doc["error"]
+    status, doc, _ = await post(env, "/api/v1/actions/rollback/run", {"labels": {"a": 1}})
+    assert status == 400 and "labels.a" in doc["error"]
+    status, doc, _ = await post(env, "/api/v1/actions/rollback/run", {"lables": {}})
+    assert status == 400 and "lables" in doc["error"]
+    status, doc, _ = await post(env, "/api/v1/actions/rollback/run", b"{not json")
+    assert status == 400 and "JSON" in doc["error"]
+    status, doc, _ = await post(env, "/api/v1/deploys", {"version": "v2"})
+    assert status == 400 and "service" in doc["error"]
+    status, doc, _ = await post(env, "/api/v1/deploys", {"service": "api", "version": "v2",
+                                                         "window": "soon"})
+    assert status == 400 and "window" in doc["error"]
+    assert env.calls == []
+
+
+async def test_rate_limit_answers_429_with_retry_after_and_force_overrides(env: Env) -> None:
+    for _ in range(2):
+        assert (await post(env, "/api/v1/actions/rollback/run", {}))[0] == 202
+    env.clock.advance(600)
+    status, doc, headers = await post(env, "/api/v1/actions/rollback/run", {})
+    assert status == 429 and "max_runs_per_hour 2" in doc["error"]
+    assert headers["Retry-After"] == "3000"
+    status, _, _ = await post(env, "/api/v1/actions/rollback/run", {"force": True})
+    assert status == 202
+    await eventually(lambda: env.calls == ["/flag"] * 3)
+
+
+async def test_dry_run_request_executes_nothing(env: Env) -> None:
+    status, doc, _ = await post(env, "/api/v1/actions/rollback/run", {"dry_run": True})
+    assert status == 202 and doc["dryRun"] is True
+
+    async def done() -> bool:
+        return bool((await env.h.run(doc["runID"]))["status"] == "dry_run")
+    await eventually(done)
+    assert env.calls == []
+    assert env.sink.kinds() == ["would_run", "would_run"]
+    # trying it out does not use up the real budget (max_runs_per_hour: 2)
+    assert (await post(env, "/api/v1/actions/rollback/run", {"dry_run": True}))[0] == 202
+    assert (await post(env, "/api/v1/actions/rollback/run", {"dry_run": True}))[0] == 429
+    for _ in range(2):
+        assert (await post(env, "/api/v1/actions/rollback/run", {}))[0] == 202
+    await eventually(lambda: env.calls == ["/flag"] * 2)
+
+
+def firing(service: str) -> Alert:
+    labels = {"alertname": "HighErrorRate", "service": service}
+    return Alert(rule="HighErrorRate", group="checkout", fingerprint=fingerprint(labels),
+                 labels=labels, annotations={}, state="firing", active_at=T0, value=0.3,
+                 fired_at=T0)
+
+
+@pytest.mark.parametrize("still_bad", [True, False])
+async def test_manual_staged_run_judges_matching_firing_alerts(env: Env, still_bad: bool
+                                                               ) -> None:
+    env.alerts.set(firing("checkout" if still_bad else "search"))
+    status, doc, _ = await post(env, "/api/v1/actions/staged/run",
+                                {"labels": {"service": "checkout"}})
+    assert status == 202
+    await eventually(lambda: env.calls == ["/stage1"])
+
+    async def waiting() -> bool:
+        run = await env.h.run(doc["runID"])
+        return len(run["steps"]) == 2
+    await eventually(waiting)
+    env.clock.advance(600)
+    await env.h.on_events([], env.clock.now)  # a tick: the waker re-checks the clock
+    want = "succeeded" if still_bad else "resolved"
+
+    async def done() -> bool:
+        return bool((await env.h.run(doc["runID"]))["status"] == want)
+    await eventually(done)
+    assert env.calls == (["/stage1", "/stage2"] if still_bad else ["/stage1"])
+
+
+async def test_mqtt_command_form(env: Env) -> None:
+    out = await env.h.ctx.commands["run_action"]({"action": "rollback", "request_id": 7,
+                                                  "labels": {"service": "x"}})
+    assert out["action"] == "rollback" and out["runID"]
+    with pytest.raises(ValueError, match="expected"):  # what the MQTT dispatcher answers
+        await env.h.ctx.commands["run_action"]({"labels": {}})
+    deployed = await env.h.ctx.commands["deploy"]({"service": "api", "version": "v9"})
+    assert deployed["baselines"] == {"ApiLatencyRegressed": 1}
+    await eventually(lambda: env.calls == ["/flag"])
+
+
+async def test_deploy_captures_baselines_and_reports_the_window(env: Env, tmp_path: Path
+                                                                ) -> None:
+    status, doc, _ = await post(env, "/api/v1/deploys", {"service": "api", "version": "v2"})
+    assert status == 201
+    assert doc["labels"] == {"service": "api"} and doc["baselines"] == {"ApiLatencyRegressed": 1}
+    assert doc["window_end"] == T0 + 1800
+    fp = fingerprint({"service": "api"})
+    assert env.h.deploy_baselines() == {"ApiLatencyRegressed": {fp: 0.2}}
+    # the engine uses it: p95 doubles after the deploy -> ratio 2.0 > 1.5
+    rs = build({"r.yml": RULES})
+    rt = next(GroupRuntime.new(f, g) for f, g in rs.groups() if g.name == "api")
+    env.p95["api"] = 0.4
+    env.clock.advance(60)
+    res = await tick(rt, env.clock.now, env.source,
+                     Context(deploy_baselines=env.h.deploy_baselines()))
+    [fired] = [e for e in res.events if e.kind == "firing"]
+    assert fired.alert.labels["service"] == "api" and fired.alert.compared == 2.0
+    await env.h.on_events(res.events, env.clock.now)
+    # a marker for another service, in the same window, sees none of it
+    status, _, _ = await post(env, "/api/v1/deploys",
+                                  {"service": "web", "version": "v7", "window": "20m"})
+    assert status == 201
+    env.clock.advance(1800)
+    await env.h.on_events([], env.clock.now)
+    await eventually(lambda: len([e for e in env.sink.events if e.action == "deploy"]) == 4)
+    by_service = {e.labels["service"]: e for e in env.sink.events
+                  if e.action == "deploy" and e.kind != "started"}
+    assert by_service["api"].kind == "failed" and by_service["api"].extra["result"] == "fail"
+    assert "FAIL — 1 alerts fired in the 30m window: ApiLatencyRegressed" in \
+        by_service["api"].detail
+    assert "0.2 → 0.4 (+100%)" in by_service["api"].detail
+    assert by_service["web"].kind == "succeeded" and "PASS" in by_service["web"].detail
+    r = await env.client.get("/api/v1/deploys")
+    assert {d["service"]: d["status"] for d in (await r.json())["data"]} == \
+        {"api": "failed", "web": "passed"}
+
+
+async def test_baselines_survive_a_restart(env: Env) -> None:
+    await post(env, "/api/v1/deploys", {"service": "api", "version": "v2"})
+    await env.h.stop()
+    ctx = make_context(env.db, env.h.ctx.session, env.source, clock=env.clock)
+    again = ActionsHandler(ctx)
+    await again.start()
+    assert again.deploy_baselines() == env.h.deploy_baselines()
+    await again.stop()
+    await env.h.start()
+
+
+# ---- the command-line client ----------------------------------------------------------------
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="watchdog")
+    sub = p.add_subparsers(dest="command")
+    action_client.add_action_parser(sub)
+    return p.parse_args(argv)
+
+
+def test_cli_arguments() -> None:
+    a = parse(["action", "run", "rollback", "--label", "service=checkout", "-l", "q=a=b",
+               "--token-file", "/t", "--url", "http://x:1"])
+    assert a.command == "action" and a.action_command == "run" and a.name == "rollback"
+    assert dict(a.labels) == {"service": "checkout", "q": "a=b"}
+    with pytest.raises(SystemExit):
+        parse(["action", "run", "rollback", "--label", "novalue"])
+
+
+async def test_client_triggers_a_running_daemon(env: Env, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    args = parse(["action", "run", "rollback", "-l", "service=checkout", "--url", env.url,
+                  "--token-file", str(token)])
+    out, err = io.StringIO(), io.StringIO()
+    code = await asyncio.to_thread(action_client.main, args, out, err)
+    assert code == 0, err.getvalue()
+    assert out.getvalue().startswith("started rollback: run ")
+    assert f"{env.url}/api/v1/actions/runs/" in out.getvalue()
+    await eventually(lambda: env.calls == ["/flag"])
+    assert env.auth[-1] == "Bearer t0ken"  # the daemon checks it; the client must send it
+    missing = parse(["action", "run", "nope", "--url", env.url])
+    err = io.StringIO()
+    assert await asyncio.to_thread(action_client.main, missing, io.StringIO(), err) == 1
+    assert "HTTP 404: no action named 'nope'" in err.getvalue()
+    down = parse(["action", "run", "x", "--url", "http://127.0.0.1:9", "--timeout", "2"])
+    err = io.StringIO()
+    assert await asyncio.to_thread(action_client.main, down, io.StringIO(), err) == 1
+    assert "cannot reach" in err.getvalue()
