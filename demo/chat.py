@@ -19,6 +19,8 @@ _LINK = re.compile(r"<([^|>]+)\|([^>]+)>")
 
 def mrkdwn(text: str) -> str:
     text = _LINK.sub(r"\2 (\1)", text)
+    # Slack escapes &, < and > in message text; show them as a reader would see them
+    text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
     return text.replace("*", "")
 
 

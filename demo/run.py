@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -27,7 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from demo.chat import ChatReceiver
+from demo.chat import ChatReceiver, render
 from demo.service import DemoService
 from watchdog.promserver import PrometheusServer, find_binary, free_port
 
@@ -122,9 +123,12 @@ async def main(exit_at_end: bool) -> int:
         async with aiohttp.ClientSession() as session:
             deadline = time.monotonic() + 60
             while True:
-                async with session.get(f"{api}/readyz") as r:
-                    if r.status == 200:
-                        break
+                try:
+                    async with session.get(f"{api}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass  # not listening yet
                 if daemon.poll() is not None or time.monotonic() > deadline:
                     print((WORK / "watchdog.log").read_text()[-3000:])
                     raise SystemExit("the watchdog did not become ready")
@@ -149,7 +153,8 @@ async def main(exit_at_end: bool) -> int:
                 rate = await error_rate(session, prom.url)
                 state = await alert_state(session, api)
                 flags = " ".join(f"{k}={'on' if v else 'off'}" for k, v in service.flags.items())
-                line = f"error rate {rate if rate is not None else 0:6.1%} | alert {state:8} | {flags}"
+                shown = rate if rate is not None else 0.0
+                line = f"error rate {shown:6.1%} | alert {state:8} | {flags}"
                 if line != last:
                     note(line)
                     last = line
@@ -157,6 +162,12 @@ async def main(exit_at_end: bool) -> int:
                 if seen_firing and state == "inactive" and not service.bad:
                     ok = True
                     break
+            if ok:
+                # the resolved message leaves after the route's group_interval
+                for _ in range(20):
+                    if any("RESOLVED" in render(m) for m in chat.messages):
+                        break
+                    await asyncio.sleep(1)
             if not ok:
                 say("the story did not complete in time; see the log")
                 print((WORK / "watchdog.log").read_text()[-4000:])
@@ -178,10 +189,8 @@ async def main(exit_at_end: bool) -> int:
                 loop = asyncio.get_running_loop()
                 loop.add_signal_handler(signal.SIGINT, stop.set)
                 loop.add_signal_handler(signal.SIGTERM, stop.set)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 120)
-                except TimeoutError:
-                    pass
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
