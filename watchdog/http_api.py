@@ -1,0 +1,320 @@
+"""The daemon's HTTP interface on aiohttp.web: probes, `/metrics`, Prometheus-shaped
+`/api/v1/rules` and `/api/v1/alerts`, `/api/v1/status`, `POST /-/reload`, plus the routes that
+notifications and actions register through `DaemonContext.routes`.
+
+Shell: it only reads the daemon's live state and calls its `reload`. Every non-GET route —
+ours and the handlers' — sits behind `Authorization: Bearer <API_TOKEN>` and refuses outright
+when no token is configured. Errors are JSON in Prometheus's shape
+(`{"status": "error", "errorType": ..., "error": ...}`). It must never echo a secret: settings
+are not served, the datasource URL is shown without its password, and the token comparison is
+constant-time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from watchdog import __version__
+from watchdog.daemon import BUILTIN_GROUP, DATASOURCE_DOWN, Daemon, ReloadReport, rfc3339
+from watchdog.engine import GroupRuntime, RuleRuntime
+from watchdog.rulesdir import FileStatus
+from watchdog.state import Alert
+
+log = structlog.get_logger("watchdog.http")
+
+DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_ERROR_TYPES = {400: "bad_data", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 413: "bad_data", 415: "bad_data", 422: "bad_data",
+                503: "unavailable"}
+
+
+def api_error(status: int, message: str, error_type: str | None = None,
+              headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response(
+        {"status": "error", "errorType": error_type or _ERROR_TYPES.get(status, "internal"),
+         "error": message}, status=status, headers=headers)
+
+
+def success(data: Any, status: int = 200, warnings: list[str] | None = None) -> web.Response:
+    body: dict[str, Any] = {"status": "success", "data": data}
+    if warnings:
+        body["warnings"] = warnings
+    return web.json_response(body, status=status)
+
+
+def go_float(v: float | None) -> str:
+    """A sample value as Prometheus's API writes it (Go's FormatFloat(v, 'e', -1, 64))."""
+    if v is None or math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    for digits in range(17):
+        text = f"{v:.{digits}e}"
+        if float(text) == v:
+            return text
+    return f"{v:.17e}"
+
+
+# ---- middlewares ---------------------------------------------------------------------------------
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400 or (e.content_type or "").endswith("json"):
+            raise
+        if e.status == 404:
+            message = f"no such endpoint: {request.method} {request.path}"
+        elif e.status == 405:
+            message = f"method {request.method} is not allowed on {request.path}"
+        else:
+            message = e.text or e.reason
+            message = message.removeprefix(f"{e.status}: ")
+        return api_error(e.status, message, headers={k: v for k, v in e.headers.items()
+                                                     if k.lower() in ("allow",
+                                                                      "www-authenticate")})
+    except Exception:
+        log.exception("HTTP handler failed", method=request.method, path=request.path)
+        return api_error(500, "internal error; see the watchdog log", "internal")
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method in READ_METHODS:
+        return await handler(request)
+    token = request.app[DAEMON].settings.api_token
+    expected = token.get_secret_value() if token is not None else ""
+    if not expected:
+        return api_error(403, "write endpoints are disabled: no API token is configured "
+                              "(set WATCHDOG_API_TOKEN)")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return api_error(401, "this endpoint needs 'Authorization: Bearer <API_TOKEN>'",
+                         headers={"WWW-Authenticate": 'Bearer realm="watchdog"'})
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        return api_error(403, "invalid API token")
+    return await handler(request)
+
+
+# ---- probes and metrics --------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    if request.app[DAEMON].healthy():
+        return web.Response(text="ok\n")
+    return web.Response(text="not running: the scheduler is stopped\n", status=503)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ok, reason = request.app[DAEMON].readiness()
+    return web.Response(text=reason + "\n", status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[DAEMON].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# ---- Prometheus-shaped API ----------------------------------------------------------------------
+
+
+def alert_json(a: Alert) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "labels": dict(a.labels), "annotations": dict(a.annotations), "state": a.state,
+        "activeAt": rfc3339(a.active_at), "value": go_float(a.value),
+    }
+    if a.keep_firing_since is not None:
+        out["keepFiringSince"] = rfc3339(a.keep_firing_since)
+    if a.fired_at is not None:
+        out["firedAt"] = rfc3339(a.fired_at)  # ours: when this incident started firing
+    return out
+
+
+def _rule_state(alerts: list[Alert]) -> str:
+    states = {a.state for a in alerts}
+    return "firing" if "firing" in states else "pending" if "pending" in states else "inactive"
+
+
+def rule_json(r: RuleRuntime, with_alerts: bool = True) -> dict[str, Any]:
+    active = [a for a in r.alerts.values() if a.state != "inactive"]
+    last = r.last
+    out: dict[str, Any] = {
+        "state": _rule_state(active), "name": r.rule.alert, "query": r.rule.expr,
+        "duration": r.rule.for_, "keepFiringFor": r.rule.keep_firing_for,
+        "labels": dict(r.rule.labels), "annotations": dict(r.rule.annotations),
+        "health": "unknown" if last is None else "err" if last.error else "ok",
+        "lastError": (last.error or "") if last is not None else "",
+        "evaluationTime": last.duration if last is not None else 0.0,
+        "lastEvaluation": rfc3339(last.at if last is not None else None),
+        "type": "alerting",
+    }
+    if with_alerts:
+        out["alerts"] = [alert_json(a) for a in sorted(active, key=lambda a: a.active_at)]
+    return out
+
+
+def group_json(d: Daemon, rt: GroupRuntime, rules: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"name": rt.group.name, "file": rt.file, "rules": rules,
+            "interval": d.interval(rt), "limit": rt.group.limit,
+            "evaluationTime": rt.last_duration or 0.0, "lastEvaluation": rfc3339(rt.last_at)}
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false").lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no", ""):
+        return False
+    raise web.HTTPBadRequest(text=f"{name}: expected true or false, got {value!r}")
+
+
+async def rules(request: web.Request) -> web.Response:
+    d = request.app[DAEMON]
+    q = request.query
+    kind = q.get("type", "")
+    if kind not in ("", "alert", "record"):
+        return api_error(400, f"type: expected 'alert' or 'record', got {kind!r}")
+    names = set(q.getall("rule_name[]", []))
+    groups_wanted = set(q.getall("rule_group[]", []))
+    files_wanted = set(q.getall("file[]", []))
+    with_alerts = not _flag(request, "exclude_alerts")
+    out: list[dict[str, Any]] = []
+    if kind == "record":
+        return success({"groups": out})  # recording rules are skipped at load time
+    for rt in d.runtimes.values():
+        if (groups_wanted and rt.group.name not in groups_wanted) or (
+                files_wanted and rt.file not in files_wanted):
+            continue
+        chosen = [rule_json(r, with_alerts) for r in rt.rules
+                  if not names or r.rule.alert in names]
+        if chosen or not names:
+            out.append(group_json(d, rt, chosen))
+    if ((not groups_wanted or BUILTIN_GROUP in groups_wanted) and not files_wanted
+            and (not names or DATASOURCE_DOWN in names)):
+        out.append(_builtin_group(d, with_alerts))
+    return success({"groups": out})
+
+
+def _builtin_group(d: Daemon, with_alerts: bool) -> dict[str, Any]:
+    active = [a for a in d.builtin_alerts.values() if a.state != "inactive"]
+    rule: dict[str, Any] = {
+        "state": _rule_state(active), "name": DATASOURCE_DOWN,
+        "query": f"<built-in: every query failed in {d.settings.datasource_down_after} "
+                 "consecutive evaluations>",
+        "duration": 0.0, "keepFiringFor": 0.0,
+        "labels": {"severity": "critical", "datasource": d.datasource_url}, "annotations": {},
+        "health": "ok", "lastError": "", "evaluationTime": 0.0,
+        "lastEvaluation": rfc3339(None), "type": "alerting",
+    }
+    if with_alerts:
+        rule["alerts"] = [alert_json(a) for a in active]
+    return {"name": BUILTIN_GROUP, "file": "<built-in>", "rules": [rule],
+            "interval": d.settings.evaluation_interval, "limit": 0, "evaluationTime": 0.0,
+            "lastEvaluation": rfc3339(None)}
+
+
+async def alerts(request: web.Request) -> web.Response:
+    d = request.app[DAEMON]
+    active = sorted((a for a in d.alerts() if a.state != "inactive"),
+                    key=lambda a: (a.active_at, a.rule))
+    return success({"alerts": [alert_json(a) for a in active]})
+
+
+async def status(request: web.Request) -> web.Response:
+    d = request.app[DAEMON]
+    ready, reason = d.readiness()
+    files = []
+    for st in sorted(d.rules.status.values(), key=lambda st: st.path):
+        files.append({
+            "path": st.path, "status": "loaded" if st.ok else "rejected",
+            "runningPrevious": st.running_previous, "digest": st.digest,
+            "errors": [str(p) for p in st.problems if not p.warning],
+            "warnings": [str(p) for p in st.problems if p.warning],
+            "problems": [{"file": p.file, "line": p.line, "message": p.message,
+                          "warning": p.warning} for p in st.problems],
+        })
+    groups = [{
+        "name": rt.group.name, "file": rt.file, "interval": d.interval(rt),
+        "rules": len(rt.rules), "lastEvaluation": rfc3339(rt.last_at),
+        "evaluationTime": rt.last_duration, "lastError": rt.last_error,
+        "alerts": {s: sum(1 for a in rt.alerts() if a.state == s)
+                   for s in ("pending", "firing")},
+    } for rt in d.runtimes.values()]
+    errors = [{"group": e.group, "file": e.file, "rule": e.rule, "error": e.error,
+               "since": rfc3339(e.since), "last": rfc3339(e.last), "count": e.count}
+              for e in d.recent_errors()]
+    return success({
+        "version": __version__, "startedAt": rfc3339(d.started_at),
+        "ready": ready, "readiness": reason,
+        "rulesDir": str(d.settings.rules_dir),
+        "datasource": {"url": d.datasource_url, "up": d.datasource_up,
+                       "consecutiveFailures": d.datasource_failures,
+                       "downSince": (rfc3339(d.datasource_down_since)
+                                     if d.datasource_down_since is not None else None),
+                       "lastError": d.datasource_error},
+        "files": files, "groups": groups, "lastErrors": errors,
+        "lastReload": reload_json(d.last_reload) if d.last_reload is not None else None,
+        "plugins": d.plugins,
+    })
+
+
+def reload_json(r: ReloadReport) -> dict[str, Any]:
+    return {"trigger": r.trigger, "at": rfc3339(r.at), "ok": r.ok, "added": r.added,
+            "removed": r.removed, "changed": r.changed, "unchanged": len(r.unchanged),
+            "resolved": r.resolved, "error": r.error,
+            "rejected": [{"path": st.path, "runningPrevious": st.running_previous,
+                          "errors": [str(p) for p in st.problems if not p.warning]}
+                         for st in r.rejected]}
+
+
+async def reload(request: web.Request) -> web.Response:
+    report = await request.app[DAEMON].reload("http")
+    data = reload_json(report)
+    if report.error is not None:
+        return api_error(500, f"reload failed: {report.error}", "internal")
+    if report.rejected:
+        lines = [p for st in report.rejected for p in data_errors(st)]
+        body = {"status": "error", "errorType": "bad_data",
+                "error": (f"{len(report.rejected)} rule file(s) rejected; the rest reloaded and "
+                          "each rejected file keeps its last good version, if it had one: "
+                          + "; ".join(lines)), "data": data}
+        return web.json_response(body, status=422)
+    return success(data)
+
+
+def data_errors(st: FileStatus) -> list[str]:
+    return [str(p) for p in st.problems if not p.warning]
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.json_response({"name": "metrics-watchdog", "version": __version__, "endpoints": [
+        "/healthz", "/readyz", "/metrics", "/api/v1/rules", "/api/v1/alerts", "/api/v1/status",
+        "POST /-/reload"]})
+
+
+def build_app(d: Daemon) -> web.Application:
+    app = web.Application(middlewares=[json_errors, require_token])
+    app[DAEMON] = d
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/rules", rules)
+    app.router.add_get("/api/v1/alerts", alerts)
+    app.router.add_get("/api/v1/status", status)
+    app.router.add_post("/-/reload", reload)
+    app.router.add_put("/-/reload", reload)  # Prometheus accepts both
+    app.add_routes(d.ctx.routes)
+    return app
