@@ -85,9 +85,10 @@ def test_replay_applies_the_action_interlocks(tmp_path: Path,
         "  rollback-checkout:\n", "  rollback-checkout:\n    cooldown: 30m\n")
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "r.yml").write_text(rules)
+    end = str(60 * (len(values) - 1))
     proc = subprocess.run([sys.executable, "-m", "watchdog", "replay", "--rules",
-                           str(tmp_path / "rules"), "--prometheus-url", prom.url, "--start", "0", "--end",
-                           str(60 * (len(values) - 1))], capture_output=True, text=True,
+                           str(tmp_path / "rules"), "--prometheus-url", prom.url,
+                           "--start", "0", "--end", end], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     docs = [json.loads(line) for line in proc.stdout.splitlines()]
