@@ -647,13 +647,14 @@ KNOWN_METRICS = {
     "watchdog_evaluation_failures_total", "watchdog_missed_iterations_total",
     "watchdog_query_duration_seconds_bucket", "watchdog_query_duration_seconds_count",
     "watchdog_query_duration_seconds_sum", "watchdog_query_errors_total", "watchdog_alerts",
-    "watchdog_notifications_total", "watchdog_actions_total", "watchdog_outbox_pending",
+    "watchdog_notifications_delivered_total", "watchdog_notifications_failed_total",
+    "watchdog_actions_total", "watchdog_notification_outbox_pending",
     "watchdog_rule_files", "watchdog_datasource_up",
     "watchdog_rule_group_last_evaluation_timestamp_seconds", "watchdog_rule_reloads_total", "up",
 }
-# While the metric names settle, a dashboard metric that no module of the package registers is
-# reported as a warning; set this to True to make it an error.
-REQUIRE_REGISTERED = False
+# A dashboard metric that no module of the package registers is an error: its panel would stay
+# empty in Grafana.
+REQUIRE_REGISTERED = True
 
 
 def registered_metrics() -> set[str]:
