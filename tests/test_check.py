@@ -3,10 +3,12 @@ crashes the loader."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,9 +18,9 @@ from watchdog.rulesdir import build, load
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKEN = ROOT / "tests" / "data" / "broken"
-CORPUS = ROOT.parent / "shared" / "corpus" / "awesome-prometheus-alerts"
-if not CORPUS.is_dir():  # CI clones main with shared/ beside it
-    CORPUS = Path("/work/shared/corpus/awesome-prometheus-alerts")
+# shared/ sits beside the repository, here and in CI; WATCHDOG_TEMPLATE_CORPUS overrides it
+CORPUS = Path(os.environ.get("WATCHDOG_TEMPLATE_CORPUS",
+                             ROOT.parent / "shared" / "corpus" / "awesome-prometheus-alerts"))
 
 EXPECTED = {
     "bad_schema_and_promql.yml": [
@@ -70,6 +72,11 @@ def test_example_rules_pass() -> None:
 
 
 def test_every_corpus_file_loads() -> None:
+    if not CORPUS.is_dir():
+        message = f"rule corpus not found at {CORPUS}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     files = sorted(CORPUS.glob("*.yml"))
     assert len(files) == 112
     rs = load([CORPUS])
