@@ -1,22 +1,26 @@
 """How long `watchdog replay` takes for 100 rules over 24 h at a 1m step, against a backfilled
-Prometheus, beside the floor: the bare `query_range` calls for the same expressions through a
-raw aiohttp loop in the same run.
+Prometheus, beside the floor — the bare `query_range` calls for the same expressions through a
+raw aiohttp loop — and beside a peer, vmalert's own `-replay` mode on the same rules written as
+plain Prometheus rules (`threshold: "> t"` becomes `expr > t`), all in the same run.
 
     python bench/replay.py [--rules 100] [--hours 24] [--runs 3]
 
-Prints one line per measurement and the ratio replay / floor (1.0 would mean the engine adds
-nothing to the data fetch). Needs the prometheus and promtool binaries.
+Prints one line per measurement and the ratios replay / floor and replay / vmalert. Needs the
+prometheus and promtool binaries; vmalert (Debian victoria-metrics) is optional.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.server
 import random
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -85,6 +89,50 @@ async def floor(url: str, exprs: list[str], start: float, end: float) -> float:
     return time.perf_counter() - t0
 
 
+def plain_rules(text: str) -> str:
+    """The same rules as vmalert understands them: our extensions rewritten as PromQL."""
+    doc = yaml.safe_load(text)
+    for g in doc["groups"]:
+        for r in g["rules"]:
+            if "threshold" in r:
+                r["expr"] = f"({r['expr']}) {r.pop('threshold')}"
+            if "severities" in r:
+                tiers = r.pop("severities")
+                r["expr"] = f"({r['expr']}) {tiers['warning']}"
+            # Debian's vmalert (1.79) predates keep_firing_for; it changes no query cost
+            r.pop("keep_firing_for", None)
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+class _Sink(http.server.BaseHTTPRequestHandler):
+    """vmalert's replay writes its ALERTS series by remote write: accept and drop them."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def vmalert_replay(binary: str, url: str, rules: Path, start: float, end: float) -> float:
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    iso = "%Y-%m-%dT%H:%M:%SZ"
+    t0 = time.perf_counter()
+    subprocess.run([binary, f"-rule={rules}", f"-datasource.url={url}",
+                    f"-remoteWrite.url=http://127.0.0.1:{sink.server_port}",
+                    f"-replay.timeFrom={time.strftime(iso, time.gmtime(start))}",
+                    f"-replay.timeTo={time.strftime(iso, time.gmtime(end))}",
+                    "-replay.rulesDelay=0s", "-replay.maxDatapointsPerQuery=10000",
+                    "-replay.disableProgressBar", "-loggerLevel=ERROR"],
+                   capture_output=True, text=True, check=True)
+    elapsed = time.perf_counter() - t0
+    sink.shutdown()
+    return elapsed
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rules", type=int, default=100)
@@ -101,10 +149,15 @@ def main() -> int:
         start, end = 3600.0, 3600.0 + args.hours * 3600.0
         exprs = sorted({r["expr"] for g in yaml.safe_load(rules_text)["groups"]
                         for r in g["rules"]})
+        (tmpd / "plain.yml").write_text(plain_rules(rules_text))
+        vmalert = shutil.which("vmalert")
         with PrometheusServer(tmpd / "tsdb") as prom:
-            replay_times, floor_times = [], []
+            replay_times, floor_times, peer_times = [], [], []
             lines = 0
             for _ in range(args.runs):
+                if vmalert:
+                    peer_times.append(vmalert_replay(vmalert, prom.url, tmpd / "plain.yml",
+                                                     start, end))
                 floor_times.append(asyncio.run(floor(prom.url, exprs, start, end)))
                 t0 = time.perf_counter()
                 proc = subprocess.run(
@@ -120,7 +173,12 @@ def main() -> int:
     print(f"watchdog replay (CLI, incl. startup): median {r:.2f}s of {args.runs} runs "
           f"({args.rules * steps / r:,.0f} rule evaluations/s)")
     print(f"floor, bare query_range x {len(exprs)} expressions (aiohttp): median {f:.2f}s")
+    if peer_times:
+        p = statistics.median(peer_times)
+        print(f"vmalert -replay on the same rules as plain PromQL: median {p:.2f}s")
     print(f"ratio replay/floor: {r / f:.1f}x")
+    if peer_times:
+        print(f"ratio replay/vmalert: {r / p:.2f}x")
     return 0
 
 
