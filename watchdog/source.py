@@ -8,6 +8,7 @@ and it never appears in an error message).
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 from collections.abc import Mapping, Sequence
@@ -82,26 +83,26 @@ class PrometheusSource:
     def url(self) -> str:
         return self._base
 
-    def _auth(self) -> tuple[dict[str, str], aiohttp.BasicAuth | None]:
+    def _headers(self) -> dict[str, str]:
         headers = dict(self._cfg.headers)
-        auth = None
         try:
             if self._cfg.bearer_token_file:
                 headers["Authorization"] = f"Bearer {_read_secret(self._cfg.bearer_token_file)}"
             if self._cfg.basic_auth_user:
                 pw = (_read_secret(self._cfg.basic_auth_password_file)
                       if self._cfg.basic_auth_password_file else "")
-                auth = aiohttp.BasicAuth(self._cfg.basic_auth_user, pw)
+                pair = f"{self._cfg.basic_auth_user}:{pw}".encode()
+                headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
         except OSError as e:
             raise QueryError(f"cannot read Prometheus credentials file: {e.strerror}") from None
-        return headers, auth
+        return headers
 
     async def _call(self, path: str, params: dict[str, str]) -> Any:
         endpoint = f"{self._base}{path}"
-        headers, auth = self._auth()
+        headers = self._headers()
         try:
             # POST form: long expressions do not hit URL length limits.
-            async with self._session.post(endpoint, data=params, headers=headers, auth=auth,
+            async with self._session.post(endpoint, data=params, headers=headers,
                                           timeout=self._timeout, ssl=self._ssl) as resp:
                 body = await resp.read()
                 status = resp.status
@@ -145,9 +146,9 @@ class PrometheusSource:
     async def buildinfo(self) -> dict[str, Any]:
         """A cheap call that proves Prometheus answers (for /readyz)."""
         endpoint = f"{self._base}/api/v1/status/buildinfo"
-        headers, auth = self._auth()
+        headers = self._headers()
         try:
-            async with self._session.get(endpoint, headers=headers, auth=auth,
+            async with self._session.get(endpoint, headers=headers,
                                          timeout=self._timeout, ssl=self._ssl) as resp:
                 if resp.status != 200:
                     raise QueryError(f"{endpoint}: HTTP {resp.status}")

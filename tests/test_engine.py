@@ -1,0 +1,61 @@
+"""`tick`: one evaluation of a group — queries shared, failures isolated, one state machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from watchdog.engine import GroupRuntime, rule_keys, tick
+from watchdog.evaluate import Context
+from watchdog.model import Group
+from watchdog.source import QueryError
+from watchdog.testing import FakeSource, sample
+
+
+def group(rules: list[dict[str, Any]], **kw: Any) -> Group:
+    return Group.model_validate({"name": "g", "rules": rules, **kw})
+
+
+async def test_identical_queries_run_once_per_tick_and_are_shared() -> None:
+    g = group([
+        {"alert": "Warn", "expr": "err_ratio", "threshold": "> 0.1"},
+        {"alert": "Crit", "expr": "err_ratio", "threshold": "> 0.5"},
+        {"alert": "Ratio", "expr": "err_ratio", "threshold": "> 2", "baseline": {"offset": "1h"}},
+    ])
+    src = FakeSource({"err_ratio": [sample(0.7, svc="a")]})
+    rt = GroupRuntime.new("f.yml", g)
+    res = await tick(rt, 7200.0, src, Context())
+    assert src.calls == {("err_ratio", 7200.0): 1, ("err_ratio", 3600.0): 1}
+    assert res.queries == 2
+    assert sorted(e.alert.rule for e in res.events if e.kind == "firing") == ["Crit", "Warn"]
+
+
+async def test_a_failing_query_fails_only_its_rule_and_changes_nothing() -> None:
+    g = group([{"alert": "A", "expr": "a"}, {"alert": "B", "expr": "b"}])
+    src = FakeSource({"a": [sample(1)], "b": [sample(1)]})
+    rt = GroupRuntime.new("f.yml", g)
+    await tick(rt, 60.0, src, Context())
+    src.answers["b"] = QueryError("http://prom/api/v1/query: HTTP 503: unavailable")
+    src.answers["a"] = []
+    res = await tick(rt, 120.0, src, Context())
+    assert res.errors == {"B": "http://prom/api/v1/query: HTTP 503: unavailable"}
+    assert res.failed_queries == 1
+    states = {r.key: [a.state for a in r.alerts.values()] for r in rt.rules}
+    assert states == {"A": ["inactive"], "B": ["firing"]}  # A resolved, B untouched
+    assert rt.rules[1].last is not None and rt.rules[1].last.error is not None
+
+
+def test_rule_keys_number_repeated_names() -> None:
+    g = group([{"alert": "X", "expr": "a"}, {"alert": "X", "expr": "b"},
+               {"alert": "Y", "expr": "c"}, {"record": "r", "expr": "d"}])
+    assert [k for k, _ in rule_keys(g)] == ["X", "X#1", "Y"]
+
+
+async def test_history_remembers_recent_evaluations() -> None:
+    g = group([{"alert": "A", "expr": "a", "for": "5m"}])
+    src = FakeSource({"a": [sample(1), sample(2, x="y")]})
+    rt = GroupRuntime.new("f.yml", g)
+    for i in range(25):
+        await tick(rt, 60.0 * i, src, Context())
+    hist = rt.rules[0].history
+    assert len(hist) == 20 and hist[-1].at == 24 * 60.0
+    assert hist[-1].samples == 2 and hist[-1].hits == 2 and hist[-1].error is None
