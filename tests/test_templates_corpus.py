@@ -381,6 +381,39 @@ SYNTHETIC: list[dict[str, str]] = [
         "strip_edges": '{{ stripPort "[::1]" }}|{{ stripPort "[::1]:" }}|{{ stripPort ":80" }}',
     },
     {
+        # Go RE2 syntax that Python's re rejected or read differently (templates now use RE2)
+        "re2_classes": r'{{ match "\\p{Lu}" "É" }}|{{ match "^\\pL+-\\pN+$" $labels.job }}|'
+        r'{{ reReplaceAll "\\p{Greek}+" "<$0>" "αβγ abc" }}|{{ reReplaceAll "\\PL" "_" "a1-é" }}|'
+        r'{{ reReplaceAll "[\\p{Lu}\\d]" "." "aÉ1b" }}|{{ match "(?i)\\x{212a}" "k" }}|'
+        r'{{ reReplaceAll "[[:^alpha:]]" "." "aé1" }}|{{ match "\\pN" "٣" }}',
+        "re2_flags": r'{{ reReplaceAll "(?U)a+" "-" "baaac" }}|'
+        r'{{ reReplaceAll "(?U)a+?" "-" "baaac" }}|{{ match "a(?i)b" "aB" }}|'
+        r'{{ match "(?i:A)b" "aB" }}|{{ match "(?i)A(?-i)b" "aB" }}|'
+        r'{{ reReplaceAll "a(?s).b" "X" "a\nb a\nb" }}|'
+        r'{{ reReplaceAll "(?m)^x(?-m)$" "Y" "x\nx" }}|{{ match "(?i)straße" "STRAẞE" }}|'
+        r'{{ match "(?i)σ" "ς" }}',
+        "re2_quote": r'{{ match "\\Q.*\\E" "a.*b" }}|{{ match "\\Q.*\\E" "ab" }}|'
+        r'{{ reReplaceAll "\\Q(?<\\E" "-" "a(?<b" }}|{{ match "\\Q\\\\E" "\\" }}|'
+        r'{{ match "[(?<]" "<" }}|{{ reReplaceAll "x{,2}" "-" "x{,2}" }}|{{ match "\\_" "_" }}',
+        "re2_positions": r'{{ match "\\B" "aéb" }}|{{ reReplaceAll "\\B" "-" "aébc" }}|'
+        r'{{ reReplaceAll "\\b" "|" "aé b漢c" }}|{{ reReplaceAll "" "-" "漢é" }}|'
+        r'{{ reReplaceAll "a*" "-" "baaacé" }}|{{ reReplaceAll "(?m)$" "!" "a\nb\n" }}',
+        "re2_expand": r'{{ reReplaceAll "(?P<n>a)|(?P<n>b)" "[$n]" "ab" }}|'
+        r'{{ reReplaceAll "(?P<01>a)(b)" "[$01|${01}|$1|$2]" "ab" }}|'
+        r'{{ reReplaceAll "(a)" "[$1é|${1}é|$000000001|$1000000000]" "a" }}|'
+        r'{{ reReplaceAll "(a|ab)(c|bcd)(d*)" "[$1|$2|$3]" "abcd" }}|'
+        r'{{ reReplaceAll "(a*)+" "[$1]" "b" }}|{{ reReplaceAll "(?:(a)|b)+" "[$1]" "ab" }}',
+        # only the groups a replacement names are captured: the others must not matter
+        "re2_groups": r'{{ reReplaceAll "(?:(a)|(b))+" "<$2>" "abba" }}|'
+        r'{{ reReplaceAll "(a*)*(b)" "<$2>" "aab" }}|{{ reReplaceAll "((a)|b)*" "<$2>" "ab" }}|'
+        r'{{ reReplaceAll "(a*)*(a*)*" "<$2>" "aaa" }}|'
+        r'{{ reReplaceAll "(a|b)*(b)?" "<$2>" "abab" }}|'
+        r'{{ reReplaceAll "(?P<x>a)(?P<y>b)?" "<${y}>" "ab a" }}',
+        # catastrophic backtracking for Python's re (2^40 paths); linear for RE2 and Go
+        "re2_linear": '{{ match "(a+)+$" "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab" }}|'
+        '{{ reReplaceAll "(x+x+)+y" "-" "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxz" }}',
+    },
+    {
         "cmp_err": "{{ if gt $value 80 }}x{{ end }}",
         "conv_err": "{{ humanize $labels.job }}",
         "type_err": "{{ toUpper $value }}",
@@ -405,6 +438,19 @@ SYNTHETIC: list[dict[str, str]] = [
         "regex_err5": '{{ match "a**" "x" }}',
         "regex_err6": '{{ match "[z-a]" "x" }}',
         "regex_err7": r'{{ match "\\q" "x" }}',
+        # accepted by RE2 (or by Python's re), refused by Go 1.19
+        "regex_err8": '{{ match "(?<n>a)" "x" }}',
+        "regex_err9": r'{{ match "a\\C" "x" }}',
+        "regex_err10": '{{ match "(?P<é>a)" "x" }}',
+        "regex_err11": r'{{ reReplaceAll "\\C(" "" "x" }}',
+        "regex_err12": r'{{ match "(?=a)(a)\\1" "x" }}',
+        "regex_err13": '{{ match "(?x) a" "x" }}',
+        "regex_err14": r'{{ match "a\\Z" "x" }}',
+        "regex_err15": '{{ match "(a{100}){11}" "x" }}',
+        "regex_err16": r'{{ match "\\p{Foo}" "x" }}',
+        "regex_err17": r'{{ reReplaceAll "a\\" "" "x" }}',
+        "regex_err18": r'{{ match "\\x{110000}" "x" }}',
+        "regex_err19": '{{ match "(?i" "x" }}',
         "eq_err": "{{ eq $labels $labels }}",
         "lt_err": "{{ lt true false }}",
         "eq_err2": "{{ eq 1 }}",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -27,8 +28,23 @@ from pydantic import (
 )
 
 from watchdog.durations import format_duration, parse_duration
+from watchdog.labels import RegexError, match_re_regexp
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _alertmanager_regex(pattern: str) -> str:
+    # compiled (and cached) now, so a bad pattern is reported at its line by `watchdog check`
+    # instead of failing every evaluation later; the message is Alertmanager's own
+    try:
+        match_re_regexp(pattern)
+    except RegexError as e:
+        raise ValueError(f"invalid regex {pattern!r}: {e}") from None
+    return pattern
+
+
+# A `match_re` value: Go RE2 syntax, anchored as in Alertmanager (see match_re_regexp).
+AlertmanagerRegex = Annotated[str, AfterValidator(_alertmanager_regex)]
 
 # Why a fixed rank: "the severity label is the highest tier met" needs an order that does not
 # depend on how the author listed the tiers; unknown names rank by their position after these.
@@ -410,7 +426,7 @@ class Escalation(_Strict):
 
 class Route(_Strict):
     match: dict[str, str] = Field(default_factory=dict)
-    match_re: dict[str, str] = Field(default_factory=dict)
+    match_re: dict[str, AlertmanagerRegex] = Field(default_factory=dict)
     receivers: list[str] = Field(min_length=1)
     group_by: list[str] = Field(default_factory=list)
     group_wait: Duration = 30.0
@@ -419,22 +435,12 @@ class Route(_Strict):
     send_resolved: bool = True
     escalate: list[Escalation] = Field(default_factory=list)
 
-    @field_validator("match_re")
-    @classmethod
-    def _regexes(cls, v: dict[str, str]) -> dict[str, str]:
-        for k, pattern in v.items():
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"match_re.{k}: invalid regex {pattern!r}: {e}") from e
-        return v
-
 
 class InhibitRule(_Strict):
     source_match: dict[str, str] = Field(default_factory=dict)
-    source_match_re: dict[str, str] = Field(default_factory=dict)
+    source_match_re: dict[str, AlertmanagerRegex] = Field(default_factory=dict)
     target_match: dict[str, str] = Field(default_factory=dict)
-    target_match_re: dict[str, str] = Field(default_factory=dict)
+    target_match_re: dict[str, AlertmanagerRegex] = Field(default_factory=dict)
     equal: list[str] = Field(default_factory=list)
 
 

@@ -19,7 +19,6 @@ follows Go and says so, because byte-identical output is the point.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import ipaddress
 import math
@@ -30,6 +29,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
 from urllib.parse import unquote, urlsplit
+
+from watchdog.labels import GoRegexp, RegexError, go_regexp
 
 __all__ = ["Template", "TemplateData", "TemplateError", "compile_template", "expand"]
 
@@ -1529,152 +1530,16 @@ def _strip_domain(hp: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@functools.lru_cache(maxsize=256)
-def _go_regexp(pattern: str) -> re.Pattern[str]:
-    """Compile a Go (RE2) regular expression with Python's re, refusing what RE2 refuses.
-
-    Translated: `\\z`, `$` (end of text unless (?m)), `\\x{...}`, the ASCII-only `\\d \\w
-    \\s \\b`, POSIX classes.  Not supported (rejected): `\\p{...}` Unicode classes, the (?U)
-    flag and flags set in the middle of a pattern.
-    """
-    multiline = bool(re.search(r"\(\?[a-zA-Z]*m", pattern))
-    out: list[str] = []
-    i, n, in_class = 0, len(pattern), False
-    last_was_quant = False
-    while i < n:
-        c = pattern[i]
-        quant = False
-        if c == "\\":
-            if i + 1 >= n:
-                raise ValueError("trailing backslash at end of expression")
-            e = pattern[i + 1]
-            i += 2
-            if e == "z":
-                out.append(r"\Z")
-            elif e == "x" and i < n and pattern[i] == "{":
-                end = pattern.find("}", i)
-                if end < 0:
-                    raise ValueError(f"invalid escape sequence: `{pattern[i - 2 :]}`")
-                out.append(f"\\U{int(pattern[i + 1 : end], 16):08x}")
-                i = end + 1
-            elif e.lower() in _PERL_CLASSES and (e.islower() or not in_class):
-                # Go's \d \w \s are ASCII-only; Python's would match any Unicode digit etc.
-                cls = _PERL_CLASSES[e.lower()]
-                out.append(cls if in_class else f"[{'^' if e.isupper() else ''}{cls}]")
-            elif e in "bB" and not in_class:
-                out.append(_WORD_BOUNDARY if e == "b" else _NOT_WORD_BOUNDARY)
-            elif e in "pPZ" or (e.isdigit() and e != "0") or e in "NgkGXRhHKV":
-                raise ValueError(f"invalid escape sequence: `\\{e}`")
-            else:
-                out.append("\\" + e)
-            last_was_quant = False
-            continue
-        if in_class:
-            if c == "[" and pattern.startswith("[:", i):
-                end = pattern.find(":]", i + 2)
-                name = pattern[i + 2 : end] if end > 0 else ""
-                if name not in _POSIX_CLASSES:
-                    raise ValueError(f"invalid character class range: `{pattern[i : end + 2]}`")
-                out.append(_POSIX_CLASSES[name])
-                i = end + 2
-                continue
-            if c == "]" and not (out[-1] == "[" or out[-1] == "[^"):
-                in_class = False
-            out.append(c)
-            i += 1
-            continue
-        if c == "[":
-            in_class = True
-            out.append("[^" if pattern.startswith("[^", i) else "[")
-            i += 2 if pattern.startswith("[^", i) else 1
-            if i < n and pattern[i] == "]":
-                out.append(r"\]")
-                i += 1
-            continue
-        if c == "(" and pattern.startswith("(?", i):
-            m = re.match(r"\(\?([a-zA-Z]*)(?:-([a-zA-Z]*))?([:)])", pattern[i:])
-            if pattern.startswith("(?P<", i):
-                out.append("(?P<")
-                i += 4
-                continue
-            if not m or set((m.group(1) or "") + (m.group(2) or "")) - set("ims"):
-                raise ValueError(f"invalid or unsupported Perl syntax: `{pattern[i : i + 3]}`")
-            if m.group(3) == ")" and i != 0:
-                raise ValueError("flags in the middle of a regexp are not supported")
-            out.append(m.group(0))
-            i += len(m.group(0))
-            continue
-        if c == "$" and not multiline:
-            out.append(r"\Z")
-            i += 1
-            continue
-        if c in "*+?" or (c == "{" and re.match(r"\{\d+(,\d*)?\}", pattern[i:])):
-            quant = True
-            if c == "{":
-                m2 = re.match(r"\{(\d+)(?:,(\d*))?\}", pattern[i:])
-                assert m2 is not None
-                if any(g and int(g) > 1000 for g in m2.groups()):
-                    raise ValueError(f"invalid repeat count: `{m2.group(0)}`")
-                out.append(m2.group(0))
-                i += len(m2.group(0))
-            else:
-                out.append(c)
-                i += 1
-            if last_was_quant:
-                raise ValueError(f"invalid nested repetition operator: `{out[-2]}{out[-1]}`")
-            if i < n and pattern[i] == "?":  # lazy, not a second repetition
-                out.append("?")
-                i += 1
-            last_was_quant = quant
-            continue
-        out.append(c)
-        last_was_quant = False
-        i += 1
-    return re.compile("".join(out))
-
-
-_PERL_CLASSES = {"d": "0-9", "w": "0-9A-Za-z_", "s": "\\t\\n\\f\\r "}
-_WORD_BOUNDARY = r"(?:(?<=\w)(?!\w)|(?<!\w)(?=\w))".replace("\\w", "[0-9A-Za-z_]")
-_NOT_WORD_BOUNDARY = r"(?:(?<=\w)(?=\w)|(?<!\w)(?!\w))".replace("\\w", "[0-9A-Za-z_]")
-_POSIX_CLASSES = {
-    "alnum": "0-9A-Za-z", "alpha": "A-Za-z", "ascii": "\\x00-\\x7f", "blank": "\\t ",
-    "cntrl": "\\x00-\\x1f\\x7f", "digit": "0-9", "graph": "!-~", "lower": "a-z",
-    "print": " -~", "punct": "!-/:-@\\[-`{-~", "space": "\\t\\n\\v\\f\\r ",
-    "upper": "A-Z", "word": "0-9A-Za-z_", "xdigit": "0-9A-Fa-f",
-}
-
-
-def _compile_regexp(pattern: str, must: bool = False) -> re.Pattern[str]:
+def _compile_regexp(pattern: str, must: bool = False) -> GoRegexp:
     """regexp.Compile, or regexp.MustCompile whose panic text Go reports when must is set."""
     try:
-        return _go_regexp(pattern)
-    except (ValueError, re.error, OverflowError, RecursionError) as exc:
-        msg = f"error parsing regexp: {_go_regexp_error(exc, pattern)}"
+        return go_regexp(pattern)
+    except RegexError as exc:
+        msg = str(exc)
     if must:
         quoted = f"`{pattern}`" if _can_backquote(pattern) else _go_quote(pattern)
         msg = f"regexp: Compile({quoted}): {msg}"
     raise _CallError(msg)
-
-
-def _go_regexp_error(exc: Exception, pattern: str) -> str:
-    """Go's wording (regexp/syntax) for the common errors Python's re reports differently."""
-    if not isinstance(exc, re.error):
-        return str(exc)  # raised by _go_regexp, already in Go's words
-    pos = exc.pos or 0
-    text = exc.msg
-    if text.startswith("missing ), unterminated subpattern"):
-        return f"missing closing ): `{pattern}`"
-    if text.startswith("unbalanced parenthesis"):
-        return f"unexpected ): `{pattern}`"
-    if text.startswith("unterminated character set"):
-        return f"missing closing ]: `{pattern[pos:]}`"
-    if text.startswith(("nothing to repeat", "multiple repeat")):
-        return f"missing argument to repetition operator: `{pattern[pos : pos + 1]}`"
-    if text.startswith("bad character range"):
-        return f"invalid character class range: `{text.split()[-1]}`"
-    if text.startswith("bad escape"):
-        return f"invalid escape sequence: `{pattern[pos : pos + 2]}`"
-    return f"{text}: `{pattern}`"
 
 
 def _can_backquote(s: str) -> bool:
@@ -1682,22 +1547,30 @@ def _can_backquote(s: str) -> bool:
 
 
 def _match(pattern: str, s: str) -> bool:
-    return _compile_regexp(pattern).search(s) is not None
+    return _compile_regexp(pattern).match_string(s)
 
 
-def _expand_replacement(template: str, m: re.Match[str]) -> str:
-    """Go's Regexp.Expand: $1, ${1}, $name, ${name}, $$."""
-    out: list[str] = []
+# A parsed replacement template: literal bytes, or the groups a `$name` may stand for.
+_Replacement: TypeAlias = list[bytes | tuple[int, ...]]
+
+
+def _parse_replacement(template: str, names: tuple[str, ...]) -> _Replacement:
+    """Go's Regexp.Expand template: $1, ${1}, $name, ${name}, $$.
+
+    `$name` takes the longest run of letters, digits and `_` ("$1x" is group "1x"); a number
+    (at most 9 digits, no leading zero) is a group index, anything else a group name; a group
+    that does not exist expands to nothing, and a malformed `$` is literal text."""
+    out: _Replacement = []
     i, n = 0, len(template)
     while i < n:
         j = template.find("$", i)
         if j < 0:
-            out.append(template[i:])
+            out.append(template[i:].encode("utf-8", "surrogatepass"))
             break
-        out.append(template[i:j])
+        out.append(template[i:j].encode("utf-8", "surrogatepass"))
         i = j + 1
         if i < n and template[i] == "$":
-            out.append("$")
+            out.append(b"$")
             i += 1
             continue
         brace = i < n and template[i] == "{"
@@ -1707,33 +1580,62 @@ def _expand_replacement(template: str, m: re.Match[str]) -> str:
             end += 1
         name = template[k:end]
         if not name or (brace and (end >= n or template[end] != "}")):
-            out.append("$")  # malformed: the $ is literal text
+            out.append(b"$")
             continue
         i = end + brace
-        group: int | str = name
-        if name.isascii() and name.isdigit() and not (name[0] == "0" and len(name) > 1):
-            group = int(name)
-        with contextlib.suppress(IndexError):  # Go expands a missing group to nothing
-            out.append(m.group(group) or "")
-    return "".join(out)
+        if name.isascii() and name.isdigit() and len(name) <= 9 and not (
+            name[0] == "0" and len(name) > 1
+        ):
+            out.append((int(name),) if int(name) < len(names) else ())
+        else:
+            # names can repeat: Go takes the first group of that name that took part
+            out.append(tuple(g for g, group_name in enumerate(names) if group_name == name))
+    return out
 
 
 def _re_replace_all(pattern: str, repl: str, text: str) -> str:
-    """Go's ReplaceAllString: an empty match right after a match is not replaced."""
+    """Go's ReplaceAllString, on UTF-8 bytes as Go does it: an empty match right after a match
+    is not replaced, and the search always moves on by at least one rune."""
     rx = _compile_regexp(pattern, must=True)
-    out: list[str] = []
+    replacement = _parse_replacement(repl, rx.names)
+    wanted = {g for piece in replacement if isinstance(piece, tuple) for g in piece}
+    src = text.encode("utf-8", "surrogatepass")
+    out: list[bytes] = []
     last_end, pos = 0, 0
-    while pos <= len(text):
-        m = rx.search(text, pos)
-        if m is None:
+    while pos <= len(src):
+        spans = rx.search(src, pos, wanted)
+        if spans is None:
             break
-        out.append(text[last_end : m.start()])
-        if m.end() > last_end or m.start() == 0:
-            out.append(_expand_replacement(repl, m))
-        last_end = m.end()
-        pos = pos + 1 if pos + 1 > m.end() else m.end()
-    out.append(text[last_end:])
-    return "".join(out)
+        start, end = spans[0]
+        out.append(src[last_end:start])
+        if end > last_end or start == 0:
+            for piece in replacement:
+                if isinstance(piece, bytes):
+                    out.append(piece)
+                    continue
+                for g in piece:
+                    if spans[g][0] >= 0:
+                        out.append(src[spans[g][0] : spans[g][1]])
+                        break
+        last_end = end
+        width = _utf8_width(src, pos)
+        if pos + width > end:
+            pos += width
+        elif pos + 1 > end:
+            pos += 1  # at the end of the text, where the width is 0
+        else:
+            pos = end
+    out.append(src[last_end:])
+    return b"".join(out).decode("utf-8", "surrogatepass")
+
+
+def _utf8_width(src: bytes, pos: int) -> int:
+    """The length of the UTF-8 sequence at src[pos] (0 at the end), as utf8.DecodeRune sees it
+    in valid text."""
+    if pos >= len(src):
+        return 0
+    lead = src[pos]
+    return 1 if lead < 0xC0 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
 
 
 def _parse_duration(d: str) -> float:

@@ -1,9 +1,10 @@
 """Silences and acknowledgements: their validation, their matching, and their SQLite tables.
 
 A silence mutes notifications for alerts its matchers select until `endsAt` (Alertmanager's
-matcher semantics: `isRegex` is fully anchored, `isEqual: false` negates). An acknowledgement
-belongs to one incident (an alert instance from activation to resolution): it stops escalation and
-repeats for that incident only, so the next incident pages again. Both survive restarts.
+matcher semantics: `isRegex` is a Go RE2 pattern, fully anchored, `isEqual: false` negates). An
+acknowledgement belongs to one incident (an alert instance from activation to resolution): it stops
+escalation and repeats for that incident only, so the next incident pages again. Both survive
+restarts.
 
 No delivery logic here, and nothing here reads the clock: callers pass `now`.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 import aiosqlite
 
+from watchdog.labels import RegexError, alertmanager_match, alertmanager_regexp
 from watchdog.store import transaction
 
 SCHEMA = """
@@ -47,6 +49,12 @@ CREATE TABLE IF NOT EXISTS notify_acks (
 KEEP_EXPIRED = 7 * 86400.0
 
 
+# RE2 needs memory in proportion to a pattern before it can refuse it as too large (some 12 KB
+# per `\pL`: a 150 KB pattern takes 1.5 GB), so a pattern from the API is bounded; rule files,
+# checked before they are deployed, are not.
+MAX_REGEX_LENGTH = 4096
+
+
 class InputError(ValueError):
     """Bad input from the API or an MQTT command; the message is shown to the caller."""
 
@@ -60,7 +68,14 @@ class Matcher:
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         v = labels.get(self.name, "")
-        hit = re.fullmatch(self.value, v) is not None if self.is_regex else v == self.value
+        if not self.is_regex:
+            return (v == self.value) == self.is_equal
+        try:
+            hit = alertmanager_match(self.value, v)
+        except RegexError:
+            # Only a silence stored before matching moved to RE2 gets here (Python's re took
+            # a lookahead or a backreference): it then mutes nothing, rather than everything.
+            return False
         return hit == self.is_equal
 
     def to_json(self) -> dict[str, Any]:
@@ -87,10 +102,13 @@ def parse_matchers(raw: Any) -> tuple[Matcher, ...]:
         if not isinstance(is_regex, bool) or not isinstance(is_equal, bool):
             raise InputError(f"matchers[{i}]: isRegex and isEqual must be booleans")
         if is_regex:
+            if len(value) > MAX_REGEX_LENGTH:
+                raise InputError(f"matchers[{i}].value: a regex may be at most "
+                                 f"{MAX_REGEX_LENGTH} characters long, this one has {len(value)}")
             try:
-                re.compile(value)
-            except re.error as e:
-                raise InputError(f"matchers[{i}].value: invalid regex: {e}") from None
+                alertmanager_regexp(value)
+            except RegexError as e:
+                raise InputError(f"matchers[{i}].value: invalid regex {value!r}: {e}") from None
         out.append(Matcher(name, value, is_regex, is_equal))
     # Alertmanager refuses a silence that would match every alert; so do we.
     if all(x.matches({}) for x in out):
