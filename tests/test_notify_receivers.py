@@ -137,7 +137,7 @@ def test_secrets_expand_and_redact(tmp_path: Path) -> None:
     f.write_text("from-file\n")
     env = {"A": "one", "B_FILE": str(f)}
     assert expand_env("x${A}y${B}", env) == "xoneyfrom-file"
-    with pytest.raises(SecretError, match="MISSING is not set") as e:
+    with pytest.raises(SecretError, match=r"MISSING\} is not set") as e:
         expand_env("${MISSING}", env)
     assert "one" not in str(e.value)
     assert resolve(None, str(f), "k", env) == "from-file"

@@ -13,15 +13,12 @@ searched for `${...}` and cannot pull a secret into a request.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
+from watchdog import envvars
 from watchdog.templates import TemplateData, TemplateError, compile_template
-
-_VAR = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class ExpandError(ValueError):
@@ -56,32 +53,14 @@ class Subject:
 
 
 def expand_env(text: str, environ: Mapping[str, str]) -> str:
-    """`${VAR}` -> environ[VAR], or the content of the file environ[VAR_FILE] (the convention of
-    Docker secrets) without its trailing newline; `$${VAR}` is a literal `${VAR}`. An unset
-    variable is an error: a rollback that calls `https:///api/flags` helps nobody."""
-
-    def one(m: re.Match[str]) -> str:
-        escaped, name = m.group(1), m.group(2)
-        if escaped:
-            return "${" + name + "}"
-        if name in environ:
-            return environ[name]
-        path = environ.get(f"{name}_FILE")
-        if path:
-            try:
-                return Path(path).read_text().rstrip("\r\n")
-            except OSError as e:
-                raise ExpandError(f"cannot read {name}_FILE for ${{{name}}}: "
-                                  f"{e.strerror or type(e).__name__}") from None
-        raise ExpandError(f"${{{name}}} is not set (neither {name} nor {name}_FILE is in the "
-                          "environment)")
-
-    return _VAR.sub(one, text)
+    """`${VAR}` from the environment or `VAR_FILE` (see `watchdog.envvars`)."""
+    try:
+        return envvars.expand_env(text, environ)
+    except envvars.EnvVarError as e:
+        raise ExpandError(str(e)) from None
 
 
-def shown_env(text: str) -> str:
-    """The text as it may be shown: `${VAR}` left as written (only the escape is undone)."""
-    return _VAR.sub(lambda m: "${" + m.group(2) + "}", text)
+shown_env = envvars.shown_env
 
 
 def render(text: str, data: TemplateData) -> str:

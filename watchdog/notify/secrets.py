@@ -8,12 +8,10 @@ log: callers decide what to say, after passing it through `Redactor`.
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+from watchdog import envvars
 
 
 class SecretError(Exception):
@@ -21,23 +19,11 @@ class SecretError(Exception):
 
 
 def expand_env(text: str, env: Mapping[str, str] | None = None) -> str:
-    """Replace every `${VAR}` by the variable, or by the content of the file `VAR_FILE` names
-    (the convention of actions and of container secrets). An unset variable is an error rather
-    than an empty string, so a missing webhook URL fails loudly instead of posting nowhere."""
-    source = os.environ if env is None else env
-
-    def sub(m: re.Match[str]) -> str:
-        name = m.group(1)
-        if name in source:
-            return source[name]
-        if f"{name}_FILE" in source:
-            try:
-                return Path(source[f"{name}_FILE"]).read_text().strip()
-            except OSError as e:
-                raise SecretError(f"cannot read {name}_FILE: {e.strerror}") from None
-        raise SecretError(f"environment variable {name} is not set")
-
-    return _VAR.sub(sub, text)
+    """`${VAR}` from the environment or `VAR_FILE` (see `watchdog.envvars`)."""
+    try:
+        return envvars.expand_env(text, env)
+    except envvars.EnvVarError as e:
+        raise SecretError(str(e)) from None
 
 
 def read_file(path: str, env: Mapping[str, str] | None = None) -> str:
