@@ -112,6 +112,10 @@ async def test_rules_in_prometheus_shape(daemon: Daemon) -> None:
     assert alert["annotations"] == {"summary": "errors at 0.25"}
     assert alert["activeAt"] == "2027-01-15T08:00:00Z"
     assert quiet["state"] == "inactive" and quiet["alerts"] == []
+    # the last evaluations, newest first: why it fired (1 hit of 1 sample) or did not
+    assert len(high["history"]) == 6
+    assert high["history"][0]["samples"] == 1 and high["history"][0]["hits"] == 1
+    assert high["history"][0]["at"] > high["history"][-1]["at"]
     assert groups[-1]["name"] == "watchdog" and groups[-1]["rules"][0]["name"] == (
         "WatchdogDatasourceDown")
 

@@ -159,7 +159,14 @@ def rule_json(r: RuleRuntime, with_alerts: bool = True) -> dict[str, Any]:
         "evaluationTime": last.duration if last is not None else 0.0,
         "lastEvaluation": rfc3339(last.at if last is not None else None),
         "type": "alerting",
+        # ours, like vmalert's `updates`: the last evaluations answer "why did/didn't it fire?"
+        "history": [{"at": rfc3339(h.at), "duration": h.duration, "samples": h.samples,
+                     "hits": h.hits, "error": h.error} for h in reversed(r.history)],
     }
+    if r.rule.threshold is not None:
+        out["threshold"] = str(r.rule.threshold)
+    if r.rule.severities is not None:
+        out["severities"] = {k: str(v) for k, v in r.rule.severities.items()}
     if with_alerts:
         out["alerts"] = [alert_json(a) for a in sorted(active, key=lambda a: a.active_at)]
     return out
