@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Prometheus and promtool from Debian's ``prometheus`` package.
+"""Shared fixtures: the real Prometheus and promtool from Debian's ``prometheus`` package, an
+aiohttp client ``session``, and ``chat`` (a started ``fakes_chat.FakeChat``).
 
 Tests that need them ask for ``prometheus_binary``/``promtool_binary`` (or call
 ``require_binary``): on a developer machine without the package they are skipped with the
@@ -15,11 +16,13 @@ import json
 import os
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
+import aiohttp
 import pytest
+from fakes_chat import FakeChat
 
 from watchdog.promserver import APT_HINT, PrometheusServer, backfill, find_binary
 from watchdog.series import Series
@@ -94,6 +97,19 @@ def backfilled_prometheus(
     yield make
     for server in reversed(servers):
         server.stop()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def chat() -> AsyncIterator[FakeChat]:
+    c = await FakeChat().start()
+    yield c
+    await c.close()
 
 
 # No proxy for loopback requests, whatever http_proxy says.

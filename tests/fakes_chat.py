@@ -9,13 +9,15 @@ Test helpers only; nothing in the package imports this. They bind loopback ports
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -512,3 +514,20 @@ class Harness:
     def metric(self, name: str, **labels: str) -> float:
         v = self.registry.get_sample_value(name, labels)
         return 0.0 if v is None else v
+
+
+@contextlib.asynccontextmanager
+async def running_harness(tmp_path: Path, chat: FakeChat, rules_yaml: str,
+                          **kwargs: Any) -> AsyncIterator[Harness]:
+    """A started Harness on a fresh FakeTime (which `chat` is switched to) over
+    `tmp_path/w.db`; stopped after the block, which then checks `chat` rejected nothing."""
+    import aiohttp
+    import aiosqlite
+
+    clock = FakeTime()
+    chat.clock = clock
+    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+        harness = await Harness(db, s, clock, chat, rules_yaml, **kwargs).start()
+        yield harness
+        await harness.stop()
+    assert chat.rejected == [], chat.rejected

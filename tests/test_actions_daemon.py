@@ -8,9 +8,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
-from test_daemon_support import get_json, post_json, settings, wait_for, write
+from test_daemon_support import (
+    get_json,
+    post_json,
+    recording_paths,
+    serve,
+    settings,
+    wait_for,
+    write,
+)
 
 from watchdog.daemon import Daemon
 from watchdog.labels import fingerprint
@@ -39,20 +45,9 @@ actions:
 @pytest.fixture
 async def hook(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[str]]:
     calls: list[str] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        calls.append(request.path)
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    monkeypatch.setenv("HOOK", str(server.make_url("")).rstrip("/"))
-    try:
+    async with serve(recording_paths(calls)) as url:
+        monkeypatch.setenv("HOOK", url)
         yield calls
-    finally:
-        await server.close()
 
 
 async def test_actions_plugin_in_the_daemon(tmp_path: Path, hook: list[str]) -> None:

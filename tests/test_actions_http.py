@@ -15,6 +15,7 @@ import aiosqlite
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from test_daemon_support import recording_paths, serve
 
 from watchdog.actions import client as action_client
 from watchdog.actions import create_handler
@@ -75,40 +76,31 @@ class Env:
 @pytest.fixture
 async def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
     e = Env()
+    async with serve(recording_paths(e.calls)) as hook_url:
+        monkeypatch.setenv("HOOK", hook_url)
+        async with aiohttp.ClientSession() as session, \
+                aiosqlite.connect(tmp_path / "state.db") as db:
+            ctx = make_context(db, session, e.source, alerts=e.alerts, clock=e.clock,
+                               sinks=[e.sink])
+            ctx.rules = build({"r.yml": RULES})
+            e.h = create_handler(ctx)
+            await e.h.start()
+            @web.middleware
+            async def record_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+                e.auth.append(request.headers.get("Authorization"))
+                return await handler(request)
 
-    async def hook(request: web.Request) -> web.Response:
-        e.calls.append(request.path)
-        return web.Response()
-
-    hook_app = web.Application()
-    hook_app.router.add_route("*", "/{tail:.*}", hook)
-    hook_server = TestServer(hook_app, host="127.0.0.1")
-    await hook_server.start_server()
-    monkeypatch.setenv("HOOK", str(hook_server.make_url("")).rstrip("/"))
-    async with aiohttp.ClientSession() as session, \
-            aiosqlite.connect(tmp_path / "state.db") as db:
-        ctx = make_context(db, session, e.source, alerts=e.alerts, clock=e.clock,
-                           sinks=[e.sink])
-        ctx.rules = build({"r.yml": RULES})
-        e.h = create_handler(ctx)
-        await e.h.start()
-        @web.middleware
-        async def record_auth(request: web.Request, handler: Any) -> web.StreamResponse:
-            e.auth.append(request.headers.get("Authorization"))
-            return await handler(request)
-
-        app = web.Application(middlewares=[record_auth])
-        app.add_routes(ctx.routes)
-        e.client = TestClient(TestServer(app, host="127.0.0.1"))
-        await e.client.start_server()
-        e.url = str(e.client.make_url("")).rstrip("/")
-        e.db = db
-        try:
-            yield e
-        finally:
-            await e.client.close()
-            await e.h.stop()
-            await hook_server.close()
+            app = web.Application(middlewares=[record_auth])
+            app.add_routes(ctx.routes)
+            e.client = TestClient(TestServer(app, host="127.0.0.1"))
+            await e.client.start_server()
+            e.url = str(e.client.make_url("")).rstrip("/")
+            e.db = db
+            try:
+                yield e
+            finally:
+                await e.client.close()
+                await e.h.stop()
 
 
 async def post(e: Env, path: str, body: Any) -> tuple[int, dict[str, Any], Any]:

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import aiosqlite
 import pytest
-from aiohttp.test_utils import TestServer
 from fake_kube import FakeKube, pod_template
+from test_daemon_support import serve
 
 from watchdog.actions.expand import Subject
 from watchdog.actions.handler import ActionsHandler
@@ -38,18 +38,8 @@ LAST_APPLIED = '{"apiVersion":"apps/v1","kind":"Deployment"}'
 @pytest.fixture
 async def kube() -> AsyncIterator[tuple[FakeKube, str]]:
     fake = FakeKube()
-    server = TestServer(fake.app(), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield fake, str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
+    async with serve(fake.app()) as url:
+        yield fake, url
 
 
 def subject() -> Subject:

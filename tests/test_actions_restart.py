@@ -18,8 +18,7 @@ from pathlib import Path
 import aiohttp
 import aiosqlite
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
+from test_daemon_support import recording_paths, serve
 
 from watchdog.actions.handler import ActionsHandler
 from watchdog.actions.testing import RecordingSink, StaticAlerts, eventually, make_context
@@ -80,21 +79,9 @@ asyncio.run(main(**args))
 @pytest.fixture
 async def hook(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[list[str], str]]:
     calls: list[str] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        calls.append(request.path)
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    url = str(server.make_url("")).rstrip("/")
-    monkeypatch.setenv("HOOK", url)
-    try:
+    async with serve(recording_paths(calls)) as url:
+        monkeypatch.setenv("HOOK", url)
         yield calls, url
-    finally:
-        await server.close()
 
 
 def wait_row(db_path: Path) -> tuple[float, float] | None:

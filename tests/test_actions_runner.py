@@ -13,7 +13,7 @@ import aiohttp
 import aiosqlite
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from test_daemon_support import catch_all, serve
 
 from watchdog.actions.handler import ActionsHandler
 from watchdog.actions.testing import RecordingSink, RuntimeAlerts, eventually, make_context
@@ -73,15 +73,9 @@ class Hook:
 @pytest.fixture
 async def hook(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Hook]:
     h = Hook()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", h.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    monkeypatch.setenv("HOOK", str(server.make_url("")).rstrip("/"))
-    try:
+    async with serve(catch_all(h.handle)) as url:
+        monkeypatch.setenv("HOOK", url)
         yield h
-    finally:
-        await server.close()
 
 
 class Rig:
@@ -171,12 +165,6 @@ class Rig:
             return sum(r["status"] == status for r in await self.runs()) >= n
         await eventually(ok)
         return await self.runs()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from test_daemon_support import catch_all, serve
 
 from watchdog.actions.expand import ExpandError, Subject, expand_env, shown_env
 from watchdog.actions.steps import MAX_OUTPUT, StepEnv
@@ -35,9 +35,7 @@ class Hook:
         self.delay = 0.0
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
+        return catch_all(self.handle)
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.text()
@@ -51,18 +49,8 @@ class Hook:
 @pytest.fixture
 async def hook() -> AsyncIterator[tuple[Hook, str]]:
     h = Hook()
-    server = TestServer(h.app(), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield h, str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
+    async with serve(h.app()) as url:
+        yield h, url
 
 
 def subject(**labels: str) -> Subject:

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -263,15 +264,21 @@ async def test_slow_evaluations_are_missed_and_counted_not_piled_up(tmp_path: Pa
     assert missed >= 2
 
 
-async def test_shutdown_finishes_the_evaluation_in_flight(tmp_path: Path) -> None:
-    s = settings(tmp_path, shutdown_timeout=3.0)
+async def evaluating(tmp_path: Path, shutdown_timeout: float, src: SlowSource, pause: float,
+                     **kwargs: Any) -> tuple[Daemon, asyncio.Task[Any]]:
+    """A started daemon running ONE, `pause` seconds into an evaluation (the returned task)."""
+    s = settings(tmp_path, shutdown_timeout=shutdown_timeout)
     write(s.rules_dir / "r.yml", ONE)
-    src = SlowSource(0.5)
-    rec = Recorder()
-    d = Daemon(s, source=src, handlers=[rec], plugins=False, schedule=False)
+    d = Daemon(s, source=src, plugins=False, schedule=False, **kwargs)
     await d.start()
     tick = asyncio.create_task(d.evaluate(next(iter(d.runtimes))))
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(pause)
+    return d, tick
+
+
+async def test_shutdown_finishes_the_evaluation_in_flight(tmp_path: Path) -> None:
+    rec = Recorder()
+    d, tick = await evaluating(tmp_path, 3.0, SlowSource(0.5), 0.1, handlers=[rec])
     started = time.monotonic()
     await d.stop()
     assert time.monotonic() - started < 3.0
@@ -280,12 +287,7 @@ async def test_shutdown_finishes_the_evaluation_in_flight(tmp_path: Path) -> Non
 
 
 async def test_shutdown_is_bounded_by_the_timeout(tmp_path: Path) -> None:
-    s = settings(tmp_path, shutdown_timeout=1.0)
-    write(s.rules_dir / "r.yml", ONE)
-    d = Daemon(s, source=SlowSource(30.0), plugins=False, schedule=False)
-    await d.start()
-    tick = asyncio.create_task(d.evaluate(next(iter(d.runtimes))))
-    await asyncio.sleep(0.05)
+    d, tick = await evaluating(tmp_path, 1.0, SlowSource(30.0), 0.05)
     started = time.monotonic()
     await d.stop()
     assert time.monotonic() - started < 1.5

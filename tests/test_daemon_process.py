@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from test_daemon_support import TOKEN, FakePrometheus, get_json, wait_for, write
+from test_daemon_support import TOKEN, FakePrometheus, PortServer, get_json, wait_for, write
 
 from watchdog.promserver import free_port
 
@@ -240,13 +240,12 @@ def test_an_invalid_setting_exits_2_naming_it(tmp_path: Path) -> None:
     assert "WATCHDOG_EVALUATION_INTERVAL" in r.stderr and "do-not-print-me" not in r.stderr
 
 
-class FakeSentry:
+class FakeSentry(PortServer):
     """Sentry's envelope endpoint: remembers every item (type, headers, payload)."""
 
     def __init__(self) -> None:
         self.items: list[tuple[str, dict[str, Any]]] = []
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
+        super().__init__()
 
     @property
     def dsn(self) -> str:
@@ -266,16 +265,10 @@ class FakeSentry:
             i += 2
         return web.json_response({})
 
-    async def start(self) -> None:
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/api/1/envelope/", self._envelope)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        return app
 
 
 async def test_sentry_heartbeat_and_tagged_rule_errors(tmp_path: Path,

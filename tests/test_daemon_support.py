@@ -1,6 +1,7 @@
 """Helpers shared by the daemon's tests (no tests here): a recording event handler, settings for
 a daemon in a temporary directory, a fake Prometheus HTTP API that can be stopped and restarted
-on the same port, a scrape target whose value the test sets, and a bounded wait.
+on the same port, a scrape target whose value the test sets, a bounded wait, and `serve` /
+`recording_paths` for the small webhook servers the actions tests point `${HOOK}` at.
 
 Real HTTP servers in-process (aiohttp), never mocks of the client: the daemon talks to them the
 way it talks to a real Prometheus.
@@ -9,14 +10,16 @@ way it talks to a real Prometheus.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from watchdog.promserver import free_port
 from watchdog.rulesdir import RuleSet
@@ -104,15 +107,71 @@ async def post_json(url: str, body: Any = None, token: str | None = TOKEN
             return r.status, text
 
 
-class FakePrometheus:
+@contextlib.asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    """`app` served on 127.0.0.1 (a free port) for the block; gives its URL without the
+    trailing slash, and closes the server on the way out."""
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+def catch_all(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+              ) -> web.Application:
+    """An app sending every method and path to `handler`."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return app
+
+
+def recording_paths(calls: list[str]) -> web.Application:
+    """An app that answers every request 200 and appends its path to `calls`."""
+
+    async def handle(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        return web.Response()
+
+    return catch_all(handle)
+
+
+class PortServer:
+    """An aiohttp app on 127.0.0.1 at a port chosen once, so `stop()`/`start()` keep it.
+    Subclasses build the app in `app()`."""
+
+    reuse_address: bool | None = None
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app())
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port,
+                          reuse_address=self.reuse_address).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+class FakePrometheus(PortServer):
     """Prometheus's query API answering from `vectors[expr]` ({labels: value}); an expr mapped
     to a string answers 400 bad_data with that message. `stop()`/`start()` keep the port."""
+
+    reuse_address = True
 
     def __init__(self) -> None:
         self.vectors: dict[str, dict[tuple[tuple[str, str], ...], float] | str] = {}
         self.queries = 0
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
+        super().__init__()
 
     @property
     def url(self) -> str:
@@ -137,27 +196,19 @@ class FakePrometheus:
     async def _buildinfo(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "success", "data": {"version": "fake"}})
 
-    async def start(self) -> None:
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/api/v1/query", self._query)
         app.router.add_get("/api/v1/status/buildinfo", self._buildinfo)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return app
 
 
-class Target:
+class Target(PortServer):
     """A scrape target: `/metrics` serves `test_value <value>`; the test sets `value`."""
 
     def __init__(self) -> None:
         self.value = 0.0
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
+        super().__init__()
 
     @property
     def address(self) -> str:
@@ -166,13 +217,7 @@ class Target:
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=f"# TYPE test_value gauge\ntest_value {self.value!r}\n")
 
-    async def start(self) -> None:
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        return app

@@ -8,7 +8,7 @@ import asyncio
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -19,13 +19,6 @@ from fakes_chat import FakeChat, FakeTime, Harness, free_port, make_alert
 BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 pytestmark = pytest.mark.skipif(BINARY is None, reason="needs prometheus-alertmanager "
                                 "(Debian package prometheus-alertmanager; scripts/setup)")
-
-
-@pytest.fixture
-async def chat() -> AsyncIterator[FakeChat]:
-    c = await FakeChat().start()
-    yield c
-    await c.close()
 
 
 @pytest.fixture

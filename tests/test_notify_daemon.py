@@ -5,7 +5,6 @@ behind its API token, and an MQTT bus from `watchdog.mqtt` carries the event str
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -42,13 +41,6 @@ routes:
   - {{receivers: [chat], group_wait: 0s, group_interval: 1m}}
   - {{match: {{severity: critical}}, receivers: [pd], group_wait: 0s}}
 """
-
-
-@pytest.fixture
-async def chat() -> AsyncIterator[FakeChat]:
-    c = await FakeChat().start()
-    yield c
-    await c.close()
 
 
 async def test_daemon_notifies_through_the_plugin(tmp_path: Path, chat: FakeChat) -> None:

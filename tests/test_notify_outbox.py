@@ -18,7 +18,7 @@ import aiohttp
 import aiosqlite
 import pytest
 import structlog
-from fakes_chat import HANG, FakeChat, FakeTime, Harness, Reply, make_alert, status
+from fakes_chat import HANG, FakeChat, FakeTime, Harness, Reply, make_alert, running_harness, status
 
 KEY = "R0UT1NGKEY0123456789abcdefABCDEF"
 SECRET = "XoXbSuperSecretToken42"
@@ -43,21 +43,9 @@ routes:
 
 
 @pytest.fixture
-async def chat() -> AsyncIterator[FakeChat]:
-    c = await FakeChat().start()
-    yield c
-    await c.close()
-
-
-@pytest.fixture
 async def h(tmp_path: Path, chat: FakeChat) -> AsyncIterator[Harness]:
-    clock = FakeTime()
-    chat.clock = clock
-    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
-        harness = await Harness(db, s, clock, chat, RULES, timeout=0.3).start()
+    async with running_harness(tmp_path, chat, RULES, timeout=0.3) as harness:
         yield harness
-        await harness.stop()
-    assert chat.rejected == [], chat.rejected
 
 
 async def test_429_retry_after_is_honoured(h: Harness, chat: FakeChat) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import aiosqlite
 import pytest
-from fakes_chat import FakeChat, FakeTime, Harness, make_alert
+from fakes_chat import FakeChat, FakeTime, Harness, make_alert, running_harness
 
 from watchdog.handlers import ActionEvent
 from watchdog.state import Event
@@ -49,21 +49,9 @@ inhibit_rules:
 
 
 @pytest.fixture
-async def chat() -> AsyncIterator[FakeChat]:
-    c = await FakeChat().start()
-    yield c
-    await c.close()
-
-
-@pytest.fixture
 async def h(tmp_path: Path, chat: FakeChat) -> AsyncIterator[Harness]:
-    clock = FakeTime()
-    chat.clock = clock
-    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
-        harness = await Harness(db, s, clock, chat, RULES).start()
+    async with running_harness(tmp_path, chat, RULES) as harness:
         yield harness
-        await harness.stop()
-    assert chat.rejected == [], chat.rejected
 
 
 def slack_to(chat: FakeChat, name: str) -> list[dict[str, object]]:

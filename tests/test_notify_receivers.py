@@ -6,7 +6,6 @@ with plain and HTML parts, and the MQTT receiver."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -146,13 +145,6 @@ def test_secrets_expand_and_redact(tmp_path: Path) -> None:
 
 
 # ---- through the outbox ---------------------------------------------------------------------
-
-@pytest.fixture
-async def chat() -> AsyncIterator[FakeChat]:
-    c = await FakeChat().start()
-    yield c
-    await c.close()
-
 
 async def run_harness(tmp_path: Path, chat: FakeChat, rules: str,
                       ) -> tuple[Harness, aiosqlite.Connection, aiohttp.ClientSession]:
