@@ -332,3 +332,172 @@ routes:
     assert msg["To"] == "oncall@example.com"
     types = [p.get_content_type() for p in msg.walk()]
     assert "text/plain" in types and "text/html" in types
+
+
+# ---- email over STARTTLS, against aiosmtpd with a throwaway CA ------------------------------
+
+SMTP_PASSWORD = "hunter2-starttls-password"
+
+
+@pytest.fixture(scope="module")
+def smtp_pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it, made with the openssl CLI."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the STARTTLS tests need the openssl command to make a throwaway CA")
+    d = tmp_path_factory.mktemp("pki")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=metrics-watchdog test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (d / "server.ext").write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectAltName=IP:127.0.0.1\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid,issuer\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
+    return {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+
+
+class SmtpServer:
+    """aiosmtpd on 127.0.0.1 with AUTH: with `pki`, STARTTLS is offered and required before
+    AUTH and MAIL (as a real submission server does); without, it offers neither STARTTLS nor
+    a reason to withhold AUTH, so a client that logs in anyway would hand over the password."""
+
+    def __init__(self, pki: dict[str, Path] | None) -> None:
+        import ssl
+
+        from aiosmtpd.controller import Controller
+
+        self.received: list[bytes] = []
+        self.over_tls: list[bool] = []
+        self.logins: list[tuple[bytes, bytes]] = []
+        self.port = free_port()
+        kw: dict[str, Any] = {"auth_require_tls": False}
+        if pki is not None:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(pki["cert"], pki["key"])
+            kw = {"require_starttls": True, "tls_context": tls, "auth_require_tls": True}
+        self.ctl = Controller(self, hostname="127.0.0.1", port=self.port,
+                              authenticator=self._auth, **kw)
+
+    def _auth(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        from aiosmtpd.smtp import AuthResult
+
+        self.logins.append((data.login, data.password))
+        return AuthResult(success=data.password == SMTP_PASSWORD.encode())
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.append(envelope.content)
+        self.over_tls.append(session.ssl is not None)
+        return "250 OK"
+
+    def __enter__(self) -> SmtpServer:
+        self.ctl.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ctl.stop()
+
+
+async def deliver_email(tmp_path: Path, chat: FakeChat, smarthost: str, **fields: Any
+                        ) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
+    """One firing alert through the outbox to an email receiver (auth from a password file):
+    its outbox row, every log event, and the permanent-error count."""
+    import structlog
+
+    (tmp_path / "pw").write_text(SMTP_PASSWORD + "\n")
+    email = {"to": ["oncall@example.com"], "from": "watchdog@example.com",
+             "smarthost": smarthost, "auth_username": "watchdog",
+             "auth_password_file": str(tmp_path / "pw"), **fields}
+    rules = json.dumps({"receivers": [{"name": "mail", "email": email}],
+                        "routes": [{"receivers": ["mail"], "group_wait": "0s"}]})
+    with structlog.testing.capture_logs() as logs:
+        h, db, s = await run_harness(tmp_path, chat, rules)
+        try:
+            await h.fire(make_alert(at=h.clock(), service="checkout"))
+            await h.drain()
+            [row] = await h.handler.outbox.recent()
+            permanent = h.metric("watchdog_notification_attempt_errors_total", receiver="mail",
+                                 integration="email", retryable="false")
+        finally:
+            await h.stop()
+            await s.close()
+            await db.close()
+    assert SMTP_PASSWORD not in json.dumps(row, default=str)
+    assert SMTP_PASSWORD not in repr(logs)
+    return row, logs, permanent
+
+
+async def test_email_starttls_verifies_the_server_with_ca_file(
+        tmp_path: Path, chat: FakeChat, smtp_pki: dict[str, Path]) -> None:
+    with SmtpServer(smtp_pki) as srv:
+        row, _, _ = await deliver_email(tmp_path, chat, f"127.0.0.1:{srv.port}",
+                                        ca_file=str(smtp_pki["ca"]))
+    assert row["status"] == "delivered", row
+    assert srv.logins == [(b"watchdog", SMTP_PASSWORD.encode())]
+    assert srv.over_tls == [True]
+    assert message_from_bytes(srv.received[0])["To"] == "oncall@example.com"
+
+
+async def test_email_starttls_insecure_skip_verify(
+        tmp_path: Path, chat: FakeChat, smtp_pki: dict[str, Path]) -> None:
+    with SmtpServer(smtp_pki) as srv:
+        row, _, _ = await deliver_email(tmp_path, chat, f"127.0.0.1:{srv.port}",
+                                        insecure_skip_verify=True)
+    assert row["status"] == "delivered", row
+    assert srv.over_tls == [True] and len(srv.logins) == 1
+
+
+@pytest.mark.parametrize(("host", "with_ca", "reason"), [
+    ("127.0.0.1", False, "certificate"),  # the system's CAs do not know the throwaway CA
+    ("localhost", True, "mismatch"),      # the right CA, but the certificate is for 127.0.0.1
+])
+async def test_email_untrusted_certificate_is_permanent_and_sends_nothing(
+        tmp_path: Path, chat: FakeChat, smtp_pki: dict[str, Path],
+        host: str, with_ca: bool, reason: str) -> None:
+    fields = {"ca_file": str(smtp_pki["ca"])} if with_ca else {}
+    with SmtpServer(smtp_pki) as srv:
+        row, logs, permanent = await deliver_email(tmp_path, chat, f"{host}:{srv.port}",
+                                                   **fields)
+    assert row["status"] == "failed" and row["attempts"] == 1, row
+    assert permanent == 1
+    error = row["last_error"]
+    assert f"{host}:{srv.port}" in error and "TLS certificate not trusted" in error, error
+    assert reason in error.lower(), error
+    assert any(e["event"] == "notification failed permanently" for e in logs)
+    assert srv.logins == [] and srv.received == []
+
+
+async def test_email_require_tls_refuses_a_server_without_starttls(
+        tmp_path: Path, chat: FakeChat) -> None:
+    with SmtpServer(None) as srv:
+        row, _, permanent = await deliver_email(tmp_path, chat, f"127.0.0.1:{srv.port}")
+    assert row["status"] == "failed" and permanent == 1, row
+    assert f"127.0.0.1:{srv.port} does not offer STARTTLS" in row["last_error"]
+    assert srv.logins == [] and srv.received == []  # the password never went out in clear
+
+
+@pytest.mark.parametrize("name", ["missing.pem", "not-a-ca.pem"])
+async def test_email_unreadable_ca_file_is_permanent(tmp_path: Path, chat: FakeChat,
+                                                     smtp_pki: dict[str, Path], name: str
+                                                     ) -> None:
+    (tmp_path / "not-a-ca.pem").write_text("not a certificate\n")
+    with SmtpServer(smtp_pki) as srv:
+        row, _, permanent = await deliver_email(tmp_path, chat, f"127.0.0.1:{srv.port}",
+                                                ca_file=str(tmp_path / name))
+    assert row["status"] == "failed" and permanent == 1, row
+    assert f"cannot load ca_file {tmp_path / name}" in row["last_error"], row
+    assert srv.logins == [] and srv.received == []

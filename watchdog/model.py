@@ -392,6 +392,8 @@ class EmailConfig(_Strict):
     auth_username: str | None = None
     auth_password_file: str | None = None
     require_tls: bool = True
+    ca_file: str | None = None  # PEM bundle to verify the server with, instead of the system's
+    insecure_skip_verify: bool = False  # STARTTLS without verifying the server's certificate
 
 
 class MqttReceiverConfig(_Strict):

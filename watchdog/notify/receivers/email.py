@@ -2,14 +2,23 @@
 password read from a secret file at delivery, and a multipart message with plain-text and HTML
 parts built from the same facts as the Slack message.
 
+STARTTLS verifies the server against `ca_file` when set (instead of the system's CAs, like
+Alertmanager's `tls_config`), or not at all with `insecure_skip_verify`. With `require_tls`, a
+server that does not offer STARTTLS is refused before any AUTH, so the password is never sent in
+clear.
+
 `render(n)` is pure. SMTP replies classify like HTTP: 4xx replies and connection errors are
-retryable, 5xx replies (bad recipient, auth refused) are permanent. The password never appears
-in an error or a log.
+retryable, 5xx replies (bad recipient, auth refused) are permanent; so are a certificate that
+does not verify, a missing STARTTLS and an unreadable `ca_file`, which retrying cannot fix. The
+password never appears in an error or a log.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import html
+import ssl
 from email.message import EmailMessage
 
 from watchdog.model import EmailConfig
@@ -82,6 +91,22 @@ def split_host(smarthost: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def tls_context(cfg: EmailConfig) -> ssl.SSLContext:
+    """The client context for STARTTLS: the system's CAs, or only those in `ca_file`; no
+    verification at all with `insecure_skip_verify`. Raises SecretError (naming the file)."""
+    cafile = expand_env(cfg.ca_file) if cfg.ca_file else None
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+    except OSError as e:  # ssl.SSLError too: a file that holds no PEM certificate
+        raise SecretError(f"cannot load ca_file {cafile}: "
+                          f"{getattr(e, 'reason', None) or e.strerror or type(e).__name__}"
+                          ) from None
+    if cfg.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class EmailNotifier:
     integration = "email"
 
@@ -95,19 +120,46 @@ class EmailNotifier:
             password = (read_file(self.cfg.auth_password_file)
                         if self.cfg.auth_password_file else None)
             host, port = split_host(expand_env(self.cfg.smarthost))
+            tls = await asyncio.to_thread(tls_context, self.cfg) if self.cfg.require_tls else None
         except (SecretError, ValueError) as e:
             raise DeliveryError(f"email: {e}", retryable=False) from None
         ctx.redact = Redactor([password] if password else [])
+        where = f"{host}:{port}"
         await ctx.pace()
+        smtp = aiosmtplib.SMTP(hostname=host, port=port, start_tls=False, tls_context=tls,
+                               timeout=ctx.timeout)
         try:
-            await aiosmtplib.send(
-                render(n, self.cfg), hostname=host, port=port,
-                username=self.cfg.auth_username, password=password,
-                start_tls=self.cfg.require_tls, timeout=ctx.timeout)
+            await smtp.connect()
+            if tls is not None:
+                await smtp.ehlo()
+                if not smtp.supports_extension("starttls"):
+                    raise DeliveryError(f"SMTP server {where} does not offer STARTTLS and "
+                                        "require_tls is true; nothing was sent",
+                                        retryable=False)
+                await smtp.starttls()
+            if self.cfg.auth_username is not None:
+                await smtp.login(self.cfg.auth_username, password or "")
+            await smtp.send_message(render(n, self.cfg))
+            # Sent: a failing QUIT must not turn into a retry and a duplicate email.
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                await smtp.quit()
+        except DeliveryError:
+            raise
+        except ssl.SSLCertVerificationError as e:
+            reason = ctx.redact(str(e.verify_message or e.reason or "rejected").rstrip("."))
+            hint = ("use the host name the certificate is for" if e.verify_code == 62
+                    else "set ca_file to the CA that signed it")  # 62: hostname mismatch
+            raise DeliveryError(f"SMTP server {where}: TLS certificate not trusted ({reason}); "
+                                f"{hint}", retryable=False) from None
         except aiosmtplib.SMTPResponseException as e:
             permanent = 500 <= e.code < 600
             raise DeliveryError(f"SMTP server answered {e.code}: "
                                 f"{ctx.redact(e.message[:200])}", retryable=not permanent,
                                 status=e.code) from None
+        except ssl.SSLError as e:
+            raise DeliveryError(f"SMTP server {where}: TLS failed ({e.reason or type(e).__name__})",
+                                retryable=True) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
             raise DeliveryError(f"SMTP: {type(e).__name__}", retryable=True) from None
+        finally:
+            smtp.close()
