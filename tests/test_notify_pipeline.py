@@ -400,3 +400,41 @@ async def test_prune_forgets_what_cannot_matter(h: Harness, chat: FakeChat) -> N
     assert p.escalated == {} and p.log == {}
     async with h.db.execute("SELECT COUNT(*) FROM notify_escalations") as cur:
         assert (await cur.fetchone()) == (0,)
+
+
+async def test_action_notes_survive_restart_and_are_pruned_with_the_incident(
+        tmp_path: Path, chat: FakeChat) -> None:
+    """What the watchdog did is persisted: the resolved message sent after a restart still
+    lists the actions, and the notes are forgotten once the incident is."""
+    clock = FakeTime()
+    chat.clock = clock
+    a = make_alert("Latency", at=clock(), severity="warning", service="api")
+    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+        h1 = await Harness(db, s, clock, chat, RULES).start()
+        await h1.fire(a)
+        await h1.tick(31)
+        for kind in ("started", "succeeded"):
+            await h1.handler.on_action_event(ActionEvent(
+                kind=kind, action="staged-rollback", at=clock(), labels=a.labels,
+                rule=a.rule, run_id="run-7",
+                detail="3 steps done" if kind == "succeeded" else ""))
+        await h1.tick(0)
+        await h1.stop()
+    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+        h2 = Harness(db, s, clock, chat, RULES)
+        h2.board.by_fp[a.fingerprint] = a  # restored by the engine
+        await h2.start()
+        await h2.tick(31)
+        await h2.resolve(a)
+        await h2.tick(300)
+        resolved = slack_to(chat, "team")[-1]
+        assert resolved["text"].startswith("✅ RESOLVED · Latency")
+        assert "What the watchdog did" in text_of(resolved)
+        assert "staged-rollback succeeded: 3 steps done" in text_of(resolved)
+        # the incident leaves the pipeline after its retention; pruning forgets its notes
+        await h2.tick(3600)
+        assert a.fingerprint not in h2.handler.pipeline.tracked
+        await h2.handler.pipeline.prune(clock())
+        async with db.execute("SELECT COUNT(*) FROM notify_action_notes") as cur:
+            assert (await cur.fetchone()) == (0,)
+        await h2.stop()

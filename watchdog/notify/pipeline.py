@@ -3,11 +3,12 @@ route → group (group_wait / group_interval) → dedup against the persisted no
 outbox; plus repeats, time-based escalation, acknowledgements, and the Prometheus-style re-sends
 to Alertmanager receivers.
 
-State: the alerts it has been told about (`observe`), one timer per aggregation group, and three
+State: the alerts it has been told about (`observe`), one timer per aggregation group, and four
 persisted records — the notification log (what each receiver was last told about each group), the
-escalation levels already sent per incident, and (in `silences`) silences and acks. Everything it
-decides is written to the outbox, together with the log update, before anything is sent; it never
-sends, sleeps or reads the clock: `flush(at)` is called with the time.
+escalation levels already sent per incident, what the watchdog's actions did per incident (shown
+in the alert's messages, so a restart does not forget it), and (in `silences`) silences and
+acks. Everything it decides is written to the outbox, together with the log update, before
+anything is sent; it never sends, sleeps or reads the clock: `flush(at)` is called with the time.
 """
 
 from __future__ import annotations
@@ -48,12 +49,19 @@ CREATE TABLE IF NOT EXISTS notify_escalations (
     resolved_sent INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (incident_id, route_id, level)
 );
+CREATE TABLE IF NOT EXISTS notify_action_notes (
+    id INTEGER PRIMARY KEY,               -- insertion order, the order the notes are shown in
+    incident_id TEXT NOT NULL,
+    note TEXT NOT NULL                    -- the ActionNote as JSON
+);
+CREATE INDEX IF NOT EXISTS notify_action_notes_incident ON notify_action_notes (incident_id);
 """
 
 # Action events worth a message of their own. Step-level progress stays in the alert's own
 # message ("what the watchdog did") so a five-step rollback doesn't post ten messages.
 NOTIFIED_ACTION_KINDS = frozenset({"started", "succeeded", "failed", "would_run", "not_helped"})
 KEEP_ESCALATIONS = 7 * 86400.0
+KEEP_NOTES = 20  # per incident: a runaway action must not grow a message without bound
 
 
 def route_id(route: Route) -> str:
@@ -125,6 +133,10 @@ class Pipeline:
     log: dict[tuple[str, str], LogEntry] = field(default_factory=dict)
     escalated: dict[tuple[str, str, int], bool] = field(default_factory=dict)
     am_sent: dict[str, tuple[float, frozenset[tuple[str, str]]]] = field(default_factory=dict)
+    # Action notes read back at start, by incident, until the alert they belong to is tracked;
+    # and every incident that has notes in the database (what `prune` may have to delete).
+    restored_notes: dict[str, list[ActionNote]] = field(default_factory=dict)
+    noted: set[str] = field(default_factory=set)
 
     async def load(self) -> None:
         async with transaction(self.db):
@@ -137,6 +149,13 @@ class Pipeline:
                                    "notify_escalations") as cur:
             for inc, rid, level, done in await cur.fetchall():
                 self.escalated[(inc, rid, level)] = bool(done)
+        async with self.db.execute("SELECT incident_id, note FROM notify_action_notes "
+                                   "ORDER BY id") as cur:
+            for inc, note in await cur.fetchall():
+                self.noted.add(inc)
+                notes = self.restored_notes.setdefault(inc, [])
+                notes.append(ActionNote.model_validate_json(note))
+                del notes[:-KEEP_NOTES]
 
     # ---- inputs --------------------------------------------------------------------------
 
@@ -155,7 +174,7 @@ class Pipeline:
         already notified, so nothing is sent twice; what was not yet sent, is."""
         for a in alerts:
             if a.state in ("firing", "inactive") and a.fingerprint not in self.tracked:
-                self.tracked[a.fingerprint] = Tracked(a)
+                self.tracked[a.fingerprint] = self._track(a)
 
     def observe(self, events: Sequence[Event]) -> None:
         for e in events:
@@ -165,9 +184,13 @@ class Pipeline:
             t = self.tracked.get(a.fingerprint)
             if t is None or t.alert.incident_id != a.incident_id:
                 if e.kind == "firing" or t is None:
-                    self.tracked[a.fingerprint] = Tracked(a)
+                    self.tracked[a.fingerprint] = self._track(a)
                 continue
             t.alert = a
+
+    def _track(self, a: Alert) -> Tracked:
+        """A newly tracked alert, with what the actions did for its incident before a restart."""
+        return Tracked(a, notes=self.restored_notes.pop(a.incident_id, []))
 
     def note_action(self, ev: ActionEvent) -> Tracked | None:
         t = self._find(ev.labels)
@@ -175,8 +198,21 @@ class Pipeline:
             note = ActionNote(action=ev.action, kind=ev.kind, at=ev.at, step=ev.step,
                               detail=ev.detail, run_id=ev.run_id)
             t.notes.append(note)
-            del t.notes[:-20]  # a runaway action must not grow a message without bound
+            del t.notes[:-KEEP_NOTES]
         return t
+
+    async def _save_note(self, t: Tracked) -> None:
+        """Persist the note just added to `t`, keeping only the last KEEP_NOTES per incident."""
+        inc = t.alert.incident_id
+        async with transaction(self.db):
+            await self.db.execute(
+                "INSERT INTO notify_action_notes (incident_id, note) VALUES (?, ?)",
+                (inc, t.notes[-1].model_dump_json()))
+            await self.db.execute(
+                "DELETE FROM notify_action_notes WHERE incident_id = ? AND id NOT IN "
+                "(SELECT id FROM notify_action_notes WHERE incident_id = ? "
+                "ORDER BY id DESC LIMIT ?)", (inc, inc, KEEP_NOTES))
+        self.noted.add(inc)
 
     def _find(self, labels: Mapping[str, str]) -> Tracked | None:
         for fp in (fingerprint(labels), fingerprint(labels, exclude=("severity",))):
@@ -423,6 +459,8 @@ class Pipeline:
 
     async def notify_action(self, ev: ActionEvent, at: float) -> int:
         t = self.note_action(ev)
+        if t is not None:
+            await self._save_note(t)
         if ev.kind not in NOTIFIED_ACTION_KINDS or (ev.step is not None and ev.kind != "failed"):
             return 0
         labels = dict(ev.labels)
@@ -463,9 +501,19 @@ class Pipeline:
         return alerts
 
     async def prune(self, at: float) -> None:
-        """Forget what can no longer matter: escalations of incidents that are gone (an
-        incident id never recurs), expired silences, acks of resolved incidents, old rows."""
+        """Forget what can no longer matter: escalations and action notes of incidents that are
+        gone (an incident id never recurs), expired silences, acks of resolved incidents, old
+        rows."""
         live = {t.alert.incident_id for t in self.tracked.values()}
+        gone = sorted(self.noted - live)
+        if gone:
+            async with transaction(self.db):
+                await self.db.executemany(
+                    "DELETE FROM notify_action_notes WHERE incident_id = ?",
+                    [(inc,) for inc in gone])
+            self.noted.difference_update(gone)
+        for inc in [inc for inc in self.restored_notes if inc not in live]:
+            del self.restored_notes[inc]
         old = [k for k in self.escalated if k[0] not in live]
         if old:
             async with transaction(self.db):
