@@ -2148,6 +2148,8 @@ def expand(text: str, data: TemplateData, *, alert_name: str | None = None) -> s
     `alert_name`, MESSAGE is worded exactly as Prometheus words it (template
     `__alert_<name>`, columns counted after its prepended variable definitions).
     """
+    if "{{" not in text:
+        return text  # no action, nothing to render: most label values (`severity: page`)
     try:
         return compile_template(text).render(data)
     except TemplateError as err:
