@@ -1,14 +1,23 @@
-"""Benchmark: `watchdog run` beside vmalert on the same rules against the same real Prometheus.
+"""Benchmark: `watchdog run` beside vmalert and Prometheus's rule engine on the same rules.
 
     python bench/daemon.py [--rules 1000] [--per-group 50] [--interval 5] [--duration 60]
 
 A Prometheus (Debian's `prometheus`) scrapes an in-process target with `--series` counters every
 5s. `--rules` alerting rules (one in twenty true, with `for: 10s`) in groups of `--per-group` are
 written once; then the watchdog and vmalert (Debian's `victoria-metrics`, pointed at an in-process
-Alertmanager stand-in that drops everything) each run alone for a warm-up and `--duration`
-measured seconds. Printed for each, and as watchdog/vmalert ratios: resident memory, CPU seconds
-per 1,000 rule evaluations, rule evaluations per second sustained, missed iterations, and failed
-evaluations — CPU from /proc, counts from each one's own /metrics.
+Alertmanager stand-in that drops everything) each run alone against that Prometheus for a warm-up
+and `--duration` measured seconds.
+
+Prometheus evaluates rules only against its own TSDB, so its rule engine is measured last, by
+difference: two more Prometheus instances scrape the same target at the same interval, one with
+the rules (evaluated every `--interval`) and one without, and both are measured over the same
+window. Its CPU and memory figures are the with-rules instance minus the without-rules one — a
+difference of two processes, so noisier than the others; its counts come from the with-rules
+instance's own /metrics.
+
+Printed for each, and as watchdog/vmalert and watchdog/prometheus ratios: resident memory, CPU
+seconds per 1,000 rule evaluations, rule evaluations per second sustained, missed iterations,
+and failed evaluations — CPU from /proc, counts from each one's own /metrics.
 
 A benchmark script, not part of the package: it starts processes and servers on 127.0.0.1 only,
 and must leave none behind (every child is stopped in `finally`).
@@ -28,7 +37,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -37,6 +46,9 @@ from watchdog.promserver import PrometheusServer, find_binary, free_port
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SCRAPE_INTERVAL = "5s"  # every Prometheus here scrapes the target this often
+CONTENDERS = ("watchdog", "vmalert", "prometheus")
+COLUMNS = {"watchdog": "watchdog", "vmalert": "vmalert", "prometheus": "prometheus rules"}
 
 
 def http_get(url: str, timeout: float = 5.0) -> str:
@@ -153,6 +165,8 @@ class Result:
     errors: float
     missed: float
     seconds: float
+    # For Prometheus: each instance's own figures behind the differences above.
+    parts: dict[str, float] = field(default_factory=dict)
 
     @property
     def cpu_per_1000(self) -> float:
@@ -199,6 +213,71 @@ def measure(name: str, argv: list[str], env: dict[str, str], metrics_url: str,
             proc.wait()
 
 
+def wait_for_data(prom_url: str, timeout: float = 60) -> None:
+    """Until the Prometheus at `prom_url` has two scrapes of the target (a rate to compute)."""
+    deadline = time.monotonic() + timeout
+    query = f"{prom_url}/api/v1/query?query=count(rate(bench_requests_total%5B1m%5D))"
+    while True:
+        body = json.loads(http_get(query))
+        if body["data"]["result"]:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Prometheus at {prom_url} never had two scrapes of the target")
+        time.sleep(1)
+
+
+def rule_prometheus(target: str, tsdb_dir: Path, rules: Path | None,
+                    interval: float) -> PrometheusServer:
+    """A Prometheus scraping `target` like the data one, evaluating `rules` if given."""
+    server = PrometheusServer.scraping([target], SCRAPE_INTERVAL, tsdb_dir=tsdb_dir)
+    config = json.loads(server.config)
+    config["global"]["evaluation_interval"] = f"{interval:g}s"
+    if rules is not None:
+        config["rule_files"] = [f"{rules}/*.yml"]
+    server.config = json.dumps(config, indent=2)  # JSON is YAML
+    return server
+
+
+def measure_prometheus(target: str, tmp: Path, rules: Path, interval: float, warmup: float,
+                       duration: float) -> Result:
+    """Prometheus's rule engine, by difference of an instance with the rules and one without,
+    both scraping the same target and measured over the same window."""
+    with_rules = rule_prometheus(target, tmp / "tsdb-with-rules", rules, interval)
+    without = rule_prometheus(target, tmp / "tsdb-without-rules", None, interval)
+    try:
+        with_rules.start()
+        without.start()
+        for server in (with_rules, without):
+            wait_for_data(server.url)
+        pid_w, pid_o = with_rules.pid, without.pid
+        if pid_w is None or pid_o is None:
+            raise RuntimeError("a Prometheus for the rule-engine measurement exited")
+        metrics_url = f"{with_rules.url}/metrics"
+        print(f"  prometheus: with rules at {with_rules.url}, without at {without.url}; up, "
+              f"warming up {warmup:g}s, then measuring {duration:g}s", flush=True)
+        time.sleep(warmup)
+        cpu_w0, cpu_o0, t0 = cpu_seconds(pid_w), cpu_seconds(pid_o), time.monotonic()
+        ev0, err0, miss0 = prometheus_counters(http_get(metrics_url))
+        time.sleep(duration)
+        cpu_w1, cpu_o1, t1 = cpu_seconds(pid_w), cpu_seconds(pid_o), time.monotonic()
+        ev1, err1, miss1 = prometheus_counters(http_get(metrics_url))
+        parts = {
+            "with_rules_cpu_s": cpu_w1 - cpu_w0, "without_rules_cpu_s": cpu_o1 - cpu_o0,
+            "with_rules_rss_mib": rss_mib(pid_w), "without_rules_rss_mib": rss_mib(pid_o),
+            "with_rules_peak_rss_mib": rss_mib(pid_w, "VmHWM"),
+            "without_rules_peak_rss_mib": rss_mib(pid_o, "VmHWM"),
+        }
+        return Result(
+            "prometheus",
+            parts["with_rules_rss_mib"] - parts["without_rules_rss_mib"],
+            parts["with_rules_peak_rss_mib"] - parts["without_rules_peak_rss_mib"],
+            parts["with_rules_cpu_s"] - parts["without_rules_cpu_s"],
+            ev1 - ev0, err1 - err0, miss1 - miss0, t1 - t0, parts)
+    finally:
+        with_rules.stop()
+        without.stop()
+
+
 def watchdog_counters(text: str) -> tuple[float, float, float]:
     return (metric_sum(text, "watchdog_evaluations_total"),
             metric_sum(text, "watchdog_evaluation_failures_total"),
@@ -211,6 +290,12 @@ def vmalert_counters(text: str) -> tuple[float, float, float]:
             metric_sum(text, "vmalert_iteration_missed_total"))
 
 
+def prometheus_counters(text: str) -> tuple[float, float, float]:
+    return (metric_sum(text, "prometheus_rule_evaluations_total"),
+            metric_sum(text, "prometheus_rule_evaluation_failures_total"),
+            metric_sum(text, "prometheus_rule_group_iterations_missed_total"))
+
+
 def ratio(a: float, b: float) -> str:
     if b == 0:
         return "—" if a == 0 else "∞"
@@ -218,25 +303,45 @@ def ratio(a: float, b: float) -> str:
 
 
 def report(results: list[Result], args: argparse.Namespace, prom_version: str) -> None:
-    w, v = results
+    by_name = {r.name: r for r in results}
+    names = [n for n in CONTENDERS if n in by_name]
+    peers = [n for n in names if n != "watchdog"] if "watchdog" in by_name else []
     print()
     print(f"{args.rules} rules in groups of {args.per_group}, every {args.interval:g}s, "
           f"{args.duration:g}s measured after {args.warmup:g}s warm-up; Prometheus "
           f"{prom_version}; {os.cpu_count()} CPUs")
-    rows = [
-        ("RSS at the end (MiB)", w.rss_mib, v.rss_mib, "{:.1f}"),
-        ("peak RSS (MiB)", w.peak_rss_mib, v.peak_rss_mib, "{:.1f}"),
-        ("CPU s per 1,000 rule evaluations", w.cpu_per_1000, v.cpu_per_1000, "{:.3f}"),
-        ("rule evaluations/s sustained", w.per_second, v.per_second, "{:.1f}"),
-        ("missed iterations", w.missed, v.missed, "{:.0f}"),
-        ("failed rule evaluations", w.errors, v.errors, "{:.0f}"),
-        ("CPU s in the window", w.cpu_s, v.cpu_s, "{:.2f}"),
+    rows: list[tuple[str, Callable[[Result], float], str]] = [
+        ("RSS at the end (MiB)", lambda r: r.rss_mib, "{:.1f}"),
+        ("peak RSS (MiB)", lambda r: r.peak_rss_mib, "{:.1f}"),
+        ("CPU s per 1,000 rule evaluations", lambda r: r.cpu_per_1000, "{:.3f}"),
+        ("rule evaluations/s sustained", lambda r: r.per_second, "{:.1f}"),
+        ("missed iterations", lambda r: r.missed, "{:.0f}"),
+        ("failed rule evaluations", lambda r: r.errors, "{:.0f}"),
+        ("CPU s in the window", lambda r: r.cpu_s, "{:.2f}"),
     ]
-    print(f"{'':34} {'watchdog':>12} {'vmalert':>12} {'watchdog/vmalert':>17}")
-    for label, a, b, fmt in rows:
-        print(f"{label:34} {fmt.format(a):>12} {fmt.format(b):>12} {ratio(a, b):>17}")
+    header = f"{'':34}" + "".join(f" {COLUMNS[n]:>16}" for n in names)
+    header += "".join(f" {'watchdog/' + n:>19}" for n in peers)
+    print(header)
+    for label, get, fmt in rows:
+        line = f"{label:34}" + "".join(f" {fmt.format(get(by_name[n])):>16}" for n in names)
+        line += "".join(f" {ratio(get(by_name['watchdog']), get(by_name[n])):>19}"
+                        for n in peers)
+        print(line)
     expected = args.rules / args.interval
     print(f"(expected evaluations/s at this load: {expected:.1f})")
+    if "prometheus" in by_name:
+        parts = by_name["prometheus"].parts
+        print("(prometheus rules: its CPU and RSS figures are a DIFFERENCE of two Prometheus "
+              "instances over the same window — one evaluating the rules against its own TSDB, "
+              "one identical without them — so they are noisier than the other columns; "
+              "its counts are the with-rules instance's own /metrics. It includes running the "
+              "PromQL, which watchdog and vmalert leave to the data Prometheus, not counted)")
+        print(f"(  with rules:    CPU {parts['with_rules_cpu_s']:.2f}s, "
+              f"RSS {parts['with_rules_rss_mib']:.1f} MiB, "
+              f"peak {parts['with_rules_peak_rss_mib']:.1f} MiB)")
+        print(f"(  without rules: CPU {parts['without_rules_cpu_s']:.2f}s, "
+              f"RSS {parts['without_rules_rss_mib']:.1f} MiB, "
+              f"peak {parts['without_rules_peak_rss_mib']:.1f} MiB)")
     if args.json:
         print(json.dumps({r.name: {**r.__dict__, "cpu_per_1000": r.cpu_per_1000,
                                    "per_second": r.per_second} for r in results}, indent=1))
@@ -251,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=12.0)
     p.add_argument("--series", type=int, default=100)
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
-    p.add_argument("--only", choices=("watchdog", "vmalert"), help="run one contender")
+    p.add_argument("--only", choices=CONTENDERS, help="run one contender")
     args = p.parse_args(argv)
     for binary in ("prometheus", "vmalert"):
         if find_binary(binary) is None:
@@ -262,21 +367,13 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="watchdog-bench-"))
     target = serve(target_handler(args.series))
     sink = serve(Blackhole)
-    prom = PrometheusServer.scraping([f"127.0.0.1:{target.server_address[1]}"], "5s",
-                                     tsdb_dir=tmp / "tsdb")
+    target_addr = f"127.0.0.1:{target.server_address[1]}"
+    prom = PrometheusServer.scraping([target_addr], SCRAPE_INTERVAL, tsdb_dir=tmp / "tsdb")
     results: list[Result] = []
     try:
         prom.start()
         print(f"Prometheus at {prom.url}; waiting for the first scrapes...", flush=True)
-        deadline = time.monotonic() + 60
-        query = f"{prom.url}/api/v1/query?query=count(rate(bench_requests_total%5B1m%5D))"
-        while True:
-            body = json.loads(http_get(query))
-            if body["data"]["result"]:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("Prometheus never had two scrapes of the target")
-            time.sleep(1)
+        wait_for_data(prom.url)
         version = json.loads(http_get(f"{prom.url}/api/v1/status/buildinfo"))["data"]["version"]
         rules = tmp / "rules"
         write_rules(rules, args.rules, args.per_group, args.series)
@@ -303,15 +400,14 @@ def main(argv: list[str] | None = None) -> int:
             results.append(measure("vmalert", argv_vm, base_env,
                                    f"http://127.0.0.1:{port}/metrics", vmalert_counters,
                                    args.warmup, args.duration, tmp / "vmalert.log"))
+        if args.only in (None, "prometheus"):
+            results.append(measure_prometheus(target_addr, tmp, rules, args.interval,
+                                              args.warmup, args.duration))
     finally:
         prom.stop()
         target.shutdown()
         sink.shutdown()
-    if len(results) == 2:
-        report(results, args, version)
-    else:
-        for r in results:
-            print(r, f"cpu/1000={r.cpu_per_1000:.3f} per_s={r.per_second:.1f}")
+    report(results, args, version)
     print(f"(logs and data in {tmp})")
     return 0
 
