@@ -146,8 +146,9 @@ async def test_datasource_down_fires_nothing_resolves_then_recovers(tmp_path: Pa
         assert {a.fingerprint for a in d.alerts() if a.state == "firing"} == (
             firing_before | {down.fingerprint})
         status, text = await get_json(f"{d.http_url}/readyz")
-        assert status == 503 and "not answering" in text and "ClientConnectorError" in text
-        assert "3 consecutive evaluations failed" in text
+        reason = text["reason"]  # /readyz answers JSON; the reason text is unchanged
+        assert status == 503 and "not answering" in reason and "ClientConnectorError" in reason
+        assert "3 consecutive evaluations failed" in reason
         # more failures: still one incident, nothing else happens
         clock.advance(M)
         await d.evaluate_all()

@@ -116,7 +116,8 @@ async def test_prometheus_down_then_back(tmp_path: Path, prometheus_binary: str)
                 down = await wait_for(lambda: first_event(rec, "firing", DATASOURCE_DOWN), 10,
                                       what="WatchdogDatasourceDown")
                 assert down.alert.labels["datasource"] == prom.url
-                status, reason = await get_json(f"{d.http_url}/readyz")
+                status, body = await get_json(f"{d.http_url}/readyz")
+                reason = body["reason"]  # /readyz answers JSON; the reason text is unchanged
                 assert status == 503
                 assert f"Prometheus at {prom.url} is not answering" in reason
                 assert "consecutive evaluations failed" in reason

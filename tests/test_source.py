@@ -118,3 +118,18 @@ async def test_credentials_never_appear_in_errors(prom: Any, tmp_path: Path) -> 
     assert "s3cret" not in str(e.value)
     with pytest.raises(QueryError, match="cannot read Prometheus credentials file"):
         await query(prom, {"bearer_token_file": str(tmp_path / "missing")})
+
+
+async def test_url_passwords_never_appear_in_errors(prom: Any) -> None:
+    prom.reply, prom.status = b"oops", 500
+    url = prom.url.replace("http://", "http://watch:hunter2@")
+    async with aiohttp.ClientSession() as session:
+        src = PrometheusSource(session, PrometheusConfig(url=url))
+        with pytest.raises(QueryError) as e:
+            await src.query("up", 0)
+        assert "hunter2" not in str(e.value) and "watch:***@" in str(e.value)
+        dead = PrometheusSource(session, PrometheusConfig(url="http://watch:hunter2@127.0.0.1:9"))
+        for call in (dead.query("up", 0), dead.buildinfo()):
+            with pytest.raises(QueryError) as e:
+                await call
+            assert "hunter2" not in str(e.value)

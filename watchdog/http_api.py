@@ -1,6 +1,7 @@
-"""The daemon's HTTP interface on aiohttp.web: probes, `/metrics`, Prometheus-shaped
-`/api/v1/rules` and `/api/v1/alerts`, `/api/v1/status`, `POST /-/reload`, plus the routes that
-notifications and actions register through `DaemonContext.routes`.
+"""The daemon's HTTP interface on aiohttp.web: the status page (`/`, `/status`), probes that
+answer JSON with each check, `/metrics`, Prometheus-shaped `/api/v1/rules` and `/api/v1/alerts`,
+`/api/v1/status`, `POST /-/reload`, plus the routes that notifications and actions register
+through `DaemonContext.routes`.
 
 Shell: it only reads the daemon's live state and calls its `reload`. Every non-GET route —
 ours and the handlers' — sits behind `Authorization: Bearer <API_TOKEN>` and refuses outright
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -26,12 +28,21 @@ from watchdog.daemon import BUILTIN_GROUP, DATASOURCE_DOWN, Daemon, ReloadReport
 from watchdog.engine import GroupRuntime, RuleRuntime
 from watchdog.rulesdir import FileStatus
 from watchdog.state import Alert
+from watchdog.status_page import status_page, wants_json
 
 log = structlog.get_logger("watchdog.http")
 
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HEALTHZ_DOWN = "not running: the scheduler is stopped"
+# Query errors quote the URL they asked, password included (`http://user:pw@host/...`).
+_URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+):[^@/\s]+@")
+
+
+def redact(text: str | None) -> str | None:
+    """Error text without the passwords of the URLs it quotes."""
+    return _URL_PASSWORD.sub(r"\1:***@", text) if text else text
 
 _ERROR_TYPES = {400: "bad_data", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 413: "bad_data", 415: "bad_data", 422: "bad_data",
@@ -111,15 +122,71 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
 # ---- probes and metrics --------------------------------------------------------------------------
 
 
+def _scheduler_check(d: Daemon) -> dict[str, Any]:
+    if d.healthy():
+        detail = ("running" if d.scheduler is not None
+                  else "running; evaluations are driven by the caller (no scheduler)")
+        return {"ok": True, "detail": detail}
+    return {"ok": False, "detail": HEALTHZ_DOWN}
+
+
+def _rules_check(d: Daemon) -> dict[str, Any]:
+    if not d.rules_loaded:
+        return {"ok": False, "detail": "rules are not loaded yet"}
+    rules = sum(len(rt.rules) for rt in d.runtimes.values())
+    files = d.rules.status.values()
+    rejected = sorted(st.path for st in files if not st.ok)
+    detail = (f"{_n(len(d.runtimes), 'group')}, {_n(rules, 'rule')} from "
+              f"{_n(len(files) - len(rejected), 'file')} in {d.settings.rules_dir}")
+    if rejected:
+        detail += (f"; {len(rejected)} rejected (each keeps its last good version, if it had "
+                   f"one): {', '.join(rejected)}")
+    return {"ok": True, "detail": detail, "groups": len(d.runtimes), "rules": rules,
+            "rejectedFiles": rejected}
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _prometheus_check(d: Daemon) -> dict[str, Any]:
+    out: dict[str, Any] = {"ok": d.datasource_up is True, "url": d.datasource_url}
+    if d.datasource_up is None:
+        out["detail"] = f"waiting for Prometheus at {d.datasource_url} to answer"
+    elif d.datasource_up:
+        out["detail"] = f"Prometheus at {d.datasource_url} answers"
+    else:
+        since = (f" since {rfc3339(d.datasource_down_since)}"
+                 if d.datasource_down_since is not None else "")
+        failed = (f"; {d.datasource_failures} consecutive evaluations failed{since}"
+                  if d.datasource_failures else "")
+        out["detail"] = f"not answering: {redact(d.datasource_error)}{failed}"
+    return out
+
+
+def health_checks(d: Daemon) -> dict[str, dict[str, Any]]:
+    """Each check behind the probes, with `ok` and a human `detail`. `/readyz`'s status is
+    `Daemon.readiness()` (rules loaded and Prometheus answering); `/healthz`'s is the scheduler
+    alone, so an unreachable Prometheus never gets the watchdog restarted."""
+    return {"rules": _rules_check(d), "prometheus": _prometheus_check(d),
+            "scheduler": _scheduler_check(d)}
+
+
 async def healthz(request: web.Request) -> web.Response:
-    if request.app[DAEMON].healthy():
-        return web.Response(text="ok\n")
-    return web.Response(text="not running: the scheduler is stopped\n", status=503)
+    d = request.app[DAEMON]
+    ok = d.healthy()
+    return web.json_response({"status": "healthy" if ok else "unhealthy",
+                              "checks": {"scheduler": _scheduler_check(d)},
+                              "reason": "ok" if ok else HEALTHZ_DOWN},
+                             status=200 if ok else 503)
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ok, reason = request.app[DAEMON].readiness()
-    return web.Response(text=reason + "\n", status=200 if ok else 503)
+    d = request.app[DAEMON]
+    ok, reason = d.readiness()
+    return web.json_response({"status": "ready" if ok else "not ready",
+                              "checks": health_checks(d), "reason": redact(reason)},
+                             status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -155,13 +222,13 @@ def rule_json(r: RuleRuntime, with_alerts: bool = True) -> dict[str, Any]:
         "duration": r.rule.for_, "keepFiringFor": r.rule.keep_firing_for,
         "labels": dict(r.rule.labels), "annotations": dict(r.rule.annotations),
         "health": "unknown" if last is None else "err" if last.error else "ok",
-        "lastError": (last.error or "") if last is not None else "",
+        "lastError": redact(last.error or "") if last is not None else "",
         "evaluationTime": last.duration if last is not None else 0.0,
         "lastEvaluation": rfc3339(last.at if last is not None else None),
         "type": "alerting",
         # ours, like vmalert's `updates`: the last evaluations answer "why did/didn't it fire?"
         "history": [{"at": rfc3339(h.at), "duration": h.duration, "samples": h.samples,
-                     "hits": h.hits, "error": h.error} for h in reversed(r.history)],
+                     "hits": h.hits, "error": redact(h.error)} for h in reversed(r.history)],
     }
     if r.rule.threshold is not None:
         out["threshold"] = str(r.rule.threshold)
@@ -255,22 +322,22 @@ async def status(request: web.Request) -> web.Response:
     groups = [{
         "name": rt.group.name, "file": rt.file, "interval": d.interval(rt),
         "rules": len(rt.rules), "lastEvaluation": rfc3339(rt.last_at),
-        "evaluationTime": rt.last_duration, "lastError": rt.last_error,
+        "evaluationTime": rt.last_duration, "lastError": redact(rt.last_error),
         "alerts": {s: sum(1 for a in rt.alerts() if a.state == s)
                    for s in ("pending", "firing")},
     } for rt in d.runtimes.values()]
-    errors = [{"group": e.group, "file": e.file, "rule": e.rule, "error": e.error,
+    errors = [{"group": e.group, "file": e.file, "rule": e.rule, "error": redact(e.error),
                "since": rfc3339(e.since), "last": rfc3339(e.last), "count": e.count}
               for e in d.recent_errors()]
     return success({
         "version": __version__, "startedAt": rfc3339(d.started_at),
-        "ready": ready, "readiness": reason,
+        "ready": ready, "readiness": redact(reason),
         "rulesDir": str(d.settings.rules_dir),
         "datasource": {"url": d.datasource_url, "up": d.datasource_up,
                        "consecutiveFailures": d.datasource_failures,
                        "downSince": (rfc3339(d.datasource_down_since)
                                      if d.datasource_down_since is not None else None),
-                       "lastError": d.datasource_error},
+                       "lastError": redact(d.datasource_error)},
         "files": files, "groups": groups, "lastErrors": errors,
         "lastReload": reload_json(d.last_reload) if d.last_reload is not None else None,
         "plugins": d.plugins,
@@ -306,15 +373,19 @@ def data_errors(st: FileStatus) -> list[str]:
 
 
 async def index(request: web.Request) -> web.Response:
+    """The status page for browsers; the endpoint index for clients that ask for JSON only."""
+    if not wants_json(request):
+        return await status_page(request)
     return web.json_response({"name": "metrics-watchdog", "version": __version__, "endpoints": [
-        "/healthz", "/readyz", "/metrics", "/api/v1/rules", "/api/v1/alerts", "/api/v1/status",
-        "POST /-/reload"]})
+        "/status", "/healthz", "/readyz", "/metrics", "/api/v1/rules", "/api/v1/alerts",
+        "/api/v1/status", "POST /-/reload"]})
 
 
 def build_app(d: Daemon) -> web.Application:
     app = web.Application(middlewares=[json_errors, require_token])
     app[DAEMON] = d
     app.router.add_get("/", index)
+    app.router.add_get("/status", status_page)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

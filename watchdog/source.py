@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from watchdog.evaluate import Sample
+from watchdog.logs import redact_url
 
 
 class QueryError(Exception):
@@ -76,6 +77,8 @@ class PrometheusSource:
         self._session = session
         self._cfg = cfg
         self._base = cfg.url.rstrip("/")
+        # what error messages may quote: `http://user:pw@host` would otherwise leak `pw`
+        self._shown = redact_url(self._base)
         self._ssl = ssl_context(cfg)
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
 
@@ -99,6 +102,7 @@ class PrometheusSource:
 
     async def _call(self, path: str, params: dict[str, str]) -> Any:
         endpoint = f"{self._base}{path}"
+        shown = f"{self._shown}{path}"
         headers = self._headers()
         try:
             # POST form: long expressions do not hit URL length limits.
@@ -107,20 +111,20 @@ class PrometheusSource:
                 body = await resp.read()
                 status = resp.status
         except TimeoutError:
-            raise QueryError(f"{endpoint}: timed out after {self._cfg.timeout:g}s") from None
+            raise QueryError(f"{shown}: timed out after {self._cfg.timeout:g}s") from None
         except aiohttp.ClientError as e:
-            raise QueryError(f"{endpoint}: {type(e).__name__}: {e}") from None
+            raise QueryError(f"{shown}: {type(e).__name__}: {redact_url(str(e))}") from None
         try:
             doc = _json(body)
         except ValueError:
             snippet = body[:120].decode("utf-8", "replace")
             raise QueryError(
-                f"{endpoint}: HTTP {status}, not a Prometheus API response: {snippet!r}"
+                f"{shown}: HTTP {status}, not a Prometheus API response: {snippet!r}"
             ) from None
         if not isinstance(doc, dict) or doc.get("status") != "success":
             err = doc.get("error") if isinstance(doc, dict) else None
             kind = doc.get("errorType") if isinstance(doc, dict) else None
-            raise QueryError(f"{endpoint}: HTTP {status}: {kind or 'error'}: "
+            raise QueryError(f"{shown}: HTTP {status}: {kind or 'error'}: "
                              f"{err or 'unexpected response'}")
         return doc.get("data")
 
@@ -129,7 +133,7 @@ class PrometheusSource:
         try:
             return parse_instant(data)
         except (TypeError, ValueError, KeyError, IndexError) as e:
-            raise QueryError(f"{self._base}/api/v1/query: malformed result: {e}") from None
+            raise QueryError(f"{self._shown}/api/v1/query: malformed result: {e}") from None
 
     async def query_range(self, expr: str, start: float, end: float, step: float
                           ) -> list[RangeSeries]:
@@ -141,24 +145,25 @@ class PrometheusSource:
             return [RangeSeries(dict(r["metric"]), [(float(t), _float(v)) for t, v in r["values"]])
                     for r in data["result"]]
         except (TypeError, ValueError, KeyError, IndexError) as e:
-            raise QueryError(f"{self._base}/api/v1/query_range: malformed result: {e}") from None
+            raise QueryError(f"{self._shown}/api/v1/query_range: malformed result: {e}") from None
 
     async def buildinfo(self) -> dict[str, Any]:
         """A cheap call that proves Prometheus answers (for /readyz)."""
         endpoint = f"{self._base}/api/v1/status/buildinfo"
+        shown = f"{self._shown}/api/v1/status/buildinfo"
         headers = self._headers()
         try:
             async with self._session.get(endpoint, headers=headers,
                                          timeout=self._timeout, ssl=self._ssl) as resp:
                 if resp.status != 200:
-                    raise QueryError(f"{endpoint}: HTTP {resp.status}")
+                    raise QueryError(f"{shown}: HTTP {resp.status}")
                 doc = _json(await resp.read())
         except TimeoutError:
-            raise QueryError(f"{endpoint}: timed out after {self._cfg.timeout:g}s") from None
+            raise QueryError(f"{shown}: timed out after {self._cfg.timeout:g}s") from None
         except aiohttp.ClientError as e:
-            raise QueryError(f"{endpoint}: {type(e).__name__}: {e}") from None
+            raise QueryError(f"{shown}: {type(e).__name__}: {redact_url(str(e))}") from None
         except ValueError:
-            raise QueryError(f"{endpoint}: not a Prometheus API response") from None
+            raise QueryError(f"{shown}: not a Prometheus API response") from None
         data = doc.get("data") if isinstance(doc, dict) else None
         return data if isinstance(data, dict) else {}
 
