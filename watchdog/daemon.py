@@ -53,7 +53,14 @@ from watchdog.logs import configure as configure_logging
 from watchdog.logs import redact_url
 from watchdog.metrics import InstrumentedSource, Metrics
 from watchdog.reload import carry_over, group_key, restore, restore_alerts, rule_sig
-from watchdog.rulesdir import FileStatus, RuleSet, build, folder_digest, read_files
+from watchdog.rulesdir import (
+    FileStatus,
+    RuleSet,
+    build,
+    digest_of,
+    folder_digest,
+    read_files,
+)
 from watchdog.settings import Settings
 from watchdog.source import PrometheusConfig, PrometheusSource, Source
 from watchdog.state import Alert, Event, step
@@ -777,8 +784,8 @@ class Daemon:
     # -- rules -----------------------------------------------------------------------------------
 
     def _read_rules(self) -> tuple[str, dict[str, bytes | OSError]]:
-        paths = [self.settings.rules_dir]
-        return folder_digest(paths), read_files(paths)
+        raw = read_files([self.settings.rules_dir])
+        return digest_of(raw), raw
 
     async def _load_rules_at_start(self) -> list[Event]:
         s = self.settings

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hmac
 import math
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -26,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from watchdog import __version__
 from watchdog.daemon import BUILTIN_GROUP, DATASOURCE_DOWN, Daemon, ReloadReport, rfc3339
 from watchdog.engine import GroupRuntime, RuleRuntime
+from watchdog.logs import redact  # error text may quote a URL with its password
 from watchdog.rulesdir import FileStatus
 from watchdog.state import Alert
 from watchdog.status_page import status_page, wants_json
@@ -36,13 +36,6 @@ DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HEALTHZ_DOWN = "not running: the scheduler is stopped"
-# Query errors quote the URL they asked, password included (`http://user:pw@host/...`).
-_URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+):[^@/\s]+@")
-
-
-def redact(text: str | None) -> str | None:
-    """Error text without the passwords of the URLs it quotes."""
-    return _URL_PASSWORD.sub(r"\1:***@", text) if text else text
 
 _ERROR_TYPES = {400: "bad_data", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 413: "bad_data", 415: "bad_data", 422: "bad_data",

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from watchdog.durations import format_duration, parse_duration
+from watchdog.durations import parse_duration
 from watchdog.labels import RegexError, match_re_regexp
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -465,6 +465,3 @@ class RuleFileModel(_Strict):
     def _null_map(cls, v: Any) -> Any:
         return {} if v is None else v
 
-
-def describe_duration(seconds: float) -> str:
-    return format_duration(seconds)

@@ -15,7 +15,7 @@ import math
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +55,6 @@ def _fmt_list(items: Sequence[LabelsAndAnnotations]) -> str:
         return "[]"
     body = "\n".join(f"            {i}:\n{x.render('              ')}" for i, x in enumerate(items))
     return "[\n" + body + "\n            ]"
-
-
-@dataclass
-class GroupResult:
-    errors: list[str] = field(default_factory=list)
 
 
 def _dur(v: Any, what: str) -> float:

@@ -34,7 +34,6 @@ class SlicedRangeSource:
         self._start, self._end, self._step = start, end, step
         self._cache: dict[tuple[str, int], dict[int, list[Sample]] | QueryError] = {}
         self.now = start  # the evaluation instant being replayed; set by the caller
-        self.range_queries = 0
 
     def cached(self, expr: str, at: float) -> list[Sample] | QueryError | None:
         """The answer when its range is already fetched, else None (see engine.run_queries)."""
@@ -44,15 +43,15 @@ class SlicedRangeSource:
         return table.get(round(at * 1000), [])
 
     async def query(self, expr: str, at: float) -> list[Sample]:
-        delta_ms = round((self.now - at) * 1000)
-        key = (expr, delta_ms)
-        table = self._cache.get(key)
-        if table is None:
-            table = await self._fetch(expr, delta_ms / 1000)
-            self._cache[key] = table
-        if isinstance(table, QueryError):
-            raise table
-        return table.get(round(at * 1000), [])
+        answer = self.cached(expr, at)
+        if answer is None:
+            delta_ms = round((self.now - at) * 1000)
+            self._cache[(expr, delta_ms)] = await self._fetch(expr, delta_ms / 1000)
+            answer = self.cached(expr, at)
+        if isinstance(answer, QueryError):
+            raise answer
+        assert answer is not None
+        return answer
 
     async def _fetch(self, expr: str, delta: float) -> dict[int, list[Sample]] | QueryError:
         table: dict[int, list[Sample]] = {}
@@ -62,7 +61,6 @@ class SlicedRangeSource:
         try:
             while t <= end + 1e-9:
                 stop = min(end, t + chunk)
-                self.range_queries += 1
                 for series in await self._inner.query_range(expr, t, stop, self._step):
                     for ts, v in series.points:
                         table.setdefault(round(ts * 1000), []).append(Sample(series.labels, v))

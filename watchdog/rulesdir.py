@@ -103,8 +103,13 @@ def read_files(paths: Iterable[Path]) -> dict[str, bytes | OSError]:
 
 def folder_digest(paths: Iterable[Path]) -> str:
     """A hash over names and contents: cheap change detection for the reload poller."""
+    return digest_of(read_files(paths))
+
+
+def digest_of(raw: Mapping[str, bytes | OSError]) -> str:
+    """`folder_digest` of files already read (so a reload reads the folder once)."""
     h = hashlib.sha256()
-    for name, data in sorted(read_files(paths).items()):
+    for name, data in sorted(raw.items()):
         h.update(name.encode() + b"\0")
         h.update(data if isinstance(data, bytes) else str(data).encode())
     return h.hexdigest()

@@ -7,7 +7,7 @@ Shell-side helpers with no network I/O; nothing in the daemon imports this modul
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from watchdog.evaluate import Sample
@@ -39,24 +39,6 @@ class FakeSource:
 
     def fail(self, expr: str, message: str = "fake outage") -> None:
         self.answers[expr] = QueryError(message)
-
-
-@dataclass
-class SeriesSource:
-    """Answers instant queries for plain series selectors from sampled data, with Prometheus's
-    5-minute lookback: useful to drive the engine from promtool-style series without a server.
-    Only exact metric-name lookups are supported; use a real Prometheus for PromQL."""
-
-    series: Mapping[str, Sequence[tuple[Mapping[str, str], Sequence[tuple[float, float]]]]]
-    lookback: float = 300.0
-
-    async def query(self, expr: str, at: float) -> list[Sample]:
-        out = []
-        for labels, points in self.series.get(expr.strip(), []):
-            last = [v for t, v in points if at - self.lookback < t <= at]
-            if last:
-                out.append(Sample(dict(labels), last[-1]))
-        return out
 
 
 @dataclass

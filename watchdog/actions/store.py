@@ -92,9 +92,6 @@ CREATE TABLE IF NOT EXISTS deploy_alerts (
 );
 """
 
-ACTIVE = ("running",)
-
-
 @dataclass(frozen=True)
 class RunRow:
     id: str

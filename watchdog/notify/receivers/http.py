@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -82,6 +82,3 @@ async def post_json(ctx: SendContext, url: str, body: Any, *, what: str,
         # The exception text of other client errors may quote the URL: keep only its type.
         raise DeliveryError(f"{what}: {type(e).__name__}", retryable=True) from None
 
-
-def now_iso(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).isoformat()
