@@ -1,0 +1,224 @@
+"""The storage port: everything the watchdog keeps across restarts, behind one `transaction()`.
+
+`Storage.transaction()` yields a `Tx` whose attributes are one repository per record family.
+All reads and writes made through one `Tx` commit together or not at all; callbacks given to
+`Tx.on_commit` run only after the commit succeeded — that is where side effects (waking a
+delivery worker, starting an action task) are started, so nothing is sent or executed before the
+decision that caused it is durable.
+
+Interfaces only: no SQL and no driver here. Implementations: `watchdog.storage.sqlite`,
+`watchdog.storage.postgres`, and the in-memory fake `watchdog.storage.memory`; all pass the one
+contract suite in `tests/test_storage_contract.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from watchdog.interlocks import PastRun
+from watchdog.storage.records import (
+    AckRecord,
+    DeployRow,
+    EscalationKey,
+    GroupChanges,
+    LogEntry,
+    OutboxEntry,
+    OutboxRecord,
+    OutboxRow,
+    RunRow,
+    SilenceRecord,
+    StepRow,
+    StoredGroup,
+)
+
+
+class StorageError(Exception):
+    """The store cannot be opened or used as configured; the message names `STATE_URL`."""
+
+
+class DuplicateRun(Exception):
+    """The action already has a run for this incident (the database's unique index said so)."""
+
+
+class AlertRepo(Protocol):
+    async def load(self) -> dict[str, StoredGroup]:
+        """Everything saved, by group key."""
+
+    async def save(self, changes: Sequence[GroupChanges]) -> None:
+        """Apply `changes` (upserts, deletes, dropped rules and groups, last evaluation)."""
+
+
+class RuleFileRepo(Protocol):
+    async def load(self) -> dict[str, bytes]:
+        """The last accepted content of each rule file, by path."""
+
+    async def save(self, files: Mapping[str, tuple[str, bytes]], forget: Sequence[str] = ()
+                   ) -> None:
+        """Record accepted files ({path: (digest, content)}); forget deleted ones."""
+
+
+class OutboxRepo(Protocol):
+    async def insert(self, entries: Sequence[OutboxEntry], now: float) -> list[OutboxEntry]:
+        """Add rows (pending, due now); an entry whose `dedup_key` exists is skipped. Returns the
+        entries that were added."""
+
+    async def next(self, receiver: str) -> OutboxRow | None:
+        """The receiver's oldest pending row."""
+
+    async def finish(self, row_id: int, status: str, error: str | None, *,
+                     next_at: float | None = None, finished: float | None = None) -> None:
+        """Record an attempt; only a row still pending changes status (superseded stays)."""
+
+    async def pending_receivers(self) -> list[str]: ...
+
+    async def pending_count(self, receiver: str | None = None) -> int: ...
+
+    async def recent(self, *, status: str | None = None, receiver: str | None = None,
+                     limit: int = 100) -> list[OutboxRecord]:
+        """Newest first."""
+
+    async def prune(self, finished_before: float) -> int:
+        """Delete finished rows older than that; returns how many."""
+
+
+class NotifyLogRepo(Protocol):
+    async def load(self) -> dict[tuple[str, str], LogEntry]:
+        """(receiver, aggregation group key) -> what was last sent."""
+
+    async def put(self, receiver: str, group_key: str, entry: LogEntry) -> None: ...
+
+    async def delete(self, keys: Iterable[tuple[str, str]]) -> None: ...
+
+
+class EscalationRepo(Protocol):
+    async def load(self) -> dict[EscalationKey, bool]:
+        """Escalation levels sent, and whether their resolved message was sent too."""
+
+    async def add(self, key: EscalationKey, at: float) -> None:
+        """Idempotent."""
+
+    async def mark_resolved(self, key: EscalationKey) -> None: ...
+
+    async def delete(self, keys: Iterable[EscalationKey]) -> None: ...
+
+
+class ActionNoteRepo(Protocol):
+    async def load(self) -> list[tuple[str, str]]:
+        """(incident id, note JSON) in insertion order."""
+
+    async def add(self, incident_id: str, note: str, keep: int) -> None:
+        """Append a note, keeping only the newest `keep` of that incident."""
+
+    async def delete(self, incident_ids: Iterable[str]) -> None: ...
+
+
+class SilenceRepo(Protocol):
+    async def load(self) -> list[SilenceRecord]: ...
+
+    async def add(self, s: SilenceRecord) -> None: ...
+
+    async def set_times(self, silence_id: str, starts_at: float, ends_at: float) -> None: ...
+
+    async def delete(self, ids: Iterable[str]) -> None: ...
+
+
+class AckRepo(Protocol):
+    async def load(self) -> list[AckRecord]: ...
+
+    async def add(self, acks: Sequence[AckRecord]) -> None:
+        """An incident already acknowledged keeps its first ack."""
+
+    async def delete(self, incident_ids: Iterable[str]) -> None: ...
+
+
+class RunRepo(Protocol):
+    async def insert(self, run: RunRow) -> None:
+        """Raises `DuplicateRun` when the action already has a run for the incident."""
+
+    async def update(self, run_id: str, **fields: Any) -> None:
+        """Change fields of `records.RUN_UPDATABLE` only."""
+
+    async def get(self, run_id: str) -> RunRow | None: ...
+
+    async def list(self, *, status: Sequence[str] | None = None, action: str | None = None,
+                   limit: int = 100) -> list[RunRow]:
+        """Newest first (created_at, then id)."""
+
+    async def pending_verifications(self) -> list[RunRow]: ...
+
+    async def history(self, action: str, since: float, incident_id: str | None, *,
+                      include_dry: bool) -> list[PastRun]:
+        """Runs of `action` created at or after `since`, plus any of `incident_id`; dry runs
+        only when `include_dry`."""
+
+    async def for_incident(self, incident_id: str) -> list[RunRow]:
+        """Every run started for the incident (any action), oldest first."""
+
+
+class StepRepo(Protocol):
+    async def list(self, run_id: str) -> list[StepRow]: ...
+
+    async def start(self, run_id: str, idx: int, kind: str, at: float,
+                    deadline: float | None = None, status: str = "running") -> None: ...
+
+    async def finish(self, run_id: str, idx: int, status: str, at: float, detail: str,
+                     output: str = "", *, next_step: int | None = None) -> None:
+        """The step's outcome and (optionally) the run's next step, together."""
+
+
+class DeployRepo(Protocol):
+    async def insert(self, d: DeployRow) -> None: ...
+
+    async def finish(self, deploy_id: str, status: str, summary: str) -> None: ...
+
+    async def list(self, *, status: str | None = None, limit: int = 100) -> list[DeployRow]:
+        """Newest first."""
+
+    async def save_baselines(self, deploy_id: str, at: float,
+                             rows: Sequence[tuple[str, str, float, Mapping[str, str]]]) -> None:
+        """(rule, fingerprint, value, labels); the latest deploy wins per series."""
+
+    async def baselines(self) -> dict[str, dict[str, float]]:
+        """rule -> fingerprint -> value."""
+
+    async def baselines_of(self, deploy_id: str) -> list[tuple[str, dict[str, str], float]]:
+        """(rule, labels, value) captured by that deploy, by rule and fingerprint."""
+
+    async def record_alert(self, deploy_id: str, rule: str, fingerprint: str,
+                           labels: Mapping[str, str], value: float | None, at: float) -> None:
+        """Idempotent per (deploy, rule, fingerprint): the first firing counts."""
+
+    async def alerts(self, deploy_id: str
+                     ) -> list[tuple[str, dict[str, str], float | None, float]]:
+        """(rule, labels, value, at) by time."""
+
+
+class Tx(Protocol):
+    """One unit of work: every repository, and the after-commit hook."""
+
+    alerts: AlertRepo
+    rule_files: RuleFileRepo
+    outbox: OutboxRepo
+    notify_log: NotifyLogRepo
+    escalations: EscalationRepo
+    action_notes: ActionNoteRepo
+    silences: SilenceRepo
+    acks: AckRepo
+    runs: RunRepo
+    steps: StepRepo
+    deploys: DeployRepo
+
+    def on_commit(self, fn: Callable[[], object]) -> None:
+        """Run `fn` after the transaction committed (never if it rolled back). Callbacks run
+        in order; one that raises is logged and does not stop the others."""
+
+
+class Storage(Protocol):
+    kind: str  # "sqlite" | "postgresql" | "memory"
+    schema_version: int
+
+    def transaction(self) -> AbstractAsyncContextManager[Tx]: ...
+
+    async def close(self) -> None: ...
