@@ -1,0 +1,576 @@
+"""The repositories of `ports.Tx`, written once in the SQL both backends speak.
+
+Statements use `?` placeholders and only syntax SQLite (3.24+) and PostgreSQL share
+(`ON CONFLICT ... DO NOTHING/UPDATE`, partial unique indexes, `LIMIT`); each backend's `Conn`
+translates placeholders and reports affected rows. Values are stored as JSON text where they are
+structured, so one table layout serves both.
+
+Must not: open connections, commit, or know which backend runs it (that is `sqlite.py` /
+`postgres.py`); decide anything (callers do).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import structlog
+
+from watchdog.interlocks import PastRun
+from watchdog.state import Alert
+from watchdog.storage.ports import DuplicateRun
+from watchdog.storage.records import (
+    RUN_UPDATABLE,
+    AckRecord,
+    DeployRow,
+    EscalationKey,
+    GroupChanges,
+    LogEntry,
+    OutboxEntry,
+    OutboxRecord,
+    OutboxRow,
+    RunRow,
+    SilenceRecord,
+    StepRow,
+    StoredGroup,
+    StoredRule,
+)
+
+log = structlog.get_logger(__name__)
+
+Row = tuple[Any, ...]
+
+
+class Conn(Protocol):
+    """One open transaction on one connection."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; the number of rows it inserted, updated or deleted."""
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+
+async def fetchone(c: Conn, sql: str, params: Sequence[Any] = ()) -> Row | None:
+    rows = await c.fetchall(sql, params)
+    return rows[0] if rows else None
+
+
+# ---- (de)serialisation -------------------------------------------------------------------------
+
+_ALERT_FIELDS = frozenset(f.name for f in dataclasses.fields(Alert))
+
+
+def alert_to_json(a: Alert) -> str:
+    d = dataclasses.asdict(a)
+    d["labels"], d["annotations"] = dict(a.labels), dict(a.annotations)
+    return json.dumps(d, separators=(",", ":"), sort_keys=True)  # NaN/Inf kept as NaN/Infinity
+
+
+def alert_from_json(text: str) -> Alert:
+    d: dict[str, Any] = json.loads(text)
+    # Ignore fields a newer version wrote; missing optional ones take their defaults.
+    return Alert(**{k: v for k, v in d.items() if k in _ALERT_FIELDS})
+
+
+def _f(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+# ---- alert state and rule files ----------------------------------------------------------------
+
+
+class SqlAlerts:
+    def __init__(self, c: Conn) -> None:
+        self.c = c
+
+    async def load(self) -> dict[str, StoredGroup]:
+        groups: dict[str, StoredGroup] = {}
+        for key, last in await self.c.fetchall("SELECT group_key, last_eval_at FROM alert_groups"):
+            groups[key] = StoredGroup(_f(last), {})
+        for gkey, rkey, fp, sig, data in await self.c.fetchall(
+                "SELECT group_key, rule_key, fingerprint, rule_sig, data FROM alert_instances"):
+            g = groups.setdefault(gkey, StoredGroup(None, {}))
+            rule = g.rules.setdefault(rkey, StoredRule(sig, {}))
+            rule.alerts[fp] = alert_from_json(data)
+        return groups
+
+    async def save(self, changes: Sequence[GroupChanges]) -> None:
+        for ch in changes:
+            if not ch and ch.at is None:
+                continue
+            if ch.drop_group:
+                await self.c.execute("DELETE FROM alert_instances WHERE group_key = ?",
+                                     (ch.group_key,))
+                await self.c.execute("DELETE FROM alert_groups WHERE group_key = ?",
+                                     (ch.group_key,))
+                continue
+            if ch.drop_rules:
+                await self.c.executemany(
+                    "DELETE FROM alert_instances WHERE group_key = ? AND rule_key = ?",
+                    [(ch.group_key, r) for r in ch.drop_rules])
+            if ch.deletes:
+                await self.c.executemany(
+                    "DELETE FROM alert_instances WHERE group_key = ? AND rule_key = ? "
+                    "AND fingerprint = ?", [(ch.group_key, r, fp) for r, fp in ch.deletes])
+            if ch.upserts:
+                await self.c.executemany(
+                    "INSERT INTO alert_instances (group_key, rule_key, fingerprint, rule_sig, "
+                    "state, active_at, data) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (group_key, rule_key, fingerprint) DO UPDATE SET "
+                    "rule_sig = excluded.rule_sig, state = excluded.state, "
+                    "active_at = excluded.active_at, data = excluded.data",
+                    [(ch.group_key, r, a.fingerprint, sig, a.state, float(a.active_at),
+                      alert_to_json(a)) for r, sig, a in ch.upserts])
+            if ch.at is not None:
+                await self.c.execute(
+                    "INSERT INTO alert_groups (group_key, last_eval_at) VALUES (?, ?) "
+                    "ON CONFLICT (group_key) DO UPDATE SET last_eval_at = excluded.last_eval_at",
+                    (ch.group_key, float(ch.at)))
+
+
+class SqlRuleFiles:
+    def __init__(self, c: Conn) -> None:
+        self.c = c
+
+    async def load(self) -> dict[str, bytes]:
+        return {p: bytes(content) for p, content in
+                await self.c.fetchall("SELECT path, content FROM rule_files")}
+
+    async def save(self, files: Mapping[str, tuple[str, bytes]], forget: Sequence[str] = ()
+                   ) -> None:
+        if forget:
+            await self.c.executemany("DELETE FROM rule_files WHERE path = ?",
+                                     [(p,) for p in forget])
+        if files:
+            await self.c.executemany(
+                "INSERT INTO rule_files (path, digest, content) VALUES (?, ?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET digest = excluded.digest, "
+                "content = excluded.content",
+                [(p, d, bytes(content)) for p, (d, content) in files.items()])
+
+
+# ---- notifications -------------------------------------------------------------------------------
+
+_OUTBOX_ROW = ("SELECT id, receiver, kind, group_key, payload, attempts, created_at, "
+               "next_attempt_at FROM notify_outbox")
+
+
+class SqlOutbox:
+    def __init__(self, c: Conn) -> None:
+        self.c = c
+
+    async def insert(self, entries: Sequence[OutboxEntry], now: float) -> list[OutboxEntry]:
+        added: list[OutboxEntry] = []
+        for e in entries:
+            if e.supersede:
+                await self.c.execute(
+                    "UPDATE notify_outbox SET status = 'superseded', finished_at = ? "
+                    "WHERE receiver = ? AND group_key = ? AND status = 'pending'",
+                    (float(now), e.receiver, e.group_key))
+            n = await self.c.execute(
+                "INSERT INTO notify_outbox (receiver, kind, group_key, dedup_key, payload, "
+                "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (e.receiver, e.kind, e.group_key, e.dedup_key, e.payload, float(now),
+                 float(now)))
+            if n:
+                added.append(e)
+        return added
+
+    async def next(self, receiver: str) -> OutboxRow | None:
+        r = await fetchone(self.c, _OUTBOX_ROW + " WHERE status = 'pending' AND receiver = ? "
+                           "ORDER BY id LIMIT 1", (receiver,))
+        if r is None:
+            return None
+        return OutboxRow(int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), float(r[6]),
+                         float(r[7]))
+
+    async def finish(self, row_id: int, status: str, error: str | None, *,
+                     next_at: float | None = None, finished: float | None = None) -> None:
+        await self.c.execute(
+            "UPDATE notify_outbox SET status = CASE WHEN status = 'pending' THEN ? ELSE status "
+            "END, attempts = attempts + 1, last_error = ?, "
+            "next_attempt_at = COALESCE(?, next_attempt_at), finished_at = ? WHERE id = ?",
+            (status, error, _f(next_at), _f(finished), row_id))
+
+    async def pending_receivers(self) -> list[str]:
+        return [r for (r,) in await self.c.fetchall(
+            "SELECT DISTINCT receiver FROM notify_outbox WHERE status = 'pending' "
+            "ORDER BY receiver")]
+
+    async def pending_count(self, receiver: str | None = None) -> int:
+        if receiver is None:
+            r = await fetchone(self.c,
+                               "SELECT COUNT(*) FROM notify_outbox WHERE status = 'pending'")
+        else:
+            r = await fetchone(self.c, "SELECT COUNT(*) FROM notify_outbox WHERE "
+                               "status = 'pending' AND receiver = ?", (receiver,))
+        return int(r[0]) if r else 0
+
+    async def recent(self, *, status: str | None = None, receiver: str | None = None,
+                     limit: int = 100) -> list[OutboxRecord]:
+        where, params = [], []
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        if receiver:
+            where.append("receiver = ?")
+            params.append(receiver)
+        sql = ("SELECT id, receiver, kind, group_key, status, attempts, created_at, "
+               "next_attempt_at, last_error, finished_at FROM notify_outbox"
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY id DESC LIMIT ?")
+        return [OutboxRecord(int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), float(r[6]),
+                             float(r[7]), r[8], _f(r[9]))
+                for r in await self.c.fetchall(sql, (*params, int(limit)))]
+
+    async def prune(self, finished_before: float) -> int:
+        return await self.c.execute("DELETE FROM notify_outbox WHERE status != 'pending' AND "
+                                    "finished_at < ?", (float(finished_before),))
+
+
+class SqlNotifyLog:
+    def __init__(self, c: Conn) -> None:
+        self.c = c
+
+    async def load(self) -> dict[tuple[str, str], LogEntry]:
+        return {(r, g): LogEntry(json.loads(firing), float(sent)) for r, g, firing, sent in
+                await self.c.fetchall("SELECT receiver, group_key, firing, sent_at "
+                                      "FROM notify_log")}
+
+    async def put(self, receiver: str, group_key: str, entry: LogEntry) -> None:
+        await self.c.execute(
+            "INSERT INTO notify_log (receiver, group_key, firing, sent_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (receiver, group_key) DO UPDATE SET firing = excluded.firing, "
+            "sent_at = excluded.sent_at",
+            (receiver, group_key, json.dumps(entry.firing, sort_keys=True),
+             float(entry.sent_at)))
+
+    async def delete(self, keys: Iterable[tuple[str, str]]) -> None:
+        rows = [(r, g) for r, g in keys]
+        if rows:
+            await self.c.executemany(
+                "DELETE FROM notify_log WHERE receiver = ? AND group_key = ?", rows)
+
+
+class SqlEscalations:
+    def __init__(self, c: Conn) -> None:
+        self.c = c
+
+    async def load(self) -> dict[EscalationKey, bool]:
+        return {(inc, rid, int(level)): bool(done) for inc, rid, level, done in
+                await self.c.fetchall("SELECT incident_id, route_id, level, resolved_sent "
+                                      "FROM notify_escalations")}
+
+    async def add(self, key: EscalationKey, at: float) -> None:
+        await self.c.execute(
+            "INSERT INTO notify_escalations (incident_id, route_id, level, at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", (key[0], key[1], int(key[2]),
+                                                           float(at)))
+
+    async def mark_resolved(self, key: EscalationKey) -> None:
+        await self.c.execute(
+            "UPDATE notify_escalations SET resolved_sent = 1 WHERE incident_id = ? AND "
+            "route_id = ? AND level = ?", (key[0], key[1], int(key[2])))
+
+    async def delete(self, keys: Iterable[EscalationKey]) -> None:
+        rows = [(i, r, int(lv)) for i, r, lv in keys]
+        if rows:
+            await self.c.executemany(
+                "DELETE FROM notify_escalations WHERE incident_id = ? AND route_id = ? "
+                "AND level = ?", rows)
+
+
+class SqlActionNotes:
+    def __init__(self, c: Conn) -> None:
+        self.c = c
+
+    async def load(self) -> list[tuple[str, str]]:
+        return [(inc, note) for inc, note in await self.c.fetchall(
+            "SELECT incident_id, note FROM notify_action_notes ORDER BY id")]
+
+    async def add(self, incident_id: str, note: str, keep: int) -> None:
+        await self.c.execute("INSERT INTO notify_action_notes (incident_id, note) VALUES (?, ?)",
+                             (incident_id, note))
+        await self.c.execute(
+            "DELETE FROM notify_action_notes WHERE incident_id = ? AND id NOT IN "
+            "(SELECT id FROM notify_action_notes WHERE incident_id = ? "
+            "ORDER BY id DESC LIMIT ?)", (incident_id, incident_id, int(keep)))
+
+    async def delete(self, incident_ids: Iterable[str]) -> None:
+        rows = [(i,) for i in incident_ids]
+        if rows:
+            await self.c.executemany("DELETE FROM notify_action_notes WHERE incident_id = ?",
+                                     rows)
+
+
+class SqlSilences:
+    def __init__(self, c: Conn) -> None:
+        self.c = c
+
+    async def load(self) -> list[SilenceRecord]:
+        return [SilenceRecord(r[0], json.loads(r[1]), float(r[2]), float(r[3]), r[4], r[5],
+                              float(r[6]))
+                for r in await self.c.fetchall(
+                    "SELECT id, matchers, starts_at, ends_at, created_by, comment, created_at "
+                    "FROM notify_silences ORDER BY created_at, id")]
+
+    async def add(self, s: SilenceRecord) -> None:
+        await self.c.execute(
+            "INSERT INTO notify_silences (id, matchers, starts_at, ends_at, created_by, "
+            "comment, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (s.id, json.dumps(s.matchers), float(s.starts_at), float(s.ends_at), s.created_by,
+             s.comment, float(s.created_at)))
+
+    async def set_times(self, silence_id: str, starts_at: float, ends_at: float) -> None:
+        await self.c.execute("UPDATE notify_silences SET starts_at = ?, ends_at = ? "
+                             "WHERE id = ?", (float(starts_at), float(ends_at), silence_id))
+
+    async def delete(self, ids: Iterable[str]) -> None:
+        rows = [(i,) for i in ids]
+        if rows:
+            await self.c.executemany("DELETE FROM notify_silences WHERE id = ?", rows)
+
+
+class SqlAcks:
+    def __init__(self, c: Conn) -> None:
+        self.c = c
+
+    async def load(self) -> list[AckRecord]:
+        return [AckRecord(r[0], r[1], json.loads(r[2]), float(r[3]), r[4], r[5])
+                for r in await self.c.fetchall(
+                    "SELECT incident_id, fingerprint, labels, at, created_by, comment "
+                    "FROM notify_acks ORDER BY at, incident_id")]
+
+    async def add(self, acks: Sequence[AckRecord]) -> None:
+        if acks:
+            await self.c.executemany(
+                "INSERT INTO notify_acks (incident_id, fingerprint, labels, at, created_by, "
+                "comment) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(a.incident_id, a.fingerprint, json.dumps(dict(a.labels)), float(a.at),
+                  a.created_by, a.comment) for a in acks])
+
+    async def delete(self, incident_ids: Iterable[str]) -> None:
+        rows = [(i,) for i in incident_ids]
+        if rows:
+            await self.c.executemany("DELETE FROM notify_acks WHERE incident_id = ?", rows)
+
+
+# ---- actions and deploys ---------------------------------------------------------------------------
+
+_RUN_COLS = ("id, action, trigger, rule, grp, fingerprint, incident_id, labels, annotations, "
+             "value_before, active_at, dry_run, spec, status, next_step, created_at, "
+             "finished_at, detail, verify_at, verification, value_after")
+
+
+def _run(r: Row) -> RunRow:
+    return RunRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), json.loads(r[8]),
+                  _f(r[9]), _f(r[10]), bool(r[11]), r[12], r[13], int(r[14]), float(r[15]),
+                  _f(r[16]), r[17], _f(r[18]), r[19], _f(r[20]))
+
+
+_FLOAT_FIELDS = frozenset({"finished_at", "verify_at", "value_after"})
+
+
+class SqlRuns:
+    def __init__(self, c: Conn) -> None:
+        self.c = c
+
+    async def insert(self, run: RunRow) -> None:
+        # ON CONFLICT DO NOTHING rather than catching an IntegrityError: a failed statement
+        # aborts the whole transaction on PostgreSQL, and the caller's other writes with it.
+        n = await self.c.execute(
+            f"INSERT INTO action_runs ({_RUN_COLS}) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (run.id, run.action, run.trigger, run.rule, run.group, run.fingerprint,
+             run.incident_id, json.dumps(run.labels), json.dumps(run.annotations),
+             _f(run.value_before), _f(run.active_at), int(run.dry_run), run.spec, run.status,
+             int(run.next_step), float(run.created_at), _f(run.finished_at), run.detail,
+             _f(run.verify_at), run.verification, _f(run.value_after)))
+        if n == 0:
+            raise DuplicateRun(f"{run.action} already has a run for incident {run.incident_id}")
+
+    async def update(self, run_id: str, **fields: Any) -> None:
+        bad = set(fields) - RUN_UPDATABLE
+        if bad:
+            raise ValueError(f"run fields that cannot change: {sorted(bad)}")
+        if not fields:
+            return
+        values = [_f(v) if k in _FLOAT_FIELDS else v for k, v in fields.items()]
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        await self.c.execute(f"UPDATE action_runs SET {cols} WHERE id = ?", (*values, run_id))
+
+    async def get(self, run_id: str) -> RunRow | None:
+        r = await fetchone(self.c, f"SELECT {_RUN_COLS} FROM action_runs WHERE id = ?",
+                           (run_id,))
+        return _run(r) if r else None
+
+    async def list(self, *, status: Sequence[str] | None = None, action: str | None = None,
+                   limit: int = 100) -> list[RunRow]:
+        where: list[str] = []
+        args: list[Any] = []
+        if status:
+            where.append(f"status IN ({', '.join('?' for _ in status)})")
+            args.extend(status)
+        if action:
+            where.append("action = ?")
+            args.append(action)
+        sql = f"SELECT {_RUN_COLS} FROM action_runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id LIMIT ?"
+        return [_run(r) for r in await self.c.fetchall(sql, (*args, int(limit)))]
+
+    async def pending_verifications(self) -> list[RunRow]:
+        return [_run(r) for r in await self.c.fetchall(
+            f"SELECT {_RUN_COLS} FROM action_runs WHERE verification = 'pending' "
+            "ORDER BY created_at, id")]
+
+    async def history(self, action: str, since: float, incident_id: str | None, *,
+                      include_dry: bool) -> list[PastRun]:
+        rows = await self.c.fetchall(
+            "SELECT action, created_at, fingerprint, incident_id FROM action_runs "
+            "WHERE action = ? AND (dry_run = 0 OR ? = 1) AND (created_at >= ? OR "
+            "(incident_id IS NOT NULL AND incident_id = ?)) ORDER BY created_at, id",
+            (action, int(include_dry), float(since), incident_id))
+        return [PastRun(r[0], float(r[1]), r[2], r[3]) for r in rows]
+
+    async def for_incident(self, incident_id: str) -> list[RunRow]:
+        return [_run(r) for r in await self.c.fetchall(
+            f"SELECT {_RUN_COLS} FROM action_runs WHERE incident_id = ? "
+            "ORDER BY created_at, id", (incident_id,))]
+
+
+class SqlSteps:
+    def __init__(self, c: Conn) -> None:
+        self.c = c
+
+    async def list(self, run_id: str) -> list[StepRow]:
+        return [StepRow(r[0], int(r[1]), r[2], r[3], float(r[4]), _f(r[5]), _f(r[6]),
+                        _f(r[7]), r[8], r[9])
+                for r in await self.c.fetchall(
+                    "SELECT run_id, idx, kind, status, started_at, finished_at, duration, "
+                    "deadline, detail, output FROM action_steps WHERE run_id = ? ORDER BY idx",
+                    (run_id,))]
+
+    async def start(self, run_id: str, idx: int, kind: str, at: float,
+                    deadline: float | None = None, status: str = "running") -> None:
+        await self.c.execute(
+            "INSERT INTO action_steps (run_id, idx, kind, status, started_at, deadline) "
+            "VALUES (?, ?, ?, ?, ?, ?)", (run_id, int(idx), kind, status, float(at),
+                                          _f(deadline)))
+
+    async def finish(self, run_id: str, idx: int, status: str, at: float, detail: str,
+                     output: str = "", *, next_step: int | None = None) -> None:
+        await self.c.execute(
+            "UPDATE action_steps SET status = ?, finished_at = ?, duration = ? - started_at, "
+            "detail = ?, output = ? WHERE run_id = ? AND idx = ?",
+            (status, float(at), float(at), detail, output, run_id, int(idx)))
+        if next_step is not None:
+            await self.c.execute("UPDATE action_runs SET next_step = ? WHERE id = ?",
+                                 (int(next_step), run_id))
+
+
+class SqlDeploys:
+    def __init__(self, c: Conn) -> None:
+        self.c = c
+
+    async def insert(self, d: DeployRow) -> None:
+        await self.c.execute(
+            "INSERT INTO deploy_markers (id, service, version, labels, at, window_end, status, "
+            "summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (d.id, d.service, d.version, json.dumps(d.labels), float(d.at),
+             float(d.window_end), d.status, d.summary))
+
+    async def finish(self, deploy_id: str, status: str, summary: str) -> None:
+        await self.c.execute("UPDATE deploy_markers SET status = ?, summary = ? WHERE id = ?",
+                             (status, summary, deploy_id))
+
+    async def list(self, *, status: str | None = None, limit: int = 100) -> list[DeployRow]:
+        sql = ("SELECT id, service, version, labels, at, window_end, status, summary "
+               "FROM deploy_markers")
+        args: list[Any] = []
+        if status:
+            sql += " WHERE status = ?"
+            args.append(status)
+        sql += " ORDER BY at DESC, id LIMIT ?"
+        return [DeployRow(r[0], r[1], r[2], json.loads(r[3]), float(r[4]), float(r[5]), r[6],
+                          r[7]) for r in await self.c.fetchall(sql, (*args, int(limit)))]
+
+    async def save_baselines(self, deploy_id: str, at: float,
+                             rows: Sequence[tuple[str, str, float, Mapping[str, str]]]) -> None:
+        if rows:
+            await self.c.executemany(
+                "INSERT INTO deploy_baselines (rule, fingerprint, value, labels, deploy_id, "
+                "captured_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rule, fingerprint) DO "
+                "UPDATE SET value = excluded.value, labels = excluded.labels, "
+                "deploy_id = excluded.deploy_id, captured_at = excluded.captured_at",
+                [(r, fp, float(v), json.dumps(dict(lb)), deploy_id, float(at))
+                 for r, fp, v, lb in rows])
+
+    async def baselines(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for rule, fp, value in await self.c.fetchall(
+                "SELECT rule, fingerprint, value FROM deploy_baselines"):
+            out.setdefault(rule, {})[fp] = float(value)
+        return out
+
+    async def baselines_of(self, deploy_id: str) -> list[tuple[str, dict[str, str], float]]:
+        return [(r[0], json.loads(r[1]), float(r[2])) for r in await self.c.fetchall(
+            "SELECT rule, labels, value FROM deploy_baselines WHERE deploy_id = ? "
+            "ORDER BY rule, fingerprint", (deploy_id,))]
+
+    async def record_alert(self, deploy_id: str, rule: str, fingerprint: str,
+                           labels: Mapping[str, str], value: float | None, at: float) -> None:
+        await self.c.execute(
+            "INSERT INTO deploy_alerts (deploy_id, rule, fingerprint, labels, value, at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (deploy_id, rule, fingerprint, json.dumps(dict(labels)), _f(value), float(at)))
+
+    async def alerts(self, deploy_id: str
+                     ) -> list[tuple[str, dict[str, str], float | None, float]]:
+        return [(r[0], json.loads(r[1]), _f(r[2]), float(r[3])) for r in await self.c.fetchall(
+            "SELECT rule, labels, value, at FROM deploy_alerts WHERE deploy_id = ? "
+            "ORDER BY at, rule", (deploy_id,))]
+
+
+# ---- the unit of work ------------------------------------------------------------------------------
+
+
+class SqlTx:
+    """`ports.Tx` over one backend connection inside one transaction."""
+
+    def __init__(self, c: Conn) -> None:
+        self.alerts = SqlAlerts(c)
+        self.rule_files = SqlRuleFiles(c)
+        self.outbox = SqlOutbox(c)
+        self.notify_log = SqlNotifyLog(c)
+        self.escalations = SqlEscalations(c)
+        self.action_notes = SqlActionNotes(c)
+        self.silences = SqlSilences(c)
+        self.acks = SqlAcks(c)
+        self.runs = SqlRuns(c)
+        self.steps = SqlSteps(c)
+        self.deploys = SqlDeploys(c)
+        self.callbacks: list[Callable[[], object]] = []
+
+    def on_commit(self, fn: Callable[[], object]) -> None:
+        self.callbacks.append(fn)
+
+    def committed(self) -> None:
+        run_callbacks(self.callbacks)
+
+
+def run_callbacks(callbacks: Sequence[Callable[[], object]]) -> None:
+    for fn in callbacks:
+        try:
+            fn()
+        except Exception:
+            # The decision is durable already; a failed wake-up is retried by the next one.
+            log.exception("after-commit callback failed", callback=getattr(fn, "__qualname__",
+                                                                           repr(fn)))
