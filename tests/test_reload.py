@@ -17,7 +17,7 @@ from watchdog.engine import GroupRuntime
 from watchdog.reload import carry_over, restore, restore_alerts, rule_sig
 from watchdog.rulesdir import build
 from watchdog.state import Alert
-from watchdog.store import StoredGroup, StoredRule
+from watchdog.storage.records import StoredGroup, StoredRule
 from watchdog.testing import FakeSource, FixedClock, sample
 
 M = 60.0

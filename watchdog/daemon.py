@@ -27,7 +27,6 @@ import hashlib
 import importlib
 import math
 import signal
-import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -64,7 +63,8 @@ from watchdog.rulesdir import (
 from watchdog.settings import Settings
 from watchdog.source import PrometheusConfig, PrometheusSource, Source
 from watchdog.state import Alert, Event, step
-from watchdog.store import GroupChanges, SqliteAlertStore, StoreError, open_db, sqlite_path
+from watchdog.storage import Storage, StorageError, check_url, open_storage
+from watchdog.storage.records import GroupChanges
 
 log = structlog.get_logger("watchdog.daemon")
 
@@ -168,8 +168,7 @@ def prometheus_config(s: Settings) -> PrometheusConfig:
 class Daemon:
     """One running watchdog. Also the `AlertView` handed to handlers."""
 
-    db: Any
-    store: SqliteAlertStore
+    storage: Storage
     source: InstrumentedSource
     ctx: DaemonContext
 
@@ -250,17 +249,13 @@ class Daemon:
         s = self.settings
         self._init_sentry()
         try:
-            self.db = await open_db(s.state_path)
-        except StoreError as e:
-            raise StartupError(str(e)) from None
-        except (OSError, sqlite3.Error) as e:
-            raise StartupError(f"WATCHDOG_STATE_URL: cannot open {s.state_path}: {e}") from None
-        self.store = SqliteAlertStore(self.db)
-        await self.store.init()
+            self.storage = await open_storage(s.state_path)
+        except StorageError as e:
+            raise StartupError(redact_url(str(e))) from None
         self._session = aiohttp.ClientSession()
         inner = self._source_override or PrometheusSource(self._session, prometheus_config(s))
         self.source = InstrumentedSource(inner, self.metrics)
-        self.ctx = DaemonContext(settings=s, db=self.db, session=self._session,
+        self.ctx = DaemonContext(settings=s, storage=self.storage, session=self._session,
                                  source=self.source, alerts=self, clock=self.clock,
                                  registry=self.metrics.registry)
         self._register_state_metrics()
@@ -356,10 +351,10 @@ class Daemon:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if getattr(self, "db", None) is not None:
+        if getattr(self, "storage", None) is not None:
             with contextlib.suppress(Exception):
-                await self.db.close()
-            self.db = None
+                await self.storage.close()
+            del self.storage
         self._remove_signal_handlers()
         if self._sentry:
             import sentry_sdk
@@ -632,14 +627,12 @@ class Daemon:
                 log.exception("evaluation crashed", group=name, file=rt.file)
             return None
         self._observe(rt, res, at)
-        try:
-            await self.store.save([self._changes(rt, before, at)])
-        except Exception:
-            with self._sentry_tags(group=name):
-                log.exception("cannot persist alert state", group=name)
+        changes = [self._changes(rt, before, at)]
         events = list(res.events)
-        events.extend(await self._datasource_health(res, at))
-        await self._dispatch(events, at)
+        health_events, health_changes = await self._datasource_health(res, at)
+        events.extend(health_events)
+        changes.extend(health_changes)
+        await self._commit(changes, events, at, group=name)
         return res
 
     def _changes(self, rt: GroupRuntime, before: Sequence[Mapping[str, Alert]], at: float
@@ -689,20 +682,53 @@ class Daemon:
                               error=err)
 
     async def _dispatch(self, events: Sequence[Event], at: float) -> None:
-        if not events:
-            return
+        await self._commit([], events, at)
+
+    async def _commit(self, changes: Sequence[GroupChanges], events: Sequence[Event],
+                      at: float, group: str | None = None) -> bool:
+        """One decision, one transaction: the alert state that changed, and everything the
+        handlers write for its events (notifications, action runs), commit together before any
+        of it is sent or executed (the handlers start those from `tx.on_commit`). A group
+        whose alerts did not change opens no transaction at all."""
+        changes = [c for c in changes if c or c.at is not None]
+        if not changes and not events:
+            return True
+        self._log_events(events)
+        try:
+            async with self.storage.transaction() as tx:
+                if changes:
+                    await tx.alerts.save(changes)
+                for h in self.handlers if events else ():
+                    try:
+                        await h.on_events(tx, events, at)
+                    except Exception:
+                        # A handler's bug must not cost the alert state or the other
+                        # handlers' work; a database error fails the commit below anyway.
+                        with self._sentry_tags(handler=type(h).__name__):
+                            log.exception("event handler failed", handler=type(h).__name__)
+        except Exception:
+            with self._sentry_tags(group=group or ""):
+                log.exception("cannot persist the evaluation", group=group)
+            await self._resync_handlers()
+            return False
+        return True
+
+    async def _resync_handlers(self) -> None:
+        for h in self.handlers:
+            resync = getattr(h, "resync", None)
+            if resync is not None:
+                try:
+                    await resync()
+                except Exception:
+                    log.exception("handler cannot resynchronise", handler=type(h).__name__)
+
+    def _log_events(self, events: Sequence[Event]) -> None:
         for e in events:
             a = e.alert
             log.info("alert", kind=e.kind, rule=a.rule, group=a.group,
                      fingerprint=a.fingerprint, incident=a.incident_id, active_at=a.active_at,
                      value=a.value, severity=a.severity, previous_severity=e.previous_severity,
                      labels=dict(a.labels))
-        for h in self.handlers:
-            try:
-                await h.on_events(events, at)
-            except Exception:
-                with self._sentry_tags(handler=type(h).__name__):
-                    log.exception("event handler failed", handler=type(h).__name__)
 
     # -- the blind watchdog ----------------------------------------------------------------------
 
@@ -725,9 +751,10 @@ class Daemon:
             self.datasource_error = None
             self.metrics.datasource_up.set(1)
 
-    async def _datasource_health(self, res: TickResult, at: float) -> list[Event]:
+    async def _datasource_health(self, res: TickResult, at: float
+                                 ) -> tuple[list[Event], list[GroupChanges]]:
         if res.queries == 0:
-            return []
+            return [], []
         async with self._builtin_lock:
             if res.failed_queries < res.queries:
                 if self.datasource_up is False:
@@ -737,8 +764,9 @@ class Daemon:
                 self.datasource_failures, self.datasource_down_since = 0, None
                 self.metrics.datasource_up.set(1)
                 if not self.builtin_alerts:
-                    return []
-                return await self._step_builtin(Outcome([]), at)
+                    return [], []
+                events, c = self._step_builtin(Outcome([]), at)
+                return events, [c]
             self.datasource_failures += 1
             self.datasource_error = next(iter(res.errors.values()), "all queries failed")
             if self.datasource_down_since is None:
@@ -746,12 +774,13 @@ class Daemon:
             self.datasource_up = False
             self.metrics.datasource_up.set(0)
             if self.datasource_failures < self.settings.datasource_down_after:
-                return []
+                return [], []
             if self.datasource_failures == self.settings.datasource_down_after:
                 log.error("Prometheus is not answering: no rule can fire or resolve",
                           prometheus=self.datasource_url, error=self.datasource_error,
                           failed_evaluations=self.datasource_failures)
-            return await self._step_builtin(Outcome([self._down_hit()]), at)
+            events, c = self._step_builtin(Outcome([self._down_hit()]), at)
+            return events, [c]
 
     def _down_hit(self) -> Hit:
         labels = {"alertname": DATASOURCE_DOWN, "severity": "critical",
@@ -765,8 +794,9 @@ class Daemon:
         return Hit(fingerprint(labels), labels, annotations, float(self.datasource_failures),
                    "critical")
 
-    async def _step_builtin(self, outcome: Outcome, at: float) -> list[Event]:
-        # The built-in rule goes through the same state machine as every other rule.
+    def _step_builtin(self, outcome: Outcome, at: float) -> tuple[list[Event], GroupChanges]:
+        # The built-in rule goes through the same state machine as every other rule; its
+        # changes are saved in the transaction of the evaluation that noticed them.
         before = self.builtin_alerts
         res = step(before, outcome, at, rule=DATASOURCE_DOWN, group=BUILTIN_GROUP, hold=0.0)
         self.builtin_alerts = res.alerts
@@ -774,12 +804,7 @@ class Daemon:
         c.upserts = [(DATASOURCE_DOWN, BUILTIN_SIG, a) for fp, a in res.alerts.items()
                      if before.get(fp) is not a]
         c.deletes = [(DATASOURCE_DOWN, fp) for fp in before if fp not in res.alerts]
-        if c:
-            try:
-                await self.store.save([c])
-            except Exception:
-                log.exception("cannot persist the datasource alert")
-        return res.events
+        return res.events, c
 
     # -- rules -----------------------------------------------------------------------------------
 
@@ -792,7 +817,8 @@ class Daemon:
         if not s.rules_dir.is_dir():
             raise StartupError(f"WATCHDOG_RULES_DIR: {s.rules_dir} is not a directory")
         digest, raw = await asyncio.to_thread(self._read_rules)
-        saved = await self.store.load_rule_files()
+        async with self.storage.transaction() as tx:
+            saved = await tx.rule_files.load()
         self._saved_rule_digests = {p: hashlib.sha256(c).hexdigest() for p, c in saved.items()}
         rs = await asyncio.to_thread(build, raw)
         if any(st.path in saved for st in rs.rejected):
@@ -802,7 +828,8 @@ class Daemon:
             rs = await asyncio.to_thread(build, raw, last_good)
         ts = self.clock()
         runtimes = {group_key(f, g): GroupRuntime.new(f, g) for f, g in rs.groups()}
-        stored = await self.store.load()
+        async with self.storage.transaction() as tx:
+            stored = await tx.alerts.load()
         builtin = stored.pop(BUILTIN_KEY, None)
         restored = restore(runtimes, stored, ts, outage_tolerance=s.outage_tolerance,
                            grace_period=s.for_grace_period)
@@ -814,7 +841,8 @@ class Daemon:
                 grace_period=s.for_grace_period)
             self.builtin_alerts = alerts
             events.extend(ev)
-        await self.store.save(restored.changes)
+        async with self.storage.transaction() as tx:
+            await tx.alerts.save(restored.changes)
         self.runtimes, self.rules, self.ctx.rules = runtimes, rs, rs
         self._digest, self.rules_loaded = digest, True
         await self._save_rule_files(raw, rs)
@@ -856,7 +884,8 @@ class Daemon:
                 carried = carry_over(self.runtimes, groups, at)
                 try:
                     # Before the swap: cancelled or failed here, the old rules simply go on.
-                    await self.store.save(carried.changes)
+                    async with self.storage.transaction() as tx:
+                        await tx.alerts.save(carried.changes)
                 except Exception:
                     log.exception("cannot persist reload changes")
                 # From here to the end of the block nothing awaits: readers (HTTP, handlers,
@@ -902,7 +931,8 @@ class Daemon:
                 new[path] = (st.digest, data)
         gone = [p for p in self._saved_rule_digests if p not in raw]
         try:
-            await self.store.save_rule_files(new, gone)
+            async with self.storage.transaction() as tx:
+                await tx.rule_files.save(new, gone)
         except Exception:
             log.exception("cannot save the accepted rule files")
             return
@@ -1013,9 +1043,9 @@ def check_settings(s: Settings) -> None:
     """What pydantic cannot see on its own; raises StartupError naming the setting."""
     parse_listen(s.http_listen)
     try:
-        sqlite_path(s.state_path)
-    except StoreError as e:
-        raise StartupError(str(e)) from None
+        check_url(s.state_path)
+    except StorageError as e:
+        raise StartupError(redact_url(str(e))) from None
     if not s.prometheus_url.startswith(("http://", "https://")):
         raise StartupError(f"WATCHDOG_PROMETHEUS_URL: {redact_url(s.prometheus_url)!r} is not "
                            "an http:// or https:// URL")

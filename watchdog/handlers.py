@@ -1,7 +1,12 @@
 """The seam between the evaluation loop and what reacts to it (notifications, actions).
 
-Interfaces only: the daemon calls every registered `EventHandler` after each (re)load and after
-each tick; handlers never call back into the scheduler. Nothing here does I/O.
+Interfaces only: the daemon calls every registered `EventHandler` after each (re)load and inside
+each tick's transaction; handlers never call back into the scheduler. Nothing here does I/O.
+
+The promise the seam carries: `on_events(tx, ...)` runs inside the transaction that also saves
+the alert state the events came from. A handler writes what the events cause (outbox rows, action
+runs) through `tx` and starts side effects only from `tx.on_commit`, so one evaluation's decision
+is durable as a whole before anything is sent or executed.
 """
 
 from __future__ import annotations
@@ -15,12 +20,12 @@ from watchdog.state import Alert, Event
 
 if TYPE_CHECKING:
     import aiohttp
-    import aiosqlite
     from aiohttp import web
     from prometheus_client import CollectorRegistry
 
     from watchdog.settings import Settings
     from watchdog.source import Source
+    from watchdog.storage import Storage, Tx
 
 
 class AlertView(Protocol):
@@ -47,7 +52,9 @@ class ActionEvent:
 
 
 class ActionEventSink(Protocol):
-    async def on_action_event(self, event: ActionEvent) -> None: ...
+    async def on_action_event(self, event: ActionEvent, tx: Tx | None = None) -> None:
+        """Record what the event causes; inside `tx` when the caller has one open (the run
+        that started is committed with its announcement), else in a transaction of its own."""
 
 
 class EventHandler(Protocol):
@@ -58,8 +65,9 @@ class EventHandler(Protocol):
     async def on_rules(self, rules: RuleSet) -> None:
         """Called with the accepted rule set after startup and after every reload."""
 
-    async def on_events(self, events: Sequence[Event], at: float) -> None:
-        """Called after each group tick with its transitions, once they are persisted."""
+    async def on_events(self, tx: Tx, events: Sequence[Event], at: float) -> None:
+        """Called with each tick's transitions inside the transaction that saves them: write
+        through `tx`, start side effects with `tx.on_commit`."""
 
 
 class MqttPublisher(Protocol):
@@ -76,7 +84,7 @@ class DaemonContext:
     """What the daemon hands to each subsystem when it is created (see `watchdog.daemon`)."""
 
     settings: Settings
-    db: aiosqlite.Connection  # one SQLite connection; each subsystem creates its own tables
+    storage: Storage  # every persisted record (`watchdog.storage`), one transaction at a time
     session: aiohttp.ClientSession  # the one shared HTTP client session
     source: Source  # Prometheus
     alerts: AlertView
@@ -90,6 +98,6 @@ class DaemonContext:
     mqtt: MqttPublisher | None = None
     rules: RuleSet | None = None
 
-    async def emit_action_event(self, event: ActionEvent) -> None:
+    async def emit_action_event(self, event: ActionEvent, tx: Tx | None = None) -> None:
         for sink in self.action_sinks:
-            await sink.on_action_event(event)
+            await sink.on_action_event(event, tx)

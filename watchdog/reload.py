@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from watchdog.engine import GroupRuntime, RuleRuntime
 from watchdog.model import AlertingRule, Group
 from watchdog.state import Alert, Event
-from watchdog.store import GroupChanges, StoredGroup
+from watchdog.storage.records import GroupChanges, StoredGroup
 
 
 def group_key(file: str, group: Group) -> str:

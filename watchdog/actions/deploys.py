@@ -29,6 +29,7 @@ from watchdog.handlers import ActionEvent, DaemonContext
 from watchdog.labels import fingerprint, format_labels, without_name
 from watchdog.model import AlertingRule, Group
 from watchdog.state import Event
+from watchdog.storage import Tx
 
 log = structlog.get_logger(__name__)
 
@@ -83,8 +84,7 @@ class DeployTracker:
                       status="open", summary="")
         captured, errors = await self._capture(match, at)
         # The marker and its baselines are stored before anyone is told about them.
-        await self.store.insert_deploy(d)
-        await self.store.save_baselines(d.id, at, captured)
+        await self.store.insert_deploy(d, captured)
         for rule, fp, value, _ in captured:
             self._baselines.setdefault(rule, {})[fp] = value
         self._open[d.id] = d
@@ -120,15 +120,15 @@ class DeployTracker:
 
     # ---- the window -------------------------------------------------------------------------
 
-    async def observe(self, events: Sequence[Event]) -> None:
+    async def observe(self, tx: Tx, events: Sequence[Event]) -> None:
+        """Inside the evaluation's transaction: alerts that fired within an open window."""
         for ev in events:
             if ev.kind != "firing":
                 continue
             for d in list(self._open.values()):
                 if d.at <= ev.at <= d.window_end and concerns(ev.alert.labels, d.labels):
-                    await self.store.record_deploy_alert(d.id, ev.alert.rule,
-                                                         ev.alert.fingerprint, ev.alert.labels,
-                                                         ev.alert.value, ev.at)
+                    await tx.deploys.record_alert(d.id, ev.alert.rule, ev.alert.fingerprint,
+                                                  ev.alert.labels, ev.alert.value, ev.at)
 
     async def _window(self, d: DeployRow) -> None:
         try:

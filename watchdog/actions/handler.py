@@ -21,6 +21,7 @@ from watchdog.actions.store import ActionStore, RunRow, StepRow
 from watchdog.actions.timing import Waker
 from watchdog.model import Duration
 from watchdog.state import Event
+from watchdog.storage import Tx
 
 if TYPE_CHECKING:
     from watchdog.handlers import DaemonContext
@@ -94,7 +95,7 @@ class ActionsHandler:
         from watchdog.actions.http import routes
 
         self.ctx = ctx
-        self.store = ActionStore(ctx.db)
+        self.store = ActionStore(ctx.storage)
         self.waker = Waker(ctx.clock)
         self.counter = Counter("watchdog_actions_total",
                                "Action runs by outcome: succeeded, failed, resolved (stopped "
@@ -115,13 +116,12 @@ class ActionsHandler:
     # ---- EventHandler -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.store.init()
         self.waker.restart()
         await self.deploys.start()
         if self.ctx.rules is not None:
             self._set_rules(self.ctx.rules)
         if self._have_rules:
-            await self.runner.start()
+            await self._resume()
         else:
             # Resumed runs need the rules (which alerts use an action, each rule's query for
             # "did it help?"): resume once the first rule set arrives.
@@ -138,17 +138,21 @@ class ActionsHandler:
         self._set_rules(rules)
         if self._resume_pending and self.started:
             self._resume_pending = False
-            await self.runner.start()
+            await self._resume()
+
+    async def _resume(self) -> None:
+        await self.runner.start()
+        await self.runner.reconcile(self.ctx.alerts.alerts())
 
     def _set_rules(self, rules: RuleSet) -> None:
         self._have_rules = True
         self.runner.set_rules(rules)
         self.deploys.set_rules([(g, r) for _, g in rules.groups() for r in g.alerting_rules])
 
-    async def on_events(self, events: Sequence[Event], at: float) -> None:
+    async def on_events(self, tx: Tx, events: Sequence[Event], at: float) -> None:
         # Every tick is a chance for waits and windows to notice a passed deadline or a change
         # in alert state without polling on their own.
-        self.waker.poke()
+        tx.on_commit(self.waker.poke)
         for ev in events:
             if ev.kind != "firing":
                 continue
@@ -158,8 +162,8 @@ class ActionsHandler:
             _, rule = found
             for name in rule.actions:
                 if name in self.runner.index.actions:  # the loader checks references
-                    await self.runner.trigger_alert(ev.alert, rule, name)
-        await self.deploys.observe(events)
+                    await self.runner.trigger_alert(tx, ev.alert, rule, name)
+        await self.deploys.observe(tx, events)
 
     def deploy_baselines(self) -> Mapping[str, Mapping[str, float]]:
         """alertname -> series fingerprint -> value at the last deploy marker, for

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,6 +48,7 @@ from watchdog.labels import without_name
 from watchdog.model import Action, AlertingRule, Group, Step
 from watchdog.rulesdir import RuleSet
 from watchdog.state import Alert
+from watchdog.storage import Tx
 
 log = structlog.get_logger(__name__)
 
@@ -146,27 +147,60 @@ class ActionRunner:
     def global_dry_run(self) -> bool:
         return bool(self.ctx.settings.dry_run)
 
-    async def trigger_alert(self, alert: Alert, rule: AlertingRule, name: str
+    async def trigger_alert(self, tx: Tx, alert: Alert, rule: AlertingRule, name: str
                             ) -> tuple[Verdict, RunRow | None]:
+        """Inside the evaluation's transaction: the run commits with the state change that
+        caused it, and starts only after that commit."""
         action = self.index.actions[name]
         dry = effective_dry_run(self.global_dry_run, rule.dry_run)
-        return await self._create(name, action, alert.labels, dry=dry, trigger="alert",
+        return await self._create(tx, name, action, alert.labels, dry=dry, trigger="alert",
                                   alert=alert)
 
     async def trigger_manual(self, name: str, labels: Mapping[str, str], *, force: bool = False,
                              dry_run: bool = False) -> tuple[Verdict, RunRow | None]:
         action = self.index.actions[name]
         dry = effective_dry_run(self.global_dry_run, False, dry_run)
-        return await self._create(name, action, labels, dry=dry, trigger="manual", force=force)
+        async with self.ctx.storage.transaction() as tx:
+            return await self._create(tx, name, action, labels, dry=dry, trigger="manual",
+                                      force=force)
 
-    async def _create(self, name: str, action: Action, labels: Mapping[str, str], *, dry: bool,
-                      trigger: Literal["alert", "manual"], alert: Alert | None = None,
+    async def reconcile(self, alerts: Sequence[Alert]) -> int:
+        """After a start: every firing alert whose incident has no run of an action its rule
+        names gets one now (a crash of an older release between the two writes could leave
+        that; the interlocks still apply). Idempotent: an incident's run is never made twice.
+        Returns how many runs were started."""
+        started = 0
+        for alert in alerts:
+            if alert.state != "firing":
+                continue
+            found = self.index.rules.get((alert.group, alert.rule))
+            if found is None:
+                continue
+            _, rule = found
+            names = [n for n in rule.actions if n in self.index.actions]
+            if not names:
+                continue
+            async with self.ctx.storage.transaction() as tx:
+                have = {r.action for r in await tx.runs.for_incident(alert.incident_id)}
+                for name in names:
+                    if name in have:
+                        continue
+                    log.warning("action.reconcile", action=name, rule=alert.rule,
+                                incident=alert.incident_id,
+                                detail="firing incident without its run: starting it")
+                    _, run = await self.trigger_alert(tx, alert, rule, name)
+                    started += run is not None
+        return started
+
+    async def _create(self, tx: Tx, name: str, action: Action, labels: Mapping[str, str], *,
+                      dry: bool, trigger: Literal["alert", "manual"], alert: Alert | None = None,
                       force: bool = False) -> tuple[Verdict, RunRow | None]:
+        # Lock order: the caller's transaction is open already; then the runner's lock.
         async with self._lock:
             at = self.ctx.clock()
             incident = alert.incident_id if alert else None
             history = await self.store.history(name, at - lookback(action), incident,
-                                               include_dry=dry)
+                                               include_dry=dry, tx=tx)
             verdict = decide(name, action, at, history,
                              fingerprint=alert.fingerprint if alert else None,
                              incident_id=incident, manual=trigger == "manual", force=force)
@@ -186,7 +220,7 @@ class ActionRunner:
                 created_at=at, finished_at=None, detail="", verify_at=None, verification=None,
                 value_after=None)
             try:
-                await self.store.insert_run(run)
+                await self.store.insert_run(run, tx)
             except DuplicateRun as e:
                 self.counter.labels(action=name, outcome="already_ran").inc()
                 return Verdict(False, "already_ran", str(e)), None
@@ -194,9 +228,10 @@ class ActionRunner:
                  labels=dict(labels))
         n = len(action.steps)
         plan = "; ".join(f"{i + 1}/{n} {_summary(s)}" for i, s in enumerate(action.steps))
+        # The announcement commits with the run; the sequence starts once both are durable.
         await self._emit("would_run" if dry else "started", run,
-                         detail=f"dry run, nothing is executed: {plan}" if dry else plan)
-        self._spawn(self._drive(run), run.id)
+                         detail=f"dry run, nothing is executed: {plan}" if dry else plan, tx=tx)
+        tx.on_commit(lambda: self._spawn(self._drive(run), run.id))
         return verdict, run
 
     # ---- the sequence -----------------------------------------------------------------------
@@ -393,14 +428,15 @@ class ActionRunner:
     # ---- notifications ----------------------------------------------------------------------
 
     async def _emit(self, kind: EventKind, run: RunRow, *, step: str | None = None,
-                    detail: str = "", extra: Mapping[str, Any] | None = None) -> None:
+                    detail: str = "", extra: Mapping[str, Any] | None = None,
+                    tx: Tx | None = None) -> None:
         event = ActionEvent(
             kind=kind, action=run.action, at=self.ctx.clock(), labels=dict(run.labels),
             rule=run.rule, step=step, detail=detail, run_id=run.id,
             extra={"trigger": run.trigger, "dry_run": run.dry_run,
                    "value_before": run.value_before, **(extra or {})})
         try:
-            await self.ctx.emit_action_event(event)
+            await self.ctx.emit_action_event(event, tx)
         except Exception:
             # Delivery is the notifier's job (it has an outbox); a sink that raises must not
             # stop a rollback half-way.

@@ -22,10 +22,10 @@ from watchdog.state import Alert
 
 if TYPE_CHECKING:
     import aiohttp
-    import aiosqlite
 
     from watchdog.engine import GroupRuntime
     from watchdog.source import Source
+    from watchdog.storage import Storage, Tx
 
 
 @dataclass
@@ -68,8 +68,12 @@ class RuntimeAlerts:
 class RecordingSink:
     events: list[ActionEvent] = field(default_factory=list)
 
-    async def on_action_event(self, event: ActionEvent) -> None:
-        self.events.append(event)
+    async def on_action_event(self, event: ActionEvent, tx: Tx | None = None) -> None:
+        # Recorded as the real sinks act: only once the caller's transaction committed.
+        if tx is None:
+            self.events.append(event)
+        else:
+            tx.on_commit(lambda: self.events.append(event))
 
     def kinds(self, action: str | None = None) -> list[str]:
         return [e.kind for e in self.events if action is None or e.action == action]
@@ -88,12 +92,12 @@ class RecordingMqtt:
         self.messages.append((topic, text, qos, retain))
 
 
-def make_context(db: aiosqlite.Connection, session: aiohttp.ClientSession, source: Source, *,
+def make_context(storage: Storage, session: aiohttp.ClientSession, source: Source, *,
                  alerts: Any = None, clock: Callable[[], float] = time.time,
                  settings: Settings | None = None, mqtt: Any = None,
                  sinks: Iterable[Any] = ()) -> DaemonContext:
     return DaemonContext(
-        settings=settings or Settings.load(), db=db, session=session, source=source,
+        settings=settings or Settings.load(), storage=storage, session=session, source=source,
         alerts=alerts if alerts is not None else StaticAlerts(), clock=clock,
         registry=CollectorRegistry(), action_sinks=list(sinks), mqtt=mqtt)
 

@@ -23,6 +23,7 @@ from watchdog.notify.pipeline import Pipeline
 from watchdog.notify.silences import Matcher, SilenceStore
 from watchdog.rulesdir import RuleSet
 from watchdog.state import Alert, Event
+from watchdog.storage import Tx
 
 if TYPE_CHECKING:
     from watchdog.model import Receiver
@@ -40,13 +41,13 @@ class NotifyHandler:
         s = ctx.settings
         self.tick = tick
         self._receivers: dict[str, Receiver] | None = None
-        self.silences = SilenceStore(ctx.db)
+        self.silences = SilenceStore(ctx.storage)
         self.outbox = Outbox(
-            ctx.db, ctx.session, clock=ctx.clock, registry=ctx.registry,
+            ctx.storage, ctx.session, clock=ctx.clock, registry=ctx.registry,
             receivers=lambda: self._receivers, mqtt=lambda: ctx.mqtt, sleep=sleep,
             timeout=timeout, resend=max(s.evaluation_interval, s.resend_delay), rng=rng)
         self.pipeline = Pipeline(
-            ctx.db, self.outbox, self.silences, external_url=s.external_url,
+            self.outbox, self.silences, external_url=s.external_url,
             generator_base=s.external_url or s.prometheus_url, resend_delay=s.resend_delay,
             view=ctx.alerts)
         self.api = Api(self, ctx.clock)
@@ -54,6 +55,7 @@ class NotifyHandler:
         self._task: asyncio.Task[None] | None = None
         self._started = False
         self._workers_started = False
+        self._dirty = False
         self._pruned_at: float | None = None
         ctx.routes.extend(self.api.routes())
         ctx.commands["silence"] = self.api.silence
@@ -63,8 +65,8 @@ class NotifyHandler:
 
     async def start(self) -> None:
         await self.silences.load()
-        await self.outbox.init()
-        await self.pipeline.load()
+        async with self.ctx.storage.transaction() as tx:
+            await self.pipeline.load(tx)
         self.pipeline.seed(self.ctx.alerts.alerts())
         self._started = True
         if self.ctx.rules is not None and self._receivers is None:
@@ -96,24 +98,55 @@ class NotifyHandler:
         else:
             self.outbox.kick_all()
 
-    async def on_events(self, events: Sequence[Event], at: float) -> None:
-        self._stream(events)
-        self.pipeline.observe(events)
-        await self.flush(at)
+    # Lock order, everywhere: the storage transaction first, then `_lock` (the SQLite backend
+    # serialises transactions, so the other order could wait on itself).
 
-    async def on_action_event(self, event: ActionEvent) -> None:
-        self._stream([event])
+    async def on_events(self, tx: Tx, events: Sequence[Event], at: float) -> None:
+        tx.on_commit(lambda: self._stream(events))
         async with self._lock:
-            await self.pipeline.notify_action(event, self.ctx.clock())
+            self.pipeline.observe(events)
+            await self._flush(tx, at)
+
+    async def on_action_event(self, event: ActionEvent, tx: Tx | None = None) -> None:
+        if tx is None:
+            async with self.ctx.storage.transaction() as own:
+                await self.on_action_event(event, own)
+            return
+        tx.on_commit(lambda: self._stream([event]))
+        async with self._lock:
+            await self.pipeline.notify_action(tx, event, self.ctx.clock())
 
     async def acknowledge(self, matchers: Sequence[Matcher], created_by: str = "",
                           comment: str = "") -> list[Alert]:
-        async with self._lock:
-            return await self.pipeline.ack(matchers, self.ctx.clock(), created_by, comment)
+        async with self.ctx.storage.transaction() as tx, self._lock:
+            return await self.pipeline.ack(tx, matchers, self.ctx.clock(), created_by, comment)
 
     async def flush(self, at: float | None = None) -> int:
-        async with self._lock:
-            return await self.pipeline.flush(self.ctx.clock() if at is None else at)
+        """Send what is due now (the timer; tests call it with the time)."""
+        async with self.ctx.storage.transaction() as tx, self._lock:
+            return await self._flush(tx, self.ctx.clock() if at is None else at)
+
+    async def _flush(self, tx: Tx, at: float) -> int:
+        tx.on_commit(self._committed)
+        self._dirty = True
+        return await self.pipeline.flush(tx, at)
+
+    def _committed(self) -> None:
+        self._dirty = False
+
+    async def resync(self) -> None:
+        """A transaction with a flush in it rolled back: the pipeline's memory of what was
+        sent goes back to what is stored, so the notifications are decided again."""
+        if self._dirty:
+            async with self.ctx.storage.transaction() as tx, self._lock:
+                await self.pipeline.reload_log(tx)
+            self._dirty = False
+
+    async def _resync_logged(self) -> None:
+        try:
+            await self.resync()
+        except Exception:
+            log.exception("cannot reload the notification log")
 
     def _stream(self, events: Sequence[Event | ActionEvent]) -> None:
         from watchdog.mqtt import MqttBus
@@ -132,10 +165,11 @@ class NotifyHandler:
                 await self.flush(now)
                 if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY:
                     self._pruned_at = now
-                    async with self._lock:
-                        await self.pipeline.prune(now)
+                    async with self.ctx.storage.transaction() as tx, self._lock:
+                        await self.pipeline.prune(tx, now)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.exception("notification pipeline error", error=type(e).__name__)
+                await self._resync_logged()
             await asyncio.sleep(tick)

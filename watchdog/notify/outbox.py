@@ -1,4 +1,4 @@
-"""The notification outbox: every notification is a SQLite row before any delivery is tried, and
+"""The notification outbox: every notification is a stored row before any delivery is tried, and
 one worker per receiver delivers its rows in order, with retries, rate limits and a restart that
 picks up where the last process stopped.
 
@@ -20,12 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import aiosqlite
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -38,7 +37,8 @@ from watchdog.notify.receivers import (
     build_notifier,
     integration_of,
 )
-from watchdog.store import transaction
+from watchdog.storage import Storage, Tx
+from watchdog.storage.records import OutboxEntry, OutboxRecord, OutboxRow
 
 if TYPE_CHECKING:
     from watchdog.handlers import MqttPublisher
@@ -47,24 +47,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS notify_outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    receiver TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    group_key TEXT NOT NULL,
-    dedup_key TEXT UNIQUE,
-    payload TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    next_attempt_at REAL NOT NULL,
-    last_error TEXT,
-    finished_at REAL
-);
-CREATE INDEX IF NOT EXISTS notify_outbox_pending ON notify_outbox (status, receiver, id);
-"""
 
 # Backoff: 1s, 2s, 4s … capped at 5 minutes — a receiver that was down for an hour is retried
 # within minutes of coming back, without hammering it while it's down. Jitter spreads the retries
@@ -76,16 +58,7 @@ MAX_AGE = 24 * 3600.0  # a notification a day late helps nobody; give up, loudly
 KEEP_FINISHED = 7 * 86400.0
 
 
-@dataclass(frozen=True)
-class Row:
-    id: int
-    receiver: str
-    kind: str
-    group_key: str
-    payload: str
-    attempts: int
-    created_at: float
-    next_attempt_at: float
+Row = OutboxRow
 
 
 @dataclass(frozen=True)
@@ -146,7 +119,7 @@ class _Metrics:
 
 
 class Outbox:
-    def __init__(self, db: aiosqlite.Connection, session: aiohttp.ClientSession, *,
+    def __init__(self, storage: Storage, session: aiohttp.ClientSession, *,
                  clock: Callable[[], float], registry: CollectorRegistry,
                  receivers: Callable[[], Mapping[str, Receiver] | None],
                  mqtt: Callable[[], MqttPublisher | None] = lambda: None,
@@ -154,7 +127,7 @@ class Outbox:
                  rng: random.Random | None = None, max_age: float = MAX_AGE,
                  backoff_base: float = BACKOFF_BASE, backoff_cap: float = BACKOFF_CAP,
                  notifier_factory: Callable[[Receiver], Notifier] = build_notifier) -> None:
-        self.db, self.session, self.clock, self.sleep = db, session, clock, sleep
+        self.storage, self.session, self.clock, self.sleep = storage, session, clock, sleep
         self.receivers, self.mqtt = receivers, mqtt
         self.timeout, self.resend, self.max_age = timeout, resend, max_age
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
@@ -167,58 +140,40 @@ class Outbox:
         self._running = False
         self._busy: set[str] = set()
 
-    async def init(self) -> None:
-        async with transaction(self.db):
-            await self.db.executescript(SCHEMA)
-
     # ---- writing -----------------------------------------------------------------------------
 
-    async def enqueue(self, entries: Sequence[Entry],
-                      also: Iterable[tuple[str, Sequence[Any]]] = ()) -> int:
-        """Insert the rows (and run `also`, e.g. the notification-log update that goes with
-        them) and commit, then wake the workers. Returns how many rows were new."""
-        now = self.clock()
-        added = 0
-        receivers: set[str] = set()
-        async with transaction(self.db):
-            added = await self._insert(entries, also, now, receivers)
-        for r in receivers:
-            await self._update_pending(r)
-            self._kick(r)
-        return added
+    async def enqueue(self, entries: Sequence[Entry], tx: Tx | None = None) -> int:
+        """Write the rows inside `tx` (the caller's decision commits with them) or in a
+        transaction of their own; the workers wake once they are committed. Returns how many
+        rows were new (a known `dedup_key` is skipped)."""
+        if tx is None:
+            async with self.storage.transaction() as own:
+                return await self.enqueue(entries, own)
+        rows = [OutboxEntry(e.notification.receiver, e.notification.kind,
+                            e.notification.group_key, e.notification.model_dump_json(),
+                            e.dedup_key, e.supersede) for e in entries]
+        added = await tx.outbox.insert(rows, self.clock())
+        if added:
+            tx.on_commit(lambda: self._committed(added))
+        return len(added)
 
-    async def _insert(self, entries: Sequence[Entry], also: Iterable[tuple[str, Sequence[Any]]],
-                      now: float, receivers: set[str]) -> int:
-        added = 0
-        for e in entries:
-            n = e.notification
-            if e.supersede:
-                await self.db.execute(
-                    "UPDATE notify_outbox SET status = 'superseded', finished_at = ? "
-                    "WHERE receiver = ? AND group_key = ? AND status = 'pending'",
-                    (now, n.receiver, n.group_key))
-            cur = await self.db.execute(
-                "INSERT OR IGNORE INTO notify_outbox (receiver, kind, group_key, dedup_key, "
-                "payload, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (n.receiver, n.kind, n.group_key, e.dedup_key, n.model_dump_json(), now, now))
-            if cur.rowcount:
-                added += 1
-                receivers.add(n.receiver)
-                self.metrics.enqueued.labels(n.receiver, n.kind).inc()
-        for sql, params in also:
-            await self.db.execute(sql, params)
-        return added
+    def _committed(self, added: Sequence[OutboxEntry]) -> None:
+        for e in added:
+            self.metrics.enqueued.labels(e.receiver, e.kind).inc()
+        for r in dict.fromkeys(e.receiver for e in added):
+            self.metrics.pending.labels(r).inc(sum(1 for e in added if e.receiver == r))
+            self._kick(r)
 
     # ---- workers -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start delivering, resuming every row a previous process left pending."""
         self._running = True
-        async with self.db.execute(
-                "SELECT DISTINCT receiver FROM notify_outbox WHERE status = 'pending'") as cur:
-            for (receiver,) in await cur.fetchall():
-                await self._update_pending(receiver)
-                self._kick(receiver)
+        async with self.storage.transaction() as tx:
+            receivers = await tx.outbox.pending_receivers()
+        for receiver in receivers:
+            await self._update_pending(receiver)
+            self._kick(receiver)
 
     async def stop(self) -> None:
         self._running = False
@@ -245,12 +200,8 @@ class Outbox:
             self._kick(r)
 
     async def _next(self, receiver: str) -> Row | None:
-        async with self.db.execute(
-                "SELECT id, receiver, kind, group_key, payload, attempts, created_at, "
-                "next_attempt_at FROM notify_outbox WHERE status = 'pending' AND receiver = ? "
-                "ORDER BY id LIMIT 1", (receiver,)) as cur:
-            row = await cur.fetchone()
-        return Row(*row) if row is not None else None
+        async with self.storage.transaction() as tx:
+            return await tx.outbox.next(receiver)
 
     async def _wait(self, receiver: str, delay: float | None) -> None:
         wake = self._wake.setdefault(receiver, asyncio.Event())
@@ -367,55 +318,32 @@ class Outbox:
     async def _finish(self, row: Row, status: str, error: str | None, *,
                       next_at: float | None = None, finished: float | None = None) -> None:
         # Only a row still pending is updated: a superseded row stays superseded.
-        async with transaction(self.db):
-            await self.db.execute(
-            "UPDATE notify_outbox SET status = CASE WHEN status = 'pending' THEN ? ELSE status "
-                "END, attempts = attempts + 1, last_error = ?, "
-                "next_attempt_at = COALESCE(?, next_attempt_at), finished_at = ? WHERE id = ?",
-                (status, error, next_at, finished, row.id))
+        async with self.storage.transaction() as tx:
+            await tx.outbox.finish(row.id, status, error, next_at=next_at, finished=finished)
         await self._update_pending(row.receiver)
 
     async def _update_pending(self, receiver: str) -> None:
-        async with self.db.execute("SELECT COUNT(*) FROM notify_outbox WHERE status = "
-                                   "'pending' AND receiver = ?", (receiver,)) as cur:
-            row = await cur.fetchone()
-        self.metrics.pending.labels(receiver).set(row[0] if row else 0)
+        self.metrics.pending.labels(receiver).set(await self.pending_count(receiver))
 
     # ---- reading (API, tests) ----------------------------------------------------------------
 
     async def pending_count(self, receiver: str | None = None) -> int:
-        sql = "SELECT COUNT(*) FROM notify_outbox WHERE status = 'pending'"
-        params: tuple[str, ...] = ()
-        if receiver is not None:
-            sql += " AND receiver = ?"
-            params = (receiver,)
-        async with self.db.execute(sql, params) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        async with self.storage.transaction() as tx:
+            return await tx.outbox.pending_count(receiver)
 
     async def recent(self, *, status: str | None = None, receiver: str | None = None,
                      limit: int = 100) -> list[dict[str, Any]]:
-        where, params = [], []
-        if status:
-            where.append("status = ?")
-            params.append(status)
-        if receiver:
-            where.append("receiver = ?")
-            params.append(receiver)
-        sql = ("SELECT id, receiver, kind, group_key, status, attempts, created_at, "
-               "next_attempt_at, last_error, finished_at FROM notify_outbox"
-               + (" WHERE " + " AND ".join(where) if where else "")
-               + " ORDER BY id DESC LIMIT ?")
-        async with self.db.execute(sql, (*params, limit)) as cur:
-            rows = await cur.fetchall()
-        keys = ("id", "receiver", "kind", "group_key", "status", "attempts", "created_at",
-                "next_attempt_at", "last_error", "finished_at")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        async with self.storage.transaction() as tx:
+            rows: list[OutboxRecord] = await tx.outbox.recent(status=status, receiver=receiver,
+                                                              limit=limit)
+        return [r.to_json() for r in rows]
 
-    async def prune(self, now: float) -> None:
-        async with transaction(self.db):
-            await self.db.execute("DELETE FROM notify_outbox WHERE status != 'pending' AND "
-                                  "finished_at < ?", (now - KEEP_FINISHED,))
+    async def prune(self, now: float, tx: Tx | None = None) -> None:
+        if tx is None:
+            async with self.storage.transaction() as own:
+                await own.outbox.prune(now - KEEP_FINISHED)
+        else:
+            await tx.outbox.prune(now - KEEP_FINISHED)
 
     async def drain(self, timeout: float = 5.0) -> bool:
         """Wait (real time, bounded) until nothing is pending; for tests and shutdown."""

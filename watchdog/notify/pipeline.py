@@ -14,12 +14,8 @@ anything is sent; it never sends, sleeps or reads the clock: `flush(at)` is call
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import aiosqlite
 
 from watchdog.handlers import ActionEvent, AlertView
 from watchdog.labels import fingerprint, format_labels, matches
@@ -31,31 +27,8 @@ from watchdog.notify.receivers import integration_of
 from watchdog.notify.silences import Ack, Matcher, SilenceStore, matches_all
 from watchdog.rulesdir import RuleSet
 from watchdog.state import RESOLVED_RETENTION, Alert, Event, severity_rank
-from watchdog.store import transaction
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS notify_log (
-    receiver TEXT NOT NULL,
-    group_key TEXT NOT NULL,
-    firing TEXT NOT NULL,
-    sent_at REAL NOT NULL,
-    PRIMARY KEY (receiver, group_key)
-);
-CREATE TABLE IF NOT EXISTS notify_escalations (
-    incident_id TEXT NOT NULL,
-    route_id TEXT NOT NULL,
-    level INTEGER NOT NULL,
-    at REAL NOT NULL,
-    resolved_sent INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (incident_id, route_id, level)
-);
-CREATE TABLE IF NOT EXISTS notify_action_notes (
-    id INTEGER PRIMARY KEY,               -- insertion order, the order the notes are shown in
-    incident_id TEXT NOT NULL,
-    note TEXT NOT NULL                    -- the ActionNote as JSON
-);
-CREATE INDEX IF NOT EXISTS notify_action_notes_incident ON notify_action_notes (incident_id);
-"""
+from watchdog.storage import Tx
+from watchdog.storage.records import EscalationKey, LogEntry
 
 # Action events worth a message of their own. Step-level progress stays in the alert's own
 # message ("what the watchdog did") so a five-step rollback doesn't post ten messages.
@@ -84,12 +57,6 @@ class GroupState:
     next_flush: float
 
 
-@dataclass
-class LogEntry:
-    firing: dict[str, str]  # fingerprint -> severity ("" when none) last notified as firing
-    sent_at: float
-
-
 def group_labels(route: Route, labels: Mapping[str, str]) -> dict[str, str]:
     if "..." in route.group_by:  # Alertmanager: group by all labels, i.e. one alert per group
         return dict(labels)
@@ -115,7 +82,6 @@ def inhibited(target: Mapping[str, str], sources: Iterable[Mapping[str, str]],
 
 @dataclass
 class Pipeline:
-    db: aiosqlite.Connection
     outbox: Outbox
     silences: SilenceStore
     external_url: str = ""
@@ -138,24 +104,14 @@ class Pipeline:
     restored_notes: dict[str, list[ActionNote]] = field(default_factory=dict)
     noted: set[str] = field(default_factory=set)
 
-    async def load(self) -> None:
-        async with transaction(self.db):
-            await self.db.executescript(SCHEMA)
-        async with self.db.execute("SELECT receiver, group_key, firing, sent_at FROM notify_log"
-                                   ) as cur:
-            for r, g, firing, sent_at in await cur.fetchall():
-                self.log[(r, g)] = LogEntry(json.loads(firing), sent_at)
-        async with self.db.execute("SELECT incident_id, route_id, level, resolved_sent FROM "
-                                   "notify_escalations") as cur:
-            for inc, rid, level, done in await cur.fetchall():
-                self.escalated[(inc, rid, level)] = bool(done)
-        async with self.db.execute("SELECT incident_id, note FROM notify_action_notes "
-                                   "ORDER BY id") as cur:
-            for inc, note in await cur.fetchall():
-                self.noted.add(inc)
-                notes = self.restored_notes.setdefault(inc, [])
-                notes.append(ActionNote.model_validate_json(note))
-                del notes[:-KEEP_NOTES]
+    async def load(self, tx: Tx) -> None:
+        self.log.update(await tx.notify_log.load())
+        self.escalated.update(await tx.escalations.load())
+        for inc, note in await tx.action_notes.load():
+            self.noted.add(inc)
+            notes = self.restored_notes.setdefault(inc, [])
+            notes.append(ActionNote.model_validate_json(note))
+            del notes[:-KEEP_NOTES]
 
     # ---- inputs --------------------------------------------------------------------------
 
@@ -201,17 +157,10 @@ class Pipeline:
             del t.notes[:-KEEP_NOTES]
         return t
 
-    async def _save_note(self, t: Tracked) -> None:
+    async def _save_note(self, tx: Tx, t: Tracked) -> None:
         """Persist the note just added to `t`, keeping only the last KEEP_NOTES per incident."""
         inc = t.alert.incident_id
-        async with transaction(self.db):
-            await self.db.execute(
-                "INSERT INTO notify_action_notes (incident_id, note) VALUES (?, ?)",
-                (inc, t.notes[-1].model_dump_json()))
-            await self.db.execute(
-                "DELETE FROM notify_action_notes WHERE incident_id = ? AND id NOT IN "
-                "(SELECT id FROM notify_action_notes WHERE incident_id = ? "
-                "ORDER BY id DESC LIMIT ?)", (inc, inc, KEEP_NOTES))
+        await tx.action_notes.add(inc, t.notes[-1].model_dump_json(), KEEP_NOTES)
         self.noted.add(inc)
 
     def _find(self, labels: Mapping[str, str]) -> Tracked | None:
@@ -270,8 +219,14 @@ class Pipeline:
 
     # ---- the flush -------------------------------------------------------------------------
 
-    async def flush(self, at: float) -> int:
-        """Decide every notification due at `at`, persist them (with the log) in the outbox."""
+    async def flush(self, tx: Tx, at: float) -> int:
+        """Decide every notification due at `at` and write them, with the notification log and
+        the escalation levels they advance, through `tx`.
+
+        Memory follows the decision at once rather than at commit: another flush may run
+        before this transaction commits (PostgreSQL runs groups' transactions concurrently),
+        and it must not decide the same notification again. If the transaction rolls back,
+        the caller reloads the persisted log (`reload_log`)."""
         self._refresh()
         retention = self._retention()
         for fp in [fp for fp, t in self.tracked.items()
@@ -281,7 +236,6 @@ class Pipeline:
 
         muted = self.suppressed(at)
         entries: list[Entry] = []
-        also: list[tuple[str, Sequence[Any]]] = []
         log_updates: dict[tuple[str, str], LogEntry | None] = {}
         esc_updates: dict[tuple[str, str, int], bool] = {}
         live_groups: set[str] = set()
@@ -308,32 +262,37 @@ class Pipeline:
                     self._flush_group(receiver, route, key, gl, ts, muted, at, entries,
                                       log_updates)
             if route.escalate:
-                self._escalate(rid, route, members, muted, at, entries, also, esc_updates)
+                self._escalate(rid, route, members, muted, at, entries, esc_updates)
 
         for key in [k for k in self.groups if k not in live_groups]:
             del self.groups[key]
         self._alertmanager(at, entries)
 
+        if not entries and not log_updates and not esc_updates:
+            return 0
         for (receiver, key), entry in log_updates.items():
             if entry is None:
-                also.append(("DELETE FROM notify_log WHERE receiver = ? AND group_key = ?",
-                             (receiver, key)))
+                self.log.pop((receiver, key), None)
             else:
-                also.append(("INSERT OR REPLACE INTO notify_log (receiver, group_key, firing, "
-                             "sent_at) VALUES (?, ?, ?, ?)",
-                             (receiver, key, json.dumps(entry.firing, sort_keys=True),
-                              entry.sent_at)))
-        if not entries and not also:
-            return 0
-        added = await self.outbox.enqueue(entries, also)
-        # Memory follows the database only once the rows are committed.
-        for k, v in log_updates.items():
-            if v is None:
-                self.log.pop(k, None)
-            else:
-                self.log[k] = v
+                self.log[(receiver, key)] = entry
         self.escalated.update(esc_updates)
-        return added
+        gone = [k for k, v in log_updates.items() if v is None]
+        if gone:
+            await tx.notify_log.delete(gone)
+        for (receiver, key), entry in log_updates.items():
+            if entry is not None:
+                await tx.notify_log.put(receiver, key, entry)
+        for k, resolved_sent in esc_updates.items():
+            if resolved_sent:
+                await tx.escalations.mark_resolved(k)
+            else:
+                await tx.escalations.add(k, at)
+        return await self.outbox.enqueue(entries, tx) if entries else 0
+
+    async def reload_log(self, tx: Tx) -> None:
+        """After a transaction that flushed was rolled back: memory back to what is stored."""
+        self.log = await tx.notify_log.load()
+        self.escalated = await tx.escalations.load()
 
     def _flush_group(self, receiver: str, route: Route, key: str, gl: dict[str, str],
                      ts: list[Tracked], muted: Mapping[str, str], at: float,
@@ -380,8 +339,7 @@ class Pipeline:
 
     def _escalate(self, rid: str, route: Route, members: list[Tracked],
                   muted: Mapping[str, str], at: float, entries: list[Entry],
-                  also: list[tuple[str, Sequence[Any]]],
-                  esc_updates: dict[tuple[str, str, int], bool]) -> None:
+                  esc_updates: dict[EscalationKey, bool]) -> None:
         for t in members:
             a = t.alert
             inc = a.incident_id
@@ -394,8 +352,6 @@ class Pipeline:
                         self._escalation_entries(t, esc.receivers, rid, level, None, at,
                                                  entries, resolved=True)
                         esc_updates[k] = True
-                        also.append(("UPDATE notify_escalations SET resolved_sent = 1 WHERE "
-                                     "incident_id = ? AND route_id = ? AND level = ?", k))
                 continue
             if (a.state != "firing" or a.fingerprint in muted
                     or self.silences.acked(inc)):
@@ -408,8 +364,6 @@ class Pipeline:
                 self._escalation_entries(t, esc.receivers, rid, level, esc.after, at, entries,
                                          resolved=False)
                 esc_updates[k] = False
-                also.append(("INSERT OR IGNORE INTO notify_escalations (incident_id, route_id, "
-                             "level, at) VALUES (?, ?, ?, ?)", (*k, at)))
 
     def _escalation_entries(self, t: Tracked, receivers: list[str], rid: str, level: int,
                             after: float | None, at: float, entries: list[Entry], *,
@@ -457,10 +411,10 @@ class Pipeline:
 
     # ---- actions and acks ---------------------------------------------------------------
 
-    async def notify_action(self, ev: ActionEvent, at: float) -> int:
+    async def notify_action(self, tx: Tx, ev: ActionEvent, at: float) -> int:
         t = self.note_action(ev)
         if t is not None:
-            await self._save_note(t)
+            await self._save_note(tx, t)
         if ev.kind not in NOTIFIED_ACTION_KINDS or (ev.step is not None and ev.kind != "failed"):
             return 0
         labels = dict(ev.labels)
@@ -487,49 +441,41 @@ class Pipeline:
                 entries.append(Entry(n, dedup_key=dedup))
         if not entries:
             return 0
-        return await self.outbox.enqueue(entries)
+        return await self.outbox.enqueue(entries, tx)
 
     def firing_matching(self, matchers: Sequence[Matcher]) -> list[Alert]:
         return [t.alert for t in self.tracked.values()
                 if t.alert.state == "firing" and matches_all(matchers, t.alert.labels)]
 
-    async def ack(self, matchers: Sequence[Matcher], at: float, created_by: str = "",
+    async def ack(self, tx: Tx, matchers: Sequence[Matcher], at: float, created_by: str = "",
                   comment: str = "") -> list[Alert]:
         alerts = self.firing_matching(matchers)
-        await self.silences.ack(Ack(a.incident_id, a.fingerprint, dict(a.labels), at,
-                                    created_by, comment) for a in alerts)
+        await self.silences.ack((Ack(a.incident_id, a.fingerprint, dict(a.labels), at,
+                                     created_by, comment) for a in alerts), tx)
         return alerts
 
-    async def prune(self, at: float) -> None:
+    async def prune(self, tx: Tx, at: float) -> None:
         """Forget what can no longer matter: escalations and action notes of incidents that are
         gone (an incident id never recurs), expired silences, acks of resolved incidents, old
         rows."""
         live = {t.alert.incident_id for t in self.tracked.values()}
         gone = sorted(self.noted - live)
         if gone:
-            async with transaction(self.db):
-                await self.db.executemany(
-                    "DELETE FROM notify_action_notes WHERE incident_id = ?",
-                    [(inc,) for inc in gone])
+            await tx.action_notes.delete(gone)
             self.noted.difference_update(gone)
         for inc in [inc for inc in self.restored_notes if inc not in live]:
             del self.restored_notes[inc]
         old = [k for k in self.escalated if k[0] not in live]
         if old:
-            async with transaction(self.db):
-                await self.db.executemany(
-                    "DELETE FROM notify_escalations WHERE incident_id = ? AND route_id = ? "
-                    "AND level = ?", old)
+            await tx.escalations.delete(old)
             for k in old:
                 del self.escalated[k]
         # Log entries of groups that no longer exist (a route edited away, alerts long gone).
         stale = [k for k, e in self.log.items()
                  if k[1] not in self.groups and e.sent_at < at - KEEP_ESCALATIONS]
         if stale:
-            async with transaction(self.db):
-                await self.db.executemany(
-                    "DELETE FROM notify_log WHERE receiver = ? AND group_key = ?", stale)
+            await tx.notify_log.delete(stale)
             for key in stale:
                 del self.log[key]
-        await self.silences.prune(at, keep=live)
-        await self.outbox.prune(at)
+        await self.silences.prune(at, keep=live, tx=tx)
+        await self.outbox.prune(at, tx)

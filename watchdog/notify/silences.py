@@ -1,4 +1,4 @@
-"""Silences and acknowledgements: their validation, their matching, and their SQLite tables.
+"""Silences and acknowledgements: their validation, their matching, and their persistence.
 
 A silence mutes notifications for alerts its matchers select until `endsAt` (Alertmanager's
 matcher semantics: `isRegex` is a Go RE2 pattern, fully anchored, `isEqual: false` negates). An
@@ -11,7 +11,6 @@ No delivery logic here, and nothing here reads the clock: callers pass `now`.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Iterable, Mapping
@@ -19,30 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import aiosqlite
-
 from watchdog.labels import RegexError, alertmanager_match, alertmanager_regexp
-from watchdog.store import transaction
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS notify_silences (
-    id TEXT PRIMARY KEY,
-    matchers TEXT NOT NULL,
-    starts_at REAL NOT NULL,
-    ends_at REAL NOT NULL,
-    created_by TEXT NOT NULL,
-    comment TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS notify_acks (
-    incident_id TEXT PRIMARY KEY,
-    fingerprint TEXT NOT NULL,
-    labels TEXT NOT NULL,
-    at REAL NOT NULL,
-    created_by TEXT NOT NULL,
-    comment TEXT NOT NULL
-);
-"""
+from watchdog.storage import Storage, Tx
+from watchdog.storage.records import AckRecord, SilenceRecord
 
 # Expired silences and acks of long-resolved incidents are kept this long (for the API's
 # history), then deleted so the tables stay small.
@@ -192,37 +170,30 @@ class Ack:
 
 @dataclass
 class SilenceStore:
-    """The silences and acks, in memory for matching and in SQLite for restarts."""
+    """The silences and acks, in memory for matching and in the storage for restarts."""
 
-    db: aiosqlite.Connection
+    storage: Storage
     silences: dict[str, Silence] = field(default_factory=dict)
     acks: dict[str, Ack] = field(default_factory=dict)
 
     async def load(self) -> None:
-        async with transaction(self.db):
-            await self.db.executescript(SCHEMA)
-        async with self.db.execute(
-                "SELECT id, matchers, starts_at, ends_at, created_by, comment, created_at "
-                "FROM notify_silences") as cur:
-            for row in await cur.fetchall():
-                ms = tuple(Matcher(x["name"], x["value"], x.get("isRegex", False),
-                                   x.get("isEqual", True)) for x in json.loads(row[1]))
-                self.silences[row[0]] = Silence(row[0], ms, row[2], row[3], row[4], row[5],
-                                                row[6])
-        async with self.db.execute(
-                "SELECT incident_id, fingerprint, labels, at, created_by, comment "
-                "FROM notify_acks") as cur:
-            for row in await cur.fetchall():
-                self.acks[row[0]] = Ack(row[0], row[1], json.loads(row[2]), row[3], row[4],
-                                        row[5])
+        async with self.storage.transaction() as tx:
+            silences = await tx.silences.load()
+            acks = await tx.acks.load()
+        for r in silences:
+            ms = tuple(Matcher(x["name"], x["value"], x.get("isRegex", False),
+                               x.get("isEqual", True)) for x in r.matchers)
+            self.silences[r.id] = Silence(r.id, ms, r.starts_at, r.ends_at, r.created_by,
+                                          r.comment, r.created_at)
+        for a in acks:
+            self.acks[a.incident_id] = Ack(a.incident_id, a.fingerprint, dict(a.labels), a.at,
+                                           a.created_by, a.comment)
 
     async def add(self, s: Silence) -> None:
-        async with transaction(self.db):
-            await self.db.execute(
-                "INSERT INTO notify_silences (id, matchers, starts_at, ends_at, created_by, "
-                "comment, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (s.id, json.dumps([x.to_json() for x in s.matchers]), s.starts_at, s.ends_at,
-                 s.created_by, s.comment, s.created_at))
+        async with self.storage.transaction() as tx:
+            await tx.silences.add(SilenceRecord(
+                s.id, [x.to_json() for x in s.matchers], s.starts_at, s.ends_at, s.created_by,
+                s.comment, s.created_at))
         self.silences[s.id] = s
 
     async def expire(self, silence_id: str, now: float) -> Silence | None:
@@ -232,9 +203,8 @@ class SilenceStore:
             return None
         ended = Silence(s.id, s.matchers, min(s.starts_at, now), min(s.ends_at, now),
                         s.created_by, s.comment, s.created_at)
-        async with transaction(self.db):
-            await self.db.execute("UPDATE notify_silences SET starts_at = ?, ends_at = ? "
-                                  "WHERE id = ?", (ended.starts_at, ended.ends_at, s.id))
+        async with self.storage.transaction() as tx:
+            await tx.silences.set_times(s.id, ended.starts_at, ended.ends_at)
         self.silences[s.id] = ended
         return ended
 
@@ -244,16 +214,17 @@ class SilenceStore:
                 return s
         return None
 
-    async def ack(self, acks: Iterable[Ack]) -> list[Ack]:
+    async def ack(self, acks: Iterable[Ack], tx: Tx | None = None) -> list[Ack]:
         new = [a for a in acks if a.incident_id not in self.acks]
         if not new:
             return []
-        async with transaction(self.db):
-            await self.db.executemany(
-                "INSERT OR IGNORE INTO notify_acks (incident_id, fingerprint, labels, at, "
-                "created_by, comment) VALUES (?, ?, ?, ?, ?, ?)",
-                [(a.incident_id, a.fingerprint, json.dumps(dict(a.labels)), a.at,
-                  a.created_by, a.comment) for a in new])
+        records = [AckRecord(a.incident_id, a.fingerprint, dict(a.labels), a.at, a.created_by,
+                             a.comment) for a in new]
+        if tx is None:
+            async with self.storage.transaction() as own:
+                await own.acks.add(records)
+        else:
+            await tx.acks.add(records)
         for a in new:
             self.acks[a.incident_id] = a
         return new
@@ -261,7 +232,7 @@ class SilenceStore:
     def acked(self, incident_id: str) -> bool:
         return incident_id in self.acks
 
-    async def prune(self, now: float, keep: Iterable[str] = ()) -> None:
+    async def prune(self, now: float, keep: Iterable[str] = (), tx: Tx | None = None) -> None:
         """Delete silences expired long ago and acks of incidents not in `keep` (the live ones:
         an incident that lasts a week keeps its ack)."""
         live = set(keep)
@@ -269,11 +240,13 @@ class SilenceStore:
         old_a = [k for k, a in self.acks.items() if k not in live and a.at < now - 3600.0]
         if not old_s and not old_a:
             return
-        async with transaction(self.db):
-            await self.db.executemany("DELETE FROM notify_silences WHERE id = ?",
-                                      [(k,) for k in old_s])
-            await self.db.executemany("DELETE FROM notify_acks WHERE incident_id = ?",
-                                      [(k,) for k in old_a])
+        if tx is None:
+            async with self.storage.transaction() as own:
+                await own.silences.delete(old_s)
+                await own.acks.delete(old_a)
+        else:
+            await tx.silences.delete(old_s)
+            await tx.acks.delete(old_a)
         for k in old_s:
             del self.silences[k]
         for k in old_a:

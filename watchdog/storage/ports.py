@@ -13,6 +13,7 @@ contract suite in `tests/test_storage_contract.py`.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
@@ -143,22 +144,22 @@ class RunRepo(Protocol):
     async def get(self, run_id: str) -> RunRow | None: ...
 
     async def list(self, *, status: Sequence[str] | None = None, action: str | None = None,
-                   limit: int = 100) -> list[RunRow]:
+                   limit: int = 100) -> builtins.list[RunRow]:
         """Newest first (created_at, then id)."""
 
-    async def pending_verifications(self) -> list[RunRow]: ...
+    async def pending_verifications(self) -> builtins.list[RunRow]: ...
 
     async def history(self, action: str, since: float, incident_id: str | None, *,
-                      include_dry: bool) -> list[PastRun]:
+                      include_dry: bool) -> builtins.list[PastRun]:
         """Runs of `action` created at or after `since`, plus any of `incident_id`; dry runs
         only when `include_dry`."""
 
-    async def for_incident(self, incident_id: str) -> list[RunRow]:
+    async def for_incident(self, incident_id: str) -> builtins.list[RunRow]:
         """Every run started for the incident (any action), oldest first."""
 
 
 class StepRepo(Protocol):
-    async def list(self, run_id: str) -> list[StepRow]: ...
+    async def list(self, run_id: str) -> builtins.list[StepRow]: ...
 
     async def start(self, run_id: str, idx: int, kind: str, at: float,
                     deadline: float | None = None, status: str = "running") -> None: ...
@@ -173,7 +174,8 @@ class DeployRepo(Protocol):
 
     async def finish(self, deploy_id: str, status: str, summary: str) -> None: ...
 
-    async def list(self, *, status: str | None = None, limit: int = 100) -> list[DeployRow]:
+    async def list(self, *, status: str | None = None, limit: int = 100
+                   ) -> builtins.list[DeployRow]:
         """Newest first."""
 
     async def save_baselines(self, deploy_id: str, at: float,
@@ -183,7 +185,8 @@ class DeployRepo(Protocol):
     async def baselines(self) -> dict[str, dict[str, float]]:
         """rule -> fingerprint -> value."""
 
-    async def baselines_of(self, deploy_id: str) -> list[tuple[str, dict[str, str], float]]:
+    async def baselines_of(self, deploy_id: str
+                           ) -> builtins.list[tuple[str, dict[str, str], float]]:
         """(rule, labels, value) captured by that deploy, by rule and fingerprint."""
 
     async def record_alert(self, deploy_id: str, rule: str, fingerprint: str,
@@ -191,24 +194,45 @@ class DeployRepo(Protocol):
         """Idempotent per (deploy, rule, fingerprint): the first firing counts."""
 
     async def alerts(self, deploy_id: str
-                     ) -> list[tuple[str, dict[str, str], float | None, float]]:
+                     ) -> builtins.list[tuple[str, dict[str, str], float | None, float]]:
         """(rule, labels, value, at) by time."""
 
 
 class Tx(Protocol):
     """One unit of work: every repository, and the after-commit hook."""
 
-    alerts: AlertRepo
-    rule_files: RuleFileRepo
-    outbox: OutboxRepo
-    notify_log: NotifyLogRepo
-    escalations: EscalationRepo
-    action_notes: ActionNoteRepo
-    silences: SilenceRepo
-    acks: AckRepo
-    runs: RunRepo
-    steps: StepRepo
-    deploys: DeployRepo
+    @property
+    def alerts(self) -> AlertRepo: ...
+
+    @property
+    def rule_files(self) -> RuleFileRepo: ...
+
+    @property
+    def outbox(self) -> OutboxRepo: ...
+
+    @property
+    def notify_log(self) -> NotifyLogRepo: ...
+
+    @property
+    def escalations(self) -> EscalationRepo: ...
+
+    @property
+    def action_notes(self) -> ActionNoteRepo: ...
+
+    @property
+    def silences(self) -> SilenceRepo: ...
+
+    @property
+    def acks(self) -> AckRepo: ...
+
+    @property
+    def runs(self) -> RunRepo: ...
+
+    @property
+    def steps(self) -> StepRepo: ...
+
+    @property
+    def deploys(self) -> DeployRepo: ...
 
     def on_commit(self, fn: Callable[[], object]) -> None:
         """Run `fn` after the transaction committed (never if it rolled back). Callbacks run

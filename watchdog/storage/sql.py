@@ -11,6 +11,7 @@ Must not: open connections, commit, or know which backend runs it (that is `sqli
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -360,7 +361,7 @@ class SqlAcks:
             await self.c.executemany("DELETE FROM notify_acks WHERE incident_id = ?", rows)
 
 
-# ---- actions and deploys ---------------------------------------------------------------------------
+# ---- actions and deploys ------------------------------------------------------------------------
 
 _RUN_COLS = ("id, action, trigger, rule, grp, fingerprint, incident_id, labels, annotations, "
              "value_before, active_at, dry_run, spec, status, next_step, created_at, "
@@ -411,7 +412,7 @@ class SqlRuns:
         return _run(r) if r else None
 
     async def list(self, *, status: Sequence[str] | None = None, action: str | None = None,
-                   limit: int = 100) -> list[RunRow]:
+                   limit: int = 100) -> builtins.list[RunRow]:
         where: list[str] = []
         args: list[Any] = []
         if status:
@@ -426,13 +427,13 @@ class SqlRuns:
         sql += " ORDER BY created_at DESC, id LIMIT ?"
         return [_run(r) for r in await self.c.fetchall(sql, (*args, int(limit)))]
 
-    async def pending_verifications(self) -> list[RunRow]:
+    async def pending_verifications(self) -> builtins.list[RunRow]:
         return [_run(r) for r in await self.c.fetchall(
             f"SELECT {_RUN_COLS} FROM action_runs WHERE verification = 'pending' "
             "ORDER BY created_at, id")]
 
     async def history(self, action: str, since: float, incident_id: str | None, *,
-                      include_dry: bool) -> list[PastRun]:
+                      include_dry: bool) -> builtins.list[PastRun]:
         rows = await self.c.fetchall(
             "SELECT action, created_at, fingerprint, incident_id FROM action_runs "
             "WHERE action = ? AND (dry_run = 0 OR ? = 1) AND (created_at >= ? OR "
@@ -440,7 +441,7 @@ class SqlRuns:
             (action, int(include_dry), float(since), incident_id))
         return [PastRun(r[0], float(r[1]), r[2], r[3]) for r in rows]
 
-    async def for_incident(self, incident_id: str) -> list[RunRow]:
+    async def for_incident(self, incident_id: str) -> builtins.list[RunRow]:
         return [_run(r) for r in await self.c.fetchall(
             f"SELECT {_RUN_COLS} FROM action_runs WHERE incident_id = ? "
             "ORDER BY created_at, id", (incident_id,))]
@@ -450,7 +451,7 @@ class SqlSteps:
     def __init__(self, c: Conn) -> None:
         self.c = c
 
-    async def list(self, run_id: str) -> list[StepRow]:
+    async def list(self, run_id: str) -> builtins.list[StepRow]:
         return [StepRow(r[0], int(r[1]), r[2], r[3], float(r[4]), _f(r[5]), _f(r[6]),
                         _f(r[7]), r[8], r[9])
                 for r in await self.c.fetchall(
@@ -491,7 +492,8 @@ class SqlDeploys:
         await self.c.execute("UPDATE deploy_markers SET status = ?, summary = ? WHERE id = ?",
                              (status, summary, deploy_id))
 
-    async def list(self, *, status: str | None = None, limit: int = 100) -> list[DeployRow]:
+    async def list(self, *, status: str | None = None, limit: int = 100
+                   ) -> builtins.list[DeployRow]:
         sql = ("SELECT id, service, version, labels, at, window_end, status, summary "
                "FROM deploy_markers")
         args: list[Any] = []
@@ -520,7 +522,8 @@ class SqlDeploys:
             out.setdefault(rule, {})[fp] = float(value)
         return out
 
-    async def baselines_of(self, deploy_id: str) -> list[tuple[str, dict[str, str], float]]:
+    async def baselines_of(self, deploy_id: str
+                           ) -> builtins.list[tuple[str, dict[str, str], float]]:
         return [(r[0], json.loads(r[1]), float(r[2])) for r in await self.c.fetchall(
             "SELECT rule, labels, value FROM deploy_baselines WHERE deploy_id = ? "
             "ORDER BY rule, fingerprint", (deploy_id,))]
@@ -533,13 +536,13 @@ class SqlDeploys:
             (deploy_id, rule, fingerprint, json.dumps(dict(labels)), _f(value), float(at)))
 
     async def alerts(self, deploy_id: str
-                     ) -> list[tuple[str, dict[str, str], float | None, float]]:
+                     ) -> builtins.list[tuple[str, dict[str, str], float | None, float]]:
         return [(r[0], json.loads(r[1]), _f(r[2]), float(r[3])) for r in await self.c.fetchall(
             "SELECT rule, labels, value, at FROM deploy_alerts WHERE deploy_id = ? "
             "ORDER BY at, rule", (deploy_id,))]
 
 
-# ---- the unit of work ------------------------------------------------------------------------------
+# ---- the unit of work ----------------------------------------------------------------------------
 
 
 class SqlTx:
