@@ -442,7 +442,7 @@ def make_alert(name: str = "HighErrorRate", *, at: float, severity: str | None =
 class Harness:
     """One NotifyHandler wired like the daemon wires it, with fake servers and a FakeTime."""
 
-    def __init__(self, db: Any, session: Any, clock: FakeTime, chat: FakeChat,
+    def __init__(self, storage: Any, session: Any, clock: FakeTime, chat: FakeChat,
                  rules_yaml: str, **kwargs: Any) -> None:
         from prometheus_client import CollectorRegistry
 
@@ -451,14 +451,15 @@ class Harness:
         from watchdog.settings import Settings
         from watchdog.testing import FakeSource
 
-        self.db, self.session, self.clock, self.chat = db, session, clock, chat
+        self.storage, self.session, self.clock, self.chat = storage, session, clock, chat
         self.board = AlertBoard()
         self.registry = CollectorRegistry()
         settings = Settings(external_url="http://watchdog.example",
                             prometheus_url="http://prometheus.example:9090",
                             evaluation_interval=30.0, resend_delay=60.0)
-        self.ctx = DaemonContext(settings=settings, db=db, session=session, source=FakeSource(),
-                                 alerts=self.board, clock=clock, registry=self.registry)
+        self.ctx = DaemonContext(settings=settings, storage=storage, session=session,
+                                 source=FakeSource(), alerts=self.board, clock=clock,
+                                 registry=self.registry)
         kwargs.setdefault("tick", None)
         kwargs.setdefault("sleep", clock.sleep)
         kwargs.setdefault("timeout", 2.0)
@@ -482,7 +483,8 @@ class Harness:
         for e in events:
             if e.kind in ("firing", "escalated", "deescalated", "resolved"):
                 self.board.by_fp[e.alert.fingerprint] = e.alert
-        await self.handler.on_events(list(events), self.clock())
+        async with self.storage.transaction() as tx:
+            await self.handler.on_events(tx, list(events), self.clock())
 
     async def fire(self, *alerts: Any) -> None:
         from watchdog.state import Event
@@ -522,12 +524,17 @@ async def running_harness(tmp_path: Path, chat: FakeChat, rules_yaml: str,
     """A started Harness on a fresh FakeTime (which `chat` is switched to) over
     `tmp_path/w.db`; stopped after the block, which then checks `chat` rejected nothing."""
     import aiohttp
-    import aiosqlite
+
+    from watchdog.storage import open_storage
 
     clock = FakeTime()
     chat.clock = clock
-    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
-        harness = await Harness(db, s, clock, chat, rules_yaml, **kwargs).start()
-        yield harness
-        await harness.stop()
+    storage = await open_storage(f"sqlite:///{tmp_path / 'w.db'}")
+    try:
+        async with aiohttp.ClientSession() as s:
+            harness = await Harness(storage, s, clock, chat, rules_yaml, **kwargs).start()
+            yield harness
+            await harness.stop()
+    finally:
+        await storage.close()
     assert chat.rejected == [], chat.rejected

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiosqlite
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from storage_support import on_events_tx, sqlite_storage
 from test_daemon_support import recording_paths, serve
 
 from watchdog.actions import client as action_client
@@ -26,6 +26,7 @@ from watchdog.evaluate import Context
 from watchdog.labels import fingerprint
 from watchdog.rulesdir import build
 from watchdog.state import Alert
+from watchdog.storage import Storage
 from watchdog.testing import FakeSource, FixedClock, sample
 
 T0 = 1_800_000_000.0
@@ -70,7 +71,7 @@ class Env:
         self.client: TestClient[Any, Any]
         self.url = ""
         self.auth: list[str | None] = []
-        self.db: aiosqlite.Connection
+        self.db: Storage
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ async def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     async with serve(recording_paths(e.calls)) as hook_url:
         monkeypatch.setenv("HOOK", hook_url)
         async with aiohttp.ClientSession() as session, \
-                aiosqlite.connect(tmp_path / "state.db") as db:
+                sqlite_storage(tmp_path / "state.db") as db:
             ctx = make_context(db, session, e.source, alerts=e.alerts, clock=e.clock,
                                sinks=[e.sink])
             ctx.rules = build({"r.yml": RULES})
@@ -193,7 +194,7 @@ async def test_manual_staged_run_judges_matching_firing_alerts(env: Env, still_b
         return len(run["steps"]) == 2
     await eventually(waiting)
     env.clock.advance(600)
-    await env.h.on_events([], env.clock.now)  # a tick: the waker re-checks the clock
+    await on_events_tx(env.h, [], env.clock.now)  # a tick: the waker re-checks the clock
     want = "succeeded" if still_bad else "resolved"
 
     async def done() -> bool:
@@ -230,13 +231,13 @@ async def test_deploy_captures_baselines_and_reports_the_window(env: Env, tmp_pa
                      Context(deploy_baselines=env.h.deploy_baselines()))
     [fired] = [e for e in res.events if e.kind == "firing"]
     assert fired.alert.labels["service"] == "api" and fired.alert.compared == 2.0
-    await env.h.on_events(res.events, env.clock.now)
+    await on_events_tx(env.h, res.events, env.clock.now)
     # a marker for another service, in the same window, sees none of it
     status, _, _ = await post(env, "/api/v1/deploys",
                                   {"service": "web", "version": "v7", "window": "20m"})
     assert status == 201
     env.clock.advance(1800)
-    await env.h.on_events([], env.clock.now)
+    await on_events_tx(env.h, [], env.clock.now)
     await eventually(lambda: len([e for e in env.sink.events if e.action == "deploy"]) == 4)
     by_service = {e.labels["service"]: e for e in env.sink.events
                   if e.action == "deploy" and e.kind != "started"}

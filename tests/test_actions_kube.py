@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiosqlite
 import pytest
 from fake_kube import FakeKube, pod_template
+from storage_support import sqlite_storage
 from test_daemon_support import serve
 
 from watchdog.actions.expand import Subject
@@ -305,7 +305,7 @@ async def test_paused_refusal_fails_the_run_and_is_notified(
         "users": [{"name": "u", "user": {"token": "test-token"}}],
         "contexts": [{"name": "t", "context": {"cluster": "c", "user": "u"}}]}))
     sink = RecordingSink()
-    async with aiosqlite.connect(tmp_path / "db") as db:
+    async with sqlite_storage(tmp_path / "db") as db:
         ctx = make_context(db, session, FakeSource(), settings=Settings(kubeconfig=str(cfg)),
                            sinks=[sink])
         h = ActionsHandler(ctx)

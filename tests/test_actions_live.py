@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiosqlite
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from storage_support import on_events_tx, sqlite_storage
 
 from watchdog.actions.handler import ActionsHandler
 from watchdog.actions.testing import RecordingSink, RuntimeAlerts, make_context
@@ -123,7 +123,7 @@ async def test_rollback_against_a_real_prometheus(service: tuple[Service, str],
     transitions: list[tuple[str, str, str]] = []
     try:
         async with aiohttp.ClientSession() as session, \
-                aiosqlite.connect(tmp_path / "state.db") as db:
+                sqlite_storage(tmp_path / "state.db") as db:
             source = PrometheusSource(session, PrometheusConfig(url=prom.url, timeout=5))
             ctx = make_context(db, session, source, alerts=RuntimeAlerts(runtimes),
                                sinks=[sink])
@@ -142,7 +142,7 @@ async def test_rollback_against_a_real_prometheus(service: tuple[Service, str],
                     res = await tick(rt, at, source, Context())
                     transitions += [(e.alert.labels["service"], e.alert.rule, e.kind)
                                     for e in res.events]
-                    await h.on_events(res.events, at)
+                    await on_events_tx(h, res.events, at)
                 r = await runs()
                 done = (set(r) == {"a", "b", "c"}
                         and all(x["status"] != "running" for x in r.values())

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import aiosqlite
 import pytest
+from storage_support import on_events_tx, sqlite_storage
 from test_daemon_support import recording_paths, serve
 
 from watchdog.actions.handler import ActionsHandler
@@ -49,11 +49,12 @@ LABELS = {"alertname": "HighErrorRate", "service": "checkout"}
 # waits (30 minutes) until the test kills it.
 FIRST = """
 import asyncio, sys, time
-import aiohttp, aiosqlite
+import aiohttp
 from watchdog.actions.handler import ActionsHandler
 from watchdog.actions.testing import StaticAlerts, make_context
 from watchdog.rulesdir import build
 from watchdog.state import Alert, Event
+from watchdog.storage import open_storage
 from watchdog.testing import FakeSource
 
 async def main(db_path, rules, labels, fp):
@@ -62,11 +63,13 @@ async def main(db_path, rules, labels, fp):
                   fired_at=time.time())
     view = StaticAlerts()
     view.set(alert)
-    async with aiohttp.ClientSession() as session, aiosqlite.connect(db_path) as db:
+    db = await open_storage(f"sqlite:///{db_path}")
+    async with aiohttp.ClientSession() as session:
         h = ActionsHandler(make_context(db, session, FakeSource(), alerts=view))
         await h.on_rules(build({"r.yml": rules.encode()}))
         await h.start()
-        await h.on_events([Event("firing", time.time(), alert)], time.time())
+        async with db.transaction() as tx:
+            await h.on_events(tx, [Event("firing", time.time(), alert)], time.time())
         print("triggered", flush=True)
         await asyncio.sleep(3600)
 
@@ -127,14 +130,16 @@ async def test_sigkill_during_wait_then_restart_resumes_at_the_deadline(
     assert wait_deadline == pytest.approx(started + 1800)
     assert calls == ["/stage1"]
 
-    # Restart: same database, the alert still firing, a clock we can move.
+    # Restart: same database, the same incident still firing, a clock we can move.
+    with sqlite3.connect(db_path) as c:
+        (active_at,) = c.execute("SELECT active_at FROM action_runs").fetchone()
     clock = FixedClock(started + 120)
     view = StaticAlerts()
     view.set(Alert(rule="HighErrorRate", group="checkout", fingerprint=fp, labels=LABELS,
-                   annotations={}, state="firing", active_at=started - 1, value=0.3,
-                   fired_at=started - 1))
+                   annotations={}, state="firing", active_at=active_at, value=0.3,
+                   fired_at=active_at))
     sink = RecordingSink()
-    async with aiohttp.ClientSession() as session, aiosqlite.connect(db_path) as db:
+    async with aiohttp.ClientSession() as session, sqlite_storage(db_path) as db:
         h = ActionsHandler(make_context(db, session, FakeSource(), alerts=view, clock=clock,
                                         sinks=[sink]))
         await h.start()  # the daemon's order: start, then the rule set (resuming waits for it)
@@ -142,11 +147,11 @@ async def test_sigkill_during_wait_then_restart_resumes_at_the_deadline(
         [run] = await h.runs()
         assert run["status"] == "running" and run["steps"][1]["deadline"] == wait_deadline
         clock.now = wait_deadline - 1
-        await h.on_events([], clock.now)
+        await on_events_tx(h, [], clock.now)
         await asyncio.sleep(0.05)
         assert calls == ["/stage1"]  # the wait kept its deadline
         clock.now = wait_deadline + 1
-        await h.on_events([], clock.now)
+        await on_events_tx(h, [], clock.now)
 
         async def done() -> bool:
             return bool((await h.runs())[0]["status"] == "succeeded")

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiosqlite
 import pytest
 from aiohttp import web
+from storage_support import on_events_tx
 from test_daemon_support import catch_all, serve
 
 from watchdog.actions.handler import ActionsHandler
@@ -22,6 +22,7 @@ from watchdog.evaluate import Context
 from watchdog.rulesdir import RuleSet, build
 from watchdog.settings import Settings
 from watchdog.state import Event
+from watchdog.storage import Storage, open_storage
 from watchdog.testing import FakeSource, FixedClock, sample
 
 T0 = 1_800_000_000.0
@@ -93,11 +94,11 @@ class Rig:
             sample(v, __name__="error_ratio", service=s) for s, v in self.values.items()]})
         self.runtimes = [GroupRuntime.new(f, g) for f, g in rs.groups()]
         self.sink = RecordingSink()
-        self.db: aiosqlite.Connection | None = None
+        self.db: Storage | None = None
         self.h: ActionsHandler | None = None
 
     async def start(self) -> ActionsHandler:
-        self.db = await aiosqlite.connect(self.path)
+        self.db = await open_storage(f"sqlite:///{self.path}")
         ctx = make_context(self.db, self.session, self.source,
                            alerts=RuntimeAlerts(self.runtimes), clock=self.clock,
                            settings=self.settings, sinks=[self.sink])
@@ -131,7 +132,7 @@ class Rig:
             res = await tick(rt, self.clock.now, self.source,
                              Context(deploy_baselines=self.h.deploy_baselines()))
             kinds += [e.kind for e in res.events]
-            await self.h.on_events(res.events, self.clock.now)
+            await on_events_tx(self.h, res.events, self.clock.now)
         return kinds
 
     async def ticks(self, seconds: float, every: float = 60.0) -> None:
@@ -326,7 +327,7 @@ async def test_restart_during_wait_resumes_at_its_deadline(tmp_path: Path,
     await rig.stop()
     await rig.start()
     alert = rig.runtimes[0].alerts()[0]
-    await rig.handler.on_events([Event("firing", rig.clock.now, alert)], rig.clock.now)
+    await on_events_tx(rig.handler, [Event("firing", rig.clock.now, alert)], rig.clock.now)
     await rig.settle()
     assert len(await rig.runs()) == 1
     await rig.stop()

@@ -25,6 +25,7 @@ from watchdog.promserver import free_port
 from watchdog.rulesdir import RuleSet
 from watchdog.settings import Settings
 from watchdog.state import Event
+from watchdog.storage import Tx
 
 TOKEN = "test-token-123"
 
@@ -47,9 +48,9 @@ class Recorder:
     async def on_rules(self, rules: RuleSet) -> None:
         self.rule_sets.append(rules)
 
-    async def on_events(self, events: Sequence[Event], at: float) -> None:
+    async def on_events(self, tx: Tx, events: Sequence[Event], at: float) -> None:
         if self._check is not None:
-            await self._check(events)
+            await self._check(tx, events)
         self.events.extend(events)
 
     def kinds(self, rule: str | None = None) -> list[str]:

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import aiosqlite
 import pytest
 from fakes_chat import FakeChat, FakeTime, Harness, free_port, make_alert
+from storage_support import sqlite_storage
 
 BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 pytestmark = pytest.mark.skipif(BINARY is None, reason="needs prometheus-alertmanager "
@@ -86,7 +86,7 @@ routes:
 """
     # Real wall-clock time: Alertmanager judges endsAt against its own clock.
     clock = FakeTime(time.time())
-    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+    async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
         h = await Harness(db, s, clock, chat, rules).start()
         try:
             a = make_alert("CheckoutErrors", at=clock(), service="checkout", env="prod")

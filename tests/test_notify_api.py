@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiosqlite
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from fakes_chat import FakeChat, FakeTime, Harness, make_alert
+from storage_support import sqlite_storage
 
 RULES = """
 receivers:
@@ -29,7 +29,7 @@ async def env(tmp_path: Path, aiohttp_client: Callable[..., Any]
     chat = await FakeChat().start()
     clock = FakeTime()
     chat.clock = clock
-    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+    async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
         h = await Harness(db, s, clock, chat, RULES).start()
         app = web.Application()
         app.add_routes(h.ctx.routes)
@@ -114,12 +114,12 @@ async def test_silences_survive_a_restart(tmp_path: Path) -> None:
     chat = await FakeChat().start()
     clock = FakeTime()
     try:
-        async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+        async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
             h = await Harness(db, s, clock, chat, RULES).start()
             await h.ctx.commands["silence"]({"matchers": {"alertname": "HighErrorRate"},
                                              "endsAt": clock() + 3600})
             await h.stop()
-        async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+        async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
             h = await Harness(db, s, clock, chat, RULES).start()
             await h.fire(make_alert(at=clock()))
             await h.tick(60)

@@ -19,9 +19,9 @@ from typing import Any
 
 import aiohttp
 import aiomqtt
-import aiosqlite
 import pytest
 from fakes_chat import FakeChat, FakeTime, Harness, free_port, make_alert
+from storage_support import sqlite_storage
 
 from watchdog.handlers import ActionEvent, DaemonContext
 from watchdog.mqtt import MqttBus, MqttUnavailable, event_json, parse_url, topic_part
@@ -86,7 +86,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 def bus_ctx(url: str, commands: bool = True, **kw: Any) -> DaemonContext:
     settings = Settings(mqtt_url=url, mqtt_commands=commands, mqtt_prefix="watchdog")
-    return DaemonContext(settings=settings, db=None, session=None, source=None,  # type: ignore[arg-type]
+    return DaemonContext(settings=settings, storage=None, session=None, source=None,  # type: ignore[arg-type]
                          alerts=None, clock=time.time, registry=None, **kw)  # type: ignore[arg-type]
 
 
@@ -165,7 +165,7 @@ async def test_events_status_and_commands_through_a_real_broker(
     chat = await FakeChat().start()
     clock = FakeTime()
     try:
-        async with aiosqlite.connect(tmp_path / "w.db") as db, \
+        async with sqlite_storage(tmp_path / "w.db") as db, \
                 aiohttp.ClientSession() as s, Subscriber(broker.port) as sub:
             h = Harness(db, s, clock, chat, "receivers: []\n")
             await h.start()

@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import aiosqlite
 import pytest
 import structlog
 from fakes_chat import HANG, FakeChat, FakeTime, Harness, Reply, make_alert, running_harness, status
+from storage_support import sqlite_storage
 
 KEY = "R0UT1NGKEY0123456789abcdefABCDEF"
 SECRET = "XoXbSuperSecretToken42"
@@ -173,7 +173,7 @@ async def test_restart_resumes_undelivered_notifications(tmp_path: Path, chat: F
     alerts = [make_alert(f"Rule{i}", at=clock(), instance="a") for i in range(3)]
     chat.then("slack", *[status(503)] * 3)
     chat.then("pagerduty", *[Reply(503, accept=True)] * 3)  # accepted, but we never hear so
-    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+    async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
         h1 = await Harness(db, s, clock, chat, RULES).start()
         h1.handler.outbox.backoff_base = 3600.0  # park everything behind a long backoff
         await h1.fire(*alerts)
@@ -183,7 +183,7 @@ async def test_restart_resumes_undelivered_notifications(tmp_path: Path, chat: F
             await asyncio.sleep(0.01)
         await h1.stop()
         assert await h1.handler.outbox.pending_count() == 6
-    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+    async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
         h2 = await Harness(db, s, clock, chat, RULES).start()
         clock.advance(3600 * 2)  # past any backoff
         h2.handler.outbox.kick_all()
@@ -199,14 +199,15 @@ async def test_restart_resumes_undelivered_notifications(tmp_path: Path, chat: F
 CHILD = """
 import asyncio, sys
 sys.path.insert(0, {tests!r})
-import aiohttp, aiosqlite
+import aiohttp
 from fakes_chat import FakeChat, FakeTime, Harness, make_alert
+from storage_support import sqlite_storage
 
 async def main():
     chat = FakeChat()
     chat.port = {port}
     clock = FakeTime({now})
-    async with aiosqlite.connect({db!r}) as db, aiohttp.ClientSession() as s:
+    async with sqlite_storage({db!r}) as db, aiohttp.ClientSession() as s:
         h = await Harness(db, s, clock, chat, open({rules!r}).read(), timeout=3600).start()
         await h.fire(*[make_alert(f"Rule{{i}}", at=clock(), instance="a") for i in range(3)])
         print("enqueued", flush=True)
@@ -242,7 +243,7 @@ async def test_sigkill_with_undelivered_notifications(tmp_path: Path, chat: Fake
     finally:
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
-    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+    async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
         h = await Harness(db, s, clock, chat, RULES).start()
         await h.drain()
         await h.tick(120)

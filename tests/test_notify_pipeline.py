@@ -9,9 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
-import aiosqlite
 import pytest
 from fakes_chat import FakeChat, FakeTime, Harness, make_alert, running_harness
+from storage_support import sqlite_storage
 
 from watchdog.handlers import ActionEvent
 from watchdog.state import Event
@@ -192,13 +192,13 @@ async def test_ack_survives_restart(tmp_path: Path, chat: FakeChat) -> None:
     clock = FakeTime()
     chat.clock = clock
     a = make_alert(at=clock(), service="checkout")
-    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+    async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
         h1 = await Harness(db, s, clock, chat, RULES).start()
         await h1.fire(a)
         await h1.tick(0)
         await h1.ctx.commands["ack"]({"matchers": {"alertname": "HighErrorRate"}})
         await h1.stop()
-    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+    async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
         h2 = Harness(db, s, clock, chat, RULES)
         h2.board.by_fp[a.fingerprint] = a  # the engine restored it
         await h2.start()
@@ -352,13 +352,13 @@ async def test_restart_neither_repeats_nor_loses_a_resolved_notification(
     clock = FakeTime()
     chat.clock = clock
     a = make_alert("Latency", at=clock(), severity="warning", service="api")
-    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+    async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
         h1 = await Harness(db, s, clock, chat, RULES).start()
         await h1.fire(a)
         await h1.tick(31)
         await h1.stop()
     assert len(slack_to(chat, "team")) == 1
-    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+    async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
         h2 = Harness(db, s, clock, chat, RULES)
         h2.board.by_fp[a.fingerprint] = a  # restored by the engine
         await h2.start()
@@ -396,10 +396,11 @@ async def test_prune_forgets_what_cannot_matter(h: Harness, chat: FakeChat) -> N
     await h.tick(3600)  # the resolved alert leaves the pipeline after its retention
     p = h.handler.pipeline
     assert a.fingerprint not in p.tracked
-    await p.prune(h.clock() + 8 * 86400)
+    async with h.storage.transaction() as tx:
+        await p.prune(tx, h.clock() + 8 * 86400)
     assert p.escalated == {} and p.log == {}
-    async with h.db.execute("SELECT COUNT(*) FROM notify_escalations") as cur:
-        assert (await cur.fetchone()) == (0,)
+    async with h.storage.transaction() as tx:
+        assert await tx.escalations.load() == {}
 
 
 async def test_action_notes_survive_restart_and_are_pruned_with_the_incident(
@@ -409,7 +410,7 @@ async def test_action_notes_survive_restart_and_are_pruned_with_the_incident(
     clock = FakeTime()
     chat.clock = clock
     a = make_alert("Latency", at=clock(), severity="warning", service="api")
-    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+    async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
         h1 = await Harness(db, s, clock, chat, RULES).start()
         await h1.fire(a)
         await h1.tick(31)
@@ -420,7 +421,7 @@ async def test_action_notes_survive_restart_and_are_pruned_with_the_incident(
                 detail="3 steps done" if kind == "succeeded" else ""))
         await h1.tick(0)
         await h1.stop()
-    async with aiosqlite.connect(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+    async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
         h2 = Harness(db, s, clock, chat, RULES)
         h2.board.by_fp[a.fingerprint] = a  # restored by the engine
         await h2.start()
@@ -434,7 +435,8 @@ async def test_action_notes_survive_restart_and_are_pruned_with_the_incident(
         # the incident leaves the pipeline after its retention; pruning forgets its notes
         await h2.tick(3600)
         assert a.fingerprint not in h2.handler.pipeline.tracked
-        await h2.handler.pipeline.prune(clock())
-        async with db.execute("SELECT COUNT(*) FROM notify_action_notes") as cur:
-            assert (await cur.fetchone()) == (0,)
+        async with db.transaction() as tx:
+            await h2.handler.pipeline.prune(tx, clock())
+        async with db.transaction() as tx:
+            assert await tx.action_notes.load() == []
         await h2.stop()

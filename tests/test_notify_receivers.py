@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiosqlite
 import pytest
 from fakes_chat import (
     FakeChat,
@@ -29,6 +28,7 @@ from watchdog.notify.message import ActionNote, Notification, alert_doc
 from watchdog.notify.receivers import email as email_receiver
 from watchdog.notify.receivers import pagerduty, slack, webhook
 from watchdog.notify.secrets import Redactor, SecretError, expand_env, resolve
+from watchdog.storage import Storage, open_storage
 
 T0 = 1_800_000_000.0
 
@@ -147,10 +147,10 @@ def test_secrets_expand_and_redact(tmp_path: Path) -> None:
 # ---- through the outbox ---------------------------------------------------------------------
 
 async def run_harness(tmp_path: Path, chat: FakeChat, rules: str,
-                      ) -> tuple[Harness, aiosqlite.Connection, aiohttp.ClientSession]:
+                      ) -> tuple[Harness, Storage, aiohttp.ClientSession]:
     clock = FakeTime(T0)
     chat.clock = clock
-    db = await aiosqlite.connect(tmp_path / "w.db")
+    db = await open_storage(f"sqlite:///{tmp_path / 'w.db'}")
     s = aiohttp.ClientSession()
     return await Harness(db, s, clock, chat, rules).start(), db, s
 

@@ -238,7 +238,8 @@ async def test_reload_by_polling_add_change_remove_broken(tmp_path: Path) -> Non
         assert await d.poll_rules()
         assert [(e.kind, e.alert.rule) for e in rec.events] == [("resolved", "C")]
         assert not any(k.endswith(";gb") for k in d.runtimes)
-        assert not any(k.endswith(";gb") for k in await d.store.load())
+        async with d.storage.transaction() as tx:
+            assert not any(k.endswith(";gb") for k in await tx.alerts.load())
 
         # broken: rejected with file:line, the last good version keeps running
         clock.advance(10)
