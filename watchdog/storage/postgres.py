@@ -129,9 +129,13 @@ class PostgresStorage:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlTx]:
         async with self.pool.acquire() as conn:
-            async with conn.transaction():
-                tx = SqlTx(_Conn(conn, self._cache))
-                yield tx
+            tx = SqlTx(_Conn(conn, self._cache))
+            try:
+                async with conn.transaction():
+                    yield tx
+            except BaseException:
+                tx.close()
+                raise
             tx.committed()
 
     async def close(self) -> None:

@@ -545,10 +545,37 @@ class SqlDeploys:
 # ---- the unit of work ----------------------------------------------------------------------------
 
 
+class _Guarded:
+    """The connection as a transaction's repositories see it: closed with the transaction, so
+    a `Tx` kept past its block cannot write outside any transaction (SQLite would autocommit
+    each statement on its own)."""
+
+    def __init__(self, c: Conn) -> None:
+        self.c = c
+        self.open = True
+
+    def _check(self) -> None:
+        if not self.open:
+            raise RuntimeError("this transaction has ended; open a new one")
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self._check()
+        return await self.c.execute(sql, params)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._check()
+        await self.c.executemany(sql, rows)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self._check()
+        return await self.c.fetchall(sql, params)
+
+
 class SqlTx:
     """`ports.Tx` over one backend connection inside one transaction."""
 
-    def __init__(self, c: Conn) -> None:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = c = _Guarded(conn)
         self.alerts = SqlAlerts(c)
         self.rule_files = SqlRuleFiles(c)
         self.outbox = SqlOutbox(c)
@@ -565,7 +592,11 @@ class SqlTx:
     def on_commit(self, fn: Callable[[], object]) -> None:
         self.callbacks.append(fn)
 
+    def close(self) -> None:
+        self._conn.open = False
+
     def committed(self) -> None:
+        self.close()
         run_callbacks(self.callbacks)
 
 

@@ -131,7 +131,11 @@ class SqliteStorage:
     async def transaction(self) -> AsyncIterator[SqlTx]:
         async with self._begin() as c:
             tx = SqlTx(c)
-            yield tx
+            try:
+                yield tx
+            except BaseException:
+                tx.close()
+                raise
         tx.committed()
 
     async def close(self) -> None:
