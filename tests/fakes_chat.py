@@ -464,6 +464,7 @@ class Harness:
         kwargs.setdefault("sleep", clock.sleep)
         kwargs.setdefault("timeout", 2.0)
         self.handler = NotifyHandler(self.ctx, **kwargs)
+        self.ctx.commands.update(self.handler.commands())
         self.rules_yaml = rules_yaml
 
     async def start(self) -> Harness:

@@ -204,12 +204,12 @@ async def test_manual_staged_run_judges_matching_firing_alerts(env: Env, still_b
 
 
 async def test_mqtt_command_form(env: Env) -> None:
-    out = await env.h.ctx.commands["run_action"]({"action": "rollback", "request_id": 7,
+    out = await env.h.run_action_command({"action": "rollback", "request_id": 7,
                                                   "labels": {"service": "x"}})
     assert out["action"] == "rollback" and out["runID"]
     with pytest.raises(ValueError, match="expected"):  # what the MQTT dispatcher answers
-        await env.h.ctx.commands["run_action"]({"labels": {}})
-    deployed = await env.h.ctx.commands["deploy"]({"service": "api", "version": "v9"})
+        await env.h.run_action_command({"labels": {}})
+    deployed = await env.h.deploy({"service": "api", "version": "v9"})
     assert deployed["baselines"] == {"ApiLatencyRegressed": 1}
     await eventually(lambda: env.calls == ["/flag"])
 

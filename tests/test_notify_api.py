@@ -116,7 +116,7 @@ async def test_silences_survive_a_restart(tmp_path: Path) -> None:
     try:
         async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
             h = await Harness(db, s, clock, chat, RULES).start()
-            await h.ctx.commands["silence"]({"matchers": {"alertname": "HighErrorRate"},
+            await h.handler.api.silence({"matchers": {"alertname": "HighErrorRate"},
                                              "endsAt": clock() + 3600})
             await h.stop()
         async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:

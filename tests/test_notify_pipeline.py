@@ -168,7 +168,7 @@ async def test_ack_stops_escalation_and_repeats_until_resolved(h: Harness, chat:
     a = make_alert(at=h.clock(), service="checkout")
     await h.fire(a)
     await h.tick(31)
-    result = await h.ctx.commands["ack"]({"matchers": [{"name": "service",
+    result = await h.handler.api.ack({"matchers": [{"name": "service",
                                                         "value": "checkout"}],
                                           "createdBy": "alice"})
     assert result["count"] == 1
@@ -196,7 +196,7 @@ async def test_ack_survives_restart(tmp_path: Path, chat: FakeChat) -> None:
         h1 = await Harness(db, s, clock, chat, RULES).start()
         await h1.fire(a)
         await h1.tick(0)
-        await h1.ctx.commands["ack"]({"matchers": {"alertname": "HighErrorRate"}})
+        await h1.handler.api.ack({"matchers": {"alertname": "HighErrorRate"}})
         await h1.stop()
     async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
         h2 = Harness(db, s, clock, chat, RULES)
@@ -228,7 +228,7 @@ async def test_inhibition_mutes_warning_while_critical_fires(h: Harness, chat: F
 
 
 async def test_silence_mutes_and_expiring_it_notifies(h: Harness, chat: FakeChat) -> None:
-    res = await h.ctx.commands["silence"]({
+    res = await h.handler.api.silence({
         "matchers": [{"name": "service", "value": "check.*", "isRegex": True}],
         "endsAt": h.clock() + 3600, "createdBy": "bob", "comment": "deploying"})
     sid = res["silenceID"]
@@ -237,14 +237,14 @@ async def test_silence_mutes_and_expiring_it_notifies(h: Harness, chat: FakeChat
     await h.tick(31)
     await h.tick(20 * 60)
     assert chat.accepted["slack"] == [] and chat.accepted["pagerduty"] == []
-    await h.ctx.commands["unsilence"]({"silenceID": sid})
+    await h.handler.api.unsilence({"silenceID": sid})
     await h.tick(300)
     assert len(slack_to(chat, "team")) == 1
     assert [e["event_action"] for e in chat.accepted["pagerduty"]] == ["trigger"]
 
 
 async def test_silence_ends_by_itself(h: Harness, chat: FakeChat) -> None:
-    await h.ctx.commands["silence"]({"matchers": {"alertname": "HighErrorRate"},
+    await h.handler.api.silence({"matchers": {"alertname": "HighErrorRate"},
                                      "endsAt": h.clock() + 600})
     await h.fire(make_alert(at=h.clock(), service="checkout"))
     await h.tick(31)
@@ -333,13 +333,13 @@ async def test_repeats_continue_while_any_alert_of_the_group_is_unacknowledged(
     b = make_alert("Latency", at=h.clock(), severity="warning", service="web")
     await h.fire(a, b)
     await h.tick(31)
-    await h.ctx.commands["ack"]({"matchers": {"service": "api"}})
+    await h.handler.api.ack({"matchers": {"service": "api"}})
     await h.tick(4 * 3600)
     await h.tick(300)
     repeat = slack_to(chat, "team")[-1]
     assert repeat["text"].startswith("🔁 STILL FIRING")
     assert "*Acknowledged*" in text_of(repeat)  # the acked one says so
-    await h.ctx.commands["ack"]({"matchers": {"service": "web"}})
+    await h.handler.api.ack({"matchers": {"service": "web"}})
     await h.tick(4 * 3600)
     await h.tick(300)
     assert len(slack_to(chat, "team")) == 2

@@ -1,18 +1,14 @@
-"""The daemon (`watchdog run`): the imperative shell around the evaluation engine.
+"""The daemon (`watchdog run`): one process's lifetime, and the composition of its parts.
 
-It owns the process's lifetime and wires the parts together: settings and logging, the state
-store, the shared aiohttp session and Prometheus source, one APScheduler job per rule group
-(aligned to its interval like Prometheus's group offset, never overlapping, missed iterations
-counted), hot reload of the rules folder (polling, SIGHUP, `POST /-/reload`), restart restore,
-the built-in `WatchdogDatasourceDown` alert, the HTTP server, Sentry, and an orderly shutdown.
-After each tick it persists the changed alert instances, then hands the events to every
-`EventHandler` (notifications, actions) — persist first, so a crash never loses a transition a
-handler saw.
+`Daemon` starts and stops things in order (storage, the HTTP session and Prometheus source,
+the handlers, the rules, the HTTP server, signals, the scheduler) and exposes what the HTTP API
+reads. The work itself is in `watchdog.app`: `scheduling` (when each group runs), `evaluation`
+(tick → one transaction → handlers), `rules` (load, reload, restore), `health` (the datasource
+and the built-in alert), `wiring` (which subsystems run), `live` (the running groups).
 
-What it must not do: decide anything about firing (that is `watchdog.state` via
-`watchdog.engine.tick`), carry state by its own rules (that is `watchdog.reload`), or read the
-wall clock for evaluation times (the injected `clock` gives every `at`; the scheduler's own
-timers are the only thing on real time).
+What it must not do: decide anything about firing (`watchdog.state` via `engine.tick`), carry
+state by its own rules (`watchdog.reload`), or read the wall clock for evaluation times (the
+injected `clock` gives every `at`).
 
 In tests: `async with Daemon(settings, clock=FixedClock(...), source=FakeSource(...),
 handlers=[recorder], schedule=False) as d:` then `await d.evaluate(key)` / `d.evaluate_all()`
@@ -23,107 +19,54 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import importlib
-import math
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import aiohttp
 import structlog
 import yaml
 from aiohttp import web
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 from pydantic import ValidationError
 
 from watchdog import __version__
-from watchdog.engine import GroupRuntime, TickResult, tick
-from watchdog.evaluate import Context, Hit, Outcome
+from watchdog.app.evaluation import Evaluator, Inflight, RuleError
+from watchdog.app.health import BUILTIN_GROUP, BUILTIN_KEY, DATASOURCE_DOWN, DatasourceHealth
+from watchdog.app.live import Live
+from watchdog.app.rules import ReloadReport, RuleManager, RulesDirMissing
+from watchdog.app.scheduling import GroupScheduler, group_offset, slot_at_or_before
+from watchdog.app.wiring import wire
+from watchdog.engine import GroupRuntime, TickResult
+from watchdog.evaluate import Context
+from watchdog.gocompat import rfc3339
 from watchdog.handlers import DaemonContext, EventHandler
-from watchdog.labels import fingerprint
+from watchdog.http_api import build_app
 from watchdog.logs import configure as configure_logging
 from watchdog.logs import redact_url
 from watchdog.metrics import InstrumentedSource, Metrics
-from watchdog.reload import carry_over, group_key, restore, restore_alerts, rule_sig
-from watchdog.rulesdir import (
-    FileStatus,
-    RuleSet,
-    build,
-    digest_of,
-    folder_digest,
-    read_files,
-)
+from watchdog.rulesdir import RuleSet
 from watchdog.settings import Settings
 from watchdog.source import PrometheusConfig, PrometheusSource, Source
-from watchdog.state import Alert, Event, step
+from watchdog.state import Alert
 from watchdog.storage import Storage, StorageError, check_url, open_storage
-from watchdog.storage.records import GroupChanges
+
+__all__ = ["BUILTIN_GROUP", "BUILTIN_KEY", "DATASOURCE_DOWN", "Daemon", "ReloadReport",
+           "RuleError", "StartupError", "group_offset", "load_settings", "parse_listen",
+           "rfc3339", "run_daemon", "running", "slot_at_or_before"]
 
 log = structlog.get_logger("watchdog.daemon")
 
-DATASOURCE_DOWN = "WatchdogDatasourceDown"
-BUILTIN_GROUP = "watchdog"
-BUILTIN_KEY = "<builtin>;watchdog"  # cannot clash with a file path ("<" never starts one here)
-BUILTIN_SIG = "builtin"
-PLUGINS = ("watchdog.notify", "watchdog.actions")
 POLL_JOB = "__poll_rules__"
 HEARTBEAT_JOB = "__sentry_heartbeat__"
 HEARTBEAT_EVERY = 60.0  # Sentry cron monitors have a one-minute resolution
 SENTRY_MONITOR = "metrics-watchdog"
-# An evaluation time is the group's slot at or before now; a job the loop starts a hair early
-# (timer rounding) must still land on its own slot, not the previous one.
-SLOT_EPSILON = 1e-3
-MAX_ERRORS_SHOWN = 50
 
 
 class StartupError(Exception):
     """Something in the settings prevents starting; the message names the setting."""
-
-
-@runtime_checkable
-class BaselineProvider(Protocol):
-    """Optional extra of an `EventHandler` (the deploy-marker keeper): values captured at the
-    last deploy, fed into `evaluate.Context.deploy_baselines` for `baseline: {deploy: true}`."""
-
-    def deploy_baselines(self) -> Mapping[str, Mapping[str, float]]: ...
-
-
-@dataclass
-class RuleError:
-    group: str
-    file: str
-    rule: str
-    error: str
-    since: float
-    last: float
-    count: int = 1
-
-
-@dataclass
-class ReloadReport:
-    trigger: str
-    at: float
-    added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    rejected: list[FileStatus] = field(default_factory=list)
-    resolved: int = 0
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and not self.rejected
-
-
-# ---- small pure helpers ------------------------------------------------------------------------
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -135,24 +78,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def group_offset(key: str, interval: float) -> float:
-    """Where in its interval a group's slots fall: a stable hash of its key, so groups spread
-    over the interval instead of all querying Prometheus at once (Prometheus does the same)."""
-    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
-    return h / 2**64 * interval
-
-
-def slot_at_or_before(t: float, interval: float, offset: float) -> float:
-    t += SLOT_EPSILON
-    return t - ((t - offset) % interval)
-
-
-def rfc3339(t: float | None) -> str:
-    if t is None:
-        return "0001-01-01T00:00:00Z"  # Go's zero time, as Prometheus's API shows "never"
-    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
-
-
 def prometheus_config(s: Settings) -> PrometheusConfig:
     return PrometheusConfig(
         url=s.prometheus_url, timeout=s.prometheus_timeout,
@@ -162,15 +87,15 @@ def prometheus_config(s: Settings) -> PrometheusConfig:
         ca_file=s.prometheus_ca_file, insecure_skip_verify=s.prometheus_insecure_skip_verify)
 
 
-# ---- the daemon ----------------------------------------------------------------------------------
-
-
 class Daemon:
-    """One running watchdog. Also the `AlertView` handed to handlers."""
+    """One running watchdog: its parts, started and stopped in order. Also the `AlertView`
+    handed to handlers (through `Live`)."""
 
     storage: Storage
     source: InstrumentedSource
     ctx: DaemonContext
+    evaluator: Evaluator
+    rule_manager: RuleManager
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time,
                  source: Source | None = None, handlers: Sequence[EventHandler] = (),
@@ -179,37 +104,22 @@ class Daemon:
         self.settings = settings
         self.clock = clock
         self.metrics = Metrics()
-        self.runtimes: dict[str, GroupRuntime] = {}
-        self.rules = RuleSet()
-        self.rules_loaded = False
+        self.datasource_url = redact_url(getattr(source, "url", None) or settings.prometheus_url)
+        self.health = DatasourceHealth(self.datasource_url, settings.datasource_down_after)
+        self.live = Live(self.health.runtime)
+        self.inflight = Inflight()
         self.handlers: list[EventHandler] = []
-        self.plugins: dict[str, str] = {}  # module -> "loaded" | "not installed" | "failed: ..."
-        self.last_reload: ReloadReport | None = None
-        self.rule_errors: dict[tuple[str, str], RuleError] = {}
+        self.plugins: dict[str, str] = {}  # subsystem -> "loaded" | "failed: ..."
         self.started_at: float | None = None
         self.http_url: str | None = None
-        self.scheduler: AsyncIOScheduler | None = None
-        self.datasource_url = redact_url(getattr(source, "url", None) or settings.prometheus_url)
-        self.datasource_up: bool | None = None
-        self.datasource_failures = 0  # consecutive ticks in which every query failed
-        self.datasource_error: str | None = None
-        self.datasource_down_since: float | None = None
-        self.builtin_alerts: dict[str, Alert] = {}
+        self.groups = GroupScheduler(clock, self._scheduled, self._missed)
         self._source_override = source
         self._extra_handlers = list(handlers)
         self._plugins_enabled = plugins
         self._install_signals = install_signals
         self._schedule = schedule
         self._started_handlers: list[EventHandler] = []
-        self._baselines: list[BaselineProvider] = []
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._inflight: set[asyncio.Task[Any]] = set()
         self._background: set[asyncio.Task[Any]] = set()
-        self._last_slot: dict[str, float] = {}
-        self._reload_lock = asyncio.Lock()
-        self._builtin_lock = asyncio.Lock()
-        self._digest: str | None = None
-        self._saved_rule_digests: dict[str, str] = {}
         self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
         self._state = "new"
@@ -256,25 +166,46 @@ class Daemon:
         inner = self._source_override or PrometheusSource(self._session, prometheus_config(s))
         self.source = InstrumentedSource(inner, self.metrics)
         self.ctx = DaemonContext(settings=s, storage=self.storage, session=self._session,
-                                 source=self.source, alerts=self, clock=self.clock,
+                                 source=self.source, alerts=self.live, clock=self.clock,
                                  registry=self.metrics.registry)
         self._register_state_metrics()
-        await self._create_handlers()
-        events = await self._load_rules_at_start()
+        wired = wire(self.ctx, self._extra_handlers, subsystems=self._plugins_enabled)
+        self.handlers, self._mqtt = wired.handlers, wired.mqtt
+        self.plugins.update(wired.parts)
+        self.evaluator = Evaluator(
+            live=self.live, storage=self.storage, source=self.source, metrics=self.metrics,
+            health=self.health, handlers=self.handlers,
+            concurrency=s.evaluation_concurrency, external_url=s.external_url,
+            external_labels=s.external_labels, sentry_tags=self._sentry_tags,
+            inflight=self.inflight)
+        self.rule_manager = RuleManager(
+            rules_dir=s.rules_dir, live=self.live, storage=self.storage,
+            evaluator=self.evaluator, metrics=self.metrics, handlers=self.handlers,
+            clock=self.clock, outage_tolerance=s.outage_tolerance,
+            grace_period=s.for_grace_period, inflight=self.inflight,
+            on_groups=self._sync_jobs, on_rules=self._rules_to_handlers)
+        try:
+            events = await self.rule_manager.load_at_start()
+        except RulesDirMissing as e:
+            raise StartupError(str(e)) from None
+        self.ctx.rules = self.live.rules
         if self._mqtt is not None:
             await self._mqtt.start()
         for h in self.handlers:
             await h.start()
             self._started_handlers.append(h)
-        self._baselines = [h for h in self.handlers if isinstance(h, BaselineProvider)]
-        await self._rules_to_handlers()
-        await self._dispatch(events, self.clock())
+        await self._rules_to_handlers(self.live.rules)
+        await self.evaluator.commit([], events, self.clock())
         await self._start_http()
         if self._install_signals:
             self._add_signal_handlers()
         self._spawn(self.probe_datasource())
         if self._schedule:
-            self._start_scheduler()
+            periodic: dict[str, tuple[float, Callable[[], Any], bool]] = {
+                POLL_JOB: (s.rules_poll_interval, self.poll_rules, False)}
+            if self._sentry:
+                periodic[HEARTBEAT_JOB] = (HEARTBEAT_EVERY, self.heartbeat, True)
+            self.groups.start(self._intervals(), periodic)
         self.started_at = self.clock()
         log.info("watchdog started", version=__version__, http=self.http_url,
                  groups=len(self.runtimes), rules=sum(len(r.rules) for r in self.runtimes.values()),
@@ -311,19 +242,17 @@ class Daemon:
         def left(share: float = 1.0) -> float:
             return max(0.05, (deadline - loop.time()) * share)
 
-        if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.pause()
+        self.groups.pause()
         for t in list(self._background):
             t.cancel()
         me = asyncio.current_task()
-        inflight = [t for t in self._inflight if t is not me]
+        inflight = [t for t in self.inflight.tasks if t is not me]
         if inflight:
             _, pending = await asyncio.wait(inflight, timeout=left(0.5))
             for t in pending:
                 log.warning("evaluation still running at shutdown; cancelled", task=t.get_name())
                 t.cancel()
-        if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        self.groups.shutdown()
         await self._stop_handlers(left)
         await self._close(left)
         self._state = "stopped"
@@ -341,6 +270,8 @@ class Daemon:
 
     async def _close(self, left: Callable[[float], float] | None = None) -> None:
         budget = left or (lambda share: 2.0 * share)
+        if hasattr(self, "evaluator"):
+            self.evaluator.stopped = True
         with contextlib.suppress(Exception):
             if self._mqtt is not None:
                 await asyncio.wait_for(self._mqtt.stop(), timeout=budget(0.5))
@@ -364,7 +295,7 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(sentry_sdk.flush, min(2.0, budget(1.0)))
 
-    # -- wiring ----------------------------------------------------------------------------------
+    # -- process plumbing ----------------------------------------------------------------------
 
     def _init_sentry(self) -> None:
         dsn = self.settings.sentry_dsn
@@ -391,49 +322,7 @@ class Daemon:
                 scope.set_tag(k, v)
             yield
 
-    async def _create_handlers(self) -> None:
-        if self.settings.mqtt_url:
-            mod = self._plugin_module("watchdog.mqtt")
-            bus_cls = getattr(mod, "MqttBus", None) if mod is not None else None
-            if bus_cls is None:
-                log.error("WATCHDOG_MQTT_URL is set but this build has no MQTT support")
-            else:
-                self._mqtt = bus_cls(self.ctx)
-                self.ctx.mqtt = self._mqtt
-        if self._plugins_enabled:
-            for name in PLUGINS:
-                mod = self._plugin_module(name)
-                create = getattr(mod, "create_handler", None) if mod is not None else None
-                if create is None:
-                    self.plugins.setdefault(name, "not installed")
-                    continue
-                try:
-                    self.handlers.append(create(self.ctx))
-                    self.plugins[name] = "loaded"
-                except Exception as e:
-                    self.plugins[name] = f"failed: {e}"
-                    log.exception("cannot create handler", module=name)
-        self.handlers.extend(self._extra_handlers)
-
-    def _plugin_module(self, name: str) -> Any:
-        try:
-            return importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                self.plugins[name] = "not installed"
-                return None
-            self.plugins[name] = f"failed: {e}"
-            log.exception("cannot import plugin", module=name)
-        except Exception as e:
-            # A plugin broken at import must not take the evaluation loop down with it; it is
-            # loud in the log (and Sentry) and on /api/v1/status.
-            self.plugins[name] = f"failed: {e}"
-            log.exception("cannot import plugin", module=name)
-        return None
-
     async def _start_http(self) -> None:
-        from watchdog.http_api import build_app
-
         host, port = parse_listen(self.settings.http_listen)
         self._runner = web.AppRunner(build_app(self), handle_signals=False)
         await self._runner.setup()
@@ -475,78 +364,40 @@ class Daemon:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    # -- scheduling ------------------------------------------------------------------------------
+    # -- scheduling --------------------------------------------------------------------------------
 
     def interval(self, rt: GroupRuntime) -> float:
         return rt.group.interval_or(self.settings.evaluation_interval)
 
-    def _start_scheduler(self) -> None:
-        self.scheduler = AsyncIOScheduler(timezone=UTC)
-        self._sync_jobs()
-        self.scheduler.add_job(self.poll_rules, IntervalTrigger(
-            seconds=self.settings.rules_poll_interval, timezone=UTC), id=POLL_JOB,
-            max_instances=1, coalesce=True, misfire_grace_time=None)
-        if self._sentry:
-            self.scheduler.add_job(self.heartbeat, IntervalTrigger(
-                seconds=HEARTBEAT_EVERY, timezone=UTC), id=HEARTBEAT_JOB, max_instances=1,
-                coalesce=True, next_run_time=datetime.now(UTC))
-        self.scheduler.start()
+    def _intervals(self) -> dict[str, float]:
+        return {k: self.interval(rt) for k, rt in self.runtimes.items()}
 
     def _sync_jobs(self) -> None:
-        """One job per group, at its interval; idempotent (called after every reload)."""
-        sched = self.scheduler
-        if sched is None:
-            return
-        for job in sched.get_jobs():
-            if job.id in (POLL_JOB, HEARTBEAT_JOB):
-                continue
-            rt = self.runtimes.get(job.id)
-            if rt is None or job.trigger.interval_length != self.interval(rt):
-                job.remove()
-        for key, rt in self.runtimes.items():
-            if sched.get_job(key) is not None:
-                continue
-            interval = self.interval(rt)
-            offset = group_offset(key, interval)
-            first = slot_at_or_before(self.clock(), interval, offset) + interval
-            sched.add_job(
-                self._scheduled_tick, IntervalTrigger(
-                    seconds=interval, start_date=datetime.fromtimestamp(first, UTC),
-                    timezone=UTC),
-                args=[key], id=key, name=f"evaluate {key}",
-                # Never two evaluations of one group at once; a late start is run once (not
-                # once per missed slot), and one later than half an interval (APScheduler
-                # wants whole seconds) is skipped so the group gets back onto its slots.
-                # Skipped slots are counted in `_scheduled_tick`.
-                max_instances=1, coalesce=True,
-                misfire_grace_time=max(1, math.ceil(interval / 2)))
+        for k in [k for k in self.groups.last_slot if k not in self.runtimes]:
+            self.groups.forget(k)
+        self.groups.sync(self._intervals())
 
-    async def _scheduled_tick(self, key: str) -> None:
+    @property
+    def scheduler(self) -> Any:
+        """The APScheduler instance (None before the scheduler started)."""
+        return self.groups.scheduler
+
+    async def _scheduled(self, key: str, at: float) -> None:
+        await self.evaluate(key, at)
+
+    def _missed(self, key: str, missed: int) -> None:
         rt = self.runtimes.get(key)
         if rt is None:
             return
-        interval = self.interval(rt)
-        at = slot_at_or_before(self.clock(), interval, group_offset(key, interval))
-        last = self._last_slot.get(key)
-        if last is not None:
-            if at <= last:
-                return  # this slot was evaluated already
-            missed = round((at - last) / interval) - 1
-            if missed > 0:
-                self.metrics.missed_iterations.labels(rt.group.name).inc(missed)
-                log.warning("missed evaluations: the previous one ran too long or the process "
-                            "was too busy", group=rt.group.name, file=rt.file, missed=missed,
-                            interval=interval)
-        self._last_slot[key] = at
-        await self.evaluate(key, at)
+        self.metrics.missed_iterations.labels(rt.group.name).inc(missed)
+        log.warning("missed evaluations: the previous one ran too long or the process was too "
+                    "busy", group=rt.group.name, file=rt.file, missed=missed,
+                    interval=self.interval(rt))
 
     async def poll_rules(self) -> bool:
         """The polling trigger: reload when the folder's content hash changed."""
         try:
-            digest = await asyncio.to_thread(folder_digest, [self.settings.rules_dir])
-            changed = digest != self._digest
-            if changed:
-                await self.reload("poll")
+            changed = await self.rule_manager.poll()
             if not self.runtimes or self.datasource_up is None:
                 await self.probe_datasource()
             return changed
@@ -568,24 +419,14 @@ class Daemon:
                                                      "unit": "minute"},
                                         "checkin_margin": 2, "max_runtime": 1})
 
-    # -- evaluation ------------------------------------------------------------------------------
-
-    def _lock(self, key: str) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
+    # -- evaluation and rules (the parts do the work) ------------------------------------------
 
     def eval_context(self) -> Context:
-        baselines: dict[str, Mapping[str, float]] = {}
-        for p in self._baselines:
-            try:
-                baselines.update(p.deploy_baselines())
-            except Exception:
-                log.exception("deploy baselines unavailable", provider=type(p).__name__)
-        return Context(external_url=self.settings.external_url,
-                       external_labels=self.settings.external_labels,
-                       deploy_baselines=baselines)
+        return self.evaluator.context()
+
+    async def evaluate(self, key: str, at: float | None = None) -> TickResult | None:
+        """One tick of group `key` at `at` (default: the clock): evaluate, persist, notify."""
+        return await self.evaluator.evaluate(key, self.clock() if at is None else at)
 
     async def evaluate_all(self, at: float | None = None) -> dict[str, TickResult | None]:
         """Evaluate every group once, concurrently (tests and the benchmark use this)."""
@@ -593,144 +434,19 @@ class Daemon:
         results = await asyncio.gather(*(self.evaluate(k, at) for k in keys))
         return dict(zip(keys, results, strict=True))
 
-    @contextlib.contextmanager
-    def _tracked(self) -> Iterator[None]:
-        """Mark the current task as work that shutdown waits for (evaluations, reloads)."""
-        task = asyncio.current_task()
-        if task is not None:
-            self._inflight.add(task)
-        try:
-            yield
-        finally:
-            if task is not None:
-                self._inflight.discard(task)
+    async def reload(self, trigger: str = "manual") -> ReloadReport:
+        """Re-read the rules folder; start, stop and update groups; keep unchanged rules' state."""
+        report = await self.rule_manager.reload(trigger)
+        self.ctx.rules = self.live.rules
+        return report
 
-    async def evaluate(self, key: str, at: float | None = None) -> TickResult | None:
-        """One tick of group `key` at `at` (default: the clock): evaluate, persist, notify."""
-        with self._tracked():
-            async with self._lock(key):
-                rt = self.runtimes.get(key)
-                if rt is None or self._state == "stopped":
-                    return None
-                return await self._evaluate(rt, self.clock() if at is None else at)
-
-    async def _evaluate(self, rt: GroupRuntime, at: float) -> TickResult | None:
-        name = rt.group.name
-        before = [r.alerts for r in rt.rules]  # step never mutates these dicts
-        try:
-            res = await tick(rt, at, self.source, self.eval_context(),
-                             self.settings.evaluation_concurrency)
-        except Exception:
-            # A bug, not a failed query (those come back in res.errors).
-            self.metrics.evaluation_failures.labels(name).inc(len(rt.rules))
-            with self._sentry_tags(group=name):
-                log.exception("evaluation crashed", group=name, file=rt.file)
-            return None
-        self._observe(rt, res, at)
-        changes = [self._changes(rt, before, at)]
-        events = list(res.events)
-        health_events, health_changes = await self._datasource_health(res, at)
-        events.extend(health_events)
-        changes.extend(health_changes)
-        await self._commit(changes, events, at, group=name)
-        return res
-
-    def _changes(self, rt: GroupRuntime, before: Sequence[Mapping[str, Alert]], at: float
-                 ) -> GroupChanges:
-        c = GroupChanges(rt.key)
-        for r, old in zip(rt.rules, before, strict=True):
-            new = r.alerts
-            if new is old:
-                continue
-            sig: str | None = None
-            for fp, a in new.items():
-                if old.get(fp) is not a:
-                    sig = sig or rule_sig(r.rule)
-                    c.upserts.append((r.key, sig, a))
-            c.deletes.extend((r.key, fp) for fp in old if fp not in new)
-        if c:
-            c.at = at  # only written along with alert rows: a quiet group costs no write
-        return c
-
-    def _observe(self, rt: GroupRuntime, res: TickResult, at: float) -> None:
-        m, name = self.metrics, rt.group.name
-        m.evaluations.labels(name).inc(len(rt.rules))
-        if res.errors:
-            m.evaluation_failures.labels(name).inc(len(res.errors))
-        m.evaluation_duration.labels(name).observe(res.duration)
-        m.last_evaluation.labels(name).set(at)
-        blind = res.queries > 0 and res.failed_queries == res.queries
-        for r in rt.rules:
-            k = (rt.key, r.key)
-            err = res.errors.get(r.key)
-            known = self.rule_errors.get(k)
-            if err is None:
-                if known is not None:
-                    del self.rule_errors[k]
-                    log.info("rule evaluates again", group=name, rule=r.key)
-                continue
-            if known is not None:
-                known.last, known.error, known.count = at, err, known.count + 1
-                continue
-            self.rule_errors[k] = RuleError(name, rt.file, r.key, err, at, at)
-            if blind:
-                # Prometheus itself is failing: one line for the datasource, not one per rule.
-                log.warning("rule evaluation failed", group=name, rule=r.key, error=err)
-            else:
-                with self._sentry_tags(group=name, rule=r.key):
-                    log.error("rule evaluation failed", group=name, file=rt.file, rule=r.key,
-                              error=err)
-
-    async def _dispatch(self, events: Sequence[Event], at: float) -> None:
-        await self._commit([], events, at)
-
-    async def _commit(self, changes: Sequence[GroupChanges], events: Sequence[Event],
-                      at: float, group: str | None = None) -> bool:
-        """One decision, one transaction: the alert state that changed, and everything the
-        handlers write for its events (notifications, action runs), commit together before any
-        of it is sent or executed (the handlers start those from `tx.on_commit`). A group
-        whose alerts did not change opens no transaction at all."""
-        changes = [c for c in changes if c or c.at is not None]
-        if not changes and not events:
-            return True
-        self._log_events(events)
-        try:
-            async with self.storage.transaction() as tx:
-                if changes:
-                    await tx.alerts.save(changes)
-                for h in self.handlers if events else ():
-                    try:
-                        await h.on_events(tx, events, at)
-                    except Exception:
-                        # A handler's bug must not cost the alert state or the other
-                        # handlers' work; a database error fails the commit below anyway.
-                        with self._sentry_tags(handler=type(h).__name__):
-                            log.exception("event handler failed", handler=type(h).__name__)
-        except Exception:
-            with self._sentry_tags(group=group or ""):
-                log.exception("cannot persist the evaluation", group=group)
-            await self._resync_handlers()
-            return False
-        return True
-
-    async def _resync_handlers(self) -> None:
+    async def _rules_to_handlers(self, rules: RuleSet) -> None:
+        self.ctx.rules = rules
         for h in self.handlers:
-            resync = getattr(h, "resync", None)
-            if resync is not None:
-                try:
-                    await resync()
-                except Exception:
-                    log.exception("handler cannot resynchronise", handler=type(h).__name__)
-
-    def _log_events(self, events: Sequence[Event]) -> None:
-        for e in events:
-            a = e.alert
-            log.info("alert", kind=e.kind, rule=a.rule, group=a.group,
-                     fingerprint=a.fingerprint, incident=a.incident_id, active_at=a.active_at,
-                     value=a.value, severity=a.severity, previous_severity=e.previous_severity,
-                     labels=dict(a.labels))
-
-    # -- the blind watchdog ----------------------------------------------------------------------
+            try:
+                await h.on_rules(rules)
+            except Exception:
+                log.exception("event handler rejected the rules", handler=type(h).__name__)
 
     async def probe_datasource(self) -> None:
         """A cheap call that tells /readyz whether Prometheus answers before any tick has."""
@@ -741,242 +457,65 @@ class Daemon:
             else:
                 await inner.query("vector(1)", self.clock())
         except Exception as e:
-            if self.datasource_up is not True:
-                self.datasource_up = False
-                self.datasource_error = str(e) or type(e).__name__
-                self.metrics.datasource_up.set(0)
-            return
-        if self.datasource_up is None or not self.runtimes:
-            self.datasource_up = True
-            self.datasource_error = None
-            self.metrics.datasource_up.set(1)
+            self.health.probed(False, str(e) or type(e).__name__, bool(self.runtimes))
+        else:
+            self.health.probed(True, None, bool(self.runtimes))
+        if self.health.up is not None:
+            self.metrics.datasource_up.set(1 if self.health.up else 0)
 
-    async def _datasource_health(self, res: TickResult, at: float
-                                 ) -> tuple[list[Event], list[GroupChanges]]:
-        if res.queries == 0:
-            return [], []
-        async with self._builtin_lock:
-            if res.failed_queries < res.queries:
-                if self.datasource_up is False:
-                    log.info("Prometheus answers again", prometheus=self.datasource_url,
-                             failed_evaluations=self.datasource_failures)
-                self.datasource_up, self.datasource_error = True, None
-                self.datasource_failures, self.datasource_down_since = 0, None
-                self.metrics.datasource_up.set(1)
-                if not self.builtin_alerts:
-                    return [], []
-                events, c = self._step_builtin(Outcome([]), at)
-                return events, [c]
-            self.datasource_failures += 1
-            self.datasource_error = next(iter(res.errors.values()), "all queries failed")
-            if self.datasource_down_since is None:
-                self.datasource_down_since = at
-            self.datasource_up = False
-            self.metrics.datasource_up.set(0)
-            if self.datasource_failures < self.settings.datasource_down_after:
-                return [], []
-            if self.datasource_failures == self.settings.datasource_down_after:
-                log.error("Prometheus is not answering: no rule can fire or resolve",
-                          prometheus=self.datasource_url, error=self.datasource_error,
-                          failed_evaluations=self.datasource_failures)
-            events, c = self._step_builtin(Outcome([self._down_hit()]), at)
-            return events, [c]
+    # -- what the HTTP API and the handlers read -------------------------------------------------
 
-    def _down_hit(self) -> Hit:
-        labels = {"alertname": DATASOURCE_DOWN, "severity": "critical",
-                  "datasource": self.datasource_url}
-        annotations = {
-            "summary": f"The watchdog cannot query Prometheus at {self.datasource_url}",
-            "description": (f"{self.datasource_failures} consecutive evaluations failed since "
-                            f"{rfc3339(self.datasource_down_since)}; alerts neither fire nor "
-                            f"resolve meanwhile. Last error: {self.datasource_error}"),
-        }
-        return Hit(fingerprint(labels), labels, annotations, float(self.datasource_failures),
-                   "critical")
+    @property
+    def runtimes(self) -> dict[str, GroupRuntime]:
+        return self.live.runtimes
 
-    def _step_builtin(self, outcome: Outcome, at: float) -> tuple[list[Event], GroupChanges]:
-        # The built-in rule goes through the same state machine as every other rule; its
-        # changes are saved in the transaction of the evaluation that noticed them.
-        before = self.builtin_alerts
-        res = step(before, outcome, at, rule=DATASOURCE_DOWN, group=BUILTIN_GROUP, hold=0.0)
-        self.builtin_alerts = res.alerts
-        c = GroupChanges(BUILTIN_KEY, at=at)
-        c.upserts = [(DATASOURCE_DOWN, BUILTIN_SIG, a) for fp, a in res.alerts.items()
-                     if before.get(fp) is not a]
-        c.deletes = [(DATASOURCE_DOWN, fp) for fp in before if fp not in res.alerts]
-        return res.events, c
+    @property
+    def rules(self) -> RuleSet:
+        return self.live.rules
 
-    # -- rules -----------------------------------------------------------------------------------
+    @property
+    def rules_loaded(self) -> bool:
+        return self.live.rules_loaded
 
-    def _read_rules(self) -> tuple[str, dict[str, bytes | OSError]]:
-        raw = read_files([self.settings.rules_dir])
-        return digest_of(raw), raw
+    @property
+    def last_reload(self) -> ReloadReport | None:
+        return self.rule_manager.last_reload if hasattr(self, "rule_manager") else None
 
-    async def _load_rules_at_start(self) -> list[Event]:
-        s = self.settings
-        if not s.rules_dir.is_dir():
-            raise StartupError(f"WATCHDOG_RULES_DIR: {s.rules_dir} is not a directory")
-        digest, raw = await asyncio.to_thread(self._read_rules)
-        async with self.storage.transaction() as tx:
-            saved = await tx.rule_files.load()
-        self._saved_rule_digests = {p: hashlib.sha256(c).hexdigest() for p, c in saved.items()}
-        rs = await asyncio.to_thread(build, raw)
-        if any(st.path in saved for st in rs.rejected):
-            # A file broken while we were down: run its last good version from the store.
-            last_good = await asyncio.to_thread(build, {p: c for p, c in saved.items()
-                                                        if p in raw})
-            rs = await asyncio.to_thread(build, raw, last_good)
-        ts = self.clock()
-        runtimes = {group_key(f, g): GroupRuntime.new(f, g) for f, g in rs.groups()}
-        async with self.storage.transaction() as tx:
-            stored = await tx.alerts.load()
-        builtin = stored.pop(BUILTIN_KEY, None)
-        restored = restore(runtimes, stored, ts, outage_tolerance=s.outage_tolerance,
-                           grace_period=s.for_grace_period)
-        events = list(restored.events)
-        if builtin is not None and DATASOURCE_DOWN in builtin.rules:
-            alerts, ev, _ = restore_alerts(
-                builtin.rules[DATASOURCE_DOWN].alerts, hold=0.0, ts=ts,
-                group_last_eval=builtin.last_eval_at, outage_tolerance=s.outage_tolerance,
-                grace_period=s.for_grace_period)
-            self.builtin_alerts = alerts
-            events.extend(ev)
-        async with self.storage.transaction() as tx:
-            await tx.alerts.save(restored.changes)
-        self.runtimes, self.rules, self.ctx.rules = runtimes, rs, rs
-        self._digest, self.rules_loaded = digest, True
-        await self._save_rule_files(raw, rs)
-        self._log_problems(rs, "startup")
-        n_restored = sum(len(r.alerts) for rt in runtimes.values() for r in rt.rules)
-        if n_restored or events:
-            log.info("alert state restored", alerts=n_restored, resolved=len(events))
-        return events
+    @property
+    def builtin_alerts(self) -> Mapping[str, Alert]:
+        return {a.fingerprint: a for a in self.health.runtime.alerts()}
 
-    async def reload(self, trigger: str = "manual") -> ReloadReport:
-        """Re-read the rules folder; start, stop and update groups; keep unchanged rules' state."""
-        with self._tracked():
-            return await self._reload(trigger)
+    @property
+    def datasource_up(self) -> bool | None:
+        return self.health.up
 
-    async def _reload(self, trigger: str) -> ReloadReport:
-        async with self._reload_lock:
-            at = self.clock()
-            report = ReloadReport(trigger, at)
-            if not self.settings.rules_dir.is_dir():
-                # A vanished folder (a bad mount) must not read as "every rule was deleted".
-                report.error = f"{self.settings.rules_dir} is not a directory; rules unchanged"
-                log.error("reload failed", trigger=trigger, error=report.error)
-                self.metrics.reloads.labels(trigger, "error").inc()
-                self.last_reload = report
-                return report
-            digest, raw = await asyncio.to_thread(self._read_rules)
-            # Parsing YAML and PromQL of changed files is CPU work: keep the loop (and the
-            # evaluations on it) running meanwhile.
-            rs = await asyncio.to_thread(build, raw, self.rules)
-            groups = rs.groups()
-            wanted = {group_key(f, g): g for f, g in groups}
-            touched = sorted(k for k, rt in self.runtimes.items()
-                             if k not in wanted or wanted[k] != rt.group)
-            async with contextlib.AsyncExitStack() as stack:
-                # Wait for in-flight ticks of the groups we replace, so none of their results
-                # lands in a runtime that is gone.
-                for k in touched:
-                    await stack.enter_async_context(self._lock(k))
-                carried = carry_over(self.runtimes, groups, at)
-                try:
-                    # Before the swap: cancelled or failed here, the old rules simply go on.
-                    async with self.storage.transaction() as tx:
-                        await tx.alerts.save(carried.changes)
-                except Exception:
-                    log.exception("cannot persist reload changes")
-                # From here to the end of the block nothing awaits: readers (HTTP, handlers,
-                # the scheduler) see either the old rules or the new ones, never a mixture.
-                gone = {k: self.runtimes[k].group.name for k in carried.removed}
-                self.runtimes, self.rules, self.ctx.rules = carried.runtimes, rs, rs
-                self._digest = digest
-                for k in carried.removed:
-                    self._last_slot.pop(k, None)
-                    self._locks.pop(k, None)
-                    self.rule_errors = {e: v for e, v in self.rule_errors.items() if e[0] != k}
-                names = {rt.group.name for rt in self.runtimes.values()}
-                for gname in set(gone.values()) - names:
-                    self.metrics.forget_group(gname)
-                self._sync_jobs()
-            report.added, report.removed = carried.added, carried.removed
-            report.changed, report.unchanged = carried.changed, carried.unchanged
-            report.rejected, report.resolved = rs.rejected, len(carried.events)
-            self.last_reload = report
-            self.metrics.reloads.labels(trigger, "ok" if report.ok else "rejected").inc()
-            await self._save_rule_files(raw, rs)
-            self._log_problems(rs, trigger)
-            log.info("rules reloaded", trigger=trigger, added=len(carried.added),
-                     removed=len(carried.removed), changed=len(carried.changed),
-                     rejected=len(rs.rejected), resolved=len(carried.events))
-        await self._dispatch(carried.events, at)
-        await self._rules_to_handlers()
-        return report
+    @property
+    def datasource_failures(self) -> int:
+        return self.health.failures
 
-    async def _rules_to_handlers(self) -> None:
-        for h in self.handlers:
-            try:
-                await h.on_rules(self.rules)
-            except Exception:
-                log.exception("event handler rejected the rules", handler=type(h).__name__)
+    @property
+    def datasource_error(self) -> str | None:
+        return self.health.error
 
-    async def _save_rule_files(self, raw: Mapping[str, bytes | OSError], rs: RuleSet) -> None:
-        new: dict[str, tuple[str, bytes]] = {}
-        for path, st in rs.status.items():
-            data = raw.get(path)
-            saved = self._saved_rule_digests.get(path)
-            if st.ok and isinstance(data, bytes) and saved != st.digest:
-                new[path] = (st.digest, data)
-        gone = [p for p in self._saved_rule_digests if p not in raw]
-        try:
-            async with self.storage.transaction() as tx:
-                await tx.rule_files.save(new, gone)
-        except Exception:
-            log.exception("cannot save the accepted rule files")
-            return
-        for p in gone:
-            del self._saved_rule_digests[p]
-        self._saved_rule_digests.update({p: d for p, (d, _) in new.items()})
-
-    def _log_problems(self, rs: RuleSet, trigger: str) -> None:
-        for st in rs.status.values():
-            for p in st.problems:
-                if p.warning:
-                    log.warning("rule file warning", problem=str(p), file=p.file, line=p.line,
-                                trigger=trigger)
-                else:
-                    log.error("rule file rejected", problem=str(p), file=p.file, line=p.line,
-                              running_previous=st.running_previous, trigger=trigger)
-
-    # -- AlertView ------------------------------------------------------------------------------
+    @property
+    def datasource_down_since(self) -> float | None:
+        return self.health.down_since
 
     def alerts(self) -> list[Alert]:
-        out = [a for rt in self.runtimes.values() for r in rt.rules for a in r.alerts.values()]
-        out.extend(self.builtin_alerts.values())
-        return out
+        return self.live.alerts()
 
     def find(self, rule: str, fingerprint: str) -> Alert | None:
-        for a in self.alerts():
-            if a.rule == rule and a.fingerprint == fingerprint:
-                return a
-        return None
+        return self.live.find(rule, fingerprint)
 
-    # -- status ----------------------------------------------------------------------------------
+    def recent_errors(self) -> list[RuleError]:
+        return self.evaluator.recent_errors() if hasattr(self, "evaluator") else []
 
     def readiness(self) -> tuple[bool, str]:
         if not self.rules_loaded:
             return False, "rules are not loaded yet"
-        if self.datasource_up is None:
-            return False, f"waiting for Prometheus at {self.datasource_url} to answer"
-        if not self.datasource_up:
-            since = (f" since {rfc3339(self.datasource_down_since)}"
-                     if self.datasource_down_since is not None else "")
-            failed = (f"; {self.datasource_failures} consecutive evaluations failed{since}"
-                      if self.datasource_failures else "")
-            return False, (f"Prometheus at {self.datasource_url} is not answering: "
-                           f"{self.datasource_error}{failed}")
+        ok, reason = self.health.readiness()
+        if not ok:
+            return False, reason or "Prometheus is not answering"
         rules = sum(len(rt.rules) for rt in self.runtimes.values())
         return True, (f"ready: {len(self.runtimes)} groups, {rules} rules, Prometheus at "
                       f"{self.datasource_url} answers")
@@ -985,26 +524,20 @@ class Daemon:
         if self._state != "running":
             return False
         if self._schedule:
-            return self.scheduler is not None and self.scheduler.running
+            return self.groups.running
         return True
-
-    def recent_errors(self) -> list[RuleError]:
-        return sorted(self.rule_errors.values(), key=lambda e: e.last,
-                      reverse=True)[:MAX_ERRORS_SHOWN]
 
     def _register_state_metrics(self) -> None:
         def alerts() -> Iterable[tuple[list[str], float]]:
             counts: dict[tuple[str, str], int] = {}
-            for rt in self.runtimes.values():
+            for rt in [*self.runtimes.values(), self.health.runtime]:
                 for r in rt.rules:
-                    for state in ("pending", "firing"):
-                        counts.setdefault((state, r.rule.alert), 0)
+                    if rt is not self.health.runtime:
+                        for state in ("pending", "firing"):
+                            counts.setdefault((state, r.rule.alert), 0)
                     for a in r.alerts.values():
                         if a.state != "inactive":
-                            counts[(a.state, r.rule.alert)] += 1
-            for a in self.builtin_alerts.values():
-                if a.state != "inactive":
-                    counts[(a.state, a.rule)] = counts.get((a.state, a.rule), 0) + 1
+                            counts[(a.state, a.rule)] = counts.get((a.state, a.rule), 0) + 1
             return [([s, r], float(n)) for (s, r), n in counts.items()]
 
         def files() -> Iterable[tuple[list[str], float]]:

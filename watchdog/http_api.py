@@ -16,21 +16,63 @@ from __future__ import annotations
 import hmac
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from watchdog import __version__
-from watchdog.daemon import BUILTIN_GROUP, DATASOURCE_DOWN, Daemon, ReloadReport, rfc3339
+from watchdog.app.evaluation import RuleError
+from watchdog.app.health import BUILTIN_GROUP, DATASOURCE_DOWN
+from watchdog.app.rules import ReloadReport
 from watchdog.engine import GroupRuntime, RuleRuntime
+from watchdog.gocompat import rfc3339
+from watchdog.handlers import DaemonContext
+from watchdog.settings import Settings
 from watchdog.logs import redact  # error text may quote a URL with its password
-from watchdog.rulesdir import FileStatus
+from watchdog.rulesdir import FileStatus, RuleSet
 from watchdog.state import Alert
 from watchdog.status_page import status_page, wants_json
 
 log = structlog.get_logger("watchdog.http")
+
+class Daemon(Protocol):
+    """What the HTTP API reads from and asks of the daemon (`watchdog.daemon.Daemon`)."""
+
+    settings: Settings
+    ctx: DaemonContext
+    plugins: dict[str, str]
+    started_at: float | None
+    datasource_url: str
+
+    @property
+    def runtimes(self) -> dict[str, GroupRuntime]: ...
+    @property
+    def rules(self) -> RuleSet: ...
+    @property
+    def rules_loaded(self) -> bool: ...
+    @property
+    def last_reload(self) -> ReloadReport | None: ...
+    @property
+    def builtin_alerts(self) -> Mapping[str, Alert]: ...
+    @property
+    def scheduler(self) -> Any: ...
+    @property
+    def datasource_up(self) -> bool | None: ...
+    @property
+    def datasource_failures(self) -> int: ...
+    @property
+    def datasource_error(self) -> str | None: ...
+    @property
+    def datasource_down_since(self) -> float | None: ...
+    def interval(self, rt: GroupRuntime) -> float: ...
+    def alerts(self) -> list[Alert]: ...
+    def readiness(self) -> tuple[bool, str]: ...
+    def healthy(self) -> bool: ...
+    def recent_errors(self) -> list[RuleError]: ...
+    async def reload(self, trigger: str = "manual") -> ReloadReport: ...
+
 
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

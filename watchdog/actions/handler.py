@@ -24,7 +24,7 @@ from watchdog.state import Event
 from watchdog.storage import Tx
 
 if TYPE_CHECKING:
-    from watchdog.handlers import DaemonContext
+    from watchdog.handlers import CommandFn, DaemonContext
     from watchdog.rulesdir import RuleSet
 
 
@@ -108,10 +108,12 @@ class ActionsHandler:
         self._resume_pending = False
         self._have_rules = False
         ctx.routes.extend(routes(self))
-        ctx.commands["run_action"] = self.run_action_command
-        ctx.commands["deploy"] = self.deploy
         if ctx.rules is not None:
             self._set_rules(ctx.rules)
+
+    def commands(self) -> dict[str, CommandFn]:
+        """What MQTT may call by name (the HTTP API's JSON)."""
+        return {"run_action": self.run_action_command, "deploy": self.deploy}
 
     # ---- EventHandler -----------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from watchdog.handlers import ActionEvent, DaemonContext
+from watchdog.handlers import ActionEvent, CommandFn, DaemonContext
 from watchdog.notify.api import Api
 from watchdog.notify.outbox import Outbox, Sleep
 from watchdog.notify.pipeline import Pipeline
@@ -58,10 +58,12 @@ class NotifyHandler:
         self._dirty = False
         self._pruned_at: float | None = None
         ctx.routes.extend(self.api.routes())
-        ctx.commands["silence"] = self.api.silence
-        ctx.commands["unsilence"] = self.api.unsilence
-        ctx.commands["ack"] = self.api.ack
         ctx.action_sinks.append(self)
+
+    def commands(self) -> dict[str, CommandFn]:
+        """What MQTT may call by name (the HTTP API's JSON)."""
+        return {"silence": self.api.silence, "unsilence": self.api.unsilence,
+                "ack": self.api.ack}
 
     async def start(self) -> None:
         await self.silences.load()

@@ -1,0 +1,57 @@
+"""Which subsystems a daemon runs, built with plain imports in one place: the MQTT bus (when
+`MQTT_URL` is set), the notification and action handlers, and the commands MQTT dispatches by
+name (the same JSON as the HTTP API).
+
+Must not: start anything (the daemon starts what this returns) or hold state of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from watchdog.actions.handler import ActionsHandler
+from watchdog.handlers import DaemonContext, EventHandler
+from watchdog.notify.handler import NotifyHandler
+
+log = structlog.get_logger("watchdog.daemon")
+
+
+@dataclass
+class Wired:
+    handlers: list[EventHandler] = field(default_factory=list)
+    parts: dict[str, str] = field(default_factory=dict)  # name -> "loaded" | "failed: ..."
+    mqtt: object | None = None
+
+
+def wire(ctx: DaemonContext, extra: Sequence[EventHandler] = (), *, subsystems: bool = True
+         ) -> Wired:
+    """The handlers (notifications, actions, then `extra`), their commands on `ctx.commands`,
+    and the MQTT bus on `ctx.mqtt`."""
+    out = Wired()
+    if ctx.settings.mqtt_url:
+        # Imported only when used: a deployment without MQTT does not load the client.
+        from watchdog.mqtt import MqttBus
+
+        out.mqtt = ctx.mqtt = MqttBus(ctx)
+    if subsystems:
+        try:
+            notify = NotifyHandler(ctx)
+            ctx.commands.update(notify.commands())
+            out.handlers.append(notify)
+            out.parts["watchdog.notify"] = "loaded"
+        except Exception as e:
+            out.parts["watchdog.notify"] = f"failed: {e}"
+            log.exception("cannot create the notification handler")
+        try:
+            actions = ActionsHandler(ctx)
+            ctx.commands.update(actions.commands())
+            out.handlers.append(actions)
+            out.parts["watchdog.actions"] = "loaded"
+        except Exception as e:
+            out.parts["watchdog.actions"] = f"failed: {e}"
+            log.exception("cannot create the actions handler")
+    out.handlers.extend(extra)
+    return out
