@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from watchdog.templates import TemplateData, expand
+from watchdog.gotmpl import TemplateData, expand
 
 pytestmark = pytest.mark.prometheus
 

@@ -1,13 +1,18 @@
 """Prometheus durations (`1h30m`, `15m`, `500ms`) parsed to and formatted from seconds.
 
 Pure functions: no I/O, no clock. Parsing follows Prometheus's `model.ParseDuration`: units in
-descending order, each at most once, integers only; `0` alone is allowed.
+descending order, each at most once, integers only; `0` alone is allowed. `format_duration` is
+`watchdog.gocompat`'s (Prometheus's Duration.String), re-exported where callers import it.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Final
+
+from watchdog.gocompat import format_duration
+
+__all__ = ["format_duration", "parse_duration"]
 
 _UNITS: Final = (("y", 365 * 86400.0), ("w", 7 * 86400.0), ("d", 86400.0), ("h", 3600.0),
                  ("m", 60.0), ("s", 1.0), ("ms", 0.001))
@@ -36,20 +41,3 @@ def parse_duration(text: str | int | float) -> float:
         if part:
             total += int(part) * factor
     return total
-
-
-def format_duration(seconds: float) -> str:
-    """The Prometheus spelling of a duration, e.g. 5400 -> `1h30m`, 0 -> `0s`."""
-    ms = round(seconds * 1000)
-    if ms == 0:
-        return "0s"
-    out = []
-    if ms < 0:
-        out.append("-")
-        ms = -ms
-    for unit, factor in _UNITS:
-        f = round(factor * 1000)
-        if ms >= f:
-            out.append(f"{ms // f}{unit}")
-            ms %= f
-    return "".join(out)
