@@ -845,10 +845,25 @@ def test_parse_errors(text: str, message: str) -> None:
             'template: 1:3: executing at <parseDuration "1.5h">: error '
             'calling parseDuration: not a valid duration string: "1.5h"',
         ),
-        (
+        (  # checked against promtool 2.42 (as are the next three)
             '{{ parseDuration "" }}',
             'template: 1:3: executing at <parseDuration "">: error calling '
-            'parseDuration: not a valid duration string: ""',
+            "parseDuration: empty duration string",
+        ),
+        (
+            '{{ parseDuration "293y" }}',
+            'template: 1:3: executing at <parseDuration "293y">: error calling '
+            "parseDuration: duration out of range",
+        ),
+        (
+            '{{ parseDuration "9223372036855s" }}',
+            'template: 1:3: executing at <parseDuration "9223372036855s">: error calling '
+            "parseDuration: duration out of range",
+        ),
+        (
+            '{{ parseDuration "١s" }}',
+            'template: 1:3: executing at <parseDuration "١s">: error calling '
+            'parseDuration: not a valid duration string: "١s"',
         ),
     ],
 )

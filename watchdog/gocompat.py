@@ -208,21 +208,33 @@ _UNITS_MS: Final = (("y", 365 * 86_400_000), ("w", 7 * 86_400_000), ("d", 86_400
                     ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1))
 # Go's regexp `[0-9]`, so ASCII digits only (Python's \d would take "٣m").
 _DURATION: Final = re.compile("".join(f"(?:([0-9]+){unit})?" for unit, _ in _UNITS_MS))
+_INT64_MAX: Final = 2**63 - 1
 
 
 def parse_duration(text: str) -> float:
-    """Prometheus's model.ParseDuration, in seconds: each unit at most once, largest first,
-    integers only, `0` alone allowed; ValueError with Prometheus's message otherwise."""
+    """Prometheus's model.ParseDuration (prometheus/common as Prometheus 2.42 ships it), in
+    seconds: each unit at most once, largest first, integers only, `0` alone allowed. ValueError
+    with Prometheus's message otherwise, also when the duration does not fit Go's
+    time.Duration (int64 nanoseconds, about 292 years): Prometheus refuses `293y`."""
     if text == "0":
         return 0.0
-    m = _DURATION.fullmatch(text) if text else None
+    if not text:
+        raise ValueError("empty duration string")
+    m = _DURATION.fullmatch(text)
     if m is None:
         raise ValueError(f"not a valid duration string: {quote(text)}")
-    total = sum(int(g) * factor for (_, factor), g in zip(_UNITS_MS, m.groups(), strict=True)
-                if g)
-    if total >= 2**63:  # Go's time.Duration is an int64 of nanoseconds... of milliseconds here
-        raise ValueError(f"duration out of range: {quote(text)}")
-    return total / 1000
+    ns = 0
+    for (_, ms), digits in zip(_UNITS_MS, m.groups(), strict=True):
+        if digits is None:
+            continue
+        n = int(digits)
+        # Go checks each unit against the limit, then the int64 sum for wrapping negative.
+        if n > _INT64_MAX // ms // 1_000_000:
+            raise ValueError("duration out of range")
+        ns += n * ms * 1_000_000
+        if ns > _INT64_MAX:
+            raise ValueError("duration out of range")
+    return ns / 1e9  # Go: float64(time.Duration(v)) / float64(time.Second)
 
 
 def format_duration(seconds: float) -> str:
