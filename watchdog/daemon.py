@@ -47,6 +47,7 @@ from pydantic import ValidationError
 from watchdog import __version__
 from watchdog.engine import GroupRuntime, TickResult, tick
 from watchdog.evaluate import Context, Hit, Outcome
+from watchdog.gocompat import rfc3339
 from watchdog.handlers import DaemonContext, EventHandler
 from watchdog.labels import fingerprint
 from watchdog.logs import configure as configure_logging
@@ -145,12 +146,6 @@ def group_offset(key: str, interval: float) -> float:
 def slot_at_or_before(t: float, interval: float, offset: float) -> float:
     t += SLOT_EPSILON
     return t - ((t - offset) % interval)
-
-
-def rfc3339(t: float | None) -> str:
-    if t is None:
-        return "0001-01-01T00:00:00Z"  # Go's zero time, as Prometheus's API shows "never"
-    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 def prometheus_config(s: Settings) -> PrometheusConfig:

@@ -255,7 +255,9 @@ def format_duration(seconds: float) -> str:
 
 # --------------------------------------------------------------------------- times
 
-ZERO_TIME: Final = "0001-01-01T00:00:00Z"  # Go's zero time.Time: how the APIs say "never"
+# Go's zero time.Time: how Prometheus's API says "never" and Alertmanager's webhook "no end yet";
+# receivers that parse our webhook with Alertmanager's own types expect exactly this spelling.
+ZERO_TIME: Final = "0001-01-01T00:00:00Z"
 
 
 def rfc3339(t: float | None) -> str:

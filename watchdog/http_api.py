@@ -14,7 +14,6 @@ constant-time.
 from __future__ import annotations
 
 import hmac
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -23,8 +22,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from watchdog import __version__
-from watchdog.daemon import BUILTIN_GROUP, DATASOURCE_DOWN, Daemon, ReloadReport, rfc3339
+from watchdog.daemon import BUILTIN_GROUP, DATASOURCE_DOWN, Daemon, ReloadReport
 from watchdog.engine import GroupRuntime, RuleRuntime
+from watchdog.gocompat import format_float, rfc3339
 from watchdog.logs import redact  # error text may quote a URL with its password
 from watchdog.rulesdir import FileStatus
 from watchdog.state import Alert
@@ -58,15 +58,7 @@ def success(data: Any, status: int = 200, warnings: list[str] | None = None) -> 
 
 def go_float(v: float | None) -> str:
     """A sample value as Prometheus's API writes it (Go's FormatFloat(v, 'e', -1, 64))."""
-    if v is None or math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    for digits in range(17):
-        text = f"{v:.{digits}e}"
-        if float(text) == v:
-            return text
-    return f"{v:.17e}"
+    return "NaN" if v is None else format_float(v, "e", -1)
 
 
 # ---- middlewares ---------------------------------------------------------------------------------
