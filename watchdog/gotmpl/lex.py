@@ -33,6 +33,10 @@ def is_alnum(c: str) -> bool:
     return c == "_" or c.isalpha() or unicodedata.category(c) == "Nd"
 
 
+def _is_digit(c: str) -> bool:
+    return c.isascii() and c.isdigit()
+
+
 def _go_rune(c: str) -> str:
     """Go's %#U: U+0040 '@'."""
     return f"U+{ord(c):04X} '{c}'" if c.isprintable() else f"U+{ord(c):04X}"
@@ -126,16 +130,7 @@ def lex(s: str) -> list[Tok]:
                 p = end
                 kind = {'"': "string", "`": "raw", "'": "char"}[c]
                 toks.append(Tok(kind, s[start:p], start))
-            elif c == "$" or (c == "." and not (p < n and s[p].isdigit() and s[p].isascii())):
-                while p < n and is_alnum(s[p]):
-                    p += 1
-                if not at_terminator(p):
-                    toks.append(Tok("error", f"bad character {_go_rune(s[p])}", p))
-                    return toks
-                word = s[start:p]
-                kind = "var" if c == "$" else ("dot" if word == "." else "field")
-                toks.append(Tok(kind, word, start))
-            elif c in "+-." or (c.isascii() and c.isdigit()):
+            elif c in "+-" or _is_digit(c) or (c == "." and p < n and _is_digit(s[p])):
                 p = _scan_number(s, start)
                 if p > 0 and p < n and s[p] in "+-":  # Go's complex literal 1+2i
                     p = _scan_number(s, p)
@@ -146,14 +141,18 @@ def lex(s: str) -> list[Tok]:
                     toks.append(Tok("error", f"bad number syntax: {bad}", start))
                     return toks
                 toks.append(Tok("number", s[start:p], start))
-            elif is_alnum(c):
+            elif c in "$." or is_alnum(c):  # a variable, a field (or dot), a word
                 while p < n and is_alnum(s[p]):
                     p += 1
                 if not at_terminator(p):
                     toks.append(Tok("error", f"bad character {_go_rune(s[p])}", p))
                     return toks
                 word = s[start:p]
-                if word in _KEYWORDS:
+                if c == "$":
+                    toks.append(Tok("var", word, start))
+                elif c == ".":
+                    toks.append(Tok("dot" if word == "." else "field", word, start))
+                elif word in _KEYWORDS:
                     toks.append(Tok("kw", word, start))
                 elif word in ("true", "false"):
                     toks.append(Tok("bool", word, start))
