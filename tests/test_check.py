@@ -123,3 +123,24 @@ def test_loader_never_crashes_on_structures(doc: object) -> None:
     pf = parse_rule_file(text, "fuzz.yml")
     for p in pf.problems:
         assert p.file == "fuzz.yml" and p.line >= 1 and p.message
+
+
+# Durations at the edges of Prometheus's grammar: non-ASCII digits (Python's \d takes them, Go's
+# [0-9] does not) and time.Duration's range (int64 nanoseconds: 292 years fit, 293 do not).
+DURATION_EDGES = ["292y", "293y", "106751d", "106752d", "9223372036854ms", "9223372036855s",
+                  "٣m", "1y52w", "0", "5m30s"]
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize("duration", DURATION_EDGES)
+def test_rule_durations_are_accepted_exactly_when_promtool_accepts_them(
+        duration: str, tmp_path: Path, promtool_binary: str) -> None:
+    f = tmp_path / "r.yml"
+    f.write_text("groups:\n- name: g\n  rules:\n  - alert: A\n    expr: vector(1)\n"
+                 f"    for: {duration}\n", encoding="utf-8")
+    oracle = subprocess.run([promtool_binary, "check", "rules", str(f)], capture_output=True,
+                            text=True)
+    ours = subprocess.run([sys.executable, "-m", "watchdog", "check", str(f)],
+                          capture_output=True, text=True)
+    assert (ours.returncode == 0) == (oracle.returncode == 0), (oracle.stdout + oracle.stderr,
+                                                                ours.stdout + ours.stderr)

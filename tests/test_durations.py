@@ -11,7 +11,8 @@ def test_parse(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "5", 5, "5x", "1m1h", "-5m", "1.5h", "m", True, "5m5m"])
+@pytest.mark.parametrize("text", ["", "5", 5, "5x", "1m1h", "-5m", "1.5h", "m", True, "5m5m",
+                                  "٣m", "293y", "9223372036855s"])
 def test_parse_rejects(text: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)  # type: ignore[arg-type]
@@ -23,3 +24,10 @@ def test_parse_rejects(text: object) -> None:
 def test_format(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
     assert parse_duration(text) == seconds
+
+
+def test_the_limit_is_go_s_time_duration() -> None:
+    # int64 nanoseconds: Prometheus accepts 292 years and refuses 293 as "out of range"
+    assert parse_duration("292y") == 292 * 365 * 86400
+    with pytest.raises(ValueError, match="out of range"):
+        parse_duration("293y")

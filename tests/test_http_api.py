@@ -15,9 +15,9 @@ from test_daemon_support import TOKEN, get_json, post_json, settings, write
 
 from watchdog.daemon import Daemon
 from watchdog.handlers import DaemonContext
-from watchdog.http_api import go_float
+from watchdog.http_api import alert_json, go_float
 from watchdog.rulesdir import RuleSet
-from watchdog.state import Event
+from watchdog.state import Alert, Event
 from watchdog.testing import FakeSource, FixedClock, sample
 
 RULES = """
@@ -91,6 +91,16 @@ def test_values_are_formatted_like_go() -> None:
     assert go_float(123.456) == "1.23456e+02"
     assert go_float(0.0) == "0e+00"
     assert go_float(float("nan")) == "NaN" and go_float(float("-inf")) == "-Inf"
+
+
+def test_times_are_written_as_prometheus_writes_them() -> None:
+    # Go's JSON time (RFC3339Nano): the fraction's trailing zeros cut, none on a whole second
+    alert = Alert(rule="R", group="g", fingerprint="f", labels={}, annotations={},
+                  state="firing", active_at=1800000000.5, value=0.25, fired_at=1800000060.0)
+    out = alert_json(alert)
+    assert out["activeAt"] == "2027-01-15T08:00:00.5Z"
+    assert out["firedAt"] == "2027-01-15T08:01:00Z"
+    assert out["value"] == "2.5e-01"
 
 
 async def test_rules_in_prometheus_shape(daemon: Daemon) -> None:

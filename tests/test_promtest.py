@@ -57,3 +57,25 @@ def test_missing_rule_file_is_a_clear_failure(tmp_path: Path, prometheus_binary:
     f.write_text("rule_files: [nope.yml]\ntests: []\n")
     ours = run("test", str(f))
     assert ours.returncode == 1 and "rule file 'nope.yml' not found" in ours.stderr
+
+
+def test_label_values_are_quoted_as_promtool_quotes_them(tmp_path: Path, promtool_binary: str,
+                                                         prometheus_binary: str) -> None:
+    # Go's strconv.Quote: \a, \u00ad, \u2028, \u200b escaped; tabs escaped; emoji kept as is
+    (tmp_path / "q.yml").write_text(
+        "groups:\n- name: g\n  rules:\n  - alert: A\n    expr: vector(1)\n    labels:\n"
+        '      x: "a\\ab\\u00adc\\u2028d\\x7fe\\tf\\U0001F600g\\u200bh\\"i\\\\j"\n',
+        encoding="utf-8")
+    f = tmp_path / "t.yml"
+    f.write_text("rule_files: [q.yml]\nevaluation_interval: 1m\ntests:\n- interval: 1m\n"
+                 "  input_series: []\n  alert_rule_test:\n  - eval_time: 0m\n    alertname: A\n"
+                 "    exp_alerts: []\n", encoding="utf-8")
+    oracle = subprocess.run([promtool_binary, "test", "rules", str(f)], capture_output=True,
+                            text=True)
+    ours = run("test", str(f))
+    assert oracle.returncode == ours.returncode == 1
+    want = [line.strip() for line in oracle.stderr.splitlines() if "Labels:" in line]
+    got = [line.strip() for line in ours.stderr.splitlines() if "Labels:" in line]
+    assert want == ['Labels:{alertname="A", x="a\\ab\\u00adc\\u2028d\\x7fe\\tf\U0001F600g'
+                    '\\u200bh\\"i\\\\j"}']
+    assert got == want

@@ -24,6 +24,7 @@ import pytest
 from pydantic import ValidationError
 
 from watchdog.cli import main
+from watchdog.gotmpl import TemplateData, TemplateError, compile_template, expand
 from watchdog.labels import (
     RegexError,
     alertmanager_match,
@@ -33,7 +34,6 @@ from watchdog.labels import (
 )
 from watchdog.model import InhibitRule, Route
 from watchdog.notify.silences import MAX_REGEX_LENGTH, InputError, Matcher, parse_matchers
-from watchdog.templates import TemplateData, TemplateError, compile_template, expand
 
 EVIL = "(a+)+$"
 NOT_QUITE = "a" * 5000 + "b"  # about 2^5000 backtracking steps for Python's re

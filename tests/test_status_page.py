@@ -205,7 +205,7 @@ async def test_readyz_before_the_rules_load_and_before_prometheus_answers(
     assert status == 503 and body["reason"] == "rules are not loaded yet"
     assert checks["rules"] == {"ok": False, "detail": "rules are not loaded yet"}
     assert not checks["scheduler"]["ok"]  # not started
-    d.rules_loaded = True
+    d.live.rules_loaded = True
     status, body = await ask()
     checks = assert_checks(body)
     assert status == 503 and body["reason"] == checks["prometheus"]["detail"] == (

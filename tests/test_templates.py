@@ -1,4 +1,4 @@
-"""Unit tests for watchdog.templates: parsing, rendering, Go formatting, functions, errors.
+"""Unit tests for watchdog.gotmpl: parsing, rendering, Go formatting, functions, errors.
 
 Expected strings are Go's/Prometheus's output; most were cross-checked against promtool by
 tests/test_templates_corpus.py, which is the byte-for-byte oracle.
@@ -15,8 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import watchdog.templates as templates
-from watchdog.templates import Template, TemplateData, TemplateError, compile_template, expand
+import watchdog.gocompat
+import watchdog.gotmpl as gotmpl
+import watchdog.templates
+from watchdog.gotmpl import Template, TemplateData, TemplateError, compile_template, expand
+from watchdog.gotmpl.exec import Exec
+from watchdog.gotmpl.fmt import NO_FLAGS, print_arg
 
 DATA = TemplateData(
     labels={"__name__": "up", "instance": "host-1.example.com:9100", "job": "api", "zone": "a"},
@@ -145,8 +149,8 @@ def test_range_over_empty_map_takes_else() -> None:
 
 def test_range_over_a_list() -> None:
     # No function returns a list, but the evaluator ranges over tuples like Go over slices.
-    node = templates._Exec("", DATA)
-    assert templates._print_arg(("a", 1, 2.5), "v", templates._NO_FLAGS) == "[a 1 2.5]"
+    node = Exec("", DATA)
+    assert print_arg(("a", 1, 2.5), "v", NO_FLAGS) == "[a 1 2.5]"
     tmpl = compile_template("{{ range $i, $e := . }}{{ $i }}:{{ $e }} {{ end }}")
     node.walk(tmpl._nodes, ("x", "y"))
     assert "".join(node.out) == "0:x 1:y "
@@ -841,10 +845,25 @@ def test_parse_errors(text: str, message: str) -> None:
             'template: 1:3: executing at <parseDuration "1.5h">: error '
             'calling parseDuration: not a valid duration string: "1.5h"',
         ),
-        (
+        (  # checked against promtool 2.42 (as are the next three)
             '{{ parseDuration "" }}',
             'template: 1:3: executing at <parseDuration "">: error calling '
-            'parseDuration: not a valid duration string: ""',
+            "parseDuration: empty duration string",
+        ),
+        (
+            '{{ parseDuration "293y" }}',
+            'template: 1:3: executing at <parseDuration "293y">: error calling '
+            "parseDuration: duration out of range",
+        ),
+        (
+            '{{ parseDuration "9223372036855s" }}',
+            'template: 1:3: executing at <parseDuration "9223372036855s">: error calling '
+            "parseDuration: duration out of range",
+        ),
+        (
+            '{{ parseDuration "١s" }}',
+            'template: 1:3: executing at <parseDuration "١s">: error calling '
+            'parseDuration: not a valid duration string: "١s"',
         ),
     ],
 )
@@ -1066,8 +1085,16 @@ def test_text_without_actions_is_unchanged(text: str) -> None:
 # --------------------------------------------------------------------------- module rules
 
 
-def test_module_is_documented_and_does_no_io() -> None:
-    source = Path(templates.__file__).read_text(encoding="utf-8")
+ENGINE_FILES = sorted(Path(gotmpl.__file__).parent.glob("*.py"))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [*ENGINE_FILES, Path(watchdog.gocompat.__file__), Path(watchdog.templates.__file__)],
+    ids=lambda p: p.name,
+)
+def test_module_is_documented_and_does_no_io(path: Path) -> None:
+    source = path.read_text(encoding="utf-8")
     tree = ast.parse(source)
     assert ast.get_docstring(tree) and "must not" in ast.get_docstring(tree)  # type: ignore[operator]
     imported = set()
@@ -1079,3 +1106,13 @@ def test_module_is_documented_and_does_no_io() -> None:
     forbidden = {"aiohttp", "asyncio", "subprocess", "time", "os", "socket", "sqlite3", "io"}
     assert not imported & forbidden
     assert "eval(" not in source and "exec(" not in source and "getattr(" not in source
+
+
+def test_engine_is_the_package_of_go_s_modules() -> None:
+    # lexer, parser, executor, fmt and functions each have their own module
+    assert {p.stem for p in ENGINE_FILES} >= {"lex", "parse", "exec", "fmt", "funcs", "values"}
+
+
+def test_old_import_path_is_the_same_engine() -> None:
+    for name in ("Template", "TemplateData", "TemplateError", "compile_template", "expand"):
+        assert getattr(watchdog.templates, name) is getattr(gotmpl, name)

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from watchdog.templates import TemplateData, expand
+from watchdog.gotmpl import TemplateData, expand
 
 pytestmark = pytest.mark.prometheus
 
@@ -458,6 +458,11 @@ SYNTHETIC: list[dict[str, str]] = [
         "index_err2": "{{ index $value 1 }}",
         "html_err": '{{ toUpper (safeHtml "x") }}',
         "dur_err": '{{ parseDuration "1.5h" }}',
+        "dur_err2": '{{ parseDuration "" }}',
+        "dur_range": '{{ parseDuration "292y" }}|{{ parseDuration "9223372036854ms" }}|'
+        '{{ parseDuration "106751d23h47m16s854ms" }}',
+        "dur_range_err": '{{ parseDuration "293y" }}',
+        "dur_range_err2": '{{ parseDuration "106751d23h47m16s855ms" }}',
     },
 ]
 

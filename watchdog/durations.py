@@ -1,19 +1,19 @@
-"""Prometheus durations (`1h30m`, `15m`, `500ms`) parsed to and formatted from seconds.
+"""Durations as rule files and settings write them (`for: 1h30m`, `cooldown: 15m`, `for: 0`).
 
-Pure functions: no I/O, no clock. Parsing follows Prometheus's `model.ParseDuration`: units in
-descending order, each at most once, integers only; `0` alone is allowed.
+Pure functions: no I/O, no clock. The grammar is Prometheus's `model.ParseDuration`, written
+once in `watchdog.gocompat` (units in descending order, each at most once, integers only, `0`
+alone allowed, at most ~292 years); this module adds what YAML input needs on top of it: a bare
+number 0, surrounding white space, and an error that shows how to write a duration.
+`format_duration` is gocompat's (Prometheus's Duration.String), re-exported where callers import
+it.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Final
+from watchdog.gocompat import format_duration
+from watchdog.gocompat import parse_duration as go_parse_duration
 
-_UNITS: Final = (("y", 365 * 86400.0), ("w", 7 * 86400.0), ("d", 86400.0), ("h", 3600.0),
-                 ("m", 60.0), ("s", 1.0), ("ms", 0.001))
-_PATTERN: Final = re.compile(
-    r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
-)
+__all__ = ["format_duration", "parse_duration"]
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -25,31 +25,8 @@ def parse_duration(text: str | int | float) -> float:
         if text == 0:
             return 0.0
         raise ValueError(f"not a valid duration: {text!r} (missing unit, e.g. {text}s)")
-    s = text.strip()
-    if s == "0":
-        return 0.0
-    m = _PATTERN.match(s)
-    if not s or m is None or not any(m.groups()):
-        raise ValueError(f"not a valid duration: {text!r} (expected e.g. 30s, 5m, 1h30m)")
-    total = 0.0
-    for (_, factor), part in zip(_UNITS, m.groups(), strict=True):
-        if part:
-            total += int(part) * factor
-    return total
-
-
-def format_duration(seconds: float) -> str:
-    """The Prometheus spelling of a duration, e.g. 5400 -> `1h30m`, 0 -> `0s`."""
-    ms = round(seconds * 1000)
-    if ms == 0:
-        return "0s"
-    out = []
-    if ms < 0:
-        out.append("-")
-        ms = -ms
-    for unit, factor in _UNITS:
-        f = round(factor * 1000)
-        if ms >= f:
-            out.append(f"{ms // f}{unit}")
-            ms %= f
-    return "".join(out)
+    try:
+        return go_parse_duration(text.strip())
+    except ValueError as e:
+        why = str(e) if "range" in str(e) else "expected e.g. 30s, 5m, 1h30m"
+        raise ValueError(f"not a valid duration: {text!r} ({why})") from None

@@ -12,9 +12,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from watchdog.gotmpl import TemplateData, expand
 from watchdog.labels import fingerprint, without_name
 from watchdog.model import AlertingRule, Comparison, Group
-from watchdog.templates import TemplateData, expand
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ constant-time.
 from __future__ import annotations
 
 import hmac
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -27,11 +26,12 @@ from watchdog.app.evaluation import RuleError
 from watchdog.app.health import BUILTIN_GROUP, DATASOURCE_DOWN
 from watchdog.app.rules import ReloadReport
 from watchdog.engine import GroupRuntime, RuleRuntime
-from watchdog.gocompat import rfc3339
+from watchdog.gocompat import format_float, rfc3339
 from watchdog.handlers import DaemonContext
-from watchdog.settings import Settings
 from watchdog.logs import redact  # error text may quote a URL with its password
+from watchdog.metrics import Metrics
 from watchdog.rulesdir import FileStatus, RuleSet
+from watchdog.settings import Settings
 from watchdog.state import Alert
 from watchdog.status_page import status_page, wants_json
 
@@ -45,6 +45,7 @@ class Daemon(Protocol):
     plugins: dict[str, str]
     started_at: float | None
     datasource_url: str
+    metrics: Metrics
 
     @property
     def runtimes(self) -> dict[str, GroupRuntime]: ...
@@ -100,15 +101,7 @@ def success(data: Any, status: int = 200, warnings: list[str] | None = None) -> 
 
 def go_float(v: float | None) -> str:
     """A sample value as Prometheus's API writes it (Go's FormatFloat(v, 'e', -1, 64))."""
-    if v is None or math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    for digits in range(17):
-        text = f"{v:.{digits}e}"
-        if float(text) == v:
-            return text
-    return f"{v:.17e}"
+    return "NaN" if v is None else format_float(v, "e", -1)
 
 
 # ---- middlewares ---------------------------------------------------------------------------------

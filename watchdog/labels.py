@@ -28,6 +28,8 @@ from typing import Any
 
 import re2
 
+from watchdog.gocompat import quote
+
 Labels = Mapping[str, str]
 
 
@@ -53,31 +55,10 @@ def without_name(labels: Labels) -> dict[str, str]:
 
 
 def format_labels(labels: Labels) -> str:
-    """`{a="b", c="d"}` in Prometheus's own spelling (sorted, Go-quoted)."""
-    inner = ", ".join(f"{k}={go_quote(labels[k])}" for k in sorted(labels))
+    """`{a="b", c="d"}` in Prometheus's own spelling (labels.Labels.String: sorted, values in
+    strconv.Quote)."""
+    inner = ", ".join(f"{k}={quote(labels[k])}" for k in sorted(labels))
     return "{" + inner + "}"
-
-
-def go_quote(s: str) -> str:
-    """Go's strconv.Quote for the characters label values realistically hold."""
-    out = ['"']
-    for ch in s:
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
 
 
 def matches(labels: Labels, match: Mapping[str, str], match_re: Mapping[str, str] | None = None

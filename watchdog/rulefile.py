@@ -18,8 +18,8 @@ import promql_parser
 import yaml
 from pydantic import ValidationError
 
+from watchdog.gotmpl import TemplateError, compile_template
 from watchdog.model import AlertingRule, RecordingRule, RuleFileModel
-from watchdog.templates import TemplateError, compile_template
 
 Path_ = tuple[str | int, ...]
 

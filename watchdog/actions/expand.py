@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from watchdog import envvars
-from watchdog.templates import TemplateData, TemplateError, compile_template
+from watchdog.gotmpl import TemplateData, TemplateError, compile_template
 
 
 class ExpandError(ValueError):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from watchdog.notify.message import rfc3339
+from watchdog.gocompat import rfc3339_millis
 from watchdog.notify.silences import InputError, parse_matchers, silence_from_request
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class Api:
         alerts = await self.h.acknowledge(matchers, by, comment)
         return {"acknowledged": [{"labels": dict(a.labels), "fingerprint": a.fingerprint,
                                   "incident": a.incident_id,
-                                  "activeAt": rfc3339(a.active_at)} for a in alerts],
+                                  "activeAt": rfc3339_millis(a.active_at)} for a in alerts],
                 "count": len(alerts)}
 
     def list_silences(self) -> list[dict[str, Any]]:

@@ -22,10 +22,6 @@ from watchdog.state import Alert
 Kind = Literal["firing", "resolved", "repeated", "escalated", "action"]
 Status = Literal["firing", "resolved"]
 
-# Alertmanager's webhook uses Go's zero time for "no end yet"; receivers that parse our webhook
-# with Alertmanager's own types expect exactly this spelling.
-ZERO_TIME = "0001-01-01T00:00:00Z"
-
 
 class _Doc(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -156,13 +152,6 @@ def alert_doc(alert: Alert, *, generator: str = "", acked: bool = False,
 
 
 # ---- formatting helpers shared by the renderers -----------------------------------------------
-
-def rfc3339(ts: float | None) -> str:
-    if ts is None:
-        return ZERO_TIME
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
-
 
 def clock_time(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -57,7 +57,7 @@ def sample_value(rule: AlertingRule) -> tuple[float, str | None, str | None]:
 
 def sample_alert(rule: AlertingRule, group: Group, *, now: float, extra: dict[str, str],
                  value: float | None, external_url: str) -> Alert:
-    from watchdog.templates import TemplateData, expand
+    from watchdog.gotmpl import TemplateData, expand
 
     v, severity, threshold = sample_value(rule)
     if value is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from watchdog.gocompat import rfc3339_millis
 from watchdog.labels import RegexError, alertmanager_match, alertmanager_regexp
 from watchdog.storage import Storage, Tx
 from watchdog.storage.records import AckRecord, SilenceRecord
@@ -130,12 +131,11 @@ class Silence:
         return self.active(now) and matches_all(self.matchers, labels)
 
     def to_json(self, now: float) -> dict[str, Any]:
-        from watchdog.notify.message import rfc3339
-
         state = "active" if self.active(now) else ("pending" if now < self.starts_at
                                                    else "expired")
         return {"id": self.id, "matchers": [x.to_json() for x in self.matchers],
-                "startsAt": rfc3339(self.starts_at), "endsAt": rfc3339(self.ends_at),
+                "startsAt": rfc3339_millis(self.starts_at),
+                "endsAt": rfc3339_millis(self.ends_at),
                 "createdBy": self.created_by, "comment": self.comment,
                 "status": {"state": state}}
 

@@ -24,11 +24,11 @@ import math
 import os
 import signal
 import time
-from datetime import UTC, datetime
 
 from watchdog.actions.expand import ExpandError, Subject, expand_env, shown_env
 from watchdog.actions.steps import MAX_OUTPUT, StepEnv, StepResult, truncate
 from watchdog.durations import format_duration
+from watchdog.gocompat import rfc3339
 from watchdog.model import CommandStep
 
 # Inherited from the daemon because programs need them to work at all, and they hold no secret.
@@ -51,7 +51,7 @@ def alert_environment(subject: Subject, external_url: str = "") -> dict[str, str
         "WATCHDOG_ALERT_FINGERPRINT": subject.fingerprint or "",
         "WATCHDOG_ALERT_GROUP": subject.group or "",
         "WATCHDOG_ALERT_STARTS_AT": "" if subject.active_at is None else
-        datetime.fromtimestamp(subject.active_at, UTC).isoformat().replace("+00:00", "Z"),
+        rfc3339(subject.active_at),
         "WATCHDOG_EXTERNAL_URL": external_url,
     }
     for name, value in subject.labels.items():

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from watchdog.gocompat import rfc3339_millis
 from watchdog.model import AlertmanagerConfig
-from watchdog.notify import message as m
 from watchdog.notify.message import Notification
 from watchdog.notify.receivers import DeliveryError, SendContext
 from watchdog.notify.receivers.http import post_json
@@ -30,7 +30,7 @@ def render(n: Notification, now: float, resend: float) -> list[dict[str, Any]]:
         ends = a.ends_at if a.status == "resolved" else now + RESEND_FACTOR * resend
         item: dict[str, Any] = {
             "labels": a.labels, "annotations": a.annotations,
-            "startsAt": m.rfc3339(a.starts_at), "endsAt": m.rfc3339(ends),
+            "startsAt": rfc3339_millis(a.starts_at), "endsAt": rfc3339_millis(ends),
         }
         if a.generator_url:
             item["generatorURL"] = a.generator_url

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from watchdog.gocompat import rfc3339_millis
 from watchdog.model import SEVERITY_RANK, PagerDutyConfig
 from watchdog.notify import message as m
 from watchdog.notify.message import AlertDoc, Notification
@@ -58,7 +59,7 @@ def event(a: AlertDoc, n: Notification, routing_key: str) -> dict[str, Any]:
     labels = a.labels
     details: dict[str, Any] = {
         "value": m.value_line(a), "labels": labels, "annotations": a.annotations,
-        "firing_since": m.rfc3339(a.fired_at if a.fired_at is not None else a.starts_at),
+        "firing_since": rfc3339_millis(a.fired_at if a.fired_at is not None else a.starts_at),
         "rule": a.rule, "group": a.group,
     }
     if a.threshold:
@@ -75,7 +76,7 @@ def event(a: AlertDoc, n: Notification, routing_key: str) -> dict[str, Any]:
         "summary": m.truncate(f"[{a.alertname}] {m.summary(a)}", MAX_SUMMARY),
         "source": _source(labels),
         "severity": pd_severity(a),
-        "timestamp": m.rfc3339(a.fired_at if a.fired_at is not None else a.starts_at),
+        "timestamp": rfc3339_millis(a.fired_at if a.fired_at is not None else a.starts_at),
         "class": a.alertname,
         "custom_details": details,
     }
@@ -104,7 +105,7 @@ def change_event(n: Notification, routing_key: str) -> dict[str, Any]:
     return {"routing_key": routing_key,
             "payload": {"summary": m.truncate(f"watchdog: {m.action_line(n.action)}",
                                               MAX_SUMMARY),
-                        "timestamp": m.rfc3339(n.action.at), "source": CLIENT,
+                        "timestamp": rfc3339_millis(n.action.at), "source": CLIENT,
                         "custom_details": details}}
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from watchdog.gocompat import rfc3339_millis
 from watchdog.model import WebhookConfig
-from watchdog.notify import message as m
 from watchdog.notify.message import AlertDoc, Notification
 from watchdog.notify.receivers import DeliveryError, SendContext
 from watchdog.notify.receivers.http import post_json
@@ -21,7 +21,7 @@ from watchdog.notify.secrets import Redactor, SecretError, expand_env, url_secre
 def alert_json(a: AlertDoc) -> dict[str, Any]:
     return {
         "status": a.status, "labels": a.labels, "annotations": a.annotations,
-        "startsAt": m.rfc3339(a.starts_at), "endsAt": m.rfc3339(a.ends_at),
+        "startsAt": rfc3339_millis(a.starts_at), "endsAt": rfc3339_millis(a.ends_at),
         "generatorURL": a.generator_url, "fingerprint": a.fingerprint,
     }
 
