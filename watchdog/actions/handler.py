@@ -16,6 +16,8 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from watchdog.actions.deploys import DeployTracker
+from watchdog.actions.errors import CommandError
+from watchdog.actions.http import routes
 from watchdog.actions.runner import ActionRunner
 from watchdog.actions.store import ActionStore, RunRow, StepRow
 from watchdog.actions.timing import Waker
@@ -26,17 +28,6 @@ from watchdog.storage import Tx
 if TYPE_CHECKING:
     from watchdog.handlers import CommandFn, DaemonContext
     from watchdog.rulesdir import RuleSet
-
-
-class CommandError(ValueError):
-    """Bad input or a refusal, with the HTTP status that says which. A ValueError, so the MQTT
-    command dispatcher answers it as the caller's error, with its message."""
-
-    def __init__(self, message: str, status: int = 400,
-                 headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = dict(headers or {})
 
 
 class _Request(BaseModel):
@@ -92,8 +83,6 @@ def run_doc(run: RunRow, steps: Sequence[StepRow] | None = None) -> dict[str, An
 
 class ActionsHandler:
     def __init__(self, ctx: DaemonContext) -> None:
-        from watchdog.actions.http import routes
-
         self.ctx = ctx
         self.store = ActionStore(ctx.storage)
         self.waker = Waker(ctx.clock)

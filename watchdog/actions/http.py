@@ -14,15 +14,33 @@ a 4xx and a message.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from watchdog.actions.handler import CommandError
+from watchdog.actions.errors import CommandError
 
 if TYPE_CHECKING:
-    from watchdog.actions.handler import ActionsHandler
+    from watchdog.storage.records import DeployRow
+
+
+class _Deploys(Protocol):
+    async def deploys(self, *, status: str | None = None, limit: int = 100
+                      ) -> list[DeployRow]: ...
+
+
+class ActionsHandler(Protocol):
+    """What the routes ask of the actions subsystem (`actions.handler.ActionsHandler`)."""
+
+    @property
+    def store(self) -> _Deploys: ...
+    def require_started(self) -> None: ...
+    async def run_action(self, name: str, body: Any) -> dict[str, Any]: ...
+    async def deploy(self, body: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def runs(self, *, action: str | None = None, status: str | None = None,
+                   limit: int = 100) -> list[dict[str, Any]]: ...
+    async def run(self, run_id: str) -> dict[str, Any]: ...
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -11,8 +11,8 @@ the pipeline picks them up at its next flush.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -20,7 +20,24 @@ from watchdog.gocompat import rfc3339_millis
 from watchdog.notify.silences import InputError, parse_matchers, silence_from_request
 
 if TYPE_CHECKING:
-    from watchdog.notify.handler import NotifyHandler
+    from watchdog.notify.silences import Matcher, SilenceStore
+    from watchdog.state import Alert
+
+
+class _Outbox(Protocol):
+    async def recent(self, *, status: str | None = None, receiver: str | None = None,
+                     limit: int = 100) -> list[dict[str, Any]]: ...
+
+
+class NotifyHandler(Protocol):
+    """What the endpoints ask of the notification subsystem (`notify.handler.NotifyHandler`)."""
+
+    @property
+    def silences(self) -> SilenceStore: ...
+    @property
+    def outbox(self) -> _Outbox: ...
+    async def acknowledge(self, matchers: Sequence[Matcher], created_by: str = "",
+                          comment: str = "") -> list[Alert]: ...
 
 
 class NotFound(InputError):
