@@ -288,6 +288,21 @@ async def test_on_commit_sees_the_committed_state(storage: Storage) -> None:
     assert seen == [{"a.yml": b"x"}]
 
 
+async def test_a_tx_used_after_its_block_writes_nothing(
+        storage: Storage, backend: str, request: pytest.FixtureRequest) -> None:
+    """A Tx kept past its block (a caller bug) must fail loudly, not write outside any
+    transaction and outside the lock."""
+    if backend == "sqlite":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "SqliteStorage: the connection is in autocommit mode after COMMIT, so a leaked "
+            "Tx's statements run and commit one by one, without the lock")))
+    async with storage.transaction() as tx:
+        pass
+    with pytest.raises(Exception):  # noqa: B017 - the port does not name the error
+        await tx.rule_files.save({"a.yml": ("d", b"x")})
+    assert await read(storage, lambda tx: tx.rule_files.load()) == {}
+
+
 async def test_a_duplicate_run_caught_inside_keeps_the_transaction_usable(
         storage: Storage) -> None:
     """DuplicateRun is an answer, not a failure: the caller's other writes still commit."""
