@@ -11,9 +11,16 @@ own TSDB, stopped at teardown.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import itertools
 import json
 import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -24,7 +31,7 @@ import aiohttp
 import pytest
 from fakes_chat import FakeChat
 
-from watchdog.promserver import APT_HINT, PrometheusServer, backfill, find_binary
+from watchdog.promserver import APT_HINT, PrometheusServer, backfill, find_binary, free_port
 from watchdog.series import Series
 
 
@@ -32,8 +39,8 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _missing(name: str) -> NoReturn:
-    message = f"{name} is not installed; {APT_HINT}"
+def _missing(name: str, hint: str = APT_HINT) -> NoReturn:
+    message = f"{name} is not installed; {hint}"
     if _in_ci():
         pytest.fail(f"{message} (CI is set: these tests must run, not skip)", pytrace=False)
     pytest.skip(message)
@@ -131,3 +138,103 @@ def instant_query(server: PrometheusServer, expr: str, at: float) -> list[dict[s
     assert data["resultType"] == "vector", data
     result: list[dict[str, Any]] = data["result"]
     return result
+
+
+# ---- PostgreSQL --------------------------------------------------------------------------------
+
+PG_HINT = ("install Debian's postgresql package (apt-get install postgresql), or set "
+           "WATCHDOG_TEST_POSTGRES_URL=postgresql://user@host:port/db of a server to use")
+
+
+def _pg_bindir() -> Path | None:
+    """The newest /usr/lib/postgresql/<major>/bin with initdb and pg_ctl."""
+    found = [Path(d) for d in glob.glob("/usr/lib/postgresql/*/bin")
+             if os.access(Path(d) / "initdb", os.X_OK) and os.access(Path(d) / "pg_ctl", os.X_OK)]
+    found.sort(key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0)
+    return found[-1] if found else None
+
+
+def _with_database(url: str, name: str) -> str:
+    return urllib.parse.urlsplit(url)._replace(path="/" + name).geturl()
+
+
+@contextlib.contextmanager
+def _throwaway_cluster(bindir: Path) -> Iterator[str]:
+    """initdb + pg_ctl start in a temp dir, trust auth, loopback only; stopped and deleted after.
+
+    PostgreSQL refuses to run as root, so as root it runs as the `postgres` user, in a directory
+    that user owns (pytest's own tmp dirs are private to root).
+    """
+    as_user: list[str] = []
+    base = Path(tempfile.mkdtemp(prefix="watchdog-pg-"))
+    if os.geteuid() == 0:
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(base)
+            _missing("the postgres user", PG_HINT)
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = base / "data", free_port()
+
+    def run(*args: str | Path) -> None:
+        done = subprocess.run([*as_user, *map(str, args)], capture_output=True, text=True,
+                              timeout=120, check=False)
+        if done.returncode != 0:
+            message = f"{Path(args[0]).name} failed: {(done.stdout + done.stderr).strip()[-2000:]}"
+            if _in_ci():
+                pytest.fail(message, pytrace=False)
+            pytest.skip(message)
+
+    try:
+        run(bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
+            "--no-locale", "--no-sync")
+        # Durability settings off: a test cluster dies with the session anyway.
+        run(bindir / "pg_ctl", "-D", data, "-l", base / "server.log", "-w", "-t", "60", "-o",
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            "start")
+        try:
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                            "-w", "stop"], capture_output=True, timeout=60, check=False)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A PostgreSQL server for the session: WATCHDOG_TEST_POSTGRES_URL when set, else a
+    throwaway cluster of Debian's postgresql package on a free port. Skipped when neither is
+    possible (failed under CI)."""
+    url = os.environ.get("WATCHDOG_TEST_POSTGRES_URL", "").strip()
+    if url:
+        yield url
+        return
+    bindir = _pg_bindir()
+    if bindir is None:
+        _missing("PostgreSQL (/usr/lib/postgresql/*/bin/initdb)", PG_HINT)
+    with _throwaway_cluster(bindir) as url:
+        yield url
+
+
+@pytest.fixture
+async def postgres_url(postgres_server_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database on the session's server for one test, dropped afterwards."""
+    import asyncpg
+
+    admin = _with_database(postgres_server_url, "postgres")
+    name = f"wd_test_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    yield _with_database(postgres_server_url, name)
+    conn = await asyncpg.connect(admin)
+    try:
+        # FORCE: a test that failed with its store still open must not leak the database.
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
