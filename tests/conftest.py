@@ -238,3 +238,12 @@ async def postgres_url(postgres_server_url: str) -> AsyncIterator[str]:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """`WATCHDOG_STATE_URL` for one test, once per backend: a SQLite file, and a fresh
+    PostgreSQL database (`postgres_url`). The persistence, restart and crash tests use it."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    return str(request.getfixturevalue("postgres_url"))

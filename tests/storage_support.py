@@ -12,12 +12,16 @@ from watchdog.storage import Storage, open_storage
 
 
 @contextlib.asynccontextmanager
-async def sqlite_storage(path: Path | str) -> AsyncIterator[Storage]:
-    storage = await open_storage(f"sqlite:///{path}")
+async def storage_at(url: str) -> AsyncIterator[Storage]:
+    storage = await open_storage(url)
     try:
         yield storage
     finally:
         await storage.close()
+
+
+def sqlite_storage(path: Path | str) -> contextlib.AbstractAsyncContextManager[Storage]:
+    return storage_at(f"sqlite:///{path}")
 
 
 async def on_events_tx(handler: Any, events: Sequence[Event], at: float) -> None:

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import structlog
 from fakes_chat import HANG, FakeChat, FakeTime, Harness, Reply, make_alert, running_harness, status
-from storage_support import sqlite_storage
+from storage_support import sqlite_storage, storage_at
 
 KEY = "R0UT1NGKEY0123456789abcdefABCDEF"
 SECRET = "XoXbSuperSecretToken42"
@@ -201,13 +201,14 @@ import asyncio, sys
 sys.path.insert(0, {tests!r})
 import aiohttp
 from fakes_chat import FakeChat, FakeTime, Harness, make_alert
-from storage_support import sqlite_storage
+from watchdog.storage import open_storage
 
 async def main():
     chat = FakeChat()
     chat.port = {port}
     clock = FakeTime({now})
-    async with sqlite_storage({db!r}) as db, aiohttp.ClientSession() as s:
+    db = await open_storage({db!r})
+    async with aiohttp.ClientSession() as s:
         h = await Harness(db, s, clock, chat, open({rules!r}).read(), timeout=3600).start()
         await h.fire(*[make_alert(f"Rule{{i}}", at=clock(), instance="a") for i in range(3)])
         print("enqueued", flush=True)
@@ -218,7 +219,8 @@ asyncio.run(main())
 
 
 @pytest.mark.slow
-async def test_sigkill_with_undelivered_notifications(tmp_path: Path, chat: FakeChat) -> None:
+async def test_sigkill_with_undelivered_notifications(tmp_path: Path, chat: FakeChat,
+                                                      state_url: str) -> None:
     """A daemon killed mid-delivery: every notification arrives after the restart, PagerDuty
     opens each incident once, Slack gets each message once (it never answered before)."""
     clock = FakeTime()
@@ -227,7 +229,7 @@ async def test_sigkill_with_undelivered_notifications(tmp_path: Path, chat: Fake
     chat.then("pagerduty", Reply(hang=True, accept=True))  # PagerDuty took it, then hung
     (tmp_path / "rules.yml").write_text(RULES)
     script = CHILD.format(tests=str(Path(__file__).parent), port=chat.port, now=clock(),
-                          db=str(tmp_path / "w.db"), rules=str(tmp_path / "rules.yml"))
+                          db=state_url, rules=str(tmp_path / "rules.yml"))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", textwrap.dedent(script), stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
@@ -243,7 +245,7 @@ async def test_sigkill_with_undelivered_notifications(tmp_path: Path, chat: Fake
     finally:
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
-    async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+    async with storage_at(state_url) as db, aiohttp.ClientSession() as s:
         h = await Harness(db, s, clock, chat, RULES).start()
         await h.drain()
         await h.tick(120)
