@@ -85,6 +85,12 @@ class TickResult:
     queries: int
     failed_queries: int
     duration: float
+    alerts: list[dict[str, Alert]] = field(default_factory=list)  # per rule, the new state
+
+    def apply(self, rt: GroupRuntime) -> None:
+        """Make the new alert state the runtime's (what `tick(apply=False)` left undone)."""
+        for r, alerts in zip(rt.rules, self.alerts, strict=True):
+            r.alerts = alerts
 
 
 async def run_queries(source: Source, queries: Sequence[Query], concurrency: int
@@ -121,19 +127,25 @@ async def run_queries(source: Source, queries: Sequence[Query], concurrency: int
 
 
 async def tick(rt: GroupRuntime, at: float, source: Source, ctx: Context,
-               concurrency: int = 16) -> TickResult:
+               concurrency: int = 16, *, apply: bool = True) -> TickResult:
+    """Evaluate every rule of the group at `at`. With `apply=False` the runtime keeps its old
+    alert state and the caller applies `TickResult.alerts` itself (the daemon does, once the
+    new state is committed, so nothing reads a state that a crash could still take back)."""
     started = time.perf_counter()
     plans = [(r, plan(r.rule, rt.group, at)) for r in rt.rules]
     results = await run_queries(source, [q for _, p in plans for q in p.queries()], concurrency)
     events: list[Event] = []
     errors: dict[str, str] = {}
+    new: list[dict[str, Alert]] = []
     for r, p in plans:
         t0 = time.perf_counter()
         outcome: Outcome = evaluate(r.rule, rt.group, p, results, ctx)
         res = step(r.alerts, outcome, at, rule=r.rule.alert, group=rt.group.name,
                    hold=r.rule.for_, keep_firing_for=r.rule.keep_firing_for,
                    limit=rt.group.limit)
-        r.alerts = res.alerts
+        if apply:
+            r.alerts = res.alerts
+        new.append(res.alerts)
         events.extend(res.events)
         if res.error is not None:
             errors[r.key] = res.error
@@ -144,4 +156,4 @@ async def tick(rt: GroupRuntime, at: float, source: Source, ctx: Context,
     rt.last_at, rt.last_duration = at, duration
     rt.last_error = next(iter(errors.values()), None)
     failed = sum(1 for v in results.values() if isinstance(v, BaseException))
-    return TickResult(events, errors, len(results), failed, duration)
+    return TickResult(events, errors, len(results), failed, duration, new)

@@ -133,9 +133,12 @@ class Evaluator:
 
     async def _evaluate(self, rt: GroupRuntime, at: float) -> TickResult | None:
         name = rt.group.name
-        before = [r.alerts for r in rt.rules]  # step never mutates these dicts
         try:
-            res = await tick(rt, at, self.source, self.context(), self.concurrency)
+            # apply=False: the runtime (what the API shows and the handlers read) takes the new
+            # state only once it is committed; a failed commit leaves the old state, so the next
+            # tick decides the same transitions again instead of losing them.
+            res = await tick(rt, at, self.source, self.context(), self.concurrency,
+                             apply=False)
         except Exception:
             # A bug, not a failed query (those come back in res.errors).
             self.metrics.evaluation_failures.labels(name).inc(len(rt.rules))
@@ -143,17 +146,23 @@ class Evaluator:
                 log.exception("evaluation crashed", group=name, file=rt.file)
             return None
         self._observe(rt, res, at)
-        changes = [changes_of(rt, before, at)]
+        changes = [changes_of(rt, res.alerts, at)]
         events = list(res.events)
-        if self.health.observe(res, at):
-            async with self._health_lock:
+        applied: list[tuple[GroupRuntime, TickResult]] = [(rt, res)]
+        async with contextlib.AsyncExitStack() as stack:
+            if self.health.observe(res, at):
+                # Held to the commit: two groups must not step the built-in alert at once.
+                await stack.enter_async_context(self._health_lock)
                 b = self.health.runtime
-                b_before = [r.alerts for r in b.rules]
-                events.extend(await self.health.step(at, self.context()))
-                changes.append(changes_of(b, b_before, at))
-        if self.health.up is not None:
-            self.metrics.datasource_up.set(1 if self.health.up else 0)
-        await self.commit(changes, events, at, group=name)
+                b_res = await self.health.step(at, self.context())
+                events.extend(b_res.events)
+                changes.append(changes_of(b, b_res.alerts, at))
+                applied.append((b, b_res))
+            if self.health.up is not None:
+                self.metrics.datasource_up.set(1 if self.health.up else 0)
+            if await self.commit(changes, events, at, group=name):
+                for target, result in applied:
+                    result.apply(target)
         return res
 
     async def commit(self, changes: Sequence[GroupChanges], events: Sequence[Event],
@@ -223,20 +232,21 @@ class Evaluator:
                               error=err)
 
 
-def changes_of(rt: GroupRuntime, before: Sequence[Mapping[str, Alert]], at: float
+def changes_of(rt: GroupRuntime, new: Sequence[Mapping[str, Alert]], at: float
                ) -> GroupChanges:
-    """The rows one tick changed (the runtime's rules are `before`'s, in order)."""
+    """The rows a tick changes: the runtime's rules hold the old state, `new` (in the same
+    order) the state the tick computed."""
     c = GroupChanges(rt.key)
-    for r, old in zip(rt.rules, before, strict=True):
-        new = r.alerts
-        if new is old:
+    for r, after in zip(rt.rules, new, strict=True):
+        old = r.alerts
+        if after is old:
             continue
         sig: str | None = None
-        for fp, a in new.items():
+        for fp, a in after.items():
             if old.get(fp) is not a:
                 sig = sig or rule_sig(r.rule)
                 c.upserts.append((r.key, sig, a))
-        c.deletes.extend((r.key, fp) for fp in old if fp not in new)
+        c.deletes.extend((r.key, fp) for fp in old if fp not in after)
     if c:
         c.at = at  # only written along with alert rows: a quiet group costs no write
     return c

@@ -19,7 +19,6 @@ from watchdog.engine import GroupRuntime, TickResult, tick
 from watchdog.evaluate import Context, Sample
 from watchdog.gocompat import rfc3339
 from watchdog.model import Group
-from watchdog.state import Event
 
 log = structlog.get_logger("watchdog.health")
 
@@ -81,11 +80,10 @@ class DatasourceHealth:
                       prometheus=self.url, error=self.error, failed_evaluations=self.failures)
         return True
 
-    async def step(self, at: float, ctx: Context) -> list[Event]:
-        """Evaluate the built-in rule through `engine.tick`; the caller persists its changes
-        like any group's."""
-        res = await tick(self.runtime, at, HealthSource(self), ctx)
-        return res.events
+    async def step(self, at: float, ctx: Context) -> TickResult:
+        """Evaluate the built-in rule through `engine.tick`; the caller commits its changes
+        like any group's, and then applies them."""
+        return await tick(self.runtime, at, HealthSource(self), ctx, apply=False)
 
     def probed(self, ok: bool, error: str | None, have_rules: bool) -> None:
         """The probe's answer counts only until evaluations say more."""

@@ -299,7 +299,7 @@ class MemOutbox(_Repo):
             r, status=status if r.status == "pending" else r.status, attempts=r.attempts + 1,
             last_error=error,
             next_attempt_at=r.next_attempt_at if next_at is None else float(next_at),
-            finished_at=_f(finished)))
+            finished_at=_f(finished) if r.status == "pending" else r.finished_at))
 
     async def pending_receivers(self) -> list[str]:
         return sorted({r.receiver for r in self.t.outbox.values() if r.status == "pending"})

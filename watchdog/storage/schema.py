@@ -19,49 +19,49 @@ SCHEMA_VERSION = 1
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS alert_instances (
-    group_key   TEXT NOT NULL,
-    rule_key    TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    rule_sig    TEXT NOT NULL,
-    state       TEXT NOT NULL,
+    group_key   {TEXT} NOT NULL,
+    rule_key    {TEXT} NOT NULL,
+    fingerprint {TEXT} NOT NULL,
+    rule_sig    {TEXT} NOT NULL,
+    state       {TEXT} NOT NULL,
     active_at   {REAL} NOT NULL,
-    data        TEXT NOT NULL,
+    data        {TEXT} NOT NULL,
     PRIMARY KEY (group_key, rule_key, fingerprint)
 );
 CREATE TABLE IF NOT EXISTS alert_groups (
-    group_key    TEXT PRIMARY KEY,
+    group_key    {TEXT} PRIMARY KEY,
     last_eval_at {REAL}
 );
 CREATE TABLE IF NOT EXISTS rule_files (
-    path    TEXT PRIMARY KEY,
-    digest  TEXT NOT NULL,
+    path    {TEXT} PRIMARY KEY,
+    digest  {TEXT} NOT NULL,
     content {BLOB} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS notify_outbox (
     id {SERIAL},
-    receiver TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    group_key TEXT NOT NULL,
-    dedup_key TEXT UNIQUE,
-    payload TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending',
+    receiver {TEXT} NOT NULL,
+    kind {TEXT} NOT NULL,
+    group_key {TEXT} NOT NULL,
+    dedup_key {TEXT} UNIQUE,
+    payload {TEXT} NOT NULL,
+    status {TEXT} NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
     created_at {REAL} NOT NULL,
     next_attempt_at {REAL} NOT NULL,
-    last_error TEXT,
+    last_error {TEXT},
     finished_at {REAL}
 );
 CREATE INDEX IF NOT EXISTS notify_outbox_pending ON notify_outbox (status, receiver, id);
 CREATE TABLE IF NOT EXISTS notify_log (
-    receiver TEXT NOT NULL,
-    group_key TEXT NOT NULL,
-    firing TEXT NOT NULL,
+    receiver {TEXT} NOT NULL,
+    group_key {TEXT} NOT NULL,
+    firing {TEXT} NOT NULL,
     sent_at {REAL} NOT NULL,
     PRIMARY KEY (receiver, group_key)
 );
 CREATE TABLE IF NOT EXISTS notify_escalations (
-    incident_id TEXT NOT NULL,
-    route_id TEXT NOT NULL,
+    incident_id {TEXT} NOT NULL,
+    route_id {TEXT} NOT NULL,
     level INTEGER NOT NULL,
     at {REAL} NOT NULL,
     resolved_sent INTEGER NOT NULL DEFAULT 0,
@@ -69,45 +69,45 @@ CREATE TABLE IF NOT EXISTS notify_escalations (
 );
 CREATE TABLE IF NOT EXISTS notify_action_notes (
     id {SERIAL_PLAIN},
-    incident_id TEXT NOT NULL,
-    note TEXT NOT NULL
+    incident_id {TEXT} NOT NULL,
+    note {TEXT} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS notify_action_notes_incident ON notify_action_notes (incident_id);
 CREATE TABLE IF NOT EXISTS notify_silences (
-    id TEXT PRIMARY KEY,
-    matchers TEXT NOT NULL,
+    id {TEXT} PRIMARY KEY,
+    matchers {TEXT} NOT NULL,
     starts_at {REAL} NOT NULL,
     ends_at {REAL} NOT NULL,
-    created_by TEXT NOT NULL,
-    comment TEXT NOT NULL,
+    created_by {TEXT} NOT NULL,
+    comment {TEXT} NOT NULL,
     created_at {REAL} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS notify_acks (
-    incident_id TEXT PRIMARY KEY,
-    fingerprint TEXT NOT NULL,
-    labels TEXT NOT NULL,
+    incident_id {TEXT} PRIMARY KEY,
+    fingerprint {TEXT} NOT NULL,
+    labels {TEXT} NOT NULL,
     at {REAL} NOT NULL,
-    created_by TEXT NOT NULL,
-    comment TEXT NOT NULL
+    created_by {TEXT} NOT NULL,
+    comment {TEXT} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS action_runs (
-    id TEXT PRIMARY KEY,
-    action TEXT NOT NULL,
-    trigger TEXT NOT NULL,
-    rule TEXT, grp TEXT, fingerprint TEXT, incident_id TEXT,
-    labels TEXT NOT NULL,
-    annotations TEXT NOT NULL DEFAULT '{{}}',
+    id {TEXT} PRIMARY KEY,
+    action {TEXT} NOT NULL,
+    trigger {TEXT} NOT NULL,
+    rule {TEXT}, grp {TEXT}, fingerprint {TEXT}, incident_id {TEXT},
+    labels {TEXT} NOT NULL,
+    annotations {TEXT} NOT NULL DEFAULT '{{}}',
     value_before {REAL},
     active_at {REAL},
     dry_run INTEGER NOT NULL,
-    spec TEXT NOT NULL,
-    status TEXT NOT NULL,
+    spec {TEXT} NOT NULL,
+    status {TEXT} NOT NULL,
     next_step INTEGER NOT NULL DEFAULT 0,
     created_at {REAL} NOT NULL,
     finished_at {REAL},
-    detail TEXT NOT NULL DEFAULT '',
+    detail {TEXT} NOT NULL DEFAULT '',
     verify_at {REAL},
-    verification TEXT,
+    verification {TEXT},
     value_after {REAL}
 );
 CREATE UNIQUE INDEX IF NOT EXISTS action_runs_once_per_incident
@@ -115,42 +115,42 @@ CREATE UNIQUE INDEX IF NOT EXISTS action_runs_once_per_incident
 CREATE INDEX IF NOT EXISTS action_runs_by_time ON action_runs(action, created_at);
 CREATE INDEX IF NOT EXISTS action_runs_by_status ON action_runs(status);
 CREATE TABLE IF NOT EXISTS action_steps (
-    run_id TEXT NOT NULL,
+    run_id {TEXT} NOT NULL,
     idx INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    status TEXT NOT NULL,
+    kind {TEXT} NOT NULL,
+    status {TEXT} NOT NULL,
     started_at {REAL} NOT NULL,
     finished_at {REAL},
     duration {REAL},
     deadline {REAL},
-    detail TEXT NOT NULL DEFAULT '',
-    output TEXT NOT NULL DEFAULT '',
+    detail {TEXT} NOT NULL DEFAULT '',
+    output {TEXT} NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, idx)
 );
 CREATE TABLE IF NOT EXISTS deploy_markers (
-    id TEXT PRIMARY KEY,
-    service TEXT NOT NULL,
-    version TEXT NOT NULL,
-    labels TEXT NOT NULL,
+    id {TEXT} PRIMARY KEY,
+    service {TEXT} NOT NULL,
+    version {TEXT} NOT NULL,
+    labels {TEXT} NOT NULL,
     at {REAL} NOT NULL,
     window_end {REAL} NOT NULL,
-    status TEXT NOT NULL,
-    summary TEXT NOT NULL DEFAULT ''
+    status {TEXT} NOT NULL,
+    summary {TEXT} NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS deploy_baselines (
-    rule TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
+    rule {TEXT} NOT NULL,
+    fingerprint {TEXT} NOT NULL,
     value {REAL} NOT NULL,
-    labels TEXT NOT NULL,
-    deploy_id TEXT NOT NULL,
+    labels {TEXT} NOT NULL,
+    deploy_id {TEXT} NOT NULL,
     captured_at {REAL} NOT NULL,
     PRIMARY KEY (rule, fingerprint)
 );
 CREATE TABLE IF NOT EXISTS deploy_alerts (
-    deploy_id TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    labels TEXT NOT NULL,
+    deploy_id {TEXT} NOT NULL,
+    rule {TEXT} NOT NULL,
+    fingerprint {TEXT} NOT NULL,
+    labels {TEXT} NOT NULL,
     value {REAL},
     at {REAL} NOT NULL,
     PRIMARY KEY (deploy_id, rule, fingerprint)
@@ -159,10 +159,12 @@ CREATE TABLE IF NOT EXISTS deploy_alerts (
 
 _TYPES: dict[Dialect, dict[str, str]] = {
     # SQLite's REAL is a double; PostgreSQL's REAL is a float4, hence DOUBLE PRECISION there.
-    "sqlite": {"REAL": "REAL", "BLOB": "BLOB",
+    # Text compares bytewise on both (PostgreSQL's default collation follows the server's
+    # locale, which would make every ORDER BY on a text column differ between servers).
+    "sqlite": {"REAL": "REAL", "BLOB": "BLOB", "TEXT": "TEXT",
                "SERIAL": "INTEGER PRIMARY KEY AUTOINCREMENT",
                "SERIAL_PLAIN": "INTEGER PRIMARY KEY"},
-    "postgresql": {"REAL": "DOUBLE PRECISION", "BLOB": "BYTEA",
+    "postgresql": {"REAL": "DOUBLE PRECISION", "BLOB": "BYTEA", "TEXT": 'TEXT COLLATE "C"',
                    "SERIAL": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
                    "SERIAL_PLAIN": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"},
 }

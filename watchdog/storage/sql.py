@@ -195,7 +195,10 @@ class SqlOutbox:
         await self.c.execute(
             "UPDATE notify_outbox SET status = CASE WHEN status = 'pending' THEN ? ELSE status "
             "END, attempts = attempts + 1, last_error = ?, "
-            "next_attempt_at = COALESCE(?, next_attempt_at), finished_at = ? WHERE id = ?",
+            "next_attempt_at = COALESCE(?, next_attempt_at), "
+            # A row superseded meanwhile keeps the finished_at it got then (prune needs one).
+            "finished_at = CASE WHEN status = 'pending' THEN ? ELSE finished_at END "
+            "WHERE id = ?",
             (status, error, _f(next_at), _f(finished), row_id))
 
     async def pending_receivers(self) -> list[str]:

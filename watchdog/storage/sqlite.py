@@ -63,6 +63,7 @@ class SqliteStorage:
         self.db = db
         self.path = path
         self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[object] | None = None
         self._lock_fd = lock_fd
         self._conn = _Conn(db)
 
@@ -115,17 +116,28 @@ class SqliteStorage:
 
     @contextlib.asynccontextmanager
     async def _begin(self) -> AsyncIterator[_Conn]:
+        me = asyncio.current_task()
+        if me is not None and me is self._owner:
+            # The lock is not re-entrant: waiting for it here would wait forever.
+            raise StorageError("a transaction was opened inside another one in the same task; "
+                               "pass the open Tx down instead")
         async with self._lock:
-            # IMMEDIATE: take the write lock now, so a read-then-write in one transaction
-            # cannot be overtaken by another connection (an operator's sqlite3 shell).
-            await self.db.execute("BEGIN IMMEDIATE")
+            self._owner = me
             try:
+                # IMMEDIATE: take the write lock now, so a read-then-write in one transaction
+                # cannot be overtaken by another connection (an operator's sqlite3 shell).
+                # Inside the try: a task cancelled while BEGIN is queued must still roll back,
+                # or the connection stays in a transaction for the next one.
+                await self.db.execute("BEGIN IMMEDIATE")
                 yield self._conn
+                await self.db.execute("COMMIT")
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
+                # Queued after whatever the cancelled statement was, so it runs after it.
+                with contextlib.suppress(sqlite3.Error, ValueError):
                     await self.db.execute("ROLLBACK")
                 raise
-            await self.db.execute("COMMIT")
+            finally:
+                self._owner = None
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlTx]:
