@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from watchdog import __version__
+from watchdog import __version__, am_api, prom_compat
 from watchdog.daemon import BUILTIN_GROUP, DATASOURCE_DOWN, Daemon, ReloadReport, rfc3339
 from watchdog.engine import GroupRuntime, RuleRuntime
 from watchdog.logs import redact  # error text may quote a URL with its password
@@ -388,4 +388,6 @@ def build_app(d: Daemon) -> web.Application:
     app.router.add_post("/-/reload", reload)
     app.router.add_put("/-/reload", reload)  # Prometheus accepts both
     app.add_routes(d.ctx.routes)
+    app.add_routes(prom_compat.routes(d))  # /-/healthy, /-/ready, /api/v1/status/buildinfo
+    app.add_routes(am_api.routes(d))  # Alertmanager's /api/v2 for amtool and Grafana
     return app
