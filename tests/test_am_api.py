@@ -8,9 +8,12 @@ prometheus-alertmanager), holding the same alerts, answers to the same request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -19,10 +22,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from conftest import require_binary
 from fakes_chat import FakeChat, free_port
+from hypothesis import example, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from test_daemon_support import TOKEN, settings, write
 
+from watchdog import am_api
 from watchdog.daemon import Daemon
 from watchdog.testing import FakeSource, sample
 
@@ -67,7 +75,7 @@ inhibit_rules:
 SAMPLES = {
     "errors": [sample(0.3, service="checkout", env="prod"), sample(0.2, service="cart")],
     "slow": [sample(2.0, service="checkout", env="prod"),
-             sample(3.0, service="search", env='we"ird\\env')],
+             sample(3.0, service="search", env='we"ird\\env\n2')],
 }
 
 
@@ -107,15 +115,15 @@ def amtool_binary() -> str:
     return require_binary("amtool")
 
 
-@pytest.fixture
-def alertmanager(tmp_path: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def running_alertmanager(directory: Path) -> Iterator[str]:
     """A real Alertmanager with AM_CONFIG, holding the alerts of `expected_alerts()`."""
     binary = require_binary("prometheus-alertmanager")
     port = free_port()
-    cfg = tmp_path / "alertmanager.yml"
+    cfg = directory / "alertmanager.yml"
     cfg.write_text(AM_CONFIG)
     proc = subprocess.Popen(
-        [binary, f"--config.file={cfg}", f"--storage.path={tmp_path / 'am-data'}",
+        [binary, f"--config.file={cfg}", f"--storage.path={directory / 'am-data'}",
          f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
          "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
@@ -131,7 +139,8 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
                     raise RuntimeError("alertmanager did not start: " + (
                         proc.stderr.read().decode() if proc.stderr else "")) from None
                 time.sleep(0.05)
-        body = json.dumps([{"labels": ls} for ls in expected_alerts()]).encode()
+        body = json.dumps([{"labels": ls, "generatorURL": "http://prometheus/graph"}
+                           for ls in expected_alerts()]).encode()
         req = urllib.request.Request(f"{url}/api/v2/alerts", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=5) as r:
@@ -144,6 +153,19 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    with running_alertmanager(tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def shared_alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Alertmanager for the read-only fuzz test (a fixture per example would be slow)."""
+    with running_alertmanager(tmp_path_factory.mktemp("am")) as url:
+        yield url
 
 
 async def amtool(binary: str, url: str, *args: str, config: Path | None = None
@@ -320,3 +342,441 @@ async def test_amtool_reads_the_routing_as_alertmanager_config(
     rc, out, err = await amtool(amtool_binary, url, "check-config", str(path))
     assert rc == 0, out + err
     assert " - 1 inhibit rules" in out and " - 3 receivers" in out
+
+
+# ---- the same requests to a real Alertmanager holding the same alerts ----------------------------
+
+
+def sync_get(url: str, params: Iterable[tuple[str, str]] = ()) -> tuple[int, Any]:
+    query = urllib.parse.urlencode(list(params))
+    try:
+        with urllib.request.urlopen(f"{url}?{query}", timeout=5) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+MATCHER_NAMES = st.sampled_from(["service", "env", "alertname", "nope", "a:b", " service ",
+                                 "1x", "", "service\t"])
+MATCHER_OPS = st.sampled_from(["=", "!=", "=~", "!~", "==", "~", "=!", " = "])
+MATCHER_VALUES = st.text(alphabet='cekrwi."\\|()*+?n \t\v\xa0', max_size=10)
+
+
+@hsettings(max_examples=150, deadline=None)
+@example(['env="we\\"ird\\\\env\\n2"'])  # quotes, backslash and newline escapes
+@example(["env=we\\\"ird\\\\env\\n2"])  # the same without the quotes
+@example(['env=~".*\\n.*"', "env!~\"\""])
+@example(['service=~"a)|(c.*"', "service=\\"])
+@given(st.lists(st.builds(lambda n, o, v: n + o + v, MATCHER_NAMES, MATCHER_OPS,
+                          MATCHER_VALUES), max_size=2))
+def test_filters_parse_and_match_like_alertmanager(shared_alertmanager: str,
+                                                   filters: list[str]) -> None:
+    """Alertmanager's matcher grammar, quoting, escapes, regex anchoring and empty-value rules,
+    with Alertmanager's own error messages; the oracle is the real Alertmanager."""
+    status, body = sync_get(f"{shared_alertmanager}/api/v2/alerts",
+                            [("filter", f) for f in filters])
+    try:
+        ms = am_api.parse_filters(filters)
+    except am_api.MatcherError as e:
+        assert (status, body) == (400, str(e))
+        return
+    assert status == 200, body
+    assert labelsets(body) == ordered(
+        ls for ls in expected_alerts() if all(m.filters(ls) for m in ms))
+
+
+async def post(url: str, body: Any, token: str | None = TOKEN) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as s, s.post(url, json=body, headers=headers) as r:
+        text = await r.text()
+        return r.status, (json.loads(text) if text else None)
+
+
+async def delete(url: str, token: str | None = TOKEN) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as s, s.delete(url, headers=headers) as r:
+        text = await r.text()
+        return r.status, (json.loads(text) if text else None)
+
+
+def iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(t))
+
+
+def shape(x: Any, key: str = "") -> Any:
+    """The JSON structure without the data: keys and types, label sets as one type."""
+    if key in ("labels", "annotations"):
+        return "labelset"
+    if isinstance(x, dict):
+        return {k: shape(v, k) for k, v in x.items()}
+    if isinstance(x, list):  # the distinct shapes of the elements
+        return sorted({json.dumps(shape(e), sort_keys=True) for e in x})
+    return type(x).__name__
+
+
+async def test_answers_as_a_real_alertmanager_does(watchdog: Running, alertmanager: str) -> None:
+    """Same alerts, same routing, same silences: the same answers to the same requests (the
+    data: which alerts, their states, receivers, silences, groups; and the JSON shapes)."""
+    ours, theirs = f"{watchdog.url}/api/v2", f"{alertmanager}/api/v2"
+    now = time.time()
+    silences = [
+        {"comment": "s1", "matchers": [{"name": "service", "value": "search", "isRegex": False,
+                                        "isEqual": True}]},
+        {"comment": "s2", "matchers": [{"name": "env", "value": "pro.*", "isRegex": True,
+                                        "isEqual": True},
+                                       {"name": "severity", "value": "warning",
+                                        "isRegex": False, "isEqual": False}]},
+        {"comment": "pending", "startsAt": iso(now + 3600),
+         "matchers": [{"name": "service", "value": "cart", "isRegex": False}]},
+        {"comment": "expired", "matchers": [{"name": "service", "value": "cart",
+                                             "isRegex": False}]},
+    ]
+    for i, sil in enumerate(silences):  # distinct ends: Alertmanager's order breaks no ties
+        body = {"startsAt": iso(now), "endsAt": iso(now + 3600 * (i + 2)), "createdBy": "t",
+                **sil}
+        ids = []
+        for base in (ours, theirs):
+            status, answer = await post(f"{base}/silences", body)
+            assert status == 200, answer
+            ids.append(answer["silenceID"])
+        if sil["comment"] == "expired":
+            for base, sid in zip((ours, theirs), ids, strict=True):
+                status, answer = await delete(f"{base}/silence/{sid}")
+                assert status == 200, answer
+
+    def comments(listing: list[dict[str, Any]]) -> dict[str, str]:
+        return {s["id"]: s["comment"] for s in listing}
+
+    names = {base: comments((await get(f"{base}/silences"))[1]) for base in (ours, theirs)}
+    # updatedAt: when the silence was written (created), not when it starts
+    for base in (ours, theirs):
+        [pending] = [x for x in (await get(f"{base}/silences"))[1] if x["comment"] == "pending"]
+        assert pending["updatedAt"] < iso(now + 60) < pending["startsAt"]
+
+    def view(base: str, alerts: list[dict[str, Any]]) -> list[Any]:
+        return sorted((sorted(a["labels"].items()), a["status"]["state"],
+                       sorted(names[base][x] for x in a["status"]["silencedBy"]),
+                       len(a["status"]["inhibitedBy"]), sorted(r["name"] for r in a["receivers"]))
+                      for a in alerts)
+
+    cases: list[dict[str, Any]] = [
+        {}, {"active": "false"}, {"inhibited": "false"}, {"silenced": "false"},
+        {"silenced": "false", "inhibited": "false"}, {"active": "false", "inhibited": "false"},
+        {"receiver": "pager"}, {"receiver": "ch.*"}, {"receiver": "nobody"}, {"receiver": "("},
+        {"active": "yes"}, {"active": "garbage", "unprocessed": "false"},
+        {"filter": ['service=~"c.*"', 'env!=""']}, {"filter": "bad"},
+    ]
+    for case in cases:
+        (s1, ours_alerts), (s2, their_alerts) = [await get(f"{b}/alerts", **case)
+                                                 for b in (ours, theirs)]
+        assert s1 == s2, case
+        if s1 != 200:
+            assert ours_alerts == their_alerts, case  # the same error message
+            continue
+        assert view(ours, ours_alerts) == view(theirs, their_alerts), case
+        # the inhibiting alert, by its labels (fingerprints are computed differently)
+        for base, alerts in ((ours, ours_alerts), (theirs, their_alerts)):
+            by_fp = {a["fingerprint"]: a["labels"] for a in (await get(f"{base}/alerts"))[1]}
+            for a in alerts:
+                for fp in a["status"]["inhibitedBy"]:
+                    assert by_fp[fp]["alertname"] == "CheckoutErrors"
+                    assert by_fp[fp]["service"] == a["labels"]["service"]
+
+        (s1, ours_groups), (s2, their_groups) = [await get(f"{b}/alerts/groups", **case)
+                                                 for b in (ours, theirs)]
+        assert s1 == s2, case
+        if s1 == 200:
+            def groups(gs: list[dict[str, Any]]) -> list[Any]:
+                return sorted((g["receiver"]["name"], sorted(g["labels"].items()),
+                               labelsets(g["alerts"])) for g in gs)
+            assert groups(ours_groups) == groups(their_groups), case
+
+    for filters in ([], ['service="search"'], ['env=~"pro.*"'], ['env=~"pro"'],
+                    ['service="cart"'], ['severity!="warning"', 'env=~"pro.*"'], ["bad"]):
+        (s1, ours_sil), (s2, their_sil) = [await get(f"{b}/silences", filter=filters)
+                                           for b in (ours, theirs)]
+        assert s1 == s2, filters
+        if s1 == 200:  # in Alertmanager's order: active, pending, expired
+            assert [s["comment"] for s in ours_sil] == [s["comment"] for s in their_sil]
+        else:
+            assert ours_sil == their_sil
+
+    # The JSON shapes, endpoint by endpoint.
+    for path in ("/status", "/receivers", "/alerts", "/alerts/groups", "/silences"):
+        (s1, mine), (s2, real) = [await get(f"{b}{path}") for b in (ours, theirs)]
+        assert (s1, s2) == (200, 200)
+        assert shape(mine) == shape(real), path
+    sid = next(k for k, v in names[ours].items() if v == "s1")
+    real_sid = next(k for k, v in names[theirs].items() if v == "s1")
+    (s1, mine), (s2, real) = [await get(f"{b}/silence/{i}")
+                              for b, i in ((ours, sid), (theirs, real_sid))]
+    assert (s1, s2) == (200, 200) and shape(mine) == shape(real)
+    assert {k: mine[k] for k in ("comment", "createdBy", "matchers", "status")} == {
+        k: real[k] for k in ("comment", "createdBy", "matchers", "status")}
+
+
+# ---- Grafana's Alertmanager data source ----------------------------------------------------------
+
+
+async def test_grafana_alertmanager_data_source_requests(watchdog: Running) -> None:
+    """The requests Grafana (11/12) sends to an Alertmanager data source of implementation
+    "prometheus", in order, as its proxy forwards them (query string included), and what
+    Grafana reads from each answer (public/app/plugins/datasource/alertmanager/DataSource.ts,
+    features/alerting/unified/api/*, pkg/services/ngalert/api/lotex_am.go)."""
+    url = watchdog.url
+    # "Save & test": feature discovery asks buildinfo (a Mimir says so in `application`), then
+    # makes sure the URL is not a Mimir/Cortex one, then asks the status.
+    status, info = await get(f"{url}/api/v1/status/buildinfo")
+    assert status == 200 and info["status"] == "success"
+    assert info["data"].get("application") != "Grafana Mimir"
+    status, _ = await get(f"{url}/alertmanager/api/v2/status")
+    assert status == 404  # a 200 here makes Grafana answer "detected a Mimir or Cortex endpoint"
+    status, st = await get(f"{url}/api/v2/status")
+    assert status == 200
+    # Grafana's backend decodes the status and parses config.original as Alertmanager YAML to
+    # show the routing tree and the contact points.
+    config = yaml.safe_load(st["config"]["original"])
+    receivers = {r["name"] for r in config["receivers"]}
+    assert config["route"]["receiver"] in receivers
+    assert [(r["receiver"], r.get("group_by"), r.get("matchers"), r["group_wait"])
+            for r in config["route"]["routes"]] == [
+        ("chat", ["alertname"], None, "30s"), ("pager", None, ['severity="critical"'], "10s")]
+    assert st["cluster"]["status"] in ("ready", "settling", "disabled")
+
+    # The alert list and the groups page.
+    status, groups = await get(f"{url}/api/v2/alerts/groups")
+    assert status == 200
+    assert {(g["receiver"]["name"], json.dumps(g["labels"], sort_keys=True)) for g in groups} == {
+        ("chat", '{"alertname": "CheckoutErrors"}'), ("chat", '{"alertname": "CheckoutSlow"}'),
+        ("pager", "{}")}
+    status, alerts = await get(f"{url}/api/v2/alerts", filter='alertname="CheckoutErrors"',
+                               silenced="true", active="true", inhibited="true")
+    assert status == 200 and {a["labels"]["service"] for a in alerts} == {"checkout", "cart"}
+    status, silences = await get(f"{url}/api/v2/silences", ruleMetadata="true",
+                                 accesscontrol="true")
+    assert (status, silences) == (200, [])
+
+    # The silence editor: a preview of the alerts it will match, then the silence.
+    status, preview = await get(f"{url}/api/v2/alerts", filter=['service=~"car.*"'])
+    assert status == 200 and [a["labels"]["service"] for a in preview] == ["cart"]
+    now = time.time()
+    payload = {"startsAt": iso(now), "endsAt": iso(now + 7200), "comment": "from Grafana",
+               "createdBy": "grafana-admin",
+               "matchers": [{"name": "service", "value": "car.*", "isEqual": True,
+                             "isRegex": True}]}
+    status, body = await post(f"{url}/api/v2/silences", payload, token=None)
+    assert status == 401  # without the data source's Authorization header
+    status, body = await post(f"{url}/api/v2/silences", payload)
+    assert status == 200
+    sid = body["silenceID"]
+    status, sil = await get(f"{url}/api/v2/silence/{sid}", ruleMetadata="true",
+                            accesscontrol="true")
+    assert status == 200
+    assert (sil["id"], sil["status"]["state"], sil["createdBy"]) == (sid, "active",
+                                                                      "grafana-admin")
+    status, alerts = await get(f"{url}/api/v2/alerts", filter='service="cart"')
+    assert [a["status"]["silencedBy"] for a in alerts] == [[sid]]
+
+    # Editing a silence posts it again with its id: the old one expires, a new one replaces it.
+    status, body = await post(f"{url}/api/v2/silences",
+                              {**payload, "id": sid, "comment": "edited"})
+    assert status == 200 and body["silenceID"] != sid
+    new = body["silenceID"]
+    status, listing = await get(f"{url}/api/v2/silences")
+    assert [(s["id"], s["status"]["state"], s["comment"]) for s in listing] == [
+        (new, "active", "edited"), (sid, "expired", "from Grafana")]
+    status, body = await post(f"{url}/api/v2/silences", {**payload, "id": sid[:-1] + "0"})
+    assert status == 404
+
+    status, body = await delete(f"{url}/api/v2/silence/{new}", token=None)
+    assert status == 401
+    status, body = await delete(f"{url}/api/v2/silence/{new}")
+    assert (status, body) == (200, None)
+    status, sil = await get(f"{url}/api/v2/silence/{new}")
+    assert sil["status"]["state"] == "expired"
+    status, _ = await get(f"{url}/api/v2/silence/00000000-0000-4000-8000-000000000000")
+    assert status == 404
+
+    # Refused silences come back as Alertmanager's: a JSON string Grafana shows as it is.
+    for matchers, message in (
+            ([{"name": "service", "value": "(", "isRegex": True}], "error parsing regexp"),
+            ([{"name": "service", "value": ".*", "isRegex": True}], "match every alert"),
+            ([{"name": "bad-name", "value": "x", "isRegex": False}], "label name"),
+            ([], "non-empty")):
+        status, body = await post(f"{url}/api/v2/silences", {**payload, "matchers": matchers})
+        assert status == 400 and isinstance(body, str) and message in body, body
+    status, body = await post(f"{url}/api/v2/silences", {**payload, "endsAt": iso(now - 60)})
+    assert status == 400 and isinstance(body, str) and "endsAt" in body
+    status, body = await get(f"{url}/api/v2/alerts", filter='service=~"("')
+    assert (status, body) == (400, "error parsing regexp: missing closing ): `^(?:()$`")
+
+
+# ---- Prometheus's probes and buildinfo -----------------------------------------------------------
+
+
+async def test_probes_and_buildinfo_answer_as_prometheus_does(
+        watchdog: Running, prometheus_binary: str, tmp_path: Path) -> None:
+    from watchdog import __version__
+    from watchdog.promserver import PrometheusServer
+
+    with PrometheusServer(tmp_path / "tsdb", binary=prometheus_binary) as prom:
+        async with aiohttp.ClientSession() as s:
+            for method in ("GET", "HEAD"):
+                for path in ("/-/healthy", "/-/ready"):
+                    answers = []
+                    for base in (watchdog.url, prom.url):
+                        async with s.request(method, f"{base}{path}") as r:
+                            # (Prometheus sends no Content-Type with a HEAD answer)
+                            answers.append((r.status, await r.text(), method == "HEAD"
+                                            or r.headers["Content-Type"]))
+                    assert answers[0] == answers[1], (method, path)
+            infos = []
+            for base in (watchdog.url, prom.url):
+                async with s.get(f"{base}/api/v1/status/buildinfo") as r:
+                    assert r.headers["Content-Type"] == "application/json; charset=utf-8" or (
+                        r.headers["Content-Type"] == "application/json")
+                    infos.append(await r.json())
+    ours, real = infos
+    assert ours["status"] == real["status"] == "success"
+    assert set(ours["data"]) == set(real["data"])
+    assert ours["data"]["version"] == __version__
+
+
+async def test_not_ready_until_prometheus_answers(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    write(s.rules_dir / "shop.yml", RULES.replace("CHAT", "http://127.0.0.1:9"))
+    down = ConnectionError("connection refused")
+    src = FakeSource({"errors": down, "slow": down})
+    async with Daemon(s, clock=time.time, source=src, schedule=False, plugins=False) as d:
+        assert d.http_url is not None
+        await d.evaluate_all()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{d.http_url}/-/ready") as r:
+                assert (r.status, await r.text()) == (503, "Service Unavailable")
+            async with http.get(f"{d.http_url}/-/healthy") as r:
+                assert (r.status, await r.text()) == (200, "Prometheus Server is Healthy.\n")
+
+
+# ---- without the notification subsystem ----------------------------------------------------------
+
+
+async def test_alerts_without_notifications_and_no_password_in_links(tmp_path: Path) -> None:
+    s = settings(tmp_path, prometheus_url="http://user:hunter2@prom.example:9090/p/")
+    write(s.rules_dir / "shop.yml", RULES.replace("CHAT", "http://127.0.0.1:9"))
+    async with Daemon(s, clock=time.time, source=FakeSource(dict(SAMPLES)), schedule=False,
+                      plugins=False) as d:
+        await d.evaluate_all()
+        url = f"{d.http_url}/api/v2"
+        status, alerts = await get(f"{url}/alerts")
+        assert status == 200 and len(alerts) == 4
+        assert {a["generatorURL"] for a in alerts} == {
+            "http://prom.example:9090/p/graph?g0.expr=errors&g0.tab=1",
+            "http://prom.example:9090/p/graph?g0.expr=slow&g0.tab=1"}
+        assert all("hunter2" not in json.dumps(a) for a in alerts)
+        status, body = await get(f"{url}/silences")
+        assert status == 503 and "notification subsystem" in body
+        status, body = await post(f"{url}/silences", {"matchers": []})
+        assert status == 503
+
+
+# ---- the same decisions as the notification pipeline ---------------------------------------------
+
+LABEL_NAMES = st.sampled_from(["alertname", "severity", "service", "env"])
+LABEL_VALUES = st.sampled_from(["", "a", "b", "critical", "warning", "we\"ird"])
+LABELSETS = st.dictionaries(LABEL_NAMES, LABEL_VALUES.filter(bool), max_size=4)
+PATTERNS = st.sampled_from(["a", "a|b", ".*", ".+", "crit.*", "(", "a)|(b", "", "[a-c]+",
+                            "(?i)A", "\\d"])
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(name=LABEL_NAMES, pattern=PATTERNS | LABEL_VALUES, regex=st.booleans(),
+       equal=st.booleans(), labels=LABELSETS)
+def test_silence_matching_is_the_pipelines(name: str, pattern: str, regex: bool, equal: bool,
+                                           labels: dict[str, str]) -> None:
+    from watchdog.notify.silences import Matcher
+
+    mine = am_api.AmMatcher.from_json({"name": name, "value": pattern, "isRegex": regex,
+                                       "isEqual": equal})
+    theirs = Matcher(name, pattern, regex, equal)
+    assert mine.matches_value(labels.get(name, "")) == theirs.matches(labels)
+    assert mine.to_json() == theirs.to_json()
+
+
+@hsettings(max_examples=150, deadline=None)
+@given(st.lists(LABELSETS, max_size=5), st.lists(st.builds(
+    lambda sm, tm, sre, eq: {"source_match": sm, "target_match": tm, "source_match_re": sre,
+                             "equal": eq},
+    st.dictionaries(LABEL_NAMES, LABEL_VALUES, max_size=2),
+    st.dictionaries(LABEL_NAMES, LABEL_VALUES, max_size=2),
+    st.dictionaries(LABEL_NAMES, PATTERNS.filter(lambda p: p not in ("(", "a)|(b")),
+                    max_size=1),
+    st.lists(LABEL_NAMES, max_size=2)), max_size=3))
+def test_inhibition_is_the_pipelines(alerts: list[dict[str, str]],
+                                     rules: list[dict[str, Any]]) -> None:
+    from watchdog.model import InhibitRule
+    from watchdog.notify.pipeline import inhibited
+
+    irs = [InhibitRule.model_validate(r) for r in rules]
+    sources = [(str(i), ls) for i, ls in enumerate(alerts)]
+    for target in alerts:
+        by = am_api.inhibited_by(target, sources, irs)
+        assert bool(by) == inhibited(target, alerts, irs)
+        for fp in by:  # and the source named is one that inhibits on its own
+            assert inhibited(target, [alerts[int(fp)]], irs)
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(name=st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,5}", fullmatch=True),
+       op=st.sampled_from(["=", "!=", "=~", "!~"]),
+       value=st.text(st.sampled_from('a"\\\n \tné{},') | st.characters(), max_size=12))
+def test_matcher_spelling_parses_back(name: str, op: str, value: str) -> None:
+    """What the config and amtool show (`labels.Matcher.String`) reads back as the same
+    matcher, whatever quotes, backslashes, newlines or blanks the value holds."""
+    m = am_api.AmMatcher(name, op, value)
+    try:
+        parsed = am_api.parse_matcher(str(m))
+    except am_api.MatcherError as e:
+        assert m.is_regex and "regexp" in str(e)  # an invalid regex, refused as such
+        return
+    assert parsed == m
+
+
+def test_limits_agree_with_the_silence_api() -> None:
+    from watchdog.notify.receivers.alertmanager import RESEND_FACTOR
+    from watchdog.notify.silences import MAX_REGEX_LENGTH
+
+    assert am_api.MAX_REGEX_LENGTH == MAX_REGEX_LENGTH
+    assert am_api.RESEND_FACTOR == RESEND_FACTOR
+    with pytest.raises(am_api.MatcherError, match="at most 4096"):
+        am_api.parse_matcher("a=~" + "x" * 4097)
+
+
+async def test_generated_routes_route_as_ours(amtool_binary: str, tmp_path: Path) -> None:
+    """The routing shown in config.original sends each label set to the receivers the watchdog
+    sends it to; `amtool config routes test` reads the generated file, our routes the same
+    labels (including a `match_re` that only anchors right when spelled out, and quoting)."""
+    from watchdog.rulesdir import build
+
+    rs = build({"r.yml": b'''
+receivers:
+  - {name: a, slack: {webhook_url: "http://x"}}
+  - {name: b, slack: {webhook_url: "http://x"}}
+  - {name: unrouted, slack: {webhook_url: "http://x"}}
+routes:
+  - {match_re: {svc: "a)|(b"}, receivers: [a]}
+  - {match: {env: 'pro"d\\\\x'}, receivers: [b, a]}
+  - {match_re: {svc: "c.*|d"}, match: {team: x}, receivers: [unrouted]}
+'''})
+    assert not rs.problems
+    path = tmp_path / "am.yml"
+    path.write_text(am_api.alertmanager_config(rs))
+    for labels in ({"svc": "a"}, {"svc": "b"}, {"svc": "ab"}, {"svc": "xb"}, {"svc": "ax"},
+                   {"env": 'pro"d\\x'}, {"env": "prod"}, {"svc": "cc", "team": "x"},
+                   {"svc": "d", "team": "x", "env": 'pro"d\\x'}, {"svc": "dd", "team": "x"},
+                   {"other": "1"}):
+        args = [str(am_api.AmMatcher(k, "=", v)) for k, v in labels.items()]
+        rc, out, err = await amtool(amtool_binary, "http://127.0.0.1:9", "config", "routes",
+                                    "test", f"--config.file={path}", *args)
+        assert rc == 0, err
+        expected = sorted(am_api.receivers_for(labels, rs.routes)) or ["unrouted_"]
+        assert sorted(out.strip().split(",")) == expected, labels

@@ -152,11 +152,9 @@ class AmMatcher:
         return hit == self.is_equal
 
     def filters(self, labels: Mapping[str, str]) -> bool:
-        """The matcher as an API filter (Alertmanager's `matchFilterLabels`): `x=""` also
-        accepts a missing label and `x!=""` any present one, empty or not."""
-        present = self.name in labels
-        if self.value == "" and present != self.is_equal:
-            return True
+        """The matcher as an API filter (Alertmanager's `matchFilterLabels`). Its special cases
+        for an empty value (`x=""` accepts a missing label, `x!=""` an empty one) only say
+        that an empty label is a missing one, which `labels.get(name, "")` says already."""
         return self.matches_value(labels.get(self.name, ""))
 
 

@@ -137,7 +137,7 @@ class Silence:
         return {"id": self.id, "matchers": [x.to_json() for x in self.matchers],
                 "startsAt": rfc3339(self.starts_at), "endsAt": rfc3339(self.ends_at),
                 "createdBy": self.created_by, "comment": self.comment,
-                "status": {"state": state}}
+                "createdAt": rfc3339(self.created_at), "status": {"state": state}}
 
 
 def silence_from_request(body: Any, now: float) -> Silence:
