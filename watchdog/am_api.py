@@ -225,22 +225,37 @@ def group_labels(route: Route, labels: Mapping[str, str]) -> dict[str, str]:
     return {k: labels[k] for k in route.group_by if k in labels}
 
 
+class Inhibitor:
+    """Which firing alert mutes a target (at most one, as Alertmanager reports), with the
+    pipeline's rule: a source matches its side, the target its side, the `equal` labels agree,
+    and an alert never inhibits itself. The sources of each rule are indexed by their `equal`
+    labels once, so marking n alerts costs O(n) per rule, not O(n²)."""
+
+    def __init__(self, sources: Sequence[tuple[str, Mapping[str, str]]],
+                 rules: Sequence[InhibitRule]) -> None:
+        self.rules: list[tuple[InhibitRule, dict[tuple[str, ...],
+                                                 list[tuple[str, Mapping[str, str]]]]]] = []
+        for rule in rules:
+            index: dict[tuple[str, ...], list[tuple[str, Mapping[str, str]]]] = {}
+            for fp, src in sources:
+                if matches(src, rule.source_match, rule.source_match_re):
+                    key = tuple(src.get(k, "") for k in rule.equal)
+                    index.setdefault(key, []).append((fp, src))
+            self.rules.append((rule, index))
+
+    def by(self, target: Mapping[str, str]) -> list[str]:
+        for rule, index in self.rules:
+            if not matches(target, rule.target_match, rule.target_match_re):
+                continue
+            for fp, src in index.get(tuple(target.get(k, "") for k in rule.equal), ()):
+                if src is not target and dict(src) != dict(target):
+                    return [fp]
+        return []
+
+
 def inhibited_by(target: Mapping[str, str], sources: Sequence[tuple[str, Mapping[str, str]]],
                  rules: Sequence[InhibitRule]) -> list[str]:
-    """The fingerprint of the firing alert that mutes `target` (at most one, as Alertmanager
-    reports), with the pipeline's rule: a source matches its side, the target its side, the
-    `equal` labels agree, and an alert never inhibits itself."""
-    for rule in rules:
-        if not matches(target, rule.target_match, rule.target_match_re):
-            continue
-        for fp, src in sources:
-            if src is target or dict(src) == dict(target):
-                continue
-            if not matches(src, rule.source_match, rule.source_match_re):
-                continue
-            if all(src.get(k, "") == target.get(k, "") for k in rule.equal):
-                return [fp]
-    return []
+    return Inhibitor(sources, rules).by(target)
 
 
 @dataclass(frozen=True)
@@ -258,9 +273,9 @@ class SilenceView:
     def state(self) -> str:
         return str(self.raw.get("status", {}).get("state", "expired"))
 
-    def mutes(self, labels: Mapping[str, str]) -> bool:
-        return self.state == "active" and all(
-            m.matches_value(labels.get(m.name, "")) for m in self.matchers)
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Do the matchers select `labels`? (Whether the silence is in force is `state`.)"""
+        return all(m.matches_value(labels.get(m.name, "")) for m in self.matchers)
 
     def to_json(self) -> dict[str, Any]:
         """Alertmanager's gettableSilence."""
@@ -304,14 +319,10 @@ def mark(alerts: Iterable[Alert], rules: RuleSet, silences: Sequence[SilenceView
             firing.setdefault(a.fingerprint, a)
     routes, inhibit_rules = rules.routes, rules.inhibit_rules
     active = [s for s in silences if s.state == "active"]
-    sources = [(fp, a.labels) for fp, a in firing.items()]
-    out = []
-    for a in firing.values():
-        out.append(Marked(
-            a, receivers_for(a.labels, routes),
-            sorted(s.id for s in active if s.mutes(a.labels)),
-            inhibited_by(a.labels, sources, inhibit_rules) if inhibit_rules else []))
-    return out
+    inhibitor = Inhibitor([(fp, a.labels) for fp, a in firing.items()], inhibit_rules)
+    return [Marked(a, receivers_for(a.labels, routes),
+                   sorted(s.id for s in active if s.matches(a.labels)), inhibitor.by(a.labels))
+            for a in firing.values()]
 
 
 @dataclass(frozen=True)
