@@ -349,9 +349,10 @@ class AlertFilter:
         return all(x.filters(m.alert.labels) for x in self.matchers)
 
 
-def parse_alert_filter(query: Mapping[str, str], getall: Callable[[str], list[str]]
-                       ) -> AlertFilter:
-    receiver = query.get("receiver") or None
+def parse_alert_filter(getall: Callable[[str], list[str]]) -> AlertFilter:
+    """The query, read as go-swagger binds it: the last value of a repeated parameter, an
+    empty one as absent."""
+    receiver = _last(getall, "receiver") or None
     if receiver is not None:
         if len(receiver) > MAX_REGEX_LENGTH:
             raise MatcherError(f"failed to parse receiver param: a regex may be at most "
@@ -364,9 +365,13 @@ def parse_alert_filter(query: Mapping[str, str], getall: Callable[[str], list[st
                        _flag(getall, "silenced"), _flag(getall, "inhibited"), receiver)
 
 
-def _flag(getall: Callable[[str], list[str]], name: str) -> bool:
+def _last(getall: Callable[[str], list[str]], name: str) -> str:
     values = getall(name)
-    raw = values[-1] if values else ""  # go-swagger binds the last value; empty = the default
+    return values[-1] if values else ""
+
+
+def _flag(getall: Callable[[str], list[str]], name: str) -> bool:
+    raw = _last(getall, name)
     return True if raw == "" else raw.lower() in _TRUE
 
 
@@ -559,7 +564,7 @@ class AlertmanagerApi:
 
     def _marked(self, request: web.Request) -> tuple[AlertFilter, list[Marked]]:
         q = request.query
-        f = parse_alert_filter(q, lambda name: q.getall(name, []))
+        f = parse_alert_filter(lambda name: q.getall(name, []))
         d = self.d
         return f, mark(d.alerts(), d.rules, silence_views(silence_commands(d)))
 
