@@ -139,8 +139,10 @@ def running_alertmanager(directory: Path) -> Iterator[str]:
                     raise RuntimeError("alertmanager did not start: " + (
                         proc.stderr.read().decode() if proc.stderr else "")) from None
                 time.sleep(0.05)
-        body = json.dumps([{"labels": ls, "generatorURL": "http://prometheus/graph"}
-                           for ls in expected_alerts()]).encode()
+        # endsAt an hour away: without one they would resolve after 5 minutes
+        ends = iso(time.time() + 3600)
+        body = json.dumps([{"labels": ls, "generatorURL": "http://prometheus/graph",
+                            "endsAt": ends} for ls in expected_alerts()]).encode()
         req = urllib.request.Request(f"{url}/api/v2/alerts", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=5) as r:
