@@ -783,3 +783,14 @@ routes:
         assert rc == 0, err
         expected = sorted(am_api.receivers_for(labels, rs.routes)) or ["unrouted_"]
         assert sorted(out.strip().split(",")) == expected, labels
+
+
+def test_filter_regexes_run_on_re2() -> None:
+    """A filter is an unauthenticated regex: it must match in linear time (RE2), not hang the
+    event loop the way Python's backtracking `re` would on `(a+)+$`."""
+    from test_regex_safety import EVIL, NOT_QUITE, deadline
+
+    m = am_api.parse_matcher(f'x=~"{EVIL}"')
+    with deadline():
+        assert not m.filters({"x": NOT_QUITE})
+        assert am_api.AlertFilter(receiver=EVIL).receiver_ok(NOT_QUITE) is False
