@@ -14,14 +14,14 @@ constant-time.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from watchdog import __version__
+from watchdog import __version__, am_api, prom_compat
 from watchdog.app.evaluation import RuleError
 from watchdog.app.health import BUILTIN_GROUP, DATASOURCE_DOWN
 from watchdog.app.rules import ReloadReport
@@ -47,6 +47,10 @@ class Daemon(Protocol):
     datasource_url: str
     metrics: Metrics
 
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    @property
+    def handlers(self) -> Sequence[object]: ...
     @property
     def runtimes(self) -> dict[str, GroupRuntime]: ...
     @property
@@ -423,4 +427,6 @@ def build_app(d: Daemon) -> web.Application:
     app.router.add_post("/-/reload", reload)
     app.router.add_put("/-/reload", reload)  # Prometheus accepts both
     app.add_routes(d.ctx.routes)
+    app.add_routes(prom_compat.routes(d))  # /-/healthy, /-/ready, /api/v1/status/buildinfo
+    app.add_routes(am_api.routes(d))  # Alertmanager's /api/v2 for amtool and Grafana
     return app

@@ -137,7 +137,7 @@ class Silence:
                 "startsAt": rfc3339_millis(self.starts_at),
                 "endsAt": rfc3339_millis(self.ends_at),
                 "createdBy": self.created_by, "comment": self.comment,
-                "status": {"state": state}}
+                "createdAt": rfc3339_millis(self.created_at), "status": {"state": state}}
 
 
 def silence_from_request(body: Any, now: float) -> Silence:
