@@ -386,6 +386,7 @@ async def test_sigkill_right_after_firing(point: KillPoint, state_url: str, tmp_
     [step] = run["steps"]
     calls = action.arrived[case]
     assert calls <= 1, f"the action's webhook ran {calls} times for one incident"
+    assert [b["case"] for b in action.bodies] == [case] * calls  # rendered for this alert
     told = action_outcomes(chat, case)
     if step["status"] == "interrupted":
         # The runner's one allowed ambiguity: the step was in flight at the kill (it may or may
