@@ -218,7 +218,9 @@ class WarmProc(Proc):
 class Launcher:
     """Keeps `standby` processes that have imported the daemon's modules and wait for their
     settings, so a crash test pays ~1.5 CPU-seconds of imports for neither of its two starts
-    (on a 2-core machine that is most of a start). `take` hands one out and starts the next."""
+    (on a 2-core machine that is most of a start). `take` hands one out and starts the next.
+    A setting read at import time is read before the order comes — today that is only
+    `WATCHDOG_SECRETS_DIR` (settings.py): do not rely on it here."""
 
     def __init__(self, workdir: Path, standby: int = 1) -> None:
         self.workdir = workdir

@@ -5,6 +5,9 @@ is waiting for its retry, while the action's webhook step is in flight, and afte
 "started" notice (a control). A second process then starts on the same state
 (`WATCHDOG_STATE_URL`), the alert keeps firing, then resolves. For every kill point:
 
+- **one incident**: the second process restores the first one's firing incident and resolves
+  it — or, if the kill came before that firing was committed, fires and resolves a new one, and
+  then the first must have left no trace (no notification, no action);
 - **the action runs once for the incident**: exactly one run is recorded for it, and its webhook
   step reached the target at most once. A call counts when it *arrives* at the target (a flag
   service acts on arrival, whether or not the watchdog lives to read the answer). The one
@@ -61,7 +64,7 @@ from crash_support import (
     kill,
 )
 from fakes_chat import Reply, status
-from test_daemon_process import Proc, until
+from test_daemon_process import Proc, ts, until
 from test_daemon_support import TOKEN, get_json, write
 
 from watchdog.promserver import PrometheusServer
@@ -330,7 +333,6 @@ async def test_sigkill_right_after_firing(point: KillPoint, state_url: str, tmp_
             held = {k: alert_messages(chat, k, case).count("firing") for k in RECEIVERS}
             arrived_at_kill = action.arrived[case]
             [fired] = first.alert_events("firing")
-            incident = fired["incident"]
 
             # ---- the second process: the alert keeps firing, then resolves -------------
             second = launcher.take(env, tmp_path)
@@ -366,7 +368,7 @@ async def test_sigkill_right_after_firing(point: KillPoint, state_url: str, tmp_
 
             await wait_until(resolved, 30, "every receiver's resolved and an empty outbox", explain)
             runs = [r for r in await api(second, f"/api/v1/actions/runs?action={ACTION}")
-                    if r["incident"] == incident]
+                    if r["labels"].get("case") == case]
     finally:
         if killer is not None:
             killer.stop()
@@ -375,13 +377,27 @@ async def test_sigkill_right_after_firing(point: KillPoint, state_url: str, tmp_
         await chat.close()
 
     # ---- one incident, from the first firing to the resolve --------------------------------
+    # The second process resolves one incident: the first process's, restored — or, when the
+    # kill came before that firing was committed, a fresh one. Then the first one must have
+    # left no trace: nothing notified, nothing run (checked below, and here by the webhook's
+    # startsAt, which is the incident's activeAt).
+    [ended] = second.alert_events("resolved")
+    incident = ended["incident"]
     assert [e["incident"] for e in second.alert_events("firing")] in ([], [incident])
-    assert [e["incident"] for e in second.alert_events("resolved")] == [incident]
+    if incident != fired["incident"]:
+        assert second.alert_events("firing"), "a new incident resolved that never fired"
+        assert held == dict.fromkeys(RECEIVERS, 0) and arrived_at_kill == 0, (
+            f"the first process's incident {fired['incident']} was notified or acted on, "
+            f"but the restart opened a new one, {incident}")
+    starts = {a["startsAt"] for b in chat.accepted["webhook"] if case in json.dumps(b)
+              and b["watchdog"]["kind"] in ("firing", "resolved") for a in b["alerts"]}
+    assert len(starts) == 1, f"the webhook was told about several incidents: {starts}"
+    assert abs(ts(next(iter(starts))) - ended["active_at"]) < 0.002, (starts, incident)
 
     # ---- its action: decided once, executed at most once, exactly once unless cut off ------
-    assert len(runs) == 1, (f"kill at {point.id}: {len(runs)} action runs for incident "
-                            f"{incident} (want exactly 1); the action target saw "
-                            f"{action.arrived[case]} call(s)")
+    assert [r["incident"] for r in runs] == [incident], (
+        f"kill at {point.id}: action runs for incidents {[r['incident'] for r in runs]}, want "
+        f"exactly one for {incident}; the action target saw {action.arrived[case]} call(s)")
     [run] = runs
     [step] = run["steps"]
     calls = action.arrived[case]
