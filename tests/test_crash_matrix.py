@@ -20,6 +20,12 @@ is waiting for its retry, while the action's webhook step is in flight, and afte
   holding the firing at the kill may see it twice, any other exactly once; the resolved comes
   once, and last. PagerDuty deduplicates by `dedup_key`: one page, and it ends resolved.
 
+Written for issue 9 (one transaction per evaluation). On the storage code of v0.1.0 the kill
+points between the firing and the action run's insert fail — the notification handler commits
+its outbox and starts sending before the actions handler inserts the run, and a restart never
+creates a missing run — while the two after the insert (the step in flight, the "started" notice)
+pass.
+
 The state backend is the `state_url` fixture, parametrized by backend: SQLite always;
 PostgreSQL when a `postgres_url` fixture exists (a throwaway database per test) or
 `WATCHDOG_TEST_POSTGRES_URL` is set (then it must point at a database this test may fill),
