@@ -16,6 +16,7 @@ from storage_support import on_events_tx
 from test_daemon_support import catch_all, serve
 
 from watchdog.actions.handler import ActionsHandler
+from watchdog.actions.runner import ActionRunner
 from watchdog.actions.testing import RecordingSink, RuntimeAlerts, eventually, make_context
 from watchdog.engine import GroupRuntime, tick
 from watchdog.evaluate import Context
@@ -349,4 +350,35 @@ async def test_step_interrupted_by_a_crash_is_not_repeated(tmp_path: Path,
     assert run["steps"][0]["status"] == "interrupted"
     failed = next(e for e in rig.sink.events if e.kind == "failed")
     assert "interrupted by a restart" in failed.detail
+    await rig.stop()
+
+
+async def test_a_step_that_failed_just_before_a_crash_ends_the_run(
+        tmp_path: Path, session: aiohttp.ClientSession, hook: Hook,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after the failed step was recorded but before the run was marked failed: the
+    restart marks it failed and never runs the later steps (it used to skip the failed step and
+    go on with stage 2)."""
+    hook.status["/stage1"] = 500
+    rig = Rig(tmp_path, session, rules())
+    reached = asyncio.Event()
+
+    async def killed_here(*args: Any, **kwargs: Any) -> None:
+        reached.set()
+        await asyncio.Event().wait()
+
+    with monkeypatch.context() as m:
+        m.setattr(ActionRunner, "_finish", killed_here)
+        await rig.start()
+        rig.values["checkout"] = 0.2
+        await rig.tick()
+        await asyncio.wait_for(reached.wait(), 10)
+        await rig.crash()
+    await rig.start()
+    [run] = await rig.wait_status("failed")
+    assert hook.calls == ["/stage1"]
+    assert [s["status"] for s in run["steps"]] == ["failed"]
+    assert any(e.kind == "failed" for e in rig.sink.events)
+    await rig.ticks(40 * 60)
+    assert hook.calls == ["/stage1"]
     await rig.stop()

@@ -26,10 +26,8 @@ its outbox and starts sending before the actions handler inserts the run, and a 
 creates a missing run — while the two after the insert (the step in flight, the "started" notice)
 pass.
 
-The state backend is the `state_url` fixture, parametrized by backend: SQLite always;
-PostgreSQL when a `postgres_url` fixture exists (a throwaway database per test) or
-`WATCHDOG_TEST_POSTGRES_URL` is set (then it must point at a database this test may fill),
-skipped otherwise. Move the fixture to conftest.py when the PostgreSQL fixture lands.
+The state backend is conftest's `state_url` fixture: a SQLite file, and a fresh PostgreSQL
+database.
 
 One Prometheus (scraping `crash_support.SignalTarget` every 250 ms) serves the whole module;
 each test uses its own series (`case` label), rules (evaluated every 500 ms, `for: 0s`,
@@ -48,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import time
@@ -192,22 +189,6 @@ def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
     pool = Launcher(tmp_path_factory.mktemp("crash-daemons"), standby=2).start()
     yield pool
     pool.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """`WATCHDOG_STATE_URL` for one test, by backend. The hook for PostgreSQL: a `postgres_url`
-    fixture (a fresh database per test) wins; else `WATCHDOG_TEST_POSTGRES_URL`; else skip."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    try:
-        return str(request.getfixturevalue("postgres_url"))
-    except pytest.FixtureLookupError:
-        pass
-    url = os.environ.get("WATCHDOG_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("PostgreSQL: no postgres_url fixture and WATCHDOG_TEST_POSTGRES_URL unset")
-    return url
 
 
 # ---- observing the daemon ------------------------------------------------------------------

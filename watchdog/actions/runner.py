@@ -24,7 +24,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import structlog
@@ -254,6 +254,12 @@ class ActionRunner:
             step = action.steps[idx]
             label = f"{idx + 1}/{n} {step.kind}"
             row = rows.get(idx)
+            if row is not None and row.status == "failed":
+                # Failed just before a restart that came before the run was marked failed:
+                # the later steps must not run.
+                await self._finish(run, action, "failed", f"step {label} failed: {row.detail}",
+                                   step=label)
+                return
             if row is not None and row.status != "running":
                 continue  # finished before a restart: never again
             now = self.ctx.clock()
@@ -351,16 +357,14 @@ class ActionRunner:
         if helped and action.verify_for is not None:
             fields["verify_at"] = now + action.verify_for
             fields["verification"] = "pending"
-        await self.store.update_run(run.id, **fields)
-        self.counter.labels(action=run.action, outcome=status).inc()
-        log.info("action.finished", action=run.action, run_id=run.id, status=status,
-                 detail=detail)
+        # What to tell is worked out first (it may ask Prometheus); the outcome and its
+        # announcement then commit together, so a crash cannot keep one and lose the other.
+        kind: EventKind | None = None
+        extra: dict[str, Any] = {}
         if status == "failed":
-            await self._emit("failed", run, step=step, detail=detail)
-        elif status == "dry_run":
-            pass  # announced as would_run when it started, each step noted as it was reported
-        else:
-            extra: dict[str, Any] = {"status": status}
+            kind = "failed"
+        elif status != "dry_run":  # a dry run was announced as would_run, step by step
+            kind, extra = "succeeded", {"status": status}
             if action.verify_for is not None:
                 detail += f"; checking in {format_duration(action.verify_for)} whether it helped"
             elif run.rule is not None:  # a manual run has no value to compare
@@ -370,11 +374,18 @@ class ActionRunner:
                 detail += f"; {describe_change(run.value_before, after, firing)} {took} after " \
                           "the start"
                 extra["value_after"] = after
-            await self._emit("succeeded", run, detail=detail, extra=extra)
+        async with self.ctx.storage.transaction() as tx:
+            await tx.runs.update(run.id, **fields)
+            if kind is not None:
+                await self._emit(kind, run, step=step if kind == "failed" else None,
+                                 detail=detail, extra=extra or None, tx=tx)
             if "verify_at" in fields:
-                updated = await self.store.get_run(run.id)
-                if updated is not None:
-                    self._spawn(self._verify(updated), run.id)
+                updated = replace(run, status=status, finished_at=now, detail=fields["detail"],
+                                  verify_at=fields["verify_at"], verification="pending")
+                tx.on_commit(lambda: self._spawn(self._verify(updated), run.id))
+        self.counter.labels(action=run.action, outcome=status).inc()
+        log.info("action.finished", action=run.action, run_id=run.id, status=status,
+                 detail=detail)
 
     # ---- did it help? -----------------------------------------------------------------------
 
@@ -394,12 +405,14 @@ class ActionRunner:
             detail = f"{run.rule} still firing {since} after {run.action}: {change}"
         else:
             detail = f"{run.rule} {change} {since} after {run.action}"
-        await self.store.update_run(run.id, verification=outcome, value_after=after)
+        async with self.ctx.storage.transaction() as tx:
+            await tx.runs.update(run.id, verification=outcome, value_after=after)
+            await self._emit(outcome, run, detail=detail,
+                             extra={"value_before": run.value_before, "value_after": after},
+                             tx=tx)
         self.counter.labels(action=run.action, outcome=outcome).inc()
         log.info("action.verified", action=run.action, run_id=run.id, outcome=outcome,
                  detail=detail)
-        await self._emit(outcome, run, detail=detail,
-                         extra={"value_before": run.value_before, "value_after": after})
 
     async def current_value(self, run: RunRow) -> float | None:
         """The rule's value for the run's alert now: from the live alert while it is active,
