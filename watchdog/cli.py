@@ -102,6 +102,13 @@ def cmd_check(paths: Sequence[Path]) -> int:
     for p in missing:
         print(f"{p}:0: no such file or directory")
     files = discover(p for p in paths if p.exists())
+    if not files:
+        # like promtool: nothing checked is not "all valid" (a typo'd folder in CI must fail)
+        for p in paths:
+            if p.exists():
+                print(f"{p}:0: no rule files (*.yml, *.yaml) found")
+        print("checked 0 files", file=sys.stderr)
+        return 1
     rs = load(p for p in paths if p.exists())
     bad = 0
     for st in rs.status.values():

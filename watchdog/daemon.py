@@ -554,7 +554,7 @@ class Daemon:
 
 # ---- the command ---------------------------------------------------------------------------------
 
-_SECRET_SETTINGS = frozenset({"api_token", "sentry_dsn"})
+_SECRET_SETTINGS = frozenset({"api_token", "api_read_token", "sentry_dsn"})
 
 
 def settings_errors(e: ValidationError) -> list[str]:
