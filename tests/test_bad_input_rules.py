@@ -33,6 +33,7 @@ from watchdog.rulefile import (
     MAX_EXPR_NODES,
     MAX_FILE_BYTES,
     MAX_YAML_DEPTH,
+    MAX_YAML_VALUES,
     parse_rule_file,
     promql_shape,
 )
@@ -221,6 +222,19 @@ def test_an_alias_bomb_is_refused_by_the_alias_limit(monkeypatch: pytest.MonkeyP
     assert len(built) <= MAX_ALIAS_VALUES + 100
 
 
+def test_too_many_values_are_refused_before_any_is_built(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    def compose(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("nodes were built")
+
+    monkeypatch.setattr(rulefile.yaml, "compose", compose)
+    text = "groups:\n- name: g\n  labels: {" + ",".join(
+        f"a{i}: b" for i in range(MAX_YAML_VALUES // 2 + 1)) + "}\n"
+    assert len(text.encode()) < MAX_FILE_BYTES  # the value limit is what refuses it
+    assert problems(text) == [f"f.yml:3: more than {MAX_YAML_VALUES:,} values (the limit; "
+                              "split the file)"]
+
+
 def test_aliases_within_the_limit_load() -> None:
     text = ("x-labels: &labels {team: a, tier: b}\n"
             "groups:\n- name: g\n  rules:\n"
@@ -344,7 +358,7 @@ def test_limits_sit_far_above_every_real_file() -> None:
     if not CORPUS.is_dir():
         pytest.skip(f"rule corpus not found at {CORPUS}")
     exprs = list(_corpus_exprs())
-    assert len(exprs) > 10_000
+    assert len(exprs) > 1_000  # 1,255 (rules_large.yml's 10,002 `vector(1)` left out)
     shapes = [promql_shape(e) for e in exprs]
     # measured: 1,486 characters, 38 operators and brackets, depth 13
     assert max(len(e) for e in exprs) * 10 < MAX_EXPR_LENGTH
@@ -352,6 +366,12 @@ def test_limits_sit_far_above_every_real_file() -> None:
     assert max(d for _, d in shapes) * 5 < MAX_EXPR_DEPTH
     sizes = [f.stat().st_size for f in CORPUS.rglob("*.y*ml")]
     assert max(sizes) * 3 < MAX_FILE_BYTES  # rules_large.yml, Prometheus's stress fixture
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    values = {f.name: sum(isinstance(e, (yaml.ScalarEvent, yaml.CollectionStartEvent))
+                          for e in yaml.parse(f.read_text(), Loader=loader))
+              for f in CORPUS.rglob("*.y*ml")}
+    assert values.pop("rules_large.yml") * 2 < MAX_YAML_VALUES  # 90,000
+    assert max(values.values()) * 10 < MAX_YAML_VALUES  # the largest real file
 
 
 # ---- check: everything in one run --------------------------------------------------------

@@ -28,13 +28,17 @@ Path_ = tuple[str | int, ...]
 # The largest real rule file we know is 48 KB (kubernetes-mixin); Prometheus's own stress
 # fixture rules_large.yml is 1.1 MB.
 MAX_FILE_BYTES = 4 * 1024 * 1024
+# Values (scalars, lists, mappings) written in the file, counted before any is built: each
+# costs ~0.5 KB and ~60 µs to load, so 4 MiB of `[1,1,1,…]` would take 1.1 GB and 110 s
+# (rules_large.yml: 90,000 values; the largest real file: under 5,000).
+MAX_YAML_VALUES = 200_000
 # Values built again by expanding YAML aliases (`*name`, `<<: *name`): the corpus has none;
 # a `<<: *defaults` of 5 values in 1,000 rules needs 5,000.
 MAX_ALIAS_VALUES = 100_000
 # Nesting of mappings and lists (a real rule file: 7; a webhook's JSON body adds a few).
 MAX_YAML_DEPTH = 64
-# PromQL, checked before the parser sees it (the corpus's largest of 11,257 expressions:
-# 1,486 characters, 38 operators and brackets, depth 7 by `promql_shape`).
+# PromQL, checked before the parser sees it (the corpus's largest of 1,255 expressions:
+# 1,486 characters, 38 operators and brackets, depth 13 by `promql_shape`).
 MAX_EXPR_LENGTH = 64 * 1024
 MAX_EXPR_NODES = 2_000
 MAX_EXPR_DEPTH = 128
@@ -166,18 +170,31 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else "invalid value"
 
 
+_VALUE_EVENTS = (yaml.ScalarEvent, yaml.CollectionStartEvent, yaml.AliasEvent)
+
+
 def _compose(text: str) -> yaml.Node | None:
     # libyaml (bundled with PyYAML's wheels) parses ~8x faster than the pure-Python parser,
     # caps nesting at 1,000 levels on its own, and is what Go's YAML was ported from.
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    # Count first (parse events cost little and are dropped at once), build nodes after: a
+    # file with too many values is refused before it costs their memory.
+    count = 0
+    for event in yaml.parse(text, Loader=loader):
+        if isinstance(event, _VALUE_EVENTS):
+            count += 1
+            if count > MAX_YAML_VALUES:
+                mark = event.start_mark
+                raise _LimitExceeded(mark.line + 1 if mark is not None else 1, (
+                    f"more than {MAX_YAML_VALUES:,} values (the limit; split the file)"))
     return yaml.compose(text, Loader=loader)
 
 
 def load_yaml_with_lines(text: str) -> tuple[Any, dict[Path_, int]]:
     """Safe-load YAML and remember the line of every key and item (by path).
 
-    Raises `yaml.YAMLError` for invalid YAML and `_LimitExceeded` past `MAX_ALIAS_VALUES` or
-    `MAX_YAML_DEPTH`; the size limit is the caller's (`parse_rule_file`)."""
+    Raises `yaml.YAMLError` for invalid YAML and `_LimitExceeded` past `MAX_YAML_VALUES`,
+    `MAX_ALIAS_VALUES` or `MAX_YAML_DEPTH`; the size limit is the caller's (`parse_rule_file`)."""
     lines: dict[Path_, int] = {}
     node = _compose(text)
     if node is None:
