@@ -11,6 +11,7 @@ throws generated JSON and raw bytes at every endpoint: 0 responses of 500 or abo
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -18,8 +19,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from watchdog_process import READ_TOKEN, TOKEN, Response, WatchdogProcess
 
+from watchdog.cli import parse_time as cli_time
+from watchdog.settings import Settings
 from watchdog.webinput import MAX_BODY_BYTES, BadInput, parse_json
 
 pytestmark = pytest.mark.slow
@@ -244,6 +248,18 @@ def test_escaped_quotes_do_not_hide_depth() -> None:
         parse_json(b'["\\\\", ' + deep(40).encode() + b"]")
     assert parse_json(b'["\\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["]') == [
         '"' + "[" * 42]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", 1e300, float("nan")])
+def test_settings_durations_are_bounded(value: object) -> None:
+    with pytest.raises(ValidationError, match="out of range"):
+        Settings(evaluation_interval=value)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400", "1e20", "99999-01-01"])
+def test_cli_times_are_bounded(value: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="not a time"):
+        cli_time(value)
 
 
 # ---- fuzz: generated bodies at every write endpoint ----------------------------------------

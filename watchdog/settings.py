@@ -8,6 +8,7 @@ settings.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -21,7 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from watchdog.durations import parse_duration
+from watchdog.durations import MAX_DURATION, parse_duration
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -114,9 +115,13 @@ class Settings(BaseSettings):
         # "30s" as Prometheus spells it, or a bare number of seconds
         if isinstance(v, str):
             try:
-                return float(v)
+                v = float(v)
             except ValueError:
                 return parse_duration(v.strip())
+        if isinstance(v, int | float) and not isinstance(v, bool) and not (
+                math.isfinite(v) and abs(v) <= MAX_DURATION):
+            # "nan", "inf", 1e300: no scheduler or timeout can use them
+            raise ValueError("out of range (a duration is at most 292y)")
         return v
 
     @field_validator("prometheus_bearer_token_file", "prometheus_basic_auth_user",
