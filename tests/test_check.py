@@ -23,12 +23,16 @@ CORPUS = Path(os.environ.get("WATCHDOG_TEMPLATE_CORPUS",
                              ROOT.parent / "shared" / "corpus" / "awesome-prometheus-alerts"))
 
 EXPECTED = {
+    # every problem in one run: schema, PromQL, references and names together
     "bad_schema_and_promql.yml": [
-        "5: expr: invalid PromQL: unclosed left parenthesis",
+        "5: expr: invalid PromQL in rule 'A': unclosed left parenthesis",
         "6: groups[0].rules[0].for: not a valid duration: '5x'",
         "13: groups[0].rules[1].fro: unknown field",
+        "14: rule 'B' refers to undefined action 'nope'",
+        "15: group 'g' is repeated in the same file (first on line 2)",
     ],
-    "bad_comparison.yml": ["6: groups[0].rules[0].threshold: not a comparison: 'bigger than 3'"],
+    "bad_comparison.yml": ["6: groups[0].rules[0].threshold: not a comparison: 'bigger than 3'",
+                           "11: route refers to undefined receiver 'ghost'"],
     "bad_yaml.yml": ["5: invalid YAML"],
     "duplicate_key.yml": ["2: duplicate key 'groups' (first defined on line 1)"],
     "undefined_action.yml": ["6: rule 'Fine' refers to undefined action 'nope'"],

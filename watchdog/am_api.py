@@ -38,6 +38,7 @@ from watchdog.model import InhibitRule, Route
 from watchdog.rulesdir import RuleSet
 from watchdog.settings import Settings
 from watchdog.state import Alert
+from watchdog.webinput import BadInput, read_json
 
 # Prometheus sends a firing alert with endsAt = now + 4 × max(evaluation interval, resend delay),
 # as the `alertmanager` receiver does (watchdog.notify.receivers.alertmanager).
@@ -644,9 +645,11 @@ class AlertmanagerApi:
         if api is None:
             return error(503, NO_SILENCES)
         try:
-            body = await request.json()
-        except ValueError:
-            return error(400, "the request body must be a JSON silence")
+            # the one bounded reader: deep nesting, huge numbers or an unknown charset are a
+            # 4xx with a message, never a 500
+            body = await read_json(request)
+        except BadInput as e:
+            return error(e.status, f"the request body must be a JSON silence: {e}")
         if not isinstance(body, dict):
             return error(400, "the request body must be a JSON object "
                               "{matchers, startsAt, endsAt, createdBy, comment}")

@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
 from watchdog import __version__
@@ -18,14 +17,14 @@ from watchdog.durations import parse_duration
 
 
 def parse_time(text: str) -> float:
-    """Unix seconds or RFC 3339, as `promtool` and the Prometheus API accept."""
+    """Unix seconds or RFC 3339, as `promtool` and the Prometheus API accept (years 1-9999:
+    `nan` or `1e400` is no time)."""
+    from watchdog.webinput import BadInput
+    from watchdog.webinput import parse_time as bounded_time
+
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+        return bounded_time(text, "time")
+    except BadInput:
         raise argparse.ArgumentTypeError(
             f"not a time: {text!r} (Unix seconds or RFC 3339, e.g. 2026-11-22T10:00:00Z)"
         ) from None
@@ -102,6 +101,13 @@ def cmd_check(paths: Sequence[Path]) -> int:
     for p in missing:
         print(f"{p}:0: no such file or directory")
     files = discover(p for p in paths if p.exists())
+    if not files:
+        # like promtool: nothing checked is not "all valid" (a typo'd folder in CI must fail)
+        for p in paths:
+            if p.exists():
+                print(f"{p}:0: no rule files (*.yml, *.yaml) found")
+        print("checked 0 files", file=sys.stderr)
+        return 1
     rs = load(p for p in paths if p.exists())
     bad = 0
     for st in rs.status.values():

@@ -307,7 +307,9 @@ class Daemon:
         # Inside the running loop, as AsyncioIntegration requires. Error-level log lines become
         # Sentry events through the default logging integration, tagged by `_sentry_tags`.
         sentry_sdk.init(dsn=dsn.get_secret_value(), release=f"metrics-watchdog@{__version__}",
-                        integrations=[AsyncioIntegration()], send_default_pii=False)
+                        integrations=[AsyncioIntegration()], send_default_pii=False,
+                        # no `baggage` header (it holds the DSN's key) on our requests to others
+                        trace_propagation_targets=[])
         self._sentry = True
 
     @contextlib.contextmanager
@@ -554,7 +556,7 @@ class Daemon:
 
 # ---- the command ---------------------------------------------------------------------------------
 
-_SECRET_SETTINGS = frozenset({"api_token", "sentry_dsn"})
+_SECRET_SETTINGS = frozenset({"api_token", "api_read_token", "sentry_dsn"})
 
 
 def settings_errors(e: ValidationError) -> list[str]:

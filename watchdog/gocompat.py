@@ -227,6 +227,10 @@ def parse_duration(text: str) -> float:
     for (_, ms), digits in zip(_UNITS_MS, m.groups(), strict=True):
         if digits is None:
             continue
+        if len(digits.lstrip("0")) > 19:
+            # Go's Atoi saturates and the check below refuses it; int() of 5,000 digits would
+            # raise Python's own conversion-limit error instead
+            raise ValueError("duration out of range")
         n = int(digits)
         # Go checks each unit against the limit, then the int64 sum for wrapping negative.
         if n > _INT64_MAX // ms // 1_000_000:

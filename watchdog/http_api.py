@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
 
 from watchdog import __version__, am_api, prom_compat
 from watchdog.app.evaluation import RuleError
@@ -34,6 +35,7 @@ from watchdog.rulesdir import FileStatus, RuleSet
 from watchdog.settings import Settings
 from watchdog.state import Alert
 from watchdog.status_page import status_page, wants_json
+from watchdog.webinput import MAX_BODY_BYTES, BadInput, bearer_token
 
 log = structlog.get_logger("watchdog.http")
 
@@ -128,25 +130,49 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return api_error(e.status, message, headers={k: v for k, v in e.headers.items()
                                                      if k.lower() in ("allow",
                                                                       "www-authenticate")})
+    except BadInput as e:  # any handler's bad input: its status and one line, never a 500
+        return api_error(e.status, str(e))
     except Exception:
         log.exception("HTTP handler failed", method=request.method, path=request.path)
         return api_error(500, "internal error; see the watchdog log", "internal")
 
 
+def _token_matches(given: bytes, *tokens: SecretStr | None) -> bool:
+    # constant-time, and on bytes: a header may carry bytes that are not UTF-8
+    return any(hmac.compare_digest(given, t.get_secret_value().encode())
+               for t in tokens if t is not None and t.get_secret_value())
+
+
+def _needs_read_token(path: str) -> bool:
+    # The probes, /metrics and the status page itself carry no API data and must stay reachable
+    # by kubelets and scrapers that send no token; the page's script sends the token it is given.
+    return path.startswith("/api/")
+
+
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    settings = request.app[DAEMON].settings
+    write_token, read_token = settings.api_token, settings.api_read_token
     if request.method in READ_METHODS:
+        if (read_token is None or not read_token.get_secret_value()
+                or not _needs_read_token(request.path) or request.method == "OPTIONS"):
+            return await handler(request)
+        given = bearer_token(request)
+        if given is None:
+            return api_error(401, "this endpoint needs 'Authorization: Bearer <API_READ_TOKEN>' "
+                                  "(or the API token)",
+                             headers={"WWW-Authenticate": 'Bearer realm="watchdog"'})
+        if not _token_matches(given, read_token, write_token):
+            return api_error(403, "invalid API token")
         return await handler(request)
-    token = request.app[DAEMON].settings.api_token
-    expected = token.get_secret_value() if token is not None else ""
-    if not expected:
+    if write_token is None or not write_token.get_secret_value():
         return api_error(403, "write endpoints are disabled: no API token is configured "
                               "(set WATCHDOG_API_TOKEN)")
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
+    given = bearer_token(request)
+    if given is None:
         return api_error(401, "this endpoint needs 'Authorization: Bearer <API_TOKEN>'",
                          headers={"WWW-Authenticate": 'Bearer realm="watchdog"'})
-    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+    if not _token_matches(given, write_token):
         return api_error(403, "invalid API token")
     return await handler(request)
 
@@ -414,7 +440,10 @@ async def index(request: web.Request) -> web.Response:
 
 
 def build_app(d: Daemon) -> web.Application:
-    app = web.Application(middlewares=[json_errors, require_token])
+    # aiohttp buffers at most this much of a body (413 beyond); every body we take is JSON
+    # read through watchdog.webinput, which enforces the same bound
+    app = web.Application(middlewares=[json_errors, require_token],
+                          client_max_size=MAX_BODY_BYTES)
     app[DAEMON] = d
     app.router.add_get("/", index)
     app.router.add_get("/status", status_page)

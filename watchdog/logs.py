@@ -62,6 +62,25 @@ def _redact_processor(_logger: Any, _name: str, event: MutableMapping[str, Any]
     return event
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a full traceback at ERROR for every request that is not valid HTTP (a NUL
+    or a 9 KB line in a header): the client's mistake, answered 400 already. One warning line
+    instead, so nobody can fill the log with tracebacks by sending garbage."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and (exc.code or 400) < 500:
+            first = " ".join(str(exc.message).split())[:200]
+            record.msg = f"malformed HTTP request answered {exc.code or 400}: {first}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure(fmt: str = "console", level: str = "INFO", stream: TextIO | None = None) -> None:
     """Route structlog and stdlib logging to `stream` (stderr) as JSON or console lines."""
     out = stream if stream is not None else sys.stderr
@@ -101,3 +120,6 @@ def configure(fmt: str = "console", level: str = "INFO", stream: TextIO | None =
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     # One access-log line per Prometheus scrape of /metrics and per probe is noise.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedRequests) for f in server.filters):
+        server.addFilter(_MalformedRequests())

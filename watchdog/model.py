@@ -33,6 +33,38 @@ from watchdog.labels import RegexError, match_re_regexp
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def _prometheus_duration(v: Any) -> Any:
+    # Prometheus's own duration fields (`for`, `keep_firing_for`, a group's `interval` and
+    # `query_offset`) read an empty value as zero, as Go's YAML decoder does: `for:` is `for: 0`.
+    return 0.0 if v is None else parse_duration(v)
+
+
+# A duration in one of Prometheus's own rule fields: like `Duration`, but empty means 0.
+PromDuration = Annotated[float, BeforeValidator(_prometheus_duration)]
+
+# Go's `int` on the 64-bit platforms Prometheus runs on.
+GO_INT_MAX = 2**63 - 1
+
+
+def _go_int(v: Any) -> Any:
+    """An int the way Go's YAML decoder fills an `int` field: a whole number (an integral
+    float too); never a boolean or a string, never past int64."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"expected a whole number, got {_type_name(v)}")
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise ValueError(f"expected a whole number, got {v!r}")
+        v = int(v)
+    if not -GO_INT_MAX - 1 <= v <= GO_INT_MAX:
+        raise ValueError("number out of range (at most 9223372036854775807)")
+    return v
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "a boolean", str: "a string", list: "a list", dict: "a mapping",
+            type(None): "nothing"}.get(type(v), type(v).__name__)
+
+
 def _alertmanager_regex(pattern: str) -> str:
     # compiled (and cached) now, so a bad pattern is reported at its line by `watchdog check`
     # instead of failing every evaluation later; the message is Alertmanager's own
@@ -57,6 +89,15 @@ _COMPARISON = re.compile(
     r"^\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|inf|Inf))\s*$"
 )
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def check_label_names(labels: dict[str, str], what: str = "label") -> dict[str, str]:
+    """Prometheus's rulefmt check: valid names, and never `__name__` on an alert's labels (an
+    alert is not a metric; Prometheus refuses the rule)."""
+    for k in labels:
+        if not _LABEL_NAME.match(k) or (what == "label" and k == "__name__"):
+            raise ValueError(f"invalid {what} name {k!r}")
+    return labels
 
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -119,8 +160,8 @@ class Baseline(_Strict):
 class AlertingRule(_Strict):
     alert: str
     expr: str
-    for_: Duration = Field(0.0, alias="for")
-    keep_firing_for: Duration = 0.0
+    for_: PromDuration = Field(0.0, alias="for")
+    keep_firing_for: PromDuration = 0.0
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     # Extensions (CONTRACT §3)
@@ -158,10 +199,12 @@ class AlertingRule(_Strict):
     @field_validator("labels")
     @classmethod
     def _label_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for k in v:
-            if not _LABEL_NAME.match(k):
-                raise ValueError(f"invalid label name {k!r}")
-        return v
+        return check_label_names(v)
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotation_names(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_label_names(v, "annotation")
 
     @field_validator("severities")
     @classmethod
@@ -215,11 +258,23 @@ RuleEntry = Annotated[
 
 class Group(_Strict):
     name: str
-    interval: Duration | None = None
-    limit: int = 0
-    query_offset: Duration = 0.0
+    interval: PromDuration | None = None
+    limit: Annotated[int, BeforeValidator(_go_int)] = 0
+    query_offset: PromDuration = 0.0
     labels: dict[str, str] = Field(default_factory=dict)
     rules: list[RuleEntry] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v:
+            raise ValueError("group name must not be empty")  # promtool: Groupname must not…
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_label_names(v)
 
     @field_validator("rules", mode="before")
     @classmethod

@@ -32,6 +32,7 @@ import structlog
 
 from watchdog.handlers import ActionEvent, DaemonContext
 from watchdog.state import Event
+from watchdog.webinput import parse_json
 
 log = structlog.get_logger(__name__)
 
@@ -235,7 +236,8 @@ class MqttBus:
         body: Any = None
         try:
             raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
-            body = json.loads(raw or b"{}")
+            # the HTTP API's bounded reader: deep nesting, huge numbers, NaN -> an error reply
+            body = parse_json(bytes(raw)) if raw.strip() else {}
             fn = self.ctx.commands.get(name)
             if fn is None:
                 raise ValueError(f"unknown command {name!r}; known: "

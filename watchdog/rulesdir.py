@@ -13,17 +13,17 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from watchdog.model import (
     Action,
-    AlertingRule,
     Group,
     InhibitRule,
     Receiver,
     Route,
     RuleFileModel,
 )
-from watchdog.rulefile import ParsedFile, Problem, parse_rule_file
+from watchdog.rulefile import MAX_FILE_BYTES, ParsedFile, Problem, parse_rule_file
 
 SUFFIXES = (".yml", ".yaml")
 
@@ -95,7 +95,10 @@ def read_files(paths: Iterable[Path]) -> dict[str, bytes | OSError]:
     out: dict[str, bytes | OSError] = {}
     for f in discover(paths):
         try:
-            out[str(f)] = f.read_bytes()
+            with f.open("rb") as fh:
+                # One byte past the limit is enough to refuse it: a 10 GB file in the folder
+                # costs 4 MB, not 10 GB.
+                out[str(f)] = fh.read(MAX_FILE_BYTES + 1)
         except OSError as e:
             out[str(f)] = e
     return out
@@ -121,7 +124,30 @@ def load(paths: Iterable[Path], previous: RuleSet | None = None) -> RuleSet:
     return build(raw, previous)
 
 
+def _parse(name: str, data: bytes) -> ParsedFile:
+    """One file's bytes, checked. Never raises: a file that broke the checker itself must not
+    stop the folder from loading (the reload would freeze on it), so it is rejected with a
+    message like any other bad file."""
+    if len(data) > MAX_FILE_BYTES:
+        return ParsedFile(name, None, [Problem(
+            name, 1, f"file too large: more than {MAX_FILE_BYTES:,} bytes (the limit; split it "
+                     "into several files)")])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        return ParsedFile(name, None, [Problem(
+            name, line, f"not UTF-8: byte 0x{data[e.start]:02x} ({e.reason})")])
+    try:
+        return parse_rule_file(text, name)
+    except Exception as e:  # a bug of ours, never the author's: say so, keep the rest loading
+        return ParsedFile(name, None, [Problem(
+            name, 1, f"internal error while checking this file ({type(e).__name__}: {e}); "
+                     "please report it")])
+
+
 def build(raw: Mapping[str, bytes | OSError], previous: RuleSet | None = None) -> RuleSet:
+    """The folder's rule set from its files' contents. Never raises, whatever the contents."""
     parsed: dict[str, ParsedFile] = {}
     digests: dict[str, str] = {}
     for name, data in sorted(raw.items()):
@@ -134,12 +160,7 @@ def build(raw: Mapping[str, bytes | OSError], previous: RuleSet | None = None) -
         if previous is not None and previous.digests.get(name) == digests[name]:
             parsed[name] = previous.files[name]  # unchanged: skip re-parsing
             continue
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            parsed[name] = ParsedFile(name, None, [Problem(name, 1, f"not UTF-8: {e}")])
-            continue
-        parsed[name] = parse_rule_file(text, name)
+        parsed[name] = _parse(name, data)
 
     # Cross-file checks run over the files that passed on their own, in name order, so the
     # first definition wins and the later file is the one rejected.
@@ -180,9 +201,34 @@ def build(raw: Mapping[str, bytes | OSError], previous: RuleSet | None = None) -
         if kept is not None and kept is not parsed[name] and kept.model is not None:
             known_actions.update(kept.model.actions)
             known_receivers.update(r.name for r in kept.model.receivers)
+    clashing = {name for name, problems in extra.items() if problems}
     for name, pf in parsed.items():
-        if pf.ok and pf.model is not None and not extra[name]:
+        if pf.ok and pf.model is not None and name not in clashing:
             extra[name].extend(_reference_problems(pf, known_actions, known_receivers))
+
+    # A file rejected on its own gets the cross-file checks too, so that `watchdog check` says
+    # everything wrong with it in one run. Its references are checked against every name
+    # defined anywhere in the folder: a name defined only in another broken file is that
+    # file's problem, not a second one here.
+    defined_actions = known_actions.union(*(_actions_of(pf.data) for pf in parsed.values()))
+    defined_receivers = known_receivers.union(*(_receivers_of(pf.data)
+                                                for pf in parsed.values()))
+    for name, pf in parsed.items():
+        if pf.ok:
+            if name in clashing:  # rejected for a name another file defines: references too
+                extra[name].extend(_reference_problems(pf, defined_actions, defined_receivers))
+            continue
+        for a in _actions_of(pf.data):
+            if action_owner.get(a, name) != name:
+                extra[name].append(Problem(name, pf.line_of(("actions", a)),
+                                           f"action {a!r} is already defined in {action_owner[a]}"))
+        for i, r in _items(pf.data.get("receivers") if isinstance(pf.data, dict) else None):
+            rname = r.get("name") if isinstance(r, dict) else None
+            if isinstance(rname, str) and receiver_owner.get(rname, name) != name:
+                extra[name].append(Problem(
+                    name, pf.line_of(("receivers", i, "name")),
+                    f"receiver {rname!r} is already defined in {receiver_owner[rname]}"))
+        extra[name].extend(_reference_problems(pf, defined_actions, defined_receivers))
 
     rs = RuleSet()
     for name, pf in parsed.items():
@@ -202,27 +248,46 @@ def build(raw: Mapping[str, bytes | OSError], previous: RuleSet | None = None) -
     return rs
 
 
+def _items(value: object) -> list[tuple[int, Any]]:
+    return list(enumerate(value)) if isinstance(value, list) else []
+
+
+def _actions_of(data: object) -> set[str]:
+    actions = data.get("actions") if isinstance(data, dict) else None
+    return {a for a in actions if isinstance(a, str)} if isinstance(actions, dict) else set()
+
+
+def _receivers_of(data: object) -> set[str]:
+    receivers = data.get("receivers") if isinstance(data, dict) else None
+    return {r["name"] for _, r in _items(receivers)
+            if isinstance(r, dict) and isinstance(r.get("name"), str)}
+
+
 def _reference_problems(pf: ParsedFile, actions: set[str], receivers: set[str]
                         ) -> list[Problem]:
-    assert pf.model is not None
+    """Names a file uses that nothing defines, read from the document as loaded (so a file
+    that failed its own checks is checked as well)."""
+    data = pf.data if isinstance(pf.data, dict) else {}
     out: list[Problem] = []
-    for gi, g in enumerate(pf.model.groups):
-        for ri, r in enumerate(g.rules):
-            if not isinstance(r, AlertingRule):
+    for gi, g in _items(data.get("groups")):
+        for ri, r in _items(g.get("rules") if isinstance(g, dict) else None):
+            if not isinstance(r, dict) or ("record" in r and "alert" not in r):
                 continue
-            for ai, a in enumerate(r.actions):
-                if a not in actions:
+            for ai, a in _items(r.get("actions")):
+                if isinstance(a, str) and a not in actions:
                     line = pf.line_of(("groups", gi, "rules", ri, "actions", ai))
-                    out.append(Problem(pf.name, line,
-                                       f"rule {r.alert!r} refers to undefined action {a!r}"))
-    for i, route in enumerate(pf.model.routes):
-        for j, recv in enumerate(route.receivers):
-            if recv not in receivers:
+                    out.append(Problem(pf.name, line, f"rule {r.get('alert')!r} refers to "
+                                                      f"undefined action {a!r}"))
+    for i, route in _items(data.get("routes")):
+        if not isinstance(route, dict):
+            continue
+        for j, recv in _items(route.get("receivers")):
+            if isinstance(recv, str) and recv not in receivers:
                 out.append(Problem(pf.name, pf.line_of(("routes", i, "receivers", j)),
                                    f"route refers to undefined receiver {recv!r}"))
-        for k, esc in enumerate(route.escalate):
-            for j, recv in enumerate(esc.receivers):
-                if recv not in receivers:
+        for k, esc in _items(route.get("escalate")):
+            for j, recv in _items(esc.get("receivers") if isinstance(esc, dict) else None):
+                if isinstance(recv, str) and recv not in receivers:
                     out.append(Problem(
                         pf.name, pf.line_of(("routes", i, "escalate", k, "receivers", j)),
                         f"escalation refers to undefined receiver {recv!r}"))

@@ -8,19 +8,21 @@ settings.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
-from watchdog.durations import parse_duration
+from watchdog.durations import MAX_DURATION, parse_duration
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -39,6 +41,30 @@ class _YamlSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+
+
+def url_has_credentials(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "@" in url
+    return parts.username is not None or parts.password is not None
+
+
+def prometheus_auth_conflict(url: str, field: str, bearer: bool = False) -> str | None:
+    """Why Prometheus authentication set by `field` cannot work together with what is already
+    set, or None. Both ways end in an `Authorization` header the HTTP client cannot send twice:
+    every query would fail (aiohttp: "Cannot combine AUTHORIZATION header with AUTH argument or
+    credentials encoded in URL") and /readyz would stay 503 with no clear reason. Prometheus's
+    own scrape config refuses the same combinations."""
+    if url_has_credentials(url):
+        return ("cannot be combined with credentials in WATCHDOG_PROMETHEUS_URL "
+                "(user:password@host); give them in one place: in the URL, or as basic auth "
+                "(WATCHDOG_PROMETHEUS_BASIC_AUTH_USER / _PASSWORD_FILE), or a bearer token file")
+    if bearer and field.startswith("prometheus_basic_auth"):
+        return ("cannot be combined with WATCHDOG_PROMETHEUS_BEARER_TOKEN_FILE: configure "
+                "either basic auth or a bearer token")
+    return None
 
 
 class Settings(BaseSettings):
@@ -67,6 +93,9 @@ class Settings(BaseSettings):
     sentry_dsn: SecretStr | None = None
     dry_run: bool = False
     api_token: SecretStr | None = None
+    # When set, GET /api/* needs it (or the API token); the probes, /metrics and the status
+    # page stay open. For deployments that expose the port beyond the cluster.
+    api_read_token: SecretStr | None = None
     external_url: str = ""
     external_labels: dict[str, str] = Field(default_factory=dict)
     log_format: Literal["json", "console"] = "console"
@@ -86,9 +115,25 @@ class Settings(BaseSettings):
         # "30s" as Prometheus spells it, or a bare number of seconds
         if isinstance(v, str):
             try:
-                return float(v)
+                v = float(v)
             except ValueError:
-                return parse_duration(v)
+                return parse_duration(v.strip())
+        if isinstance(v, int | float) and not isinstance(v, bool) and not (
+                math.isfinite(v) and abs(v) <= MAX_DURATION):
+            # "nan", "inf", 1e300: no scheduler or timeout can use them
+            raise ValueError("out of range (a duration is at most 292y)")
+        return v
+
+    @field_validator("prometheus_bearer_token_file", "prometheus_basic_auth_user",
+                     "prometheus_basic_auth_password_file")
+    @classmethod
+    def _one_prometheus_auth(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            problem = prometheus_auth_conflict(
+                info.data.get("prometheus_url", ""), info.field_name or "",
+                bearer=info.data.get("prometheus_bearer_token_file") is not None)
+            if problem:
+                raise ValueError(problem)
         return v
 
     @field_validator("log_level", mode="before")

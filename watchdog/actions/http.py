@@ -13,13 +13,13 @@ a 4xx and a message.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from watchdog.actions.errors import CommandError
+from watchdog.webinput import BadInput, read_json
 
 if TYPE_CHECKING:
     from watchdog.storage.records import DeployRow
@@ -51,12 +51,10 @@ def _error(e: CommandError) -> web.Response:
 
 
 async def _body(request: web.Request) -> Any:
-    if not request.can_read_body:
-        return {}
     try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CommandError("request body must be JSON") from None
+        return await read_json(request, default={})
+    except BadInput as e:
+        raise CommandError(str(e), e.status) from None
 
 
 def _limit(request: web.Request) -> int:

@@ -9,10 +9,11 @@ never a secret — webhook URLs and routing keys are looked up from the receiver
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -129,10 +130,28 @@ def common(maps: Iterable[Mapping[str, str]]) -> dict[str, str]:
 
 
 def generator_url(base: str, expr: str | None) -> str:
-    """Prometheus's generatorURL: the graph page for the rule's expression (`/graph?g0.expr=…`)."""
+    """Prometheus's generatorURL: the graph page for the rule's expression (`/graph?g0.expr=…`).
+    Never with the credentials of a `user:password@` Prometheus URL: the link goes to every
+    receiver and into the outbox, and a browser asks for a login anyway."""
     if not base or not expr:
         return ""
-    return f"{base.rstrip('/')}/graph?g0.expr={quote(expr, safe='')}&g0.tab=1"
+    base = _without_credentials(base).rstrip("/")
+    return f"{base}/graph?g0.expr={quote(expr, safe='')}&g0.tab=1"
+
+
+def _without_credentials(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+    except ValueError:
+        return re.sub(r"//[^/@]*@", "//", url, count=1)
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def alert_doc(alert: Alert, *, generator: str = "", acked: bool = False,

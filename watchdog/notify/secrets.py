@@ -8,7 +8,7 @@ log: callers decide what to say, after passing it through `Redactor`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from watchdog import envvars
@@ -48,36 +48,6 @@ def resolve(value: str | None, file: str | None, what: str,
     return out
 
 
-def url_secrets(url: str) -> list[str]:
-    """A URL and the parts of it that are secret on their own: a receiver echoing the request
-    path (`/services/T0/B0/XXXX`) or query (`?token=`) in an error must not leak it either."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    out = [url, parts.path, parts.query]
-    if parts.password:
-        out.append(parts.password)
-    return [p for p in out if p]
-
-
-class Redactor:
-    """Replaces known secret values (and their URL-quoted forms) in text with `<secret>`."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets: list[str] = []
-        for s in secrets:
-            self.add(s)
-
-    def add(self, secret: str) -> None:
-        from urllib.parse import quote
-
-        for form in {secret, quote(secret, safe=""), quote(secret)}:
-            # Very short values would blank out ordinary words; real secrets are long.
-            if len(form) >= 6 and form not in self._secrets:
-                self._secrets.append(form)
-        self._secrets.sort(key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for s in self._secrets:
-            text = text.replace(s, "<secret>")
-        return text
+# One implementation for receivers and actions (see watchdog.envvars).
+url_secrets = envvars.url_secrets
+Redactor = envvars.Redactor

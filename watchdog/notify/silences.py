@@ -15,9 +15,9 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
+from watchdog import webinput
 from watchdog.gocompat import rfc3339_millis
 from watchdog.labels import RegexError, alertmanager_match, alertmanager_regexp
 from watchdog.storage import Storage, Tx
@@ -100,18 +100,12 @@ def matches_all(matchers: Iterable[Matcher], labels: Mapping[str, str]) -> bool:
 
 
 def parse_time(value: Any, what: str) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            pass
-    raise InputError(f"{what} must be RFC 3339 or Unix seconds, got {value!r}")
+    """RFC 3339 or Unix seconds, bounded to what RFC 3339 can show again (years 1 to 9999):
+    a NaN, an Infinity or 1e20 would be stored and then break every listing."""
+    try:
+        return webinput.parse_time(value, what)
+    except webinput.BadInput as e:
+        raise InputError(str(e)) from None
 
 
 @dataclass(frozen=True)

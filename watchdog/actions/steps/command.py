@@ -10,6 +10,7 @@ Shell: starts a process. What it must not do, and why:
 - never hand the daemon's own environment to the program: it holds the API token and other
   secrets. The program gets a minimal environment (PATH, HOME, LANG, TZ ...), the step's `env:`
   (where `${VAR}` passes what it needs on purpose) and the alert variables;
+- never keep a secret it passed: every `${VAR}` value it expanded is redacted from the output;
 - never leave a process behind: on timeout, and once the program has exited, its whole
   process group is killed (a background child would otherwise outlive the step unobserved).
 A relative program path resolves against the daemon's working directory.
@@ -28,6 +29,7 @@ import time
 from watchdog.actions.expand import ExpandError, Subject, expand_env, shown_env
 from watchdog.actions.steps import MAX_OUTPUT, StepEnv, StepResult, truncate
 from watchdog.durations import format_duration
+from watchdog.envvars import Redactor, expanded_values
 from watchdog.gocompat import rfc3339
 from watchdog.model import CommandStep
 
@@ -94,6 +96,17 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 
 async def run(step: CommandStep, subject: Subject, env: StepEnv) -> StepResult:
+    result = await _run(step, subject, env)
+    # A program may print what it was given (`set -x`, a usage error quoting argv, `env`): the
+    # `${VAR}` values handed to it never reach the stored output.
+    redact = Redactor(v for text in (*step.argv, *step.env.values())
+                      for v in expanded_values(text, env.environ))
+    if not redact:
+        return result
+    return StepResult(result.ok, redact(result.detail), redact(result.output))
+
+
+async def _run(step: CommandStep, subject: Subject, env: StepEnv) -> StepResult:
     shown_argv = [shown_env(a) for a in step.argv]
     what = " ".join(shown_argv)
     try:

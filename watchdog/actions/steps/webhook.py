@@ -3,20 +3,26 @@ an API. URL, headers, body and JSON are templated with the alert (`$labels`, `$v
 `${VAR}` / `VAR_FILE` secrets are filled in; a 2xx answer is success.
 
 Shell: network I/O through the shared aiohttp session. It must never show a secret: the URL in
-its output and errors is the configured one with `${VAR}` unexpanded, and headers (where tokens
-live) are never shown at all.
+its output and errors is the configured one with `${VAR}` unexpanded, headers (where tokens
+live) are never shown at all, and every value it expanded (and every header value) is redacted
+from the reply it keeps, since an upstream may echo the request back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from watchdog.actions.expand import ExpandError, Subject, expand, expand_json, shown
 from watchdog.actions.steps import StepEnv, StepResult, truncate
 from watchdog.durations import format_duration
+from watchdog.envvars import Redactor, expanded_values
 from watchdog.model import WebhookStep
 
 # Kept of the response body: a flag service's error message fits; an HTML error page is cut.
@@ -38,6 +44,7 @@ async def run(step: WebhookStep, subject: Subject, env: StepEnv) -> StepResult:
             kwargs["data"] = expand(step.body, data, env.environ).encode()
     except ExpandError as e:
         return StepResult(False, f"{what}: {e}")
+    redact = _redactor(step, env.environ, url, headers)
     try:
         async with env.session.request(
             step.method, url, headers=headers,
@@ -50,9 +57,36 @@ async def run(step: WebhookStep, subject: Subject, env: StepEnv) -> StepResult:
     except (aiohttp.ClientError, ValueError) as e:
         # aiohttp's messages can quote the URL it was given, which may hold a secret.
         message = str(e).replace(url, display_url) if url else str(e)
-        return StepResult(False, f"{what}: {type(e).__name__}: {message}")
-    text = body[:MAX_BODY].decode("utf-8", "replace")
+        return StepResult(False, redact(f"{what}: {type(e).__name__}: {message}"))
+    text = redact(body[:MAX_BODY].decode("utf-8", "replace"))
     if len(body) > MAX_BODY:
         text += " …"
     detail = f"{what} -> HTTP {status}"
     return StepResult(200 <= status < 300, detail, truncate(f"{detail}\n{text}".rstrip()))
+
+
+# Headers whose values are credentials even when written literally in the rule file.
+_CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|passw|cookie|signature|session", re.I)
+
+
+def _redactor(step: WebhookStep, environ: Mapping[str, str], url: str,
+              headers: Mapping[str, str]) -> Redactor:
+    """Everything secret this request carried: each `${VAR}` value, wherever it was used; a
+    password in the expanded URL; and the value of every credential-like header."""
+    configured = [step.url, *step.headers.values(), step.body or "", *_strings(step.json_)]
+    secrets = [v for text in configured for v in expanded_values(text, environ)]
+    with contextlib.suppress(ValueError):
+        if (password := urlsplit(url).password) is not None:
+            secrets.append(password)
+    secrets += [v for k, v in headers.items() if _CREDENTIAL_HEADER.search(k)]
+    return Redactor(secrets)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    return []
