@@ -103,7 +103,7 @@ async def get(w: WatchdogProcess, path: str) -> Any:
     return r.json()["data"]
 
 
-async def until(what: str, pred: Callable[[], Any], timeout: float = 20.0) -> Any:
+async def until(what: str, pred: Callable[[], Any], timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = await pred()
