@@ -37,7 +37,8 @@ from watchdog.notify.silences import MAX_REGEX_LENGTH, InputError, Matcher, pars
 
 EVIL = "(a+)+$"
 NOT_QUITE = "a" * 5000 + "b"  # about 2^5000 backtracking steps for Python's re
-DEADLINE = 2.0  # seconds; RE2 needs a few milliseconds
+DEADLINE = 10.0  # seconds; RE2 needs a few milliseconds, backtracking would need hours: a
+# bound far from both, so a loaded CI machine cannot fail it
 
 
 class _TooSlow(Exception):
