@@ -1,6 +1,7 @@
 """Benchmark: `watchdog run` beside vmalert and Prometheus's rule engine on the same rules.
 
     python bench/daemon.py [--rules 1000] [--per-group 50] [--interval 5] [--duration 60]
+                           [--state-url URL] [--only NAME ...] [--json]
 
 A Prometheus (Debian's `prometheus`) scrapes an in-process target with `--series` counters every
 5s. `--rules` alerting rules (one in twenty true, with `for: 10s`) in groups of `--per-group` are
@@ -19,6 +20,15 @@ Printed for each, and as watchdog/vmalert and watchdog/prometheus ratios: reside
 seconds per 1,000 rule evaluations, rule evaluations per second sustained, missed iterations,
 and failed evaluations — CPU from /proc, counts from each one's own /metrics.
 
+The watchdog keeps its state in a fresh SQLite file by default. `--state-url postgresql://...`
+names a PostgreSQL server instead: the bench creates a throwaway database there (so it needs the
+CREATEDB privilege), points `WATCHDOG_STATE_URL` at it and drops it at the end. The work the
+server does for the watchdog is not in the watchdog's process, so when the server runs on this
+machine the CPU of its backends serving that database (pids from pg_stat_activity, CPU from
+/proc) is printed too, as its own row: the fair comparison with SQLite, which works in-process,
+is the sum. The watchdog to run is `python -m watchdog` of the Python running this script, so
+`/path/to/other/.venv/bin/python bench/daemon.py` measures another checkout (e.g. a release).
+
 A benchmark script, not part of the package: it starts processes and servers on 127.0.0.1 only,
 and must leave none behind (every child is stopped in `finally`).
 """
@@ -26,9 +36,12 @@ and must leave none behind (every child is stopped in `finally`).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -41,6 +54,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from watchdog.promserver import PrometheusServer, find_binary, free_port
 
@@ -165,7 +179,8 @@ class Result:
     errors: float
     missed: float
     seconds: float
-    # For Prometheus: each instance's own figures behind the differences above.
+    # For Prometheus: each instance's own figures behind the differences above; for the
+    # watchdog on PostgreSQL: the server backends' CPU in the window ("server_cpu_s").
     parts: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -179,9 +194,12 @@ class Result:
 
 def measure(name: str, argv: list[str], env: dict[str, str], metrics_url: str,
             counters: Callable[[str], tuple[float, float, float]], warmup: float,
-            duration: float, log: Path) -> Result:
+            duration: float, log: Path, side: SideCpu | None = None) -> Result:
     with log.open("wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # In the log's folder: `python -m` puts the working directory first on sys.path, and a
+        # checkout there would be imported instead of the interpreter's own watchdog.
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=log.parent)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -196,14 +214,21 @@ def measure(name: str, argv: list[str], env: dict[str, str], metrics_url: str,
                 time.sleep(0.2)
         print(f"  {name}: up, warming up {warmup:g}s, then measuring {duration:g}s", flush=True)
         time.sleep(warmup)
+        side0 = side.sample() if side else {}
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         ev0, err0, miss0 = counters(http_get(metrics_url))
         time.sleep(duration)
         cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
         ev1, err1, miss1 = counters(http_get(metrics_url))
+        side1 = side.sample() if side else {}
         rss, peak = rss_mib(proc.pid), rss_mib(proc.pid, "VmHWM")
+        parts: dict[str, float] = {}
+        if side is not None:
+            # A backend that appeared in the window counts from 0; one that ended is lost.
+            parts["server_cpu_s"] = sum(c - side0.get(pid, 0.0) for pid, c in side1.items())
+            parts["server_backends"] = len(side1)
         return Result(name, rss, peak, cpu1 - cpu0, ev1 - ev0, err1 - err0, miss1 - miss0,
-                      t1 - t0)
+                      t1 - t0, parts)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -211,6 +236,44 @@ def measure(name: str, argv: list[str], env: dict[str, str], metrics_url: str,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# ---- PostgreSQL ------------------------------------------------------------------------
+
+
+def with_database(url: str, name: str) -> str:
+    return urlsplit(url)._replace(path="/" + name).geturl()
+
+
+def pg(url: str, sql: str) -> list[Any]:
+    """One statement on `url` (asyncpg, imported here: SQLite runs need no driver)."""
+    import asyncpg  # type: ignore[import-untyped,unused-ignore]
+
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(url)
+        try:
+            return list(await conn.fetch(sql))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+class SideCpu:
+    """CPU seconds of the PostgreSQL backends serving `database`, by pid, read from /proc
+    (so only for a server on this machine whose processes this user can read)."""
+
+    def __init__(self, admin_url: str, database: str) -> None:
+        self.admin_url, self.database = admin_url, database
+
+    def sample(self) -> dict[int, float]:
+        rows = pg(self.admin_url, "SELECT pid FROM pg_stat_activity WHERE datname = "
+                                  f"'{self.database}' AND pid <> pg_backend_pid()")
+        out: dict[int, float] = {}
+        for row in rows:
+            with contextlib.suppress(OSError):  # ended meanwhile, or not on this machine
+                out[row["pid"]] = cpu_seconds(row["pid"])
+        return out
 
 
 def wait_for_data(prom_url: str, timeout: float = 60) -> None:
@@ -296,6 +359,20 @@ def prometheus_counters(text: str) -> tuple[float, float, float]:
             metric_sum(text, "prometheus_rule_group_iterations_missed_total"))
 
 
+def watchdog_source(cwd: Path) -> str:
+    """Which watchdog `python -m watchdog` runs in `cwd`: its folder and, in a git checkout, the
+    commit — so a table can say which release it measured."""
+    folder = subprocess.run(
+        [sys.executable, "-c", "import pathlib, watchdog; "
+         "print(pathlib.Path(watchdog.__file__).parent)"],
+        cwd=cwd, capture_output=True, text=True, check=False).stdout.strip()
+    if not folder:
+        return "not importable"
+    commit = subprocess.run(["git", "-C", folder, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True, check=False).stdout.strip()
+    return folder + (f" at {commit}" if commit else "")
+
+
 def ratio(a: float, b: float) -> str:
     if b == 0:
         return "—" if a == 0 else "∞"
@@ -329,6 +406,18 @@ def report(results: list[Result], args: argparse.Namespace, prom_version: str) -
         print(line)
     expected = args.rules / args.interval
     print(f"(expected evaluations/s at this load: {expected:.1f})")
+    print(f"(watchdog: {args.watchdog_source}; state: {args.shown_state_url})")
+    if "watchdog" in by_name and "server_cpu_s" in by_name["watchdog"].parts:
+        w = by_name["watchdog"]
+        server = w.parts["server_cpu_s"]
+        per_1000 = server / w.evaluations * 1000 if w.evaluations else float("nan")
+        both = (w.cpu_s + server) / w.evaluations * 1000 if w.evaluations else float("nan")
+        line = (f"(PostgreSQL backends serving the watchdog ({w.parts['server_backends']:.0f} at "
+                f"the end): CPU {server:.2f}s in the window, {per_1000:.3f}s per 1,000 rule "
+                f"evaluations; watchdog + backends {both:.3f}s per 1,000")
+        if "vmalert" in by_name:
+            line += f", {ratio(both, by_name['vmalert'].cpu_per_1000)} vmalert"
+        print(line + ")")
     if "prometheus" in by_name:
         parts = by_name["prometheus"].parts
         print("(prometheus rules: its CPU and RSS figures are a DIFFERENCE of two Prometheus "
@@ -356,8 +445,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=12.0)
     p.add_argument("--series", type=int, default=100)
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
-    p.add_argument("--only", choices=CONTENDERS, help="run one contender")
+    p.add_argument("--only", choices=CONTENDERS, action="append",
+                   help="run this contender (repeat for several; default: all)")
+    p.add_argument("--state-url", default="",
+                   help="the watchdog's state: empty for a fresh SQLite file, or "
+                        "postgresql://user@host:port/db of a server to create a throwaway "
+                        "database on")
     args = p.parse_args(argv)
+    only = set(args.only or CONTENDERS)
     for binary in ("prometheus", "vmalert"):
         if find_binary(binary) is None:
             print(f"{binary} not found: apt-get install prometheus victoria-metrics",
@@ -365,6 +460,22 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     tmp = Path(tempfile.mkdtemp(prefix="watchdog-bench-"))
+    side: SideCpu | None = None
+    pg_admin = ""
+    if args.state_url.startswith(("postgresql://", "postgres://")):
+        pg_admin = args.state_url
+        database = f"watchdog_bench_{secrets.token_hex(4)}"
+        pg(pg_admin, f'CREATE DATABASE "{database}"')
+        state_url = with_database(pg_admin, database)
+        side = SideCpu(pg_admin, database)
+    elif args.state_url:
+        state_url = args.state_url
+    else:
+        state_url = f"sqlite:///{tmp / 'watchdog.db'}"
+    parts = urlsplit(state_url)
+    args.shown_state_url = (parts._replace(netloc=parts.netloc.replace(
+        f":{parts.password}@", ":***@")).geturl() if parts.password else state_url)
+    args.watchdog_source = watchdog_source(tmp)
     target = serve(target_handler(args.series))
     sink = serve(Blackhole)
     target_addr = f"127.0.0.1:{target.server_address[1]}"
@@ -379,19 +490,19 @@ def main(argv: list[str] | None = None) -> int:
         write_rules(rules, args.rules, args.per_group, args.series)
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
 
-        if args.only in (None, "watchdog"):
+        if "watchdog" in only:
             port = free_port()
             env = {**base_env, "WATCHDOG_RULES_DIR": str(rules),
                    "WATCHDOG_PROMETHEUS_URL": prom.url,
                    "WATCHDOG_EVALUATION_INTERVAL": f"{args.interval:g}s",
                    "WATCHDOG_HTTP_LISTEN": f"127.0.0.1:{port}",
-                   "WATCHDOG_STATE_URL": f"sqlite:///{tmp / 'watchdog.db'}",
+                   "WATCHDOG_STATE_URL": state_url,
                    "WATCHDOG_LOG_LEVEL": "WARNING", "WATCHDOG_LOG_FORMAT": "json"}
             results.append(measure(
                 "watchdog", [sys.executable, "-m", "watchdog", "run"], env,
                 f"http://127.0.0.1:{port}/metrics", watchdog_counters, args.warmup,
-                args.duration, tmp / "watchdog.log"))
-        if args.only in (None, "vmalert"):
+                args.duration, tmp / "watchdog.log", side))
+        if "vmalert" in only:
             port = free_port()
             argv_vm = [find_binary("vmalert") or "vmalert", f"-datasource.url={prom.url}",
                        f"-rule={rules}/*.yml", f"-evaluationInterval={args.interval:g}s",
@@ -400,13 +511,15 @@ def main(argv: list[str] | None = None) -> int:
             results.append(measure("vmalert", argv_vm, base_env,
                                    f"http://127.0.0.1:{port}/metrics", vmalert_counters,
                                    args.warmup, args.duration, tmp / "vmalert.log"))
-        if args.only in (None, "prometheus"):
+        if "prometheus" in only:
             results.append(measure_prometheus(target_addr, tmp, rules, args.interval,
                                               args.warmup, args.duration))
     finally:
         prom.stop()
         target.shutdown()
         sink.shutdown()
+        if side is not None:
+            pg(pg_admin, f'DROP DATABASE IF EXISTS "{side.database}" WITH (FORCE)')
     report(results, args, version)
     print(f"(logs and data in {tmp})")
     return 0

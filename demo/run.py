@@ -5,7 +5,14 @@ turns two feature flags on and the error rate jumps; the watchdog fires, runs a 
 against the service's flag API (newest feature first, then the release's main flag), the service
 recovers and the alert resolves. Slack-style messages print in the terminal as they arrive.
 
-    python -m demo.run [--exit]
+    python -m demo.run [--exit] [--state-url URL] [--restart]
+
+State goes to `--state-url` (default: $WATCHDOG_STATE_URL, else a SQLite file under .demo/), so
+the same story runs on PostgreSQL; the story needs a store without state from an earlier run (the
+action's cooldown would hold the rollback back), and the demo refuses a used one up front.
+`--restart` restarts the watchdog on the same state while the rollback is under way and checks
+that nothing is lost or repeated: the alert is still firing with the same incident, one firing
+message in the chat, each rollback step done once, one run.
 
 Not part of the product; it drives the product from outside, as a user would.
 """
@@ -30,7 +37,9 @@ from aiohttp import web
 
 from demo.chat import ChatReceiver, render
 from demo.service import DemoService
+from watchdog.logs import redact_url
 from watchdog.promserver import PrometheusServer, find_binary, free_port
+from watchdog.storage import StorageError, open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".demo"
@@ -80,13 +89,78 @@ async def alert_state(session: aiohttp.ClientSession, api: str) -> str:
     return "firing" if "firing" in states else ("pending" if "pending" in states else "inactive")
 
 
-async def main(exit_at_end: bool) -> int:
+async def used_state(url: str) -> str | None:
+    """Why the store at `url` cannot hold the story (it has state from an earlier run), or None.
+    Opening it creates the schema, as the watchdog would."""
+    try:
+        store = await open_storage(url)
+    except (StorageError, OSError) as e:
+        return f"cannot open it: {e}"
+    try:
+        async with store.transaction() as tx:
+            found = {"alert groups": len(await tx.alerts.load()),
+                     "action runs": len(await tx.runs.list(limit=1)),
+                     "deploy markers": len(await tx.deploys.list(limit=1))}
+    finally:
+        await store.close()
+    used = [name for name, n in found.items() if n]
+    return f"it holds {', '.join(used)} from an earlier run" if used else None
+
+
+async def wait_ready(session: aiohttp.ClientSession, api: str, daemon: subprocess.Popen[bytes],
+                     log_path: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            async with session.get(f"{api}/readyz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass  # not listening yet
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            print(log_path.read_text()[-3000:])
+            raise SystemExit("the watchdog did not become ready")
+        await asyncio.sleep(0.5)
+
+
+def stop_watchdog(daemon: subprocess.Popen[bytes]) -> None:
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(10)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
+
+
+Kept = tuple[tuple[str, str] | None, list[tuple[str, str]]]
+
+
+async def incident(session: aiohttp.ClientSession, api: str) -> Kept:
+    """What a restart must keep: the firing CheckoutErrorRate alert's (activeAt, firedAt) — None
+    unless exactly one is firing — and the staged-rollback runs' (id, incident)."""
+    doc = await get_json(session, f"{api}/api/v1/alerts")
+    alerts = [(a["activeAt"], a.get("firedAt")) for a in (doc or {}).get("data", {})
+              .get("alerts", []) if a["labels"].get("alertname") == "CheckoutErrorRate"
+              and a["state"] == "firing"]
+    doc = await get_json(session, f"{api}/api/v1/actions/runs?action=staged-rollback")
+    runs = sorted((r["id"], r["incident"]) for r in (doc or {}).get("data", []))
+    return (alerts[0] if len(alerts) == 1 else None), runs
+
+
+async def main(exit_at_end: bool, state_url: str | None = None, restart: bool = False) -> int:
     started = time.monotonic()
     for binary in ("prometheus", "promtool"):
         if find_binary(binary) is None:
             print(f"{binary} not found: run scripts/demo (it installs Debian's prometheus)")
             return 1
     shutil.rmtree(WORK, ignore_errors=True)
+    if state_url:
+        problem = await used_state(state_url)
+        if problem is not None:
+            print(f"the demo needs a store without state, and {redact_url(state_url)}: {problem}"
+                  "; give it an empty database (e.g. createdb watchdog_demo_2) or leave "
+                  "--state-url and WATCHDOG_STATE_URL unset for a fresh SQLite file")
+            return 1
     (WORK / "secrets").mkdir(parents=True)
 
     service = DemoService()
@@ -108,31 +182,29 @@ async def main(exit_at_end: bool) -> int:
            "WATCHDOG_PROMETHEUS_URL": prom.url, "WATCHDOG_RULES_DIR": str(ROOT / "demo/rules"),
            "WATCHDOG_EVALUATION_INTERVAL": "2s", "WATCHDOG_HTTP_LISTEN": f"127.0.0.1:{api_port}",
            "WATCHDOG_DATA_DIR": str(WORK / "data"), "WATCHDOG_API_TOKEN": token,
+           "WATCHDOG_STATE_URL": state_url or f"sqlite:///{WORK / 'data' / 'watchdog.db'}",
            "WATCHDOG_EXTERNAL_URL": prom.url, "WATCHDOG_LOG_FORMAT": "console",
            "WATCHDOG_LOG_LEVEL": "INFO", "WATCHDOG_RULES_POLL_INTERVAL": "2s",
            "DEMO_SERVICE_URL": f"http://127.0.0.1:{svc_port}",
            "DEMO_SECRETS": str(WORK / "secrets")}
-    log = (WORK / "watchdog.log").open("w")
-    daemon = subprocess.Popen([sys.executable, "-m", "watchdog", "run"], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, cwd=ROOT)
+    log_path = WORK / "watchdog.log"
+    log = log_path.open("w")
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "watchdog", "run"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+
+    daemon = start()
     api = f"http://127.0.0.1:{api_port}"
     say(f"watchdog run (pid {daemon.pid}) with demo/rules, evaluating every 2s; "
-        f"log: {WORK / 'watchdog.log'}")
+        f"log: {log_path}")
+    note(f"state: {redact_url(env['WATCHDOG_STATE_URL'])}")
     ok = False
+    restarted: Kept | None = None
+    broken = False
     try:
         async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    async with session.get(f"{api}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass  # not listening yet
-                if daemon.poll() is not None or time.monotonic() > deadline:
-                    print((WORK / "watchdog.log").read_text()[-3000:])
-                    raise SystemExit("the watchdog did not become ready")
-                await asyncio.sleep(0.5)
+            await wait_ready(session, api, daemon, log_path)
             note("watchdog ready: rules loaded, Prometheus answering")
             for _ in range(8):
                 await asyncio.sleep(1)
@@ -159,6 +231,23 @@ async def main(exit_at_end: bool) -> int:
                     note(line)
                     last = line
                 seen_firing |= state == "firing"
+                if restart and restarted is None and state == "firing" \
+                        and ("recommendations-v3", False) in service.flag_changes:
+                    # Mid-rollback: the first stage ran, the run waits to see if it helped.
+                    restarted = await incident(session, api)
+                    say(f"restarting the watchdog on the same state (SIGTERM pid {daemon.pid}, "
+                        "then a new process) while the rollback is under way")
+                    stop_watchdog(daemon)
+                    daemon = start()
+                    await wait_ready(session, api, daemon, log_path)
+                    after = await incident(session, api)
+                    if after != restarted or after[0] is None or len(after[1]) != 1:
+                        say(f"the restart lost or changed state: before {restarted}, "
+                            f"after {after}")
+                        broken = True
+                        break
+                    note(f"watchdog pid {daemon.pid} ready: alert still firing since "
+                         f"{after[0][1]}, same incident {after[1][0][1]}, same run")
                 if seen_firing and state == "inactive" and not service.bad:
                     ok = True
                     break
@@ -168,9 +257,18 @@ async def main(exit_at_end: bool) -> int:
                     if any("RESOLVED" in render(m) for m in chat.messages):
                         break
                     await asyncio.sleep(1)
+            if ok and restart:
+                problem = await repeated(session, api, chat, service, restarted)
+                if problem:
+                    say(f"after the restart: {problem}")
+                    ok, broken = False, True
+                else:
+                    note("after the restart: one firing message, each rollback step done once, "
+                         "one run for the incident")
             if not ok:
-                say("the story did not complete in time; see the log")
-                print((WORK / "watchdog.log").read_text()[-4000:])
+                if not broken:
+                    say("the story did not complete in time; see the log")
+                print(log_path.read_text()[-4000:])
             else:
                 say(f"recovered: alert fired, staged rollback ran "
                     f"({', '.join(f'{n} off' for n, v in service.flag_changes if not v)}), "
@@ -192,11 +290,7 @@ async def main(exit_at_end: bool) -> int:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 120)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(10)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        stop_watchdog(daemon)
         log.close()
         await asyncio.to_thread(prom.stop)
         for runner in runners:
@@ -204,12 +298,36 @@ async def main(exit_at_end: bool) -> int:
     return 0 if ok else 1
 
 
+async def repeated(session: aiohttp.ClientSession, api: str, chat: ChatReceiver,
+                   service: DemoService, before: Kept | None) -> str | None:
+    """What a restart repeated or lost, seen from outside: messages, flag calls and runs."""
+    if before is None:
+        return "the alert never fired with the first rollback stage done, so no restart happened"
+    firing = [m for m in chat.messages if "🔴 FIRING · CheckoutErrorRate" in render(m)]
+    expected = [("recommendations-v3", False), ("checkout-v2", False)]
+    doc = await get_json(session, f"{api}/api/v1/actions/runs?action=staged-rollback")
+    runs = [(r["id"], r["incident"], r["status"]) for r in (doc or {}).get("data", [])]
+    if len(firing) != 1:
+        return f"{len(firing)} firing messages instead of one"
+    if service.flag_changes != expected:
+        return f"the service's flags were changed {service.flag_changes}, expected {expected}"
+    if [r[:2] for r in runs] != before[1] or runs[0][2] != "succeeded":
+        return f"the runs are {runs}, expected the one run {before[1]}, succeeded"
+    return None
+
+
 def cli() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exit", action="store_true", help="stop everything at the end")
+    ap.add_argument("--state-url", default=os.environ.get("WATCHDOG_STATE_URL") or None,
+                    help="the watchdog's STATE_URL, e.g. postgresql://user@host:5432/emptydb "
+                         "(default: $WATCHDOG_STATE_URL, else a fresh SQLite file in .demo/)")
+    ap.add_argument("--restart", action="store_true",
+                    help="restart the watchdog mid-rollback and check nothing is lost or "
+                         "repeated")
     args = ap.parse_args()
-    return asyncio.run(main(args.exit))
+    return asyncio.run(main(args.exit, args.state_url, args.restart))
 
 
 if __name__ == "__main__":
