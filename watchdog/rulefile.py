@@ -60,38 +60,93 @@ class _DuplicateKey(Exception):
         self.line = line
 
 
-def _construct(node: yaml.Node, path: Path_, lines: dict[Path_, int],
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_NULL_TAG = "tag:yaml.org,2002:null"
+
+
+@dataclass
+class _Loaded:
+    """Constructed data plus, by path, the line of every key and item and the source text of
+    every plain scalar that YAML typed as something other than a string (`1`, `true`, `~`):
+    Go-YAML reads such a scalar into a string field as its text, and so must we (`expr: 1`)."""
+
+    lines: dict[Path_, int] = field(default_factory=dict)
+    raw: dict[Path_, str] = field(default_factory=dict)
+
+
+def _merged_pairs(node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node, bool]]:
+    """The mapping's (key, value, explicit) pairs with `<<:` merge keys resolved as go-yaml v3
+    resolves them: explicit keys win over merged ones wherever they are written (so
+    `- <<: *base` followed by an overriding `expr:` is not a duplicate), merged keys fill in,
+    and among several merged mappings the first one listed wins (YAML's merge-key rule)."""
+    explicit: list[tuple[yaml.Node, yaml.Node, bool]] = []
+    sources: list[yaml.Node] = []
+    merge_line: int | None = None
+    for key_node, value_node in node.value:
+        if key_node.tag == _MERGE_TAG:
+            if merge_line is not None:  # go-yaml: two `<<` keys are a duplicate like any other
+                raise _DuplicateKey("<<", key_node.start_mark.line + 1, merge_line)
+            merge_line = key_node.start_mark.line + 1
+            if isinstance(value_node, yaml.SequenceNode):
+                sources.extend(value_node.value)
+            else:
+                sources.append(value_node)
+        else:
+            explicit.append((key_node, value_node, True))
+    merged: list[tuple[yaml.Node, yaml.Node, bool]] = []
+    for src in sources:
+        if not isinstance(src, yaml.MappingNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a merge key (<<) needs a mapping or a list of mappings",
+                src.start_mark)
+        merged.extend((k, v, False) for k, v, _ in _merged_pairs(src))
+    return explicit + merged
+
+
+def _key_text(key_node: yaml.Node, scalars: yaml.constructor.SafeConstructor) -> Any:
+    """A mapping key as go-yaml reads it into a string-keyed map: the scalar's text."""
+    if isinstance(key_node, yaml.ScalarNode):
+        return "" if key_node.tag == _NULL_TAG else key_node.value
+    raise yaml.constructor.ConstructorError(
+        None, None, "a mapping key must be a plain value", key_node.start_mark)
+
+
+def _construct(node: yaml.Node, path: Path_, out_: _Loaded,
                scalars: yaml.constructor.SafeConstructor) -> Any:
-    lines.setdefault(path, node.start_mark.line + 1)
+    out_.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        scalars.flatten_mapping(node)  # resolves `<<:` merge keys the way safe_load does
         out: dict[Any, Any] = {}
         first_line: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            key = _construct(key_node, (*path, "<key>"), {}, scalars)
-            if isinstance(key, list | dict):
-                raise yaml.constructor.ConstructorError(
-                    None, None, "a mapping key must be a plain value", key_node.start_mark)
+        for key_node, value_node, explicit in _merged_pairs(node):
+            key = _key_text(key_node, scalars)
             if key in out:
+                if not explicit:
+                    continue  # an explicit key (or an earlier merged one) already set it
                 raise _DuplicateKey(str(key), key_node.start_mark.line + 1, first_line[key])
             first_line[key] = key_node.start_mark.line + 1
-            child = (*path, key if isinstance(key, str | int) else str(key))
-            lines[child] = key_node.start_mark.line + 1
-            out[key] = _construct(value_node, child, lines, scalars)
+            child = (*path, key)
+            out_.lines[child] = key_node.start_mark.line + 1
+            out[key] = _construct(value_node, child, out_, scalars)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(item, (*path, i), lines, scalars) for i, item in enumerate(node.value)]
-    return scalars.construct_object(node, deep=True)
+        return [_construct(item, (*path, i), out_, scalars) for i, item in enumerate(node.value)]
+    value = scalars.construct_object(node, deep=True)
+    if not isinstance(value, str) and isinstance(node, yaml.ScalarNode):
+        out_.raw[path] = "" if node.tag == _NULL_TAG else node.value
+    return value
+
+
+def _load_node(node: yaml.Node | None) -> tuple[Any, _Loaded]:
+    loaded = _Loaded()
+    if node is None:
+        return None, loaded
+    return _construct(node, (), loaded, yaml.constructor.SafeConstructor()), loaded
 
 
 def load_yaml_with_lines(text: str) -> tuple[Any, dict[Path_, int]]:
     """Safe-load YAML and remember the line of every key and item (by path)."""
-    lines: dict[Path_, int] = {}
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
-    if node is None:
-        return None, lines
-    scalars = yaml.constructor.SafeConstructor()
-    return _construct(node, (), lines, scalars), lines
+    data, loaded = _load_node(yaml.compose(text, Loader=yaml.SafeLoader))
+    return data, loaded.lines
 
 
 def line_for(lines: dict[Path_, int], path: Path_) -> int:
@@ -148,11 +203,129 @@ def check_promql(expr: str) -> str | None:
     return None
 
 
+class _NotRules(Exception):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _node_get(node: yaml.Node, key: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key and isinstance(v, yaml.Node):
+                return v
+    return None
+
+
+def _rules_root(node: yaml.Node) -> yaml.Node | None:
+    """The node holding `groups` (and our other keys): the document itself, or a Prometheus
+    Operator PrometheusRule manifest's `spec`."""
+    kind = _node_get(node, "kind")
+    api = _node_get(node, "apiVersion")
+    if not isinstance(kind, yaml.ScalarNode) or not isinstance(api, yaml.ScalarNode):
+        return node
+    if kind.value == "PrometheusRule" and api.value.startswith("monitoring.coreos.com/"):
+        spec = _node_get(node, "spec")
+        if spec is None or (isinstance(spec, yaml.ScalarNode) and spec.tag == _NULL_TAG):
+            return None
+        if not isinstance(spec, yaml.MappingNode):
+            raise _NotRules(spec.start_mark.line + 1, "spec: a PrometheusRule's spec must be a "
+                                                      "mapping with groups")
+        return spec
+    raise _NotRules(kind.start_mark.line + 1,
+                    f"a Kubernetes {kind.value!r} ({api.value}) is not a rule file: only "
+                    "PrometheusRule manifests (monitoring.coreos.com/v1) are read")
+
+
+def _load_documents(text: str) -> tuple[Any, _Loaded]:
+    """Every document of the file (Prometheus reads only the first; a folder of Kubernetes
+    manifests is often one file with several), PrometheusRule manifests unwrapped, combined
+    into one rule file: lists concatenated, mappings merged. Paths in the result are those of
+    the combined data, lines those of the file."""
+    docs = [_load_node(root) for n in yaml.compose_all(text, Loader=yaml.SafeLoader)
+            if (root := _rules_root(n)) is not None]
+    docs = [(d, ld) for d, ld in docs if d is not None]
+    if len(docs) <= 1:
+        return docs[0] if docs else (None, _Loaded())
+    combined: dict[Any, Any] = {}
+    out = _Loaded()
+    for data, loaded in docs:
+        if not isinstance(data, dict):
+            raise _NotRules(loaded.lines.get((), 1), "a rule file must be a mapping with "
+                            "groups, actions, receivers, routes, inhibit_rules")
+        offsets: dict[Any, int] = {}
+        for key, value in data.items():
+            if value is None:
+                continue
+            have = combined.get(key)
+            if have is None:
+                combined[key] = value
+                offsets[key] = 0
+            elif isinstance(have, list) and isinstance(value, list):
+                offsets[key] = len(have)
+                have.extend(value)
+            elif isinstance(have, dict) and isinstance(value, dict):
+                for k, v in value.items():
+                    if k in have:
+                        raise _DuplicateKey(f"{key}.{k}", loaded.lines.get((key, k), 1),
+                                            out.lines.get((key, k), 1))
+                    have[k] = v
+            else:
+                raise _DuplicateKey(str(key), loaded.lines.get((key,), 1),
+                                    out.lines.get((key,), 1))
+
+        def shifted(path: Path_, offsets: dict[Any, int] = offsets) -> Path_:
+            if (len(path) >= 2 and isinstance(path[1], int)
+                    and isinstance(combined.get(path[0]), list)):
+                return (path[0], path[1] + offsets.get(path[0], 0), *path[2:])
+            return path
+
+        for path, line in loaded.lines.items():
+            out.lines.setdefault(shifted(path), line)
+        for path, raw in loaded.raw.items():
+            out.raw.setdefault(shifted(path), raw)
+    return combined, out
+
+
+def _go_strings(data: dict[Any, Any], raw: dict[Path_, str]) -> None:
+    """Read the string fields of groups and rules as Go-YAML reads a scalar into a Go string:
+    its text (`expr: 1` is the PromQL `1`, `severity: true` the label value "true", an empty
+    `job:` the empty string), where YAML typing would give a number, a bool or null."""
+
+    def text(container: dict[Any, Any], path: Path_, key: str) -> None:
+        if key in container and (*path, key) in raw:
+            container[key] = raw[(*path, key)]
+
+    def string_map(container: dict[Any, Any], path: Path_, key: str) -> None:
+        m = container.get(key)
+        if key in container and m is None:
+            del container[key]  # `labels:` with nothing under it: no labels
+        elif isinstance(m, dict):
+            for k in m:
+                text(m, (*path, key), k)
+
+    groups = data.get("groups")
+    for gi, g in enumerate(groups if isinstance(groups, list) else []):
+        if not isinstance(g, dict):
+            continue
+        gpath: Path_ = ("groups", gi)
+        text(g, gpath, "name")
+        string_map(g, gpath, "labels")
+        rules = g.get("rules")
+        for ri, r in enumerate(rules if isinstance(rules, list) else []):
+            if isinstance(r, dict):
+                rpath: Path_ = (*gpath, "rules", ri)
+                for key in ("alert", "record", "expr"):
+                    text(r, rpath, key)
+                string_map(r, rpath, "labels")
+                string_map(r, rpath, "annotations")
+
+
 def parse_rule_file(text: str, name: str) -> ParsedFile:
     """Parse and validate one rule file. Never raises for bad input: problems are returned."""
     try:
-        data, lines = load_yaml_with_lines(text)
-    except _DuplicateKey as e:
+        data, loaded = _load_documents(text)
+    except (_DuplicateKey, _NotRules) as e:
         return ParsedFile(name, None, [Problem(name, e.line, str(e))])
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -163,12 +336,14 @@ def parse_rule_file(text: str, name: str) -> ParsedFile:
         return ParsedFile(name, None, [Problem(name, 1, f"invalid YAML: {e}")])
     except RecursionError:
         return ParsedFile(name, None, [Problem(name, 1, "invalid YAML: nested too deeply")])
+    lines = loaded.lines
     if data is None:
         data = {}
     if not isinstance(data, dict):
         return ParsedFile(name, None, [Problem(
             name, 1, "a rule file must be a mapping with groups, actions, receivers, routes, "
                      "inhibit_rules")])
+    _go_strings(data, loaded.raw)
     try:
         model = RuleFileModel.model_validate(data)
     except ValidationError as e:
