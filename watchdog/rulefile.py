@@ -10,6 +10,7 @@ references) are in `watchdog.rulesdir`, which sees the whole folder.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +55,7 @@ class ParsedFile:
         return line_for(self.lines, path)
 
 
-class _DuplicateKey(Exception):
+class DuplicateKeyError(Exception):
     def __init__(self, key: str, line: int, first: int) -> None:
         super().__init__(f"duplicate key {key!r} (first defined on line {first})")
         self.line = line
@@ -65,7 +66,7 @@ _NULL_TAG = "tag:yaml.org,2002:null"
 
 
 @dataclass
-class _Loaded:
+class LoadedYaml:
     """Constructed data plus, by path, the line of every key and item and the source text of
     every plain scalar that YAML typed as something other than a string (`1`, `true`, `~`):
     Go-YAML reads such a scalar into a string field as its text, and so must we (`expr: 1`)."""
@@ -85,7 +86,7 @@ def _merged_pairs(node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node, bo
     for key_node, value_node in node.value:
         if key_node.tag == _MERGE_TAG:
             if merge_line is not None:  # go-yaml: two `<<` keys are a duplicate like any other
-                raise _DuplicateKey("<<", key_node.start_mark.line + 1, merge_line)
+                raise DuplicateKeyError("<<", key_node.start_mark.line + 1, merge_line)
             merge_line = key_node.start_mark.line + 1
             if isinstance(value_node, yaml.SequenceNode):
                 sources.extend(value_node.value)
@@ -111,7 +112,7 @@ def _key_text(key_node: yaml.Node, scalars: yaml.constructor.SafeConstructor) ->
         None, None, "a mapping key must be a plain value", key_node.start_mark)
 
 
-def _construct(node: yaml.Node, path: Path_, out_: _Loaded,
+def _construct(node: yaml.Node, path: Path_, out_: LoadedYaml,
                scalars: yaml.constructor.SafeConstructor) -> Any:
     out_.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
@@ -122,7 +123,7 @@ def _construct(node: yaml.Node, path: Path_, out_: _Loaded,
             if key in out:
                 if not explicit:
                     continue  # an explicit key (or an earlier merged one) already set it
-                raise _DuplicateKey(str(key), key_node.start_mark.line + 1, first_line[key])
+                raise DuplicateKeyError(str(key), key_node.start_mark.line + 1, first_line[key])
             first_line[key] = key_node.start_mark.line + 1
             child = (*path, key)
             out_.lines[child] = key_node.start_mark.line + 1
@@ -136,8 +137,8 @@ def _construct(node: yaml.Node, path: Path_, out_: _Loaded,
     return value
 
 
-def _load_node(node: yaml.Node | None) -> tuple[Any, _Loaded]:
-    loaded = _Loaded()
+def load_node(node: yaml.Node | None) -> tuple[Any, LoadedYaml]:
+    loaded = LoadedYaml()
     if node is None:
         return None, loaded
     return _construct(node, (), loaded, yaml.constructor.SafeConstructor()), loaded
@@ -145,7 +146,7 @@ def _load_node(node: yaml.Node | None) -> tuple[Any, _Loaded]:
 
 def load_yaml_with_lines(text: str) -> tuple[Any, dict[Path_, int]]:
     """Safe-load YAML and remember the line of every key and item (by path)."""
-    data, loaded = _load_node(yaml.compose(text, Loader=yaml.SafeLoader))
+    data, loaded = load_node(yaml.compose(text, Loader=yaml.SafeLoader))
     return data, loaded.lines
 
 
@@ -237,18 +238,18 @@ def _rules_root(node: yaml.Node) -> yaml.Node | None:
                     "PrometheusRule manifests (monitoring.coreos.com/v1) are read")
 
 
-def _load_documents(text: str) -> tuple[Any, _Loaded]:
+def _load_documents(text: str) -> tuple[Any, LoadedYaml]:
     """Every document of the file (Prometheus reads only the first; a folder of Kubernetes
     manifests is often one file with several), PrometheusRule manifests unwrapped, combined
     into one rule file: lists concatenated, mappings merged. Paths in the result are those of
     the combined data, lines those of the file."""
-    docs = [_load_node(root) for n in yaml.compose_all(text, Loader=yaml.SafeLoader)
+    docs = [load_node(root) for n in yaml.compose_all(text, Loader=yaml.SafeLoader)
             if (root := _rules_root(n)) is not None]
     docs = [(d, ld) for d, ld in docs if d is not None]
     if len(docs) <= 1:
-        return docs[0] if docs else (None, _Loaded())
+        return docs[0] if docs else (None, LoadedYaml())
     combined: dict[Any, Any] = {}
-    out = _Loaded()
+    out = LoadedYaml()
     for data, loaded in docs:
         if not isinstance(data, dict):
             raise _NotRules(loaded.lines.get((), 1), "a rule file must be a mapping with "
@@ -267,11 +268,11 @@ def _load_documents(text: str) -> tuple[Any, _Loaded]:
             elif isinstance(have, dict) and isinstance(value, dict):
                 for k, v in value.items():
                     if k in have:
-                        raise _DuplicateKey(f"{key}.{k}", loaded.lines.get((key, k), 1),
+                        raise DuplicateKeyError(f"{key}.{k}", loaded.lines.get((key, k), 1),
                                             out.lines.get((key, k), 1))
                     have[k] = v
             else:
-                raise _DuplicateKey(str(key), loaded.lines.get((key,), 1),
+                raise DuplicateKeyError(str(key), loaded.lines.get((key,), 1),
                                     out.lines.get((key,), 1))
 
         def shifted(path: Path_, offsets: dict[Any, int] = offsets) -> Path_:
@@ -325,7 +326,7 @@ def parse_rule_file(text: str, name: str) -> ParsedFile:
     """Parse and validate one rule file. Never raises for bad input: problems are returned."""
     try:
         data, loaded = _load_documents(text)
-    except (_DuplicateKey, _NotRules) as e:
+    except (DuplicateKeyError, _NotRules) as e:
         return ParsedFile(name, None, [Problem(name, e.line, str(e))])
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -380,6 +381,7 @@ def _semantic_problems(pf: ParsedFile, model: RuleFileModel) -> Iterator[Problem
         for ri, rule in enumerate(group.rules):
             rpath: Path_ = (*gpath, "rules", ri)
             if isinstance(rule, RecordingRule):
+                yield from _recording_problems(pf, rpath, rule)
                 yield Problem(name, pf.line_of((*rpath, "record")),
                               f"recording rule {rule.record!r} skipped: the watchdog evaluates "
                               "alerting rules only", warning=True)
@@ -392,6 +394,26 @@ def _semantic_problems(pf: ParsedFile, model: RuleFileModel) -> Iterator[Problem
             yield Problem(name, line, f"receiver {recv.name!r} is defined twice "
                                       f"(first on line {seen_receivers[recv.name]})")
         seen_receivers.setdefault(recv.name, line)
+
+
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def _recording_problems(pf: ParsedFile, rpath: Path_, rule: RecordingRule) -> Iterator[Problem]:
+    """What Prometheus refuses in a recording rule (`watchdog test` evaluates them, and a file
+    Prometheus would not load must not pass `check`)."""
+    if not _METRIC_NAME.match(rule.record):
+        yield Problem(pf.name, pf.line_of((*rpath, "record")),
+                      f"record: invalid recording rule name: {rule.record}")
+    err = check_promql(rule.expr)
+    if err is not None:
+        yield Problem(pf.name, pf.line_of((*rpath, "expr")),
+                      f"expr: invalid PromQL in recording rule {rule.record!r}: {err}")
+    for key in rule.labels:
+        if not _LABEL_NAME.match(key) or key == "__name__":
+            yield Problem(pf.name, pf.line_of((*rpath, "labels", key)),
+                          f"labels: invalid label name {key!r}")
 
 
 def _rule_problems(pf: ParsedFile, rpath: Path_, rule: AlertingRule) -> Iterator[Problem]:
