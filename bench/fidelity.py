@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -78,18 +79,26 @@ def find_files(corpus: Path) -> tuple[list[Path], list[Path]]:
 class Run:
     rc: int  # -1: timed out
     output: str
-    seconds: float
+    seconds: float  # wall time
+    cpu: float = 0.0  # user + system time of the tool and its children (Prometheus included)
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def run(argv: Sequence[str], cwd: Path, timeout: float) -> Run:
-    started = time.monotonic()
+    started, cpu = time.monotonic(), _children_cpu()
     try:
         p = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, timeout=timeout,
                            check=False)
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        return Run(-1, out + "\n<timed out>", time.monotonic() - started)
-    return Run(p.returncode, p.stdout + p.stderr, time.monotonic() - started)
+        return Run(-1, out + "\n<timed out>", time.monotonic() - started,
+                   _children_cpu() - cpu)
+    return Run(p.returncode, p.stdout + p.stderr, time.monotonic() - started,
+               _children_cpu() - cpu)
 
 
 def promtool_test(path: Path, timeout: float) -> Run:
@@ -192,6 +201,8 @@ class FileResult:
     watchdog_rc: int
     promtool_seconds: float
     watchdog_seconds: float
+    promtool_cpu: float = 0.0
+    watchdog_cpu: float = 0.0
     alert_checks: int = 0
     alert_agree: int = 0
     expr_checks: int = 0
@@ -230,6 +241,7 @@ def _split_groups(path: Path, tmp: Path) -> Iterator[tuple[Path, list[Key]]]:
 def measure_file(path: Path, timeout: float = 600) -> FileResult:
     whole_p, whole_w = promtool_test(path, timeout), watchdog_test(path, timeout)
     res = FileResult(str(path), whole_p.rc, whole_w.rc, whole_p.seconds, whole_w.seconds,
+                     whole_p.cpu, whole_w.cpu,
                      promtool_output=whole_p.output, watchdog_output=whole_w.output)
     if whole_p.rc != whole_w.rc:
         res.disagreements.append(f"exit code: promtool {whole_p.rc}, watchdog {whole_w.rc}")
@@ -286,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'ok  ' if r.agrees else 'DIFF'} {t.relative_to(args.corpus)}: "
               f"rc {r.promtool_rc}/{r.watchdog_rc}, alerts {r.alert_agree}/{r.alert_checks}, "
               f"exprs {r.expr_agree}/{r.expr_checks}, "
-              f"{r.promtool_seconds:.1f}s/{r.watchdog_seconds:.1f}s", flush=True)
+              f"wall {r.promtool_seconds:.1f}s/{r.watchdog_seconds:.1f}s, "
+              f"cpu {r.promtool_cpu:.1f}s/{r.watchdog_cpu:.1f}s", flush=True)
         if args.verbose:
             for d in r.disagreements:
                 print(f"       {d}")
@@ -311,7 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{sum(r.expr_checks for r in results)}")
     print(f"check rules agree: {check_agree}/{len(rules)}")
     print(f"wall time, test files: promtool {sum(r.promtool_seconds for r in results):.1f}s, "
-          f"watchdog {sum(r.watchdog_seconds for r in results):.1f}s")
+          f"watchdog {sum(r.watchdog_seconds for r in results):.1f}s; cpu time (with "
+          f"children): promtool {sum(r.promtool_cpu for r in results):.1f}s, "
+          f"watchdog {sum(r.watchdog_cpu for r in results):.1f}s")
     if args.json:
         args.json.write_text(json.dumps({"tests": [asdict(r) for r in results],
                                          "check": check_rows}, indent=1))

@@ -42,7 +42,7 @@ from watchdog.remotewrite import RemoteWriteError, push
 from watchdog.rulefile import DuplicateKeyError, LoadedYaml, load_node
 from watchdog.rulesdir import build, discover
 from watchdog.series import STALE, STALE_NAN, expand_values, parse_series_selector
-from watchdog.state import step
+from watchdog.state import Alert, step
 
 
 class TestFileError(Exception):
@@ -364,6 +364,29 @@ class _TestSource:
         raise _QueryFailed("rule result is not a vector or scalar")
 
 
+    async def query_range(self, expr: str, steps: int, step_ms: int) -> list[list[Sample]]:
+        """The expression's samples at each of `steps` steps from time 0, one range query per
+        10,000 steps (Prometheus answers at most 11,000 points per series)."""
+        out: list[list[Sample]] = [[] for _ in range(steps)]
+        for first in range(0, steps, 10_000):
+            last = min(steps, first + 10_000) - 1
+            async with self.session.post(f"{self.url}/api/v1/query_range", data={
+                    "query": expr, "start": f"{first * step_ms / 1000:.3f}",
+                    "end": f"{last * step_ms / 1000:.3f}",
+                    "step": f"{step_ms / 1000:.3f}"}) as resp:
+                doc = await resp.json(content_type=None)
+            if doc.get("status") != "success":
+                raise _QueryFailed(str(doc.get("error", "query failed")))
+            data = doc["data"]
+            if data["resultType"] != "matrix":
+                raise _QueryFailed("rule result is not a vector or scalar")
+            for series in data["result"]:
+                for t, v in series["values"]:
+                    out[round(float(t) * 1000) // step_ms].append(
+                        Sample(series["metric"], _value(v)))
+        return out
+
+
 def _value(text: str) -> float:
     return float(text)  # Prometheus writes the shortest text that reads back exactly
 
@@ -413,24 +436,31 @@ _CONJURERS = frozenset({
     "day_of_week", "day_of_year", "days_in_month", "hour", "minute", "month", "year"})
 
 
+# Reading ahead of the evaluation time: promtool has loaded input samples only up to it.
+_FUTURE = re.compile(r"@|offset\s*-")
+
+
 @dataclass(frozen=True)
 class _Reads:
     names: frozenset[str]  # every identifier: a superset of the metric names it selects
     anything: bool  # reads a nameless selector, or makes samples from nothing
+    nameless: bool  # reads a selector without a metric name: any series at all
+    future: bool
 
 
 def _reads(exprs: Sequence[str]) -> _Reads:
     names: set[str] = set()
-    anything = False
+    anything = nameless = future = False
     for e in exprs:
         bare = _STRINGS.sub(" ", e)
         idents = set(_IDENT.findall(bare))
         names |= idents
-        anything |= bool(_NAMELESS.search(bare)) or "__name__" in e or bool(idents & _CONJURERS)
-        anything |= not idents - {"bool", "by", "without", "on", "ignoring", "group_left",
-                                  "group_right", "offset", "and", "or", "unless", "Inf", "NaN",
-                                  "inf", "nan"}
-    return _Reads(frozenset(names), anything)
+        nameless |= bool(_NAMELESS.search(bare)) or "__name__" in e
+        future |= bool(_FUTURE.search(bare))
+        anything |= bool(idents & _CONJURERS) or not idents - {
+            "bool", "by", "without", "on", "ignoring", "group_left", "group_right", "offset",
+            "and", "or", "unless", "Inf", "NaN", "inf", "nan"}
+    return _Reads(frozenset(names), anything or nameless, nameless, future)
 
 
 @dataclass
@@ -444,6 +474,11 @@ class _Slot:
     produces: frozenset[str]
     skip: bool = False
     previous: set[LabelKey] = field(default_factory=set)  # series written last time
+    # Precomputed (see _precompute): the series the rule wrote at each step, and for an
+    # alerting rule its alerts after the steps that alert checks look at.
+    outputs: list[dict[LabelKey, float]] | None = None
+    snapshots: dict[int, dict[str, Alert]] = field(default_factory=dict)
+    prewritten: bool = False
 
     @property
     def name(self) -> str:
@@ -495,7 +530,7 @@ def _waves(slots: Sequence[_Slot]) -> list[list[_Slot]]:
     for s in slots:
         if s.skip:
             continue
-        if not waves or (s.reads.anything and written) or s.reads.names & written:
+        if not waves or (s.reads.nameless and written) or s.reads.names & written:
             waves.append([])
             written = set()
         waves[-1].append(s)
@@ -537,6 +572,10 @@ class _Servers:
         self.next = self._start() if self.left > 0 else None
         return await task
 
+    async def fresh(self) -> PrometheusServer:
+        """One more instance, outside the plan (a group that must start over)."""
+        return await self._start()
+
     async def close(self) -> None:
         if self.next is not None:
             server = await self.next
@@ -577,60 +616,128 @@ async def _run_test_group(tg: TestGroup, rule_groups: Sequence[Group], eval_inte
     step_ms = round(eval_interval * 1000)
     maxt_ms = round(max([t.eval_time for t in tg.alert_tests] +
                         [t.eval_time for t in tg.expr_tests] + [0.0]) * 1000)
-    inputs = _input_samples(tg, maxt_ms)
-    slots = _slots(rule_groups, {dict(k).get("__name__", "") for k in inputs})
-    waves = _waves(slots)
+    last_ms = maxt_ms // step_ms * step_ms  # the last evaluation: promtool loads data up to it
+    inputs = _input_samples(tg, last_ms)
     ctx = Context(external_url=tg.external_url, external_labels=tg.external_labels)
-    alert_times = sorted({round(t.eval_time * 1000) for t in tg.alert_tests})
     by_time: dict[int, list[AlertTest]] = {}
     for t in tg.alert_tests:
         by_time.setdefault(round(t.eval_time * 1000), []).append(t)
+    check_steps = {at // step_ms for at in by_time}
 
     server = await servers.take()
     try:
         src = _TestSource(session, server.url)
         writer = _Writer(session, server.url)
+        slots = _slots(rule_groups, {dict(k).get("__name__", "") for k in inputs})
+        pre = await _precompute(slots, inputs, last_ms, step_ms, check_steps, src, writer, ctx)
+        if pre is None:  # something only step-by-step evaluation reports exactly: start over
+            await asyncio.to_thread(server.stop)
+            server = await servers.fresh()
+            src = _TestSource(session, server.url)
+            writer = _Writer(session, server.url)
+            slots = _slots(rule_groups, {dict(k).get("__name__", "") for k in inputs})
         errors: list[str] = []
-        cursor = {k: 0 for k in inputs}
+        live = [x for x in slots if not x.skip and not x.prewritten]
+        waves = _waves(live)
+        cursor = {k: len(v) if pre else 0 for k, v in inputs.items()}
+        alert_times = sorted(by_time)
         curr = 0
-        ts = 0
-        while ts <= maxt_ms:
+        for k in range(last_ms // step_ms + 1) if live or not pre else ():
+            ts = k * step_ms
             batch: dict[LabelKey, list[tuple[int, float]]] = {}
-            for k, points in inputs.items():
-                i = cursor[k]
-                j = i
+            for key, points in inputs.items():
+                i = j = cursor[key]
                 while j < len(points) and points[j][0] <= ts:
                     j += 1
                 if j > i:
-                    batch[k] = points[i:j]
-                    cursor[k] = j
+                    batch[key] = points[i:j]
+                    cursor[key] = j
             await writer.write(batch)
             eval_errors: list[str] = []
             for wave in waves:
-                eval_errors += await _evaluate_wave(wave, ts, src, writer, ctx)
+                eval_errors += await _evaluate_wave(wave, k, ts, src, writer, ctx)
             if eval_errors:
                 return errors + eval_errors
+            for x in slots:
+                if x.outputs is not None and k in check_steps and x.runtime is not None:
+                    x.runtime.alerts = x.snapshots[k]
             while curr < len(alert_times) and ts <= alert_times[curr] < ts + step_ms:
-                at = alert_times[curr]
-                for t in by_time[at]:
+                for t in by_time[alert_times[curr]]:
                     errors += _check_alerts(t, tg.name, slots)
                 curr += 1
-            ts += step_ms
-        for x in tg.expr_tests:
-            errors += await _check_expr(x, src)
+        for at in alert_times[curr:]:  # everything was precomputed: no step-by-step loop
+            for x in slots:
+                if x.outputs is not None and x.runtime is not None:
+                    x.runtime.alerts = x.snapshots[at // step_ms]
+            for t in by_time[at]:
+                errors += _check_alerts(t, tg.name, slots)
+        for x_test in tg.expr_tests:
+            errors += await _check_expr(x_test, src)
         return errors
     finally:
         await asyncio.to_thread(server.stop)
 
 
-async def _evaluate_wave(wave: Sequence[_Slot], ts_ms: int, src: _TestSource, writer: _Writer,
-                         ctx: Context) -> list[str]:
+def _apply(s: _Slot, results: Mapping[Query, Sequence[Sample] | BaseException], at: float,
+           ctx: Context, plan_: Any) -> tuple[dict[LabelKey, float], str | None]:
+    """One rule's evaluation at `at` from its query results: the series it writes, or an error
+    (an alerting rule's state advances here)."""
+    current: dict[LabelKey, float] = {}
+    if isinstance(s.rule, AlertingRule):
+        assert s.runtime is not None
+        outcome = evaluate(s.rule, s.group, plan_, results, ctx)
+        res = step(s.runtime.alerts, outcome, at, rule=s.rule.alert, group=s.group.name,
+                   hold=s.rule.for_, keep_firing_for=s.rule.keep_firing_for,
+                   limit=s.group.limit)
+        s.runtime.alerts = res.alerts
+        err = res.error or outcome.error
+        if err is not None:
+            return {}, err
+        for a in res.alerts.values():
+            if a.state in ("pending", "firing"):
+                current[_key({**a.labels, "__name__": "ALERTS", "alertstate": a.state})] = 1.0
+                current[_key({**a.labels, "__name__": "ALERTS_FOR_STATE"})] = \
+                    float(math.floor(a.active_at))
+        return current, None
+    got = results[Query(s.rule.expr, at)]
+    if isinstance(got, BaseException):
+        return {}, str(got)
+    for sample in got:
+        labels = {k: v for k, v in sample.labels.items() if k != "__name__"}
+        for name, value in s.rule.labels.items():
+            if value == "":
+                labels.pop(name, None)
+            else:
+                labels[name] = value
+        labels["__name__"] = s.rule.record
+        key = _key(labels)
+        if key in current:
+            return {}, "vector contains metrics with the same labelset after applying rule labels"
+        current[key] = sample.value
+    if s.group.limit and len(current) > s.group.limit:
+        return {}, f"exceeded limit of {s.group.limit} with {len(current)} series"
+    return current, None
+
+
+def _emit(s: _Slot, current: dict[LabelKey, float], ts_ms: int,
+          out: dict[LabelKey, list[tuple[int, float]]]) -> None:
+    """What the rule manager appends: the series, and staleness markers for vanished ones."""
+    for k, v in current.items():
+        out.setdefault(k, []).append((ts_ms, v))
+    for k in s.previous - current.keys():
+        out.setdefault(k, []).append((ts_ms, STALE_NAN))
+    s.previous = set(current)
+
+
+async def _evaluate_wave(wave: Sequence[_Slot], k: int, ts_ms: int, src: _TestSource,
+                         writer: _Writer, ctx: Context) -> list[str]:
     at = ts_ms / 1000
     plans = {id(s): plan(s.rule, s.group, at) for s in wave
-             if isinstance(s.rule, AlertingRule)}
+             if isinstance(s.rule, AlertingRule) and s.outputs is None}
     queries: list[Query] = []
     for s in wave:
-        queries += plans[id(s)].queries() if id(s) in plans else [Query(s.rule.expr, at)]
+        if s.outputs is None:
+            queries += plans[id(s)].queries() if id(s) in plans else [Query(s.rule.expr, at)]
     unique = list(dict.fromkeys(queries))
     sem = asyncio.Semaphore(16)
 
@@ -645,54 +752,92 @@ async def _evaluate_wave(wave: Sequence[_Slot], ts_ms: int, src: _TestSource, wr
     out: dict[LabelKey, list[tuple[int, float]]] = {}
     errors: list[str] = []
     for s in wave:
-        current: dict[LabelKey, float] = {}
-        err: str | None = None
-        if isinstance(s.rule, AlertingRule):
-            assert s.runtime is not None
-            outcome = evaluate(s.rule, s.group, plans[id(s)], results, ctx)
-            res = step(s.runtime.alerts, outcome, at, rule=s.rule.alert, group=s.group.name,
-                       hold=s.rule.for_, keep_firing_for=s.rule.keep_firing_for,
-                       limit=s.group.limit)
-            s.runtime.alerts = res.alerts
-            err = res.error or outcome.error
-            if err is None:
-                for a in res.alerts.values():
-                    if a.state in ("pending", "firing"):
-                        current[_key({**a.labels, "__name__": "ALERTS",
-                                      "alertstate": a.state})] = 1.0
-                        current[_key({**a.labels, "__name__": "ALERTS_FOR_STATE"})] = \
-                            float(math.floor(a.active_at))
-        else:
-            got = results[Query(s.rule.expr, at)]
-            if isinstance(got, BaseException):
-                err = str(got)
-            else:
-                for sample in got:
-                    labels = {k: v for k, v in sample.labels.items() if k != "__name__"}
-                    for name, value in s.rule.labels.items():
-                        if value == "":
-                            labels.pop(name, None)
-                        else:
-                            labels[name] = value
-                    labels["__name__"] = s.rule.record
-                    key = _key(labels)
-                    if key in current:
-                        err = ("vector contains metrics with the same labelset after applying "
-                               "rule labels")
-                        break
-                    current[key] = sample.value
-                if err is None and s.group.limit and len(current) > s.group.limit:
-                    err = f"exceeded limit of {s.group.limit} with {len(current)} series"
+        if s.outputs is not None:  # precomputed, written here because an earlier rule reads it
+            _emit(s, s.outputs[k], ts_ms, out)
+            continue
+        current, err = _apply(s, results, at, ctx, plans.get(id(s)))
         if err is not None:
             errors.append(f"    rule: {s.name}, time: {go_time_duration(at)}, err: {err}")
             continue
-        for k, v in current.items():
-            out.setdefault(k, [(ts_ms, v)])
-        for k in s.previous - current.keys():
-            out.setdefault(k, [(ts_ms, STALE_NAN)])
-        s.previous = set(current)
-    await writer.write(out)
+        _emit(s, current, ts_ms, out)
+    await writer.write({key: v[:1] for key, v in out.items()})
     return errors
+
+
+# Prometheus accepts a sample older than the newest one by less than half a block range (the
+# test instances run with 200y blocks); a precomputed series is written after the inputs.
+_HALF_BLOCK_MS = 100 * 365 * 86_400_000
+
+
+async def _precompute(slots: Sequence[_Slot], inputs: Mapping[LabelKey, list[tuple[int, float]]],
+                      last_ms: int, step_ms: int, check_steps: set[int], src: _TestSource,
+                      writer: _Writer, ctx: Context) -> bool | None:
+    """Evaluate with one range query per rule what does not need step-by-step feedback.
+
+    A range query's value at each step is the instant query's at that time, so a rule that
+    reads only input series (or series written in full beforehand) can be evaluated over the
+    whole test at once. Its series can be written in full beforehand when no rule at or before
+    it in the evaluation order reads them (those rules see them at the same step anyway).
+    Level by level until nothing more qualifies; the rest is left to the step-by-step loop.
+    Returns False, having written nothing, when step-by-step evaluation must do everything
+    because a rule reads ahead of the evaluation time (promtool loads input samples step by
+    step); None when a range query or a rule failed (the step where it fails matters), after
+    writing: the caller starts over on a fresh Prometheus. True, having written all input
+    series up to the last step and what could be precomputed, otherwise.
+    """
+    live = [s for s in slots if not s.skip]
+    if any(s.reads.future for s in live) or step_ms <= 0 or last_ms >= _HALF_BLOCK_MS:
+        return False
+    await writer.write({k: [p for p in v if p[0] <= last_ms] for k, v in inputs.items()})
+    producers: dict[str, list[int]] = {}
+    for i, s in enumerate(live):
+        for n in s.produces:
+            producers.setdefault(n, []).append(i)
+
+    def prewritable(i: int) -> bool:
+        return not any(r.reads.nameless or r.reads.names & live[i].produces
+                       for r in live[:i + 1])
+
+    def simple(s: _Slot) -> bool:
+        r = s.rule
+        return s.group.query_offset == 0 and (not isinstance(r, AlertingRule) or (
+            r.when is None and r.baseline is None and r.threshold is None
+            and r.severities is None and r.no_data == "ok"))
+
+    done: set[int] = set()
+    steps = last_ms // step_ms + 1
+    while True:
+        level = [i for i, s in enumerate(live) if i not in done and simple(s)
+                 and not s.reads.nameless
+                 and all(j in done and prewritable(j)
+                         for n in s.reads.names for j in producers.get(n, ()))]
+        if not level:
+            return True
+        out: dict[LabelKey, list[tuple[int, float]]] = {}
+        for i in level:
+            s = live[i]
+            try:
+                per_step = await src.query_range(s.rule.expr, steps, step_ms)
+            except _QueryFailed:
+                return None
+            s.outputs = []
+            for k in range(steps):
+                at = k * step_ms / 1000
+                q = Query(s.rule.expr, at)
+                current, err = _apply(s, {q: per_step[k]}, at, ctx, plan(s.rule, s.group, at)
+                                      if isinstance(s.rule, AlertingRule) else None)
+                if err is not None:
+                    return None
+                s.outputs.append(current)
+                if s.runtime is not None and k in check_steps:
+                    s.snapshots[k] = dict(s.runtime.alerts)
+            if prewritable(i):
+                s.prewritten = True
+                for k in range(steps):
+                    _emit(s, s.outputs[k], k * step_ms, out)
+            s.previous = set()
+            done.add(i)
+        await writer.write(out)
 
 
 def _check_alerts(t: AlertTest, group_name: str, slots: Sequence[_Slot]) -> list[str]:
