@@ -19,6 +19,7 @@ not know anything about particular files.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import resource
@@ -36,7 +37,8 @@ import yaml
 
 from watchdog.durations import parse_duration
 
-Key = tuple[str, str, float]  # ("alert", alertname, eval seconds) | ("expr", expr, eval seconds)
+# ("alert", "<group name>/alertname", eval seconds) | ("expr", expr, eval seconds)
+Key = tuple[str, str, float]
 
 
 def default_corpus() -> Path:
@@ -132,11 +134,13 @@ def _seconds(text: str) -> float:
 
 def group_checks(group: yaml.Node) -> list[Key]:
     out: list[Key] = []
+    name = _scalar(_get(group, "name"))
     for kind, section, name_key in (("alert", "alert_rule_test", "alertname"),
                                     ("expr", "promql_expr_test", "expr")):
         items = _get(group, section)
         for item in items.value if isinstance(items, yaml.SequenceNode) else []:
-            out.append((kind, _scalar(_get(item, name_key)),
+            what = _scalar(_get(item, name_key))
+            out.append((kind, f"{name}/{what}" if kind == "alert" else what,
                         _seconds(_scalar(_get(item, "eval_time")))))
     return out
 
@@ -166,11 +170,16 @@ def parse_output(r: Run) -> Failures:
         f.other = True
         return f
     body = r.output.split("FAILED:", 1)[1]
+    group = ""
     for line in body.splitlines():
-        if not line.strip() or line.startswith("        ") or line.startswith("    name: "):
+        if line.startswith("    name: ") and line.endswith(","):
+            group = line[len("    name: "):-1]
+            continue
+        if not line.strip() or line.startswith("        "):
             continue
         if m := _ALERT_FAIL.match(line):
-            f.failed[("alert", m.group(1), _seconds(m.group(2)))] += 1
+            f.failed[("alert", f"{group}/{m.group(1)}", _seconds(m.group(2)))] += 1
+            group = ""
         elif m := _EXPR_FAIL.match(line):
             f.failed[("expr", _go_unquote(m.group(1)), _seconds(m.group(2)))] += 1
         elif line.startswith("Unit Testing:"):
@@ -250,11 +259,11 @@ def measure_file(path: Path, timeout: float = 600) -> FileResult:
     except yaml.YAMLError:
         return res
     tests = _get(root, "tests")
-    n_groups = len(tests.value) if isinstance(tests, yaml.SequenceNode) else 0
+    groups = tests.value if isinstance(tests, yaml.SequenceNode) else []
     with tempfile.TemporaryDirectory(prefix="fidelity-") as d:
-        if n_groups == 1:
-            assert isinstance(tests, yaml.SequenceNode)
-            per_group = [(whole_p, whole_w, group_checks(tests.value[0]))]
+        if len(groups) <= 1 or not (parse_output(whole_p).other or
+                                    parse_output(whole_w).other):
+            per_group = [(whole_p, whole_w, [c for g in groups for c in group_checks(g)])]
         else:
             per_group = [(promtool_test(one, timeout), watchdog_test(one, timeout), checks)
                          for one, checks in _split_groups(path, Path(d))]
@@ -273,6 +282,38 @@ def measure_file(path: Path, timeout: float = 600) -> FileResult:
     return res
 
 
+# ---- promtool's verdicts, recorded --------------------------------------------------------
+
+def promtool_version() -> str:
+    p = subprocess.run(["promtool", "--version"], capture_output=True, text=True, check=False)
+    return (p.stdout or p.stderr).splitlines()[0] if (p.stdout or p.stderr) else "unknown"
+
+
+def inputs_digest(corpus: Path, test_file: Path) -> str:
+    """A digest of everything a test file's verdict depends on: the YAML files of its suite."""
+    suite = corpus / test_file.relative_to(corpus).parts[0]
+    h = hashlib.sha256()
+    for f in sorted(suite.rglob("*")):
+        if f.suffix in (".yml", ".yaml") and f.is_file():
+            h.update(str(f.relative_to(corpus)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def record_oracle(corpus: Path, out: Path, timeout: float) -> None:
+    """promtool's exit code and output for every test file, with what they depend on."""
+    version = promtool_version()
+    tests, _ = find_files(corpus)
+    entries = {}
+    for t in tests:
+        r = promtool_test(t, timeout)
+        entries[str(t.relative_to(corpus))] = {
+            "inputs_sha256": inputs_digest(corpus, t), "rc": r.rc, "output": r.output,
+            "cpu_seconds": round(r.cpu, 1)}
+        print(f"{t.relative_to(corpus)}: rc {r.rc}, {r.cpu:.1f}s cpu", flush=True)
+    out.write_text(json.dumps({"promtool": version, "files": entries}, indent=1,
+                              sort_keys=True) + "\n")
+
+
 def check_rules(path: Path, timeout: float = 120) -> tuple[Run, Run]:
     return (run(["promtool", "check", "rules", str(path)], path.parent, timeout),
             run([sys.executable, "-m", "watchdog", "check", str(path)], path.parent, timeout))
@@ -287,7 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600, help="seconds per tool run")
     ap.add_argument("--json", type=Path, help="write every result here")
     ap.add_argument("-v", "--verbose", action="store_true", help="print disagreements")
+    ap.add_argument("--record-oracle", type=Path, metavar="FILE",
+                    help="only record promtool's verdicts into FILE (for the test suite)")
     args = ap.parse_args(argv)
+    if args.record_oracle:
+        record_oracle(args.corpus, args.record_oracle, args.timeout)
+        return 0
     tests, rules = find_files(args.corpus)
     tests = [t for t in tests if args.only in str(t)]
     rules = [r for r in rules if args.only in str(r)]
