@@ -17,6 +17,7 @@ import pytest
 from watchdog.promtest import (
     TestFileError,
     go_float_e,
+    go_model_duration,
     go_time_duration,
     parse_metric,
     read_test_file,
@@ -65,6 +66,14 @@ def test_fixtures_cover_passing_and_failing_files() -> None:
 ])
 def test_float_formatting_is_gos(value: float, text: str) -> None:
     assert go_float_e(value) == text
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0, "0s"), (60, "1m"), (9 * 86400, "9d"), (14 * 86400, "2w"), (365 * 86400, "1y"),
+    (106700 * 86400, "106700d"), (3 * 86400 + 1.5, "3d1s500ms"), (7 * 86400 + 60, "7d1m"),
+])
+def test_check_times_are_model_durations(seconds: float, text: str) -> None:
+    assert go_model_duration(seconds) == text
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
