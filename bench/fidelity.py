@@ -299,13 +299,20 @@ def inputs_digest(corpus: Path, test_file: Path) -> str:
     return h.hexdigest()
 
 
-def record_oracle(corpus: Path, out: Path, timeout: float) -> None:
-    """promtool's exit code and output for every test file, with what they depend on."""
+def record_oracle(corpus: Path, out: Path, timeout: float, only: str = "") -> None:
+    """promtool's exit code and output for every test file (whose path contains `only`), with
+    what they depend on; entries for other files already in `out` are kept."""
     version = promtool_version()
     tests, _ = find_files(corpus)
-    entries = {}
-    for t in tests:
+    entries: dict[str, Any] = {}
+    if out.exists():
+        old = json.loads(out.read_text())
+        if old.get("promtool") == version:
+            entries = old["files"]
+    for t in (t for t in tests if only in str(t)):
         r = promtool_test(t, timeout)
+        if r.rc < 0:
+            raise SystemExit(f"{t}: promtool timed out after {timeout:g}s; try a longer --timeout")
         entries[str(t.relative_to(corpus))] = {
             "inputs_sha256": inputs_digest(corpus, t), "rc": r.rc, "output": r.output,
             "cpu_seconds": round(r.cpu, 1)}
@@ -332,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="only record promtool's verdicts into FILE (for the test suite)")
     args = ap.parse_args(argv)
     if args.record_oracle:
-        record_oracle(args.corpus, args.record_oracle, args.timeout)
+        record_oracle(args.corpus, args.record_oracle, args.timeout, args.only)
         return 0
     tests, rules = find_files(args.corpus)
     tests = [t for t in tests if args.only in str(t)]
