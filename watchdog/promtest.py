@@ -35,7 +35,8 @@ import yaml
 from watchdog.durations import format_duration, parse_duration
 from watchdog.engine import GroupRuntime, RuleRuntime
 from watchdog.evaluate import Context, Query, Sample, evaluate, plan
-from watchdog.labels import format_labels, go_quote
+from watchdog.gocompat import format_float, quote
+from watchdog.labels import format_labels
 from watchdog.model import AlertingRule, Group, RecordingRule
 from watchdog.promserver import PrometheusServer, PrometheusStartError, find_binary
 from watchdog.remotewrite import RemoteWriteError, push
@@ -150,7 +151,7 @@ class _Reader:
         try:
             return parse_duration(text)
         except ValueError:
-            raise TestFileError(f"not a valid duration string: {go_quote(text)}") from None
+            raise TestFileError(f"not a valid duration string: {quote(text)}") from None
 
     def number(self, v: Any, path: tuple[str | int, ...]) -> float:
         if v is None:
@@ -268,16 +269,6 @@ def _compose(text: str) -> Any:
 
 # ---- what promtool prints -------------------------------------------------------------------
 
-def go_float_e(v: float) -> str:
-    """strconv.FormatFloat(v, 'E', -1, 64): the shortest digits that read back as v."""
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    mantissa = repr(abs(v)).lower().split("e")[0].replace(".", "").lstrip("0").rstrip("0")
-    return f"{v:.{max(len(mantissa) - 1, 0)}E}"
-
-
 def go_model_duration(seconds: float) -> str:
     """Prometheus's model.Duration.String(): years and weeks only when they divide exactly
     (`90d`, not `12w6d`)."""
@@ -353,7 +344,7 @@ def _alert_failure(group_name: str, name: str, at: float, exp: list[LabelsAndAnn
 def _fmt_samples(s: Sequence[tuple[tuple[tuple[str, str], ...], float]]) -> str:
     if not s:
         return "nil"
-    return ", ".join(f"{format_labels(dict(labels))} {go_float_e(v)}" for labels, v in s)
+    return ", ".join(f"{format_labels(dict(labels))} {format_float(v, 'E')}" for labels, v in s)
 
 
 # ---- talking to the test Prometheus ---------------------------------------------------------
@@ -888,7 +879,7 @@ def _check_alerts(t: AlertTest, group_name: str, slots: Sequence[_Slot]) -> list
 
 
 async def _check_expr(x: ExprTest, src: _TestSource) -> list[str]:
-    head = f"    expr: {go_quote(x.expr)}, time: {go_model_duration(x.eval_time)}"
+    head = f"    expr: {quote(x.expr)}, time: {go_model_duration(x.eval_time)}"
     try:
         got_samples = await src.query(x.expr, x.eval_time)
     except _QueryFailed as e:
@@ -898,7 +889,7 @@ async def _check_expr(x: ExprTest, src: _TestSource) -> list[str]:
         try:
             labels = parse_metric(s.labels)
         except ValueError as e:
-            return [f"{head}, err: labels {go_quote(s.labels)}: {e}"]
+            return [f"{head}, err: labels {quote(s.labels)}: {e}"]
         exp.append((_key(labels), s.value))
     got = [(_key(s.labels), s.value) for s in got_samples]
     exp.sort(key=lambda p: p[0])
