@@ -240,10 +240,10 @@ _VALUE_EVENTS = (yaml.ScalarEvent, yaml.CollectionStartEvent, yaml.AliasEvent)
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _compose_all(text: str) -> list[yaml.Node]:
-    """Every document's node. Values are counted first over ALL documents (parse events cost
-    little and are dropped at once), nodes built after: a file with too many values is refused
-    before it costs their memory, however they are split into documents."""
+def _count_values(text: str) -> None:
+    """Values are counted first over ALL documents (parse events cost little and are dropped
+    at once), nodes built after: a file with too many values is refused before it costs their
+    memory, however they are split into documents."""
     count = 0
     for event in yaml.parse(text, Loader=_LOADER):
         if isinstance(event, _VALUE_EVENTS):
@@ -252,6 +252,11 @@ def _compose_all(text: str) -> list[yaml.Node]:
                 mark = event.start_mark
                 raise _LimitExceeded(mark.line + 1 if mark is not None else 1, (
                     f"more than {MAX_YAML_VALUES:,} values (the limit; split the file)"))
+
+
+def _compose_all(text: str) -> list[yaml.Node]:
+    """Every document's node, once the file is known to be within `MAX_YAML_VALUES`."""
+    _count_values(text)
     return [n for n in yaml.compose_all(text, Loader=_LOADER) if n is not None]
 
 
@@ -266,13 +271,12 @@ def load_node(node: yaml.Node | None, scalars: _Constructor | None = None
 
 
 def load_yaml_with_lines(text: str) -> tuple[Any, dict[Path_, int]]:
-    """Safe-load YAML (the first document) and remember the line of every key and item (by
-    path).
+    """Safe-load YAML (one document) and remember the line of every key and item (by path).
 
     Raises `yaml.YAMLError` for invalid YAML and `_LimitExceeded` past `MAX_YAML_VALUES`,
     `MAX_ALIAS_VALUES` or `MAX_YAML_DEPTH`; the size limit is the caller's (`parse_rule_file`)."""
-    nodes = _compose_all(text)
-    data, loaded = load_node(nodes[0] if nodes else None)
+    _count_values(text)
+    data, loaded = load_node(yaml.compose(text, Loader=_LOADER))
     return data, loaded.lines
 
 
