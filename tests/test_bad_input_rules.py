@@ -231,11 +231,44 @@ def test_too_many_values_are_refused_before_any_is_built(monkeypatch: pytest.Mon
         raise AssertionError("nodes were built")
 
     monkeypatch.setattr(rulefile.yaml, "compose", compose)
+    monkeypatch.setattr(rulefile.yaml, "compose_all", compose)
     text = "groups:\n- name: g\n  labels: {" + ",".join(
         f"a{i}: b" for i in range(MAX_YAML_VALUES // 2 + 1)) + "}\n"
     assert len(text.encode()) < MAX_FILE_BYTES  # the value limit is what refuses it
     assert problems(text) == [f"f.yml:3: more than {MAX_YAML_VALUES:,} values (the limit; "
                               "split the file)"]
+
+
+def test_merge_keys_count_toward_the_alias_limit() -> None:
+    # `<<: [*m, *m, ...]` nested: most merged pairs are overridden and never built, so only
+    # counting the merge itself keeps this from listing 10^8 pairs
+    lines = ["m0: &m0 {a: 1, b: 2, c: 3, d: 4, e: 5, f: 6, g: 7, h: 8, i: 9, j: 10}"]
+    lines += [f"m{i}: &m{i} {{<<: [" + ", ".join([f"*m{i - 1}"] * 10) + "]}"
+              for i in range(1, 9)]
+    text = "\n".join(lines) + "\ngroups: []\n"
+    assert len(text) < 1000
+    found = problems(text)
+    assert len(found) == 1 and "values built by expanding YAML aliases" in found[0], found
+
+
+def test_the_limits_hold_for_a_file_not_for_each_document() -> None:
+    # 60 copies of 1,000 values: 60,060 expansions, within the limit in one document
+    one = "x: &x [" + ",".join(["1"] * 1000) + "]\ny: [" + ",".join(["*x"] * 60) + "]\n"
+    assert not any("aliases" in p for p in problems(one)), problems(one)
+    found = problems(one + "---\n" + one)
+    assert len(found) == 1 and "values built by expanding YAML aliases" in found[0], found
+    half = "groups: [" + ",".join(["{}"] * (MAX_YAML_VALUES // 2)) + "]\n"
+    found = problems(half + "---\n" + half)
+    assert found == [f"f.yml:3: more than {MAX_YAML_VALUES:,} values (the limit; split the "
+                     "file)"], found
+
+
+def test_recording_rule_problems_come_with_schema_errors() -> None:
+    text = ("groups:\n- name: g\n  interval: nope\n  rules:\n"
+            "  - record: 'not a name'\n    expr: 'sum(up'\n    labels: {__name__: x}\n")
+    found = problems(text)
+    assert [f.split(": ", 2)[1] for f in found] == [
+        "groups[0].interval", "record", "expr", "labels"], found
 
 
 def test_aliases_within_the_limit_load() -> None:

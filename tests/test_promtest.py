@@ -52,11 +52,19 @@ def test_wrong_expectations_fail_in_both_with_a_diff(promtool_binary: str,
     assert oracle.stderr.count("alertname:") == out.count("alertname:") == 2
 
 
-def test_missing_rule_file_is_a_clear_failure(tmp_path: Path, prometheus_binary: str) -> None:
+def test_missing_rule_file_is_a_warning_like_promtool(tmp_path: Path, prometheus_binary: str,
+                                                      promtool_binary: str) -> None:
+    # promtool warns and runs the tests without those rules: an expected alert then fails
     f = tmp_path / "t.yml"
-    f.write_text("rule_files: [nope.yml]\ntests: []\n")
+    f.write_text("rule_files: [nope.yml]\ntests:\n  - alert_rule_test:\n"
+                 "      - {alertname: A, exp_alerts: [{}]}\n")
+    oracle = subprocess.run([promtool_binary, "test", "rules", str(f)], capture_output=True,
+                            text=True)
     ours = run("test", str(f))
-    assert ours.returncode == 1 and "rule file 'nope.yml' not found" in ours.stderr
+    warning = f"  WARNING: no file match pattern {tmp_path / 'nope.yml'}"
+    assert oracle.returncode == ours.returncode == 1
+    assert warning in oracle.stderr and warning in ours.stderr
+    assert "alertname: A, time: 0s" in ours.stderr
 
 
 def test_label_values_are_quoted_as_promtool_quotes_them(tmp_path: Path, promtool_binary: str,

@@ -90,7 +90,7 @@ class ParsedFile:
         return line_for(self.lines, path)
 
 
-class _DuplicateKey(Exception):
+class DuplicateKeyError(Exception):
     def __init__(self, key: str, line: int, first: int) -> None:
         super().__init__(f"duplicate key {key!r} (first defined on line {first})")
         self.line = line
@@ -114,39 +114,100 @@ class _Constructor(yaml.constructor.SafeConstructor):
         self.seen: set[int] = set()  # nodes built once (by id): a second time is an alias
         self.expanded = 0
 
-
-def _construct(node: yaml.Node, path: Path_, lines: dict[Path_, int],
-               scalars: _Constructor) -> Any:
-    if id(node) in scalars.seen:
-        scalars.expanded += 1
-        if scalars.expanded > MAX_ALIAS_VALUES:
+    def count_expanded(self, n: int, node: yaml.Node) -> None:
+        self.expanded += n
+        if self.expanded > MAX_ALIAS_VALUES:
             raise _LimitExceeded(node.start_mark.line + 1, (
                 f"more than {MAX_ALIAS_VALUES:,} values built by expanding YAML aliases (an "
                 "alias bomb?)"))
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_NULL_TAG = "tag:yaml.org,2002:null"
+
+
+@dataclass
+class LoadedYaml:
+    """Constructed data plus, by path, the line of every key and item and the source text of
+    every plain scalar that YAML typed as something other than a string (`1`, `true`, `~`):
+    Go-YAML reads such a scalar into a string field as its text, and so must we (`expr: 1`)."""
+
+    lines: dict[Path_, int] = field(default_factory=dict)
+    raw: dict[Path_, str] = field(default_factory=dict)
+
+
+def _merged_pairs(node: yaml.MappingNode, scalars: _Constructor
+                  ) -> list[tuple[yaml.Node, yaml.Node, bool]]:
+    """The mapping's (key, value, explicit) pairs with `<<:` merge keys resolved as go-yaml v3
+    resolves them: explicit keys win over merged ones wherever they are written (so
+    `- <<: *base` followed by an overriding `expr:` is not a duplicate), merged keys fill in,
+    and among several merged mappings the first one listed wins (YAML's merge-key rule).
+
+    Every merged pair counts toward `MAX_ALIAS_VALUES`: merging is alias expansion, and
+    `<<: [*a, *a, …]` nested a few levels would otherwise list billions of pairs, most of them
+    overridden and so never built (the count in `_construct` would not see them)."""
+    explicit: list[tuple[yaml.Node, yaml.Node, bool]] = []
+    sources: list[yaml.Node] = []
+    merge_line: int | None = None
+    for key_node, value_node in node.value:
+        if key_node.tag == _MERGE_TAG:
+            if merge_line is not None:  # go-yaml: two `<<` keys are a duplicate like any other
+                raise DuplicateKeyError("<<", key_node.start_mark.line + 1, merge_line)
+            merge_line = key_node.start_mark.line + 1
+            if isinstance(value_node, yaml.SequenceNode):
+                sources.extend(value_node.value)
+            else:
+                sources.append(value_node)
+        else:
+            explicit.append((key_node, value_node, True))
+    merged: list[tuple[yaml.Node, yaml.Node, bool]] = []
+    for src in sources:
+        if not isinstance(src, yaml.MappingNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a merge key (<<) needs a mapping or a list of mappings",
+                src.start_mark)
+        pairs = _merged_pairs(src, scalars)
+        scalars.count_expanded(len(pairs), src)
+        merged.extend((k, v, False) for k, v, _ in pairs)
+    return explicit + merged
+
+
+def _key_text(key_node: yaml.Node) -> str:
+    """A mapping key as go-yaml reads it into a string-keyed map: the scalar's text."""
+    if isinstance(key_node, yaml.ScalarNode):
+        if _SURROGATE.search(key_node.value):
+            raise yaml.constructor.ConstructorError(
+                None, None, "found invalid Unicode character escape code", key_node.start_mark)
+        return "" if key_node.tag == _NULL_TAG else str(key_node.value)
+    raise yaml.constructor.ConstructorError(
+        None, None, "a mapping key must be a plain value", key_node.start_mark)
+
+
+def _construct(node: yaml.Node, path: Path_, out_: LoadedYaml, scalars: _Constructor) -> Any:
+    if id(node) in scalars.seen:
+        scalars.count_expanded(1, node)
     else:
         scalars.seen.add(id(node))
     if len(path) > MAX_YAML_DEPTH:
         raise _LimitExceeded(node.start_mark.line + 1,
                              f"nested more than {MAX_YAML_DEPTH} levels deep")
-    lines.setdefault(path, node.start_mark.line + 1)
+    out_.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        scalars.flatten_mapping(node)  # resolves `<<:` merge keys the way safe_load does
         out: dict[Any, Any] = {}
         first_line: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            key = _construct(key_node, (*path, "<key>"), {}, scalars)
-            if isinstance(key, list | dict):
-                raise yaml.constructor.ConstructorError(
-                    None, None, "a mapping key must be a plain value", key_node.start_mark)
+        for key_node, value_node, explicit in _merged_pairs(node, scalars):
+            key = _key_text(key_node)
             if key in out:
-                raise _DuplicateKey(str(key), key_node.start_mark.line + 1, first_line[key])
+                if not explicit:
+                    continue  # an explicit key (or an earlier merged one) already set it
+                raise DuplicateKeyError(str(key), key_node.start_mark.line + 1, first_line[key])
             first_line[key] = key_node.start_mark.line + 1
-            child = (*path, key if isinstance(key, str | int) else str(key))
-            lines[child] = key_node.start_mark.line + 1
-            out[key] = _construct(value_node, child, lines, scalars)
+            child = (*path, key)
+            out_.lines[child] = key_node.start_mark.line + 1
+            out[key] = _construct(value_node, child, out_, scalars)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(item, (*path, i), lines, scalars) for i, item in enumerate(node.value)]
+        return [_construct(item, (*path, i), out_, scalars) for i, item in enumerate(node.value)]
     try:
         value = scalars.construct_object(node, deep=True)
     except (ValueError, OverflowError) as e:
@@ -160,6 +221,8 @@ def _construct(node: yaml.Node, path: Path_, lines: dict[Path_, int],
         # neither SQLite nor a JSON encoder would take them later
         raise yaml.constructor.ConstructorError(
             None, None, "found invalid Unicode character escape code", node.start_mark)
+    if not isinstance(value, str) and isinstance(node, yaml.ScalarNode):
+        out_.raw[path] = "" if node.tag == _NULL_TAG else node.value
     return value
 
 
@@ -172,34 +235,49 @@ def _first_line(text: str) -> str:
 
 _VALUE_EVENTS = (yaml.ScalarEvent, yaml.CollectionStartEvent, yaml.AliasEvent)
 
+# libyaml (bundled with PyYAML's wheels) parses ~8x faster than the pure-Python parser,
+# caps nesting at 1,000 levels on its own, and is what Go's YAML was ported from.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-def _compose(text: str) -> yaml.Node | None:
-    # libyaml (bundled with PyYAML's wheels) parses ~8x faster than the pure-Python parser,
-    # caps nesting at 1,000 levels on its own, and is what Go's YAML was ported from.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    # Count first (parse events cost little and are dropped at once), build nodes after: a
-    # file with too many values is refused before it costs their memory.
+
+def _count_values(text: str) -> None:
+    """Values are counted first over ALL documents (parse events cost little and are dropped
+    at once), nodes built after: a file with too many values is refused before it costs their
+    memory, however they are split into documents."""
     count = 0
-    for event in yaml.parse(text, Loader=loader):
+    for event in yaml.parse(text, Loader=_LOADER):
         if isinstance(event, _VALUE_EVENTS):
             count += 1
             if count > MAX_YAML_VALUES:
                 mark = event.start_mark
                 raise _LimitExceeded(mark.line + 1 if mark is not None else 1, (
                     f"more than {MAX_YAML_VALUES:,} values (the limit; split the file)"))
-    return yaml.compose(text, Loader=loader)
+
+
+def _compose_all(text: str) -> list[yaml.Node]:
+    """Every document's node, once the file is known to be within `MAX_YAML_VALUES`."""
+    _count_values(text)
+    return [n for n in yaml.compose_all(text, Loader=_LOADER) if n is not None]
+
+
+def load_node(node: yaml.Node | None, scalars: _Constructor | None = None
+              ) -> tuple[Any, LoadedYaml]:
+    """One composed document -> data and where everything is. Pass one `scalars` for all the
+    documents of a file so that the alias limit holds for the file, not for each document."""
+    loaded = LoadedYaml()
+    if node is None:
+        return None, loaded
+    return _construct(node, (), loaded, scalars if scalars is not None else _Constructor()), loaded
 
 
 def load_yaml_with_lines(text: str) -> tuple[Any, dict[Path_, int]]:
-    """Safe-load YAML and remember the line of every key and item (by path).
+    """Safe-load YAML (one document) and remember the line of every key and item (by path).
 
     Raises `yaml.YAMLError` for invalid YAML and `_LimitExceeded` past `MAX_YAML_VALUES`,
     `MAX_ALIAS_VALUES` or `MAX_YAML_DEPTH`; the size limit is the caller's (`parse_rule_file`)."""
-    lines: dict[Path_, int] = {}
-    node = _compose(text)
-    if node is None:
-        return None, lines
-    return _construct(node, (), lines, _Constructor()), lines
+    _count_values(text)
+    data, loaded = load_node(yaml.compose(text, Loader=_LOADER))
+    return data, loaded.lines
 
 
 def line_for(lines: dict[Path_, int], path: Path_) -> int:
@@ -344,14 +422,133 @@ def check_promql(expr: str) -> str | None:
     return None
 
 
+class _NotRules(Exception):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _node_get(node: yaml.Node, key: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key and isinstance(v, yaml.Node):
+                return v
+    return None
+
+
+def _rules_root(node: yaml.Node) -> yaml.Node | None:
+    """The node holding `groups` (and our other keys): the document itself, or a Prometheus
+    Operator PrometheusRule manifest's `spec`."""
+    kind = _node_get(node, "kind")
+    api = _node_get(node, "apiVersion")
+    if not isinstance(kind, yaml.ScalarNode) or not isinstance(api, yaml.ScalarNode):
+        return node
+    if kind.value == "PrometheusRule" and api.value.startswith("monitoring.coreos.com/"):
+        spec = _node_get(node, "spec")
+        if spec is None or (isinstance(spec, yaml.ScalarNode) and spec.tag == _NULL_TAG):
+            return None
+        if not isinstance(spec, yaml.MappingNode):
+            raise _NotRules(spec.start_mark.line + 1, "spec: a PrometheusRule's spec must be a "
+                                                      "mapping with groups")
+        return spec
+    raise _NotRules(kind.start_mark.line + 1,
+                    f"a Kubernetes {kind.value!r} ({api.value}) is not a rule file: only "
+                    "PrometheusRule manifests (monitoring.coreos.com/v1) are read")
+
+
+def _load_documents(text: str) -> tuple[Any, LoadedYaml]:
+    """Every document of the file (Prometheus reads only the first; a folder of Kubernetes
+    manifests is often one file with several), PrometheusRule manifests unwrapped, combined
+    into one rule file: lists concatenated, mappings merged. Paths in the result are those of
+    the combined data, lines those of the file."""
+    scalars = _Constructor()  # one alias count for the whole file
+    docs = [load_node(root, scalars) for n in _compose_all(text)
+            if (root := _rules_root(n)) is not None]
+    docs = [(d, ld) for d, ld in docs if d is not None]
+    if len(docs) <= 1:
+        return docs[0] if docs else (None, LoadedYaml())
+    combined: dict[Any, Any] = {}
+    out = LoadedYaml()
+    for data, loaded in docs:
+        if not isinstance(data, dict):
+            raise _NotRules(loaded.lines.get((), 1), "a rule file must be a mapping with "
+                            "groups, actions, receivers, routes, inhibit_rules")
+        offsets: dict[Any, int] = {}
+        for key, value in data.items():
+            if value is None:
+                continue
+            have = combined.get(key)
+            if have is None:
+                combined[key] = value
+                offsets[key] = 0
+            elif isinstance(have, list) and isinstance(value, list):
+                offsets[key] = len(have)
+                have.extend(value)
+            elif isinstance(have, dict) and isinstance(value, dict):
+                for k, v in value.items():
+                    if k in have:
+                        raise DuplicateKeyError(f"{key}.{k}", loaded.lines.get((key, k), 1),
+                                                out.lines.get((key, k), 1))
+                    have[k] = v
+            else:
+                raise DuplicateKeyError(str(key), loaded.lines.get((key,), 1),
+                                        out.lines.get((key,), 1))
+
+        def shifted(path: Path_, offsets: dict[Any, int] = offsets) -> Path_:
+            if (len(path) >= 2 and isinstance(path[1], int)
+                    and isinstance(combined.get(path[0]), list)):
+                return (path[0], path[1] + offsets.get(path[0], 0), *path[2:])
+            return path
+
+        for path, line in loaded.lines.items():
+            out.lines.setdefault(shifted(path), line)
+        for path, raw in loaded.raw.items():
+            out.raw.setdefault(shifted(path), raw)
+    return combined, out
+
+
+def _go_strings(data: dict[Any, Any], raw: dict[Path_, str]) -> None:
+    """Read the string fields of groups and rules as Go-YAML reads a scalar into a Go string:
+    its text (`expr: 1` is the PromQL `1`, `severity: true` the label value "true", an empty
+    `job:` the empty string), where YAML typing would give a number, a bool or null."""
+
+    def text(container: dict[Any, Any], path: Path_, key: str) -> None:
+        if key in container and (*path, key) in raw:
+            container[key] = raw[(*path, key)]
+
+    def string_map(container: dict[Any, Any], path: Path_, key: str) -> None:
+        m = container.get(key)
+        if key in container and m is None:
+            del container[key]  # `labels:` with nothing under it: no labels
+        elif isinstance(m, dict):
+            for k in m:
+                text(m, (*path, key), k)
+
+    groups = data.get("groups")
+    for gi, g in enumerate(groups if isinstance(groups, list) else []):
+        if not isinstance(g, dict):
+            continue
+        gpath: Path_ = ("groups", gi)
+        text(g, gpath, "name")
+        string_map(g, gpath, "labels")
+        rules = g.get("rules")
+        for ri, r in enumerate(rules if isinstance(rules, list) else []):
+            if isinstance(r, dict):
+                rpath: Path_ = (*gpath, "rules", ri)
+                for key in ("alert", "record", "expr"):
+                    text(r, rpath, key)
+                string_map(r, rpath, "labels")
+                string_map(r, rpath, "annotations")
+
+
 def parse_rule_file(text: str, name: str) -> ParsedFile:
     """Parse and validate one rule file. Never raises for bad input: problems are returned,
     every one this file has (the schema's, PromQL, templates, names), not just the first kind."""
     if len(text) > MAX_FILE_BYTES:
         return ParsedFile(name, None, [Problem(name, 1, _too_large(len(text)))])
     try:
-        data, lines = load_yaml_with_lines(text)
-    except (_DuplicateKey, _LimitExceeded) as e:
+        data, loaded = _load_documents(text)
+    except (DuplicateKeyError, _NotRules, _LimitExceeded) as e:
         return ParsedFile(name, None, [Problem(name, e.line, str(e))])
     except yaml.reader.ReaderError as e:
         return ParsedFile(name, None, [_reader_problem(name, text, e)])
@@ -364,12 +561,14 @@ def parse_rule_file(text: str, name: str) -> ParsedFile:
         return ParsedFile(name, None, [Problem(name, 1, f"invalid YAML: {e}")])
     except RecursionError:
         return ParsedFile(name, None, [Problem(name, 1, "invalid YAML: nested too deeply")])
+    lines = loaded.lines
     if data is None:
         data = {}
     if not isinstance(data, dict):
         return ParsedFile(name, None, [Problem(
             name, 1, "a rule file must be a mapping with groups, actions, receivers, routes, "
                      "inhibit_rules")])
+    _go_strings(data, loaded.raw)  # before any check: the checks see what Prometheus reads
     problems = list(_document_problems(name, data, lines))
     try:
         model = RuleFileModel.model_validate(data)
@@ -425,6 +624,7 @@ def _document_problems(name: str, data: dict[Any, Any], lines: dict[Path_, int]
                 continue
             rpath: Path_ = (*gpath, "rules", ri)
             if "record" in r and "alert" not in r:
+                yield from _recording_problems(name, lines, rpath, r)
                 yield Problem(name, line_for(lines, (*rpath, "record")),
                               f"recording rule {r.get('record')!r} skipped: the watchdog "
                               "evaluates alerting rules only", warning=True)
@@ -440,6 +640,31 @@ def _document_problems(name: str, data: dict[Any, Any], lines: dict[Path_, int]
             yield Problem(name, line, f"receiver {rname!r} is defined twice "
                                       f"(first on line {seen_receivers[rname]})")
         seen_receivers.setdefault(rname, line)
+
+
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def _recording_problems(name: str, lines: dict[Path_, int], rpath: Path_,
+                        rule: dict[Any, Any]) -> Iterator[Problem]:
+    """What Prometheus refuses in a recording rule (`watchdog test` evaluates them, and a file
+    Prometheus would not load must not pass `check`). Read from the document like the other
+    checks here; a field that is not text is the schema's to report."""
+    record = rule.get("record")
+    if isinstance(record, str) and not _METRIC_NAME.match(record):
+        yield Problem(name, line_for(lines, (*rpath, "record")),
+                      f"record: invalid recording rule name: {record}")
+    expr = rule.get("expr")
+    if isinstance(expr, str) and (err := check_promql(expr)) is not None:
+        yield Problem(name, line_for(lines, (*rpath, "expr")),
+                      f"expr: invalid PromQL in recording rule {record!r}: {err}")
+    labels = rule.get("labels")
+    for key in labels if isinstance(labels, dict) else ():
+        if not isinstance(key, str) or not _LABEL_NAME.match(key) or key == "__name__":
+            kpath = key if isinstance(key, str | int) else str(key)
+            yield Problem(name, line_for(lines, (*rpath, "labels", kpath)),
+                          f"labels: invalid label name {key!r}")
 
 
 def _rule_problems(name: str, lines: dict[Path_, int], rpath: Path_, rule: dict[Any, Any]

@@ -395,8 +395,12 @@ class _Token:
     pos: int
 
 
-def expand_values(notation: str) -> list[SeriesValue]:
+def expand_values(notation: str, limit: int | None = None) -> list[SeriesValue]:
     """Expand promtool's ``values`` string into one entry per interval.
+
+    With ``limit``, at most that many entries: promtool loads samples only up to the last
+    evaluation time, so ``0x10000000`` need not become ten million points. The whole string is
+    still checked.
 
     ``'1+2x3 _ _x2 stale -2-1x1'`` gives ``[1, 3, 5, 7, None, None, None, STALE, -2, -3]``.
     Items are separated by spaces; each is one of ``a``, ``axn`` (n+1 copies), ``a+bxn`` or
@@ -413,7 +417,8 @@ def expand_values(notation: str) -> list[SeriesValue]:
     for token in [*tokens, _Token(_Tok.SPACE, " ", len(notation))]:
         if token.kind is _Tok.SPACE:
             if item:
-                out.extend(_expand_item(notation, item))
+                room = None if limit is None else max(0, limit - len(out))
+                out.extend(_expand_item(notation, item, room))
                 item = []
         else:
             item.append(token)
@@ -505,8 +510,10 @@ def _number(notation: str, token: _Token) -> float:
     return result
 
 
-def _expand_item(notation: str, item: list[_Token]) -> list[SeriesValue]:
-    """One space-separated item, by the series_item rules of generated_parser.y."""
+def _expand_item(notation: str, item: list[_Token], room: int | None = None
+                 ) -> list[SeriesValue]:
+    """One space-separated item, by the series_item rules of generated_parser.y; at most
+    ``room`` entries of it when given."""
     pos = 0
 
     def at(i: int) -> _Token | None:
@@ -529,7 +536,7 @@ def _expand_item(notation: str, item: list[_Token]) -> list[SeriesValue]:
     if first.kind is _Tok.BLANK:
         if len(item) == 1:
             return [None]
-        return [None] * repetitions(1)  # n missing points, not n+1
+        return [None] * _capped(repetitions(1), room)  # n missing points, not n+1
 
     # series_value: "stale", a number, or a signed number.
     value: float | StaleMarker
@@ -546,19 +553,23 @@ def _expand_item(notation: str, item: list[_Token]) -> list[SeriesValue]:
     if following is None:
         return [value]
     if following.kind is _Tok.TIMES:
-        return [value] * (repetitions(pos) + 1)
+        return [value] * _capped(repetitions(pos) + 1, room)
     if following.kind not in (_Tok.ADD, _Tok.SUB):
         raise _values_error(notation, following.pos, f"unexpected {following.text!r}")
     step = _signed(notation, item, pos)
     count = repetitions(pos + 2)
     out: list[SeriesValue] = []
     current: float | StaleMarker = value
-    for _ in range(count + 1):
+    for _ in range(_capped(count + 1, room)):
         out.append(current)
         # Repeated addition, as the Go code does, so rounding matches promtool's bit for bit.
         # Stale NaN plus anything is an ordinary NaN.
         current = math.nan if current is STALE else current + step
     return out
+
+
+def _capped(n: int, room: int | None) -> int:
+    return n if room is None else min(n, room)
 
 
 def _signed(notation: str, item: list[_Token], i: int) -> float:
