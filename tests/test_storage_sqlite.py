@@ -98,6 +98,11 @@ async def test_a_v010_file_is_adopted_with_all_its_state(tmp_path: Path) -> None
             assert [d.id for d in await tx.deploys.list(status="open")] == ["dep-1"]
             assert await tx.deploys.baselines() == {"Latency": {"fpx": 0.3}}
             assert len(await tx.deploys.alerts("dep-1")) == 1
+            # Schema 2 added incident history: empty, and usable, on an adopted file.
+            assert await tx.incidents.list() == []
+            from watchdog.storage.records import IncidentRecord
+            assert await tx.incidents.open(IncidentRecord(
+                "f1@1700000000.000", "HighErrorRate", "checkout", "f1", {}, None, 1.7e9))
             # The v0.1.0 unique index still holds: one run per action and incident.
             from watchdog.storage import DuplicateRun
             with pytest.raises(DuplicateRun):

@@ -32,6 +32,8 @@ from watchdog.storage.records import (
     DeployRow,
     EscalationKey,
     GroupChanges,
+    IncidentAction,
+    IncidentRecord,
     LogEntry,
     OutboxEntry,
     OutboxRecord,
@@ -130,6 +132,23 @@ class _Deploy:
                          self.window_end, self.status, self.summary)
 
 
+@dataclass(frozen=True)
+class _Incident:
+    id: str
+    rule: str
+    grp: str
+    fingerprint: str
+    labels: str
+    severity: str | None
+    active_at: float
+    fired_at: float | None
+    resolved_at: float | None
+    ack_by: str | None
+    ack_at: float | None
+    notifications: int
+    first_action_at: float | None
+
+
 class _Tables:
     """Every table (and unique index) of the schema, by primary key."""
 
@@ -155,6 +174,7 @@ class _Tables:
         self.baselines: dict[tuple[str, str], tuple[float, str, str, float]] = {}
         # (deploy id, rule, fingerprint) -> (labels JSON, value, at)
         self.deploy_alerts: dict[tuple[str, str, str], tuple[str, float | None, float]] = {}
+        self.incidents: dict[str, _Incident] = {}
         # Sequences, like PostgreSQL's: never rolled back, never reused.
         self.next_outbox_id = 1
         self.next_note_id = 1
@@ -580,6 +600,109 @@ class MemDeploys(_Repo):
         return rows
 
 
+class MemIncidents(_Repo):
+    async def open(self, incident: IncidentRecord) -> bool:
+        i = incident
+        if i.id in self.t.incidents:
+            return False  # ON CONFLICT DO NOTHING
+        self.w.put(self.t.incidents, i.id, _Incident(
+            i.id, i.rule, i.group, i.fingerprint, _j(dict(i.labels)), i.severity,
+            float(i.active_at), _f(i.fired_at), _f(i.resolved_at), i.ack_by, _f(i.ack_at),
+            int(i.notifications), _f(i.first_action_at)))
+        return True
+
+    def _update(self, incident_id: str, **fields: Any) -> bool:
+        row = self.t.incidents.get(incident_id)
+        if row is None:
+            return False
+        self.w.put(self.t.incidents, incident_id, replace(row, **fields))
+        return True
+
+    async def fired(self, incident_id: str, at: float, severity: str | None,
+                    labels: Mapping[str, str]) -> None:
+        row = self.t.incidents.get(incident_id)
+        if row is not None:
+            self._update(incident_id, severity=severity, labels=_j(dict(labels)),
+                         fired_at=row.fired_at if row.fired_at is not None else float(at))
+
+    async def set_severity(self, incident_id: str, severity: str | None,
+                           labels: Mapping[str, str]) -> None:
+        self._update(incident_id, severity=severity, labels=_j(dict(labels)))
+
+    async def resolve(self, incident_id: str, at: float) -> bool:
+        row = self.t.incidents.get(incident_id)
+        if row is None or row.resolved_at is not None:
+            return False
+        ack = self.t.acks.get(incident_id)
+        by, ack_at = row.ack_by, row.ack_at
+        if ack_at is None:
+            by, ack_at = (ack[3], ack[2]) if ack is not None else (None, None)
+        return self._update(incident_id, resolved_at=float(at), ack_by=by, ack_at=ack_at)
+
+    async def add_notifications(self, counts: Mapping[str, int]) -> None:
+        for i, n in counts.items():
+            row = self.t.incidents.get(i)
+            if row is not None and n:
+                self._update(i, notifications=row.notifications + int(n))
+
+    async def first_action(self, incident_id: str, at: float) -> bool:
+        row = self.t.incidents.get(incident_id)
+        if row is None or row.first_action_at is not None:
+            return False
+        return self._update(incident_id, first_action_at=float(at))
+
+    async def rekey(self, old_id: str, new_id: str, active_at: float) -> None:
+        t = self.t
+        row = t.incidents.get(old_id)
+        if old_id == new_id or row is None:
+            return
+        self.w.delete(t.incidents, old_id)
+        if new_id not in t.incidents:
+            self.w.put(t.incidents, new_id, replace(row, id=new_id, active_at=float(active_at)))
+
+    def _out(self, row: _Incident) -> IncidentRecord:
+        t = self.t
+        by, ack_at = row.ack_by, row.ack_at
+        if ack_at is None:  # the live ack, as the SQL's LEFT JOIN reads it
+            ack = t.acks.get(row.id)
+            by, ack_at = (ack[3], ack[2]) if ack is not None else (None, None)
+        runs = sorted((r for r in t.runs.values() if r.incident_id == row.id), key=_by_time)
+        return IncidentRecord(row.id, row.rule, row.grp, row.fingerprint,
+                              json.loads(row.labels), row.severity, row.active_at,
+                              row.fired_at, row.resolved_at, by, ack_at, row.notifications,
+                              row.first_action_at,
+                              tuple(IncidentAction(r.action, r.id, r.status, r.verification)
+                                    for r in runs))
+
+    async def get(self, incident_id: str) -> IncidentRecord | None:
+        row = self.t.incidents.get(incident_id)
+        return self._out(row) if row is not None else None
+
+    async def list(self, *, rule: str | None = None, state: str | None = None,
+                   since: float | None = None, limit: int | None = 100
+                   ) -> builtins.list[IncidentRecord]:
+        if state not in (None, "", "open", "resolved"):
+            raise ValueError(f"state: expected 'open' or 'resolved', got {state!r}")
+        rows = [r for r in self.t.incidents.values()
+                if (not rule or r.rule == rule)
+                and (state != "open" or r.resolved_at is None)
+                and (state != "resolved" or r.resolved_at is not None)
+                and (since is None or r.resolved_at is None or r.resolved_at >= since)]
+        rows.sort(key=lambda r: r.id)  # ORDER BY active_at DESC, id
+        rows.sort(key=lambda r: r.active_at, reverse=True)
+        if limit is not None:
+            rows = rows[:max(0, int(limit))]
+        return [self._out(r) for r in rows]
+
+    async def prune(self, resolved_before: float) -> int:
+        t = self.t
+        old = [i for i, r in t.incidents.items()
+               if r.resolved_at is not None and r.resolved_at < resolved_before]
+        for i in old:
+            self.w.delete(t.incidents, i)
+        return len(old)
+
+
 def _limit(rows: list[Any], limit: int, *, tail: bool = False) -> list[Any]:
     """SQL's LIMIT (SQLite reads a negative one as "no limit"); `tail`: what it leaves out."""
     if tail:
@@ -606,6 +729,7 @@ class MemoryTx:
         self.runs: ports.RunRepo = MemRuns(w)
         self.steps: ports.StepRepo = MemSteps(w)
         self.deploys: ports.DeployRepo = MemDeploys(w)
+        self.incidents: ports.IncidentRepo = MemIncidents(w)
         self.callbacks: list[Callable[[], object]] = []
 
     def on_commit(self, fn: Callable[[], object]) -> None:

@@ -24,6 +24,7 @@ from watchdog.storage.records import (
     DeployRow,
     EscalationKey,
     GroupChanges,
+    IncidentRecord,
     LogEntry,
     OutboxEntry,
     OutboxRecord,
@@ -198,6 +199,48 @@ class DeployRepo(Protocol):
         """(rule, labels, value, at) by time."""
 
 
+class IncidentRepo(Protocol):
+    """Incident history (`records.IncidentRecord`), one row per alert instance. The evaluation
+    that changes an alert writes its incident in the same transaction."""
+
+    async def open(self, incident: IncidentRecord) -> bool:
+        """Insert the incident unless its id exists; whether it was added."""
+
+    async def fired(self, incident_id: str, at: float, severity: str | None,
+                    labels: Mapping[str, str]) -> None:
+        """It started firing at `at` (the first time counts) with this severity and labels."""
+
+    async def set_severity(self, incident_id: str, severity: str | None,
+                           labels: Mapping[str, str]) -> None: ...
+
+    async def resolve(self, incident_id: str, at: float) -> bool:
+        """It ended at `at`; the ack it has (in `acks`) is kept with it, as acks of resolved
+        incidents are pruned. Whether it was open until now (a second resolve is a no-op)."""
+
+    async def add_notifications(self, counts: Mapping[str, int]) -> None:
+        """Add to the notifications counted per incident id; unknown ids are ignored."""
+
+    async def first_action(self, incident_id: str, at: float) -> bool:
+        """Record when its first action run started; whether this was the first."""
+
+    async def rekey(self, old_id: str, new_id: str, active_at: float) -> None:
+        """A pending alert restored after a restart counts its `for` afresh, so its incident
+        id changes: carry the record over to the new id."""
+
+    async def get(self, incident_id: str) -> IncidentRecord | None:
+        """With its ack and its action runs."""
+
+    async def list(self, *, rule: str | None = None, state: str | None = None,
+                   since: float | None = None, limit: int | None = 100
+                   ) -> builtins.list[IncidentRecord]:
+        """Newest first (active_at, then id), with acks and action runs. `state`: "open" or
+        "resolved"; `since`: open at any moment since then (still open, or resolved after);
+        `limit=None`: all."""
+
+    async def prune(self, resolved_before: float) -> int:
+        """Delete incidents resolved before then; how many."""
+
+
 class Tx(Protocol):
     """One unit of work: every repository, and the after-commit hook."""
 
@@ -233,6 +276,9 @@ class Tx(Protocol):
 
     @property
     def deploys(self) -> DeployRepo: ...
+
+    @property
+    def incidents(self) -> IncidentRepo: ...
 
     def on_commit(self, fn: Callable[[], object]) -> None:
         """Run `fn` after the transaction committed (never if it rolled back). Callbacks run

@@ -184,3 +184,45 @@ class DeployRow:
     window_end: float
     status: str
     summary: str
+
+
+# ---- incidents ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IncidentAction:
+    """An action run started for an incident (joined from the runs, not stored twice)."""
+
+    name: str
+    run_id: str
+    status: str
+    verification: str | None = None  # "did it help?": verified | not_helped | pending | None
+
+
+@dataclass(frozen=True)
+class IncidentRecord:
+    """One alert instance from activation (pending) to resolution, kept after it resolves.
+
+    `severity` is the highest reached; `resolved_at` is set once, when it resolves (or, for an
+    incident that never fired, when its pending alert went away). `ack_*` is the first ack;
+    `notifications` counts the notifications written for it; `first_action_at` is when the
+    first action run (not a dry run) started for it. `actions` is filled on reads only."""
+
+    id: str
+    rule: str
+    group: str
+    fingerprint: str
+    labels: Mapping[str, str]
+    severity: str | None
+    active_at: float
+    fired_at: float | None = None
+    resolved_at: float | None = None
+    ack_by: str | None = None
+    ack_at: float | None = None
+    notifications: int = 0
+    first_action_at: float | None = None
+    actions: tuple[IncidentAction, ...] = ()
+
+    @property
+    def open(self) -> bool:
+        return self.resolved_at is None

@@ -15,7 +15,7 @@ from typing import Literal
 
 Dialect = Literal["sqlite", "postgresql"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS alert_instances (
@@ -157,6 +157,29 @@ CREATE TABLE IF NOT EXISTS deploy_alerts (
 );
 """
 
+# Version 2: incident history (CONTRACT §8). Acks and action runs are joined when read; the
+# index on action_runs.incident_id serves that join (the unique index leads with the action).
+_V2 = """
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    severity TEXT,
+    active_at {REAL} NOT NULL,
+    fired_at {REAL},
+    resolved_at {REAL},
+    ack_by TEXT,
+    ack_at {REAL},
+    notifications INTEGER NOT NULL DEFAULT 0,
+    first_action_at {REAL}
+);
+CREATE INDEX IF NOT EXISTS incidents_by_time ON incidents (active_at);
+CREATE INDEX IF NOT EXISTS incidents_by_resolution ON incidents (resolved_at);
+CREATE INDEX IF NOT EXISTS action_runs_by_incident ON action_runs (incident_id);
+"""
+
 _TYPES: dict[Dialect, dict[str, str]] = {
     # SQLite's REAL is a double; PostgreSQL's REAL is a float4, hence DOUBLE PRECISION there.
     # Text compares bytewise on both (PostgreSQL's default collation follows the server's
@@ -172,7 +195,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
 META = "CREATE TABLE IF NOT EXISTS schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 # MIGRATIONS[n] takes a database from version n-1 to n.
-_MIGRATIONS: dict[int, str] = {1: _V1}
+_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
 
 
 def statements(sql: str) -> list[str]:

@@ -28,6 +28,8 @@ from watchdog.storage.records import (
     DeployRow,
     EscalationKey,
     GroupChanges,
+    IncidentAction,
+    IncidentRecord,
     LogEntry,
     OutboxEntry,
     OutboxRecord,
@@ -545,6 +547,132 @@ class SqlDeploys:
             "ORDER BY at, rule", (deploy_id,))]
 
 
+# ---- incidents -----------------------------------------------------------------------------------
+
+# The ack stored with the incident (copied when it resolved), else the live one from notify_acks.
+_INCIDENT_COLS = (
+    "i.id, i.rule, i.grp, i.fingerprint, i.labels, i.severity, i.active_at, i.fired_at, "
+    "i.resolved_at, CASE WHEN i.ack_at IS NULL THEN a.created_by ELSE i.ack_by END, "
+    "COALESCE(i.ack_at, a.at), i.notifications, i.first_action_at")
+_INCIDENT_FROM = "FROM incidents i LEFT JOIN notify_acks a ON a.incident_id = i.id"
+_IN_CHUNK = 500  # ids per IN (...): far below every backend's limit on parameters
+
+
+def _incident(r: Row, actions: Sequence[IncidentAction] = ()) -> IncidentRecord:
+    return IncidentRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], float(r[6]),
+                          _f(r[7]), _f(r[8]), r[9], _f(r[10]), int(r[11]), _f(r[12]),
+                          tuple(actions))
+
+
+class SqlIncidents:
+    def __init__(self, c: Conn) -> None:
+        self.c = c
+
+    async def open(self, incident: IncidentRecord) -> bool:
+        i = incident
+        n = await self.c.execute(
+            "INSERT INTO incidents (id, rule, grp, fingerprint, labels, severity, active_at, "
+            "fired_at, resolved_at, ack_by, ack_at, notifications, first_action_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (i.id, i.rule, i.group, i.fingerprint, json.dumps(dict(i.labels)), i.severity,
+             float(i.active_at), _f(i.fired_at), _f(i.resolved_at), i.ack_by, _f(i.ack_at),
+             int(i.notifications), _f(i.first_action_at)))
+        return n > 0
+
+    async def fired(self, incident_id: str, at: float, severity: str | None,
+                    labels: Mapping[str, str]) -> None:
+        await self.c.execute(
+            "UPDATE incidents SET fired_at = COALESCE(fired_at, ?), severity = ?, labels = ? "
+            "WHERE id = ?", (float(at), severity, json.dumps(dict(labels)), incident_id))
+
+    async def set_severity(self, incident_id: str, severity: str | None,
+                           labels: Mapping[str, str]) -> None:
+        await self.c.execute("UPDATE incidents SET severity = ?, labels = ? WHERE id = ?",
+                             (severity, json.dumps(dict(labels)), incident_id))
+
+    async def resolve(self, incident_id: str, at: float) -> bool:
+        n = await self.c.execute(
+            "UPDATE incidents SET resolved_at = ?, "
+            "ack_by = CASE WHEN ack_at IS NULL THEN (SELECT created_by FROM notify_acks "
+            "WHERE incident_id = ?) ELSE ack_by END, "
+            "ack_at = COALESCE(ack_at, (SELECT at FROM notify_acks WHERE incident_id = ?)) "
+            "WHERE id = ? AND resolved_at IS NULL",
+            (float(at), incident_id, incident_id, incident_id))
+        return n > 0
+
+    async def add_notifications(self, counts: Mapping[str, int]) -> None:
+        rows = [(int(n), i) for i, n in counts.items() if n]
+        if rows:
+            await self.c.executemany(
+                "UPDATE incidents SET notifications = notifications + ? WHERE id = ?", rows)
+
+    async def first_action(self, incident_id: str, at: float) -> bool:
+        n = await self.c.execute(
+            "UPDATE incidents SET first_action_at = ? WHERE id = ? AND first_action_at IS NULL",
+            (float(at), incident_id))
+        return n > 0
+
+    async def rekey(self, old_id: str, new_id: str, active_at: float) -> None:
+        if old_id == new_id:
+            return
+        # A row under the new id already (written by a newer event) wins; the old one goes.
+        n = await self.c.execute(
+            "UPDATE incidents SET id = ?, active_at = ? WHERE id = ? AND NOT EXISTS "
+            "(SELECT 1 FROM incidents WHERE id = ?)",
+            (new_id, float(active_at), old_id, new_id))
+        if n == 0:
+            await self.c.execute("DELETE FROM incidents WHERE id = ?", (old_id,))
+
+    async def get(self, incident_id: str) -> IncidentRecord | None:
+        rows = await self.c.fetchall(
+            f"SELECT {_INCIDENT_COLS} {_INCIDENT_FROM} WHERE i.id = ?", (incident_id,))
+        return (await self._with_actions(rows))[0] if rows else None
+
+    async def list(self, *, rule: str | None = None, state: str | None = None,
+                   since: float | None = None, limit: int | None = 100
+                   ) -> builtins.list[IncidentRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        if rule:
+            where.append("i.rule = ?")
+            args.append(rule)
+        if state == "open":
+            where.append("i.resolved_at IS NULL")
+        elif state == "resolved":
+            where.append("i.resolved_at IS NOT NULL")
+        elif state:
+            raise ValueError(f"state: expected 'open' or 'resolved', got {state!r}")
+        if since is not None:
+            where.append("(i.resolved_at IS NULL OR i.resolved_at >= ?)")
+            args.append(float(since))
+        sql = f"SELECT {_INCIDENT_COLS} {_INCIDENT_FROM}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY i.active_at DESC, i.id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(max(0, int(limit)))
+        return await self._with_actions(await self.c.fetchall(sql, args))
+
+    async def _with_actions(self, rows: Sequence[Row]) -> builtins.list[IncidentRecord]:
+        ids = [r[0] for r in rows]
+        runs: dict[str, builtins.list[IncidentAction]] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start:start + _IN_CHUNK]
+            for inc, action, run_id, status, verification in await self.c.fetchall(
+                    "SELECT incident_id, action, id, status, verification FROM action_runs "
+                    f"WHERE incident_id IN ({', '.join('?' for _ in chunk)}) "
+                    "ORDER BY created_at, id", chunk):
+                runs.setdefault(inc, []).append(IncidentAction(action, run_id, status,
+                                                               verification))
+        return [_incident(r, runs.get(r[0], ())) for r in rows]
+
+    async def prune(self, resolved_before: float) -> int:
+        return await self.c.execute(
+            "DELETE FROM incidents WHERE resolved_at IS NOT NULL AND resolved_at < ?",
+            (float(resolved_before),))
+
+
 # ---- the unit of work ----------------------------------------------------------------------------
 
 
@@ -590,6 +718,7 @@ class SqlTx:
         self.runs = SqlRuns(c)
         self.steps = SqlSteps(c)
         self.deploys = SqlDeploys(c)
+        self.incidents = SqlIncidents(c)
         self.callbacks: list[Callable[[], object]] = []
 
     def on_commit(self, fn: Callable[[], object]) -> None:
