@@ -106,10 +106,11 @@ class Settings(BaseSettings):
     resend_delay: float = 60.0
     kubeconfig: str | None = None
     shutdown_timeout: float = 5.0
+    incident_retention: float = Field(90 * 86400.0, gt=0)  # resolved incidents kept this long
 
     @field_validator("prometheus_timeout", "evaluation_interval", "rules_poll_interval",
                      "outage_tolerance", "for_grace_period", "resend_delay", "shutdown_timeout",
-                     mode="before")
+                     "incident_retention", mode="before")
     @classmethod
     def _durations(cls, v: Any) -> Any:
         # "30s" as Prometheus spells it, or a bare number of seconds

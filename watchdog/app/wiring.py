@@ -1,6 +1,6 @@
 """Which subsystems a daemon runs, built with plain imports in one place: the MQTT bus (when
-`MQTT_URL` is set), the notification and action handlers, and the commands MQTT dispatches by
-name (the same JSON as the HTTP API).
+`MQTT_URL` is set), the incident, notification and action handlers, and the commands MQTT
+dispatches by name (the same JSON as the HTTP API).
 
 Must not: start anything (the daemon starts what this returns) or hold state of its own.
 """
@@ -14,6 +14,7 @@ import structlog
 
 from watchdog.actions.handler import ActionsHandler
 from watchdog.handlers import DaemonContext, EventHandler
+from watchdog.incidents.handler import IncidentsHandler
 from watchdog.notify.handler import NotifyHandler
 
 log = structlog.get_logger("watchdog.daemon")
@@ -28,8 +29,10 @@ class Wired:
 
 def wire(ctx: DaemonContext, extra: Sequence[EventHandler] = (), *, subsystems: bool = True
          ) -> Wired:
-    """The handlers (notifications, actions, then `extra`), their commands on `ctx.commands`,
-    and the MQTT bus on `ctx.mqtt`."""
+    """The handlers (incidents, notifications, actions, then `extra`), their commands on
+    `ctx.commands`, and the MQTT bus on `ctx.mqtt`. Incidents come first: the records an
+    evaluation opens exist before the notifications and action runs of the same transaction
+    count against them."""
     out = Wired()
     if ctx.settings.mqtt_url:
         # Imported only when used: a deployment without MQTT does not load the client.
@@ -37,6 +40,12 @@ def wire(ctx: DaemonContext, extra: Sequence[EventHandler] = (), *, subsystems: 
 
         out.mqtt = ctx.mqtt = MqttBus(ctx)
     if subsystems:
+        try:
+            out.handlers.append(IncidentsHandler(ctx))
+            out.parts["watchdog.incidents"] = "loaded"
+        except Exception as e:
+            out.parts["watchdog.incidents"] = f"failed: {e}"
+            log.exception("cannot create the incidents handler")
         try:
             notify = NotifyHandler(ctx)
             ctx.commands.update(notify.commands())

@@ -99,6 +99,11 @@ class Notification(_Doc):
         return [a for a in self.alerts if a.status == "resolved"]
 
     @property
+    def incident_ids(self) -> list[str]:
+        """The incidents this notification tells about, each once."""
+        return list(dict.fromkeys(a.incident_id for a in self.alerts if a.incident_id))
+
+    @property
     def common_labels(self) -> dict[str, str]:
         return common(a.labels for a in self.alerts)
 

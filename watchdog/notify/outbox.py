@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -153,6 +154,11 @@ class Outbox:
                             e.notification.group_key, e.notification.model_dump_json(),
                             e.dedup_key, e.supersede) for e in entries]
         added = await tx.outbox.insert(rows, self.clock())
+        # Each incident's record counts the notifications written about it; Alertmanager
+        # re-sends (superseding rows, every RESEND_DELAY) are forwarding, not notifications.
+        told = {id(row): e.notification for row, e in zip(rows, entries, strict=True)}
+        await tx.incidents.add_notifications(Tally(
+            i for e in added if not e.supersede for i in told[id(e)].incident_ids))
         if added:
             tx.on_commit(lambda: self._committed(added))
         return len(added)
