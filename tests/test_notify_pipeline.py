@@ -15,6 +15,7 @@ from storage_support import sqlite_storage
 
 from watchdog.handlers import ActionEvent
 from watchdog.state import Event
+from watchdog.storage.records import LogEntry
 
 KEY = "R0UT1NGKEY0123456789abcdefABCDEF"  # PagerDuty routing keys are 32 characters
 
@@ -72,7 +73,7 @@ async def test_firing_then_resolved_reach_slack_and_pagerduty(h: Harness, chat: 
     await h.drain()
     # PagerDuty's route has group_wait 0: paged at once; Slack waits for its group_wait.
     assert [e["event_action"] for e in chat.accepted["pagerduty"]] == ["trigger"]
-    assert chat.accepted["pagerduty"][0]["dedup_key"] == a.fingerprint
+    assert chat.accepted["pagerduty"][0]["dedup_key"] == a.incident_id
     assert slack_to(chat, "team") == []
     await h.tick(29)
     assert slack_to(chat, "team") == []
@@ -86,21 +87,20 @@ async def test_firing_then_resolved_reach_slack_and_pagerduty(h: Harness, chat: 
 
     await h.tick(600)
     done = await h.resolve(a)
-    await h.tick(0)
-    await h.tick(300)  # the Slack group flushes on its interval
+    await h.tick(0)  # the group's last alert resolved: told at once, not a group_interval later
     [_, resolved] = slack_to(chat, "team")
     assert resolved["text"].startswith("✅ RESOLVED · HighErrorRate")
     assert "Lasted" in text_of(resolved)
     assert resolved["attachments"][0]["color"] == "#2EB886"
     assert [e["event_action"] for e in chat.accepted["pagerduty"]] == ["trigger", "resolve"]
-    assert chat.incidents == {a.fingerprint: "resolved"}
+    assert chat.incidents == {a.incident_id: "resolved"}
     assert done[0].resolved_at is not None
     # nothing more, ever: the log says everyone was told
     await h.tick(5 * 3600)
     assert len(slack_to(chat, "team")) == 2 and len(chat.accepted["pagerduty"]) == 2
 
 
-async def test_grouping_batches_alerts_and_new_ones_wait_for_group_interval(
+async def test_grouping_batches_alerts_and_a_new_incident_does_not_wait_for_group_interval(
         h: Harness, chat: FakeChat) -> None:
     alerts = [make_alert("Latency", at=h.clock(), severity="warning", service=f"s{i}")
               for i in range(3)]
@@ -112,11 +112,17 @@ async def test_grouping_batches_alerts_and_new_ones_wait_for_group_interval(
     assert msg["text"].startswith("🟠 FIRING ×3 · Latency")
     late = make_alert("Latency", at=h.clock(), severity="warning", service="s9")
     await h.fire(late)
-    await h.tick(60)
-    assert len(slack_to(chat, "team")) == 1  # waits for group_interval, as in Alertmanager
-    await h.tick(300)
+    await h.tick(1)
+    # Alertmanager would hold it until the group's next group_interval; a new incident is news.
     assert len(slack_to(chat, "team")) == 2
     assert slack_to(chat, "team")[1]["text"].startswith("🟠 FIRING ×4 · Latency")
+    # Changes to incidents already told do wait: one of four resolving is not news yet...
+    await h.resolve(alerts[0])
+    await h.tick(60)
+    assert len(slack_to(chat, "team")) == 2
+    await h.tick(300)  # ...until the group's interval
+    assert len(slack_to(chat, "team")) == 3
+    assert "FIRING ×3, 1 resolved · Latency" in slack_to(chat, "team")[2]["text"]
     # a different alertname is a different group
     other = make_alert("Saturation", at=h.clock(), severity="warning", service="s1")
     await h.fire(other)
@@ -395,7 +401,7 @@ async def test_prune_forgets_what_cannot_matter(h: Harness, chat: FakeChat) -> N
     await h.tick(300)
     await h.tick(3600)  # the resolved alert leaves the pipeline after its retention
     p = h.handler.pipeline
-    assert a.fingerprint not in p.tracked
+    assert a.incident_id not in p.tracked
     async with h.storage.transaction() as tx:
         await p.prune(tx, h.clock() + 8 * 86400)
     assert p.escalated == {} and p.log == {}
@@ -434,9 +440,118 @@ async def test_action_notes_survive_restart_and_are_pruned_with_the_incident(
         assert "staged-rollback succeeded: 3 steps done" in text_of(resolved)
         # the incident leaves the pipeline after its retention; pruning forgets its notes
         await h2.tick(3600)
-        assert a.fingerprint not in h2.handler.pipeline.tracked
+        assert a.incident_id not in h2.handler.pipeline.tracked
         async with db.transaction() as tx:
             await h2.handler.pipeline.prune(tx, clock())
         async with db.transaction() as tx:
             assert await tx.action_notes.load() == []
         await h2.stop()
+
+
+# ---- incidents, not series ----------------------------------------------------------------
+
+
+def kinds(chat: FakeChat, name: str) -> list[str]:
+    return [m["text"].split(" · ")[0] for m in slack_to(chat, name)]
+
+
+async def test_a_series_flapping_within_group_interval_is_three_incidents_everywhere(
+        h: Harness, chat: FakeChat) -> None:
+    """The same series fires and resolves three times within one group_interval (5m): every
+    receiver hears three firings and three resolves, and PagerDuty three incidents. (Comparing
+    series fingerprints, the second and third incidents looked already sent.)"""
+    start = h.clock()
+    a = make_alert(at=h.clock(), service="checkout")
+    await h.fire(a)
+    await h.tick(31)  # the team route's group_wait
+    for _ in range(3):
+        await h.tick(30)
+        await h.resolve(a)
+        await h.tick(1)
+        if len(chat.accepted["pagerduty"]) == 6:
+            break
+        await h.tick(30)
+        a = replace(a, active_at=h.clock() - 300, fired_at=h.clock())  # the next incident
+        await h.fire(a)
+        await h.tick(1)
+    assert h.clock() - (start + 31) < 300
+    assert kinds(chat, "team") == ["🔴 FIRING", "✅ RESOLVED"] * 3
+    pd = [(e["event_action"], e["dedup_key"]) for e in chat.accepted["pagerduty"]]
+    assert [action for action, _ in pd] == ["trigger", "resolve"] * 3
+    assert len({key for _, key in pd}) == 3 and chat.pages == 3
+    assert set(chat.incidents.values()) == {"resolved"}
+
+
+async def test_a_new_incident_and_the_all_clear_go_out_at_once_after_a_restart(
+        tmp_path: Path, chat: FakeChat) -> None:
+    """A restart re-arms the group timers; the receivers heard of the group before, so neither
+    the resolve of its last alert nor the next incident waits for group_wait/group_interval."""
+    clock = FakeTime()
+    chat.clock = clock
+    a = make_alert("Latency", at=clock(), severity="warning", service="api")
+    async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+        h1 = await Harness(db, s, clock, chat, RULES).start()
+        await h1.fire(a)
+        await h1.tick(31)
+        await h1.stop()
+    assert kinds(chat, "team") == ["🟠 FIRING"]
+    async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+        h2 = Harness(db, s, clock, chat, RULES)
+        h2.board.by_fp[a.fingerprint] = a  # restored by the engine
+        await h2.start()
+        await h2.tick(1)
+        await h2.resolve(a)
+        await h2.tick(1)
+        assert kinds(chat, "team") == ["🟠 FIRING", "✅ RESOLVED"]
+        b = replace(a, active_at=clock(), fired_at=clock())
+        await h2.fire(b)
+        await h2.tick(1)
+        assert kinds(chat, "team") == ["🟠 FIRING", "✅ RESOLVED", "🟠 FIRING"]
+        await h2.tick(3600)
+        await h2.stop()
+    assert len(slack_to(chat, "team")) == 3
+
+
+async def test_an_incident_over_within_group_wait_is_told_once_as_resolved(
+        h: Harness, chat: FakeChat) -> None:
+    a = make_alert("Latency", at=h.clock(), severity="warning", service="api")
+    await h.fire(a)
+    await h.tick(10)
+    await h.resolve(a)
+    await h.tick(25)  # group_wait (30s) ends
+    [msg] = slack_to(chat, "team")
+    assert msg["text"].startswith("✅ RESOLVED · Latency")
+    for _ in range(4):
+        await h.tick(300)
+    assert len(slack_to(chat, "team")) == 1
+
+
+async def test_a_page_sent_by_v010_is_closed_under_its_series_key(tmp_path: Path,
+                                                                  chat: FakeChat) -> None:
+    """v0.1.0's notification log named series fingerprints and its PagerDuty dedup_key was the
+    fingerprint: after the upgrade that page is neither sent again nor left open."""
+    clock = FakeTime()
+    chat.clock = clock
+    a = make_alert(at=clock(), service="checkout")
+    async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+        h1 = await Harness(db, s, clock, chat, RULES).start()
+        await h1.fire(a)
+        await h1.tick(31)
+        await h1.stop()
+        async with db.transaction() as tx:  # the log as v0.1.0 wrote it
+            for (receiver, key), entry in (await tx.notify_log.load()).items():
+                await tx.notify_log.put(receiver, key, LogEntry(
+                    {k.split("@")[0]: v for k, v in entry.firing.items()}, entry.sent_at))
+    sent = len(chat.accepted["pagerduty"]), len(slack_to(chat, "team"))
+    async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
+        h2 = Harness(db, s, clock, chat, RULES)
+        h2.board.by_fp[a.fingerprint] = a
+        await h2.start()
+        await h2.tick(400)
+        assert (len(chat.accepted["pagerduty"]), len(slack_to(chat, "team"))) == sent
+        await h2.resolve(a)
+        await h2.tick(1)
+        await h2.stop()
+    assert [(e["event_action"], e["dedup_key"]) for e in chat.accepted["pagerduty"][sent[0]:]
+            ] == [("resolve", a.incident_id), ("resolve", a.fingerprint)]
+    assert slack_to(chat, "team")[-1]["text"].startswith("✅ RESOLVED")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from email import message_from_bytes
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -99,17 +100,32 @@ def test_pagerduty_events_follow_events_api_v2() -> None:
     n = notification(2, annotations={"summary": "s" * 2000, "runbook_url": "https://rb/x"})
     events = pagerduty.render(n, key)
     assert [validate_pagerduty(e) for e in events] == [[], []]
-    [e] = [x for x in events if x["dedup_key"] == n.alerts[0].fingerprint]
+    [e] = [x for x in events if x["dedup_key"] == n.alerts[0].incident_id]
     assert e["event_action"] == "trigger" and e["routing_key"] == key
     p = e["payload"]
     assert p["severity"] == "critical" and len(p["summary"]) == 1024
     assert p["component"] == "checkout" and p["class"] == "HighErrorRate"
     assert p["custom_details"]["value"] == "0.17 (threshold > 0.1)"
     assert {"href": "https://rb/x", "text": "Runbook"} in e["links"]
-    # stable across renders and processes: a hash of the labels
+    # stable across renders and processes: the series' hash and the incident's start
     assert [x["dedup_key"] for x in pagerduty.render(n, key)] == [
         x["dedup_key"] for x in events]
-    assert e["dedup_key"] == n.alerts[0].fingerprint
+    assert e["dedup_key"] == f"{n.alerts[0].fingerprint}@{n.alerts[0].starts_at:.3f}"
+
+
+def test_pagerduty_dedup_key_is_per_incident_and_a_v010_page_is_resolved_too() -> None:
+    key = "R0UT1NGKEY0123456789abcdefABCDEF"
+    first = make_alert(at=T0)
+    again = replace(first, active_at=T0 + 600, fired_at=T0 + 900)  # same series, next incident
+    [t1], [t2] = (pagerduty.render(Notification(kind="firing", receiver="pd", group_key="g",
+                                                created_at=T0, alerts=(alert_doc(a),)), key)
+                  for a in (first, again))
+    assert t1["dedup_key"] != t2["dedup_key"]  # a late resolve of one cannot merge the other
+    done = replace(first, state="inactive", resolved_at=T0 + 60, value=None)
+    n = Notification(kind="resolved", receiver="pd", group_key="g", created_at=T0 + 60,
+                     alerts=(alert_doc(done, series_dedup=True),))
+    assert [(e["event_action"], e["dedup_key"]) for e in pagerduty.render(n, key)] == [
+        ("resolve", first.incident_id), ("resolve", first.fingerprint)]
 
 
 @pytest.mark.parametrize(("severity", "expected"), [

@@ -58,6 +58,8 @@ class AlertDoc(_Doc):
     incident_id: str = ""
     acked: bool = False
     actions: tuple[ActionNote, ...] = ()
+    # Announced by v0.1.0, which keyed PagerDuty by series: its resolve goes to that key too.
+    series_dedup: bool = False
 
     @property
     def alertname(self) -> str:
@@ -160,7 +162,7 @@ def _without_credentials(url: str) -> str:
 
 
 def alert_doc(alert: Alert, *, generator: str = "", acked: bool = False,
-              actions: Sequence[ActionNote] = ()) -> AlertDoc:
+              actions: Sequence[ActionNote] = (), series_dedup: bool = False) -> AlertDoc:
     firing = alert.state != "inactive"
     value = alert.value
     if value is not None and (math.isnan(value) or math.isinf(value)):
@@ -172,7 +174,8 @@ def alert_doc(alert: Alert, *, generator: str = "", acked: bool = False,
         fired_at=alert.fired_at, ends_at=None if firing else alert.resolved_at, value=value,
         severity=alert.severity or alert.labels.get("severity"), threshold=alert.threshold,
         baseline=alert.baseline, compared=alert.compared, generator_url=generator,
-        incident_id=alert.incident_id, acked=acked, actions=tuple(actions))
+        incident_id=alert.incident_id, acked=acked, actions=tuple(actions),
+        series_dedup=series_dedup)
 
 
 # ---- formatting helpers shared by the renderers -----------------------------------------------

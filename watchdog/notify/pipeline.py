@@ -3,6 +3,16 @@ route → group (group_wait / group_interval) → dedup against the persisted no
 outbox; plus repeats, time-based escalation, acknowledgements, and the Prometheus-style re-sends
 to Alertmanager receivers.
 
+The unit is the incident (`Alert.incident_id`), not the series: the log remembers which incidents
+each receiver was told about, so a series that resolves and fires again is a new incident and is
+notified, however close together. Unlike Alertmanager, a group that has had its first flush does
+not hold two things until its next `group_interval`: a new incident (sent at the next flush, so a
+page never waits minutes and a short incident is never over before anyone hears of it) and the
+resolution of its last firing alert (so "all clear" is as quick as the page was). Everything else
+— more alerts resolving, severity changes, repeats — waits for `group_interval` as in Alertmanager.
+An incident that fired and resolved before its receiver heard of it (within `group_wait`, or while
+silenced) is told once, as resolved.
+
 State: the alerts it has been told about (`observe`), one timer per aggregation group, and four
 persisted records — the notification log (what each receiver was last told about each group), the
 escalation levels already sent per incident, what the watchdog's actions did per incident (shown
@@ -55,6 +65,8 @@ class GroupState:
     key: str
     labels: dict[str, str]
     next_flush: float
+    created: float = 0.0
+    flushed: bool = False  # past its group_wait (or told before a restart): news goes out at once
 
 
 def group_labels(route: Route, labels: Mapping[str, str]) -> dict[str, str]:
@@ -94,7 +106,7 @@ class Pipeline:
     receivers: dict[str, Receiver] = field(default_factory=dict)
     inhibit_rules: list[InhibitRule] = field(default_factory=list)
     exprs: dict[tuple[str, str], str] = field(default_factory=dict)
-    tracked: dict[str, Tracked] = field(default_factory=dict)
+    tracked: dict[str, Tracked] = field(default_factory=dict)  # by incident id
     groups: dict[str, GroupState] = field(default_factory=dict)
     log: dict[tuple[str, str], LogEntry] = field(default_factory=dict)
     escalated: dict[tuple[str, str, int], bool] = field(default_factory=dict)
@@ -103,6 +115,9 @@ class Pipeline:
     # and every incident that has notes in the database (what `prune` may have to delete).
     restored_notes: dict[str, list[ActionNote]] = field(default_factory=dict)
     noted: set[str] = field(default_factory=set)
+    # Incidents announced under a v0.1.0 log entry (keyed by series fingerprint, when PagerDuty's
+    # dedup_key was the fingerprint too): their resolve also goes to the fingerprint's key.
+    legacy: set[str] = field(default_factory=set)
 
     async def load(self, tx: Tx) -> None:
         self.log.update(await tx.notify_log.load())
@@ -129,20 +144,21 @@ class Pipeline:
         """After a restart: the alerts the engine restored. The persisted log says what was
         already notified, so nothing is sent twice; what was not yet sent, is."""
         for a in alerts:
-            if a.state in ("firing", "inactive") and a.fingerprint not in self.tracked:
-                self.tracked[a.fingerprint] = self._track(a)
+            if a.state in ("firing", "inactive") and a.incident_id not in self.tracked:
+                self.tracked[a.incident_id] = self._track(a)
 
     def observe(self, events: Sequence[Event]) -> None:
         for e in events:
             a = e.alert
             if e.kind == "pending":
                 continue
-            t = self.tracked.get(a.fingerprint)
-            if t is None or t.alert.incident_id != a.incident_id:
-                if e.kind == "firing" or t is None:
-                    self.tracked[a.fingerprint] = self._track(a)
-                continue
-            t.alert = a
+            t = self.tracked.get(a.incident_id)
+            if t is None:
+                # A series that fires again is a new incident tracked beside the old one, which
+                # stays until its resolution has been told.
+                self.tracked[a.incident_id] = self._track(a)
+            else:
+                t.alert = a
 
     def _track(self, a: Alert) -> Tracked:
         """A newly tracked alert, with what the actions did for its incident before a restart."""
@@ -164,14 +180,15 @@ class Pipeline:
         self.noted.add(inc)
 
     def _find(self, labels: Mapping[str, str]) -> Tracked | None:
-        for fp in (fingerprint(labels), fingerprint(labels, exclude=("severity",))):
-            if fp in self.tracked:
-                return self.tracked[fp]
-        bare = {k: v for k, v in labels.items() if k != "severity"}
-        for t in self.tracked.values():
-            if {k: v for k, v in t.alert.labels.items() if k != "severity"} == bare:
-                return t
-        return None
+        """The series' current incident: the one still active, else the latest."""
+        fps = {fingerprint(labels), fingerprint(labels, exclude=("severity",))}
+        found = [t for t in self.tracked.values() if t.alert.fingerprint in fps]
+        if not found:
+            bare = {k: v for k, v in labels.items() if k != "severity"}
+            found = [t for t in self.tracked.values()
+                     if {k: v for k, v in t.alert.labels.items() if k != "severity"} == bare]
+        return max(found, key=lambda t: (t.alert.state != "inactive", t.alert.active_at),
+                   default=None)
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -183,7 +200,7 @@ class Pipeline:
         a = t.alert
         url = make_generator_url(self.generator_base, self.exprs.get((a.group, a.rule)))
         return alert_doc(a, generator=url, acked=self.silences.acked(a.incident_id),
-                         actions=t.notes)
+                         actions=t.notes, series_dedup=a.incident_id in self.legacy)
 
     def _refresh(self) -> None:
         """Take current values of firing alerts from the engine, so a repeat shows today's
@@ -229,10 +246,10 @@ class Pipeline:
         the caller reloads the persisted log (`reload_log`)."""
         self._refresh()
         retention = self._retention()
-        for fp in [fp for fp, t in self.tracked.items()
-                   if t.alert.state == "inactive" and t.alert.resolved_at is not None
-                   and at - t.alert.resolved_at > retention]:
-            del self.tracked[fp]
+        for inc in [inc for inc, t in self.tracked.items()
+                    if t.alert.state == "inactive" and t.alert.resolved_at is not None
+                    and at - t.alert.resolved_at > retention]:
+            del self.tracked[inc]
 
         muted = self.suppressed(at)
         entries: list[Entry] = []
@@ -252,15 +269,19 @@ class Pipeline:
                 live_groups.add(key)
                 st = self.groups.get(key)
                 if st is None:
-                    st = self.groups[key] = GroupState(key, gl, at + route.group_wait)
-                if at < st.next_flush:
-                    continue
-                st.next_flush = at + route.group_interval
+                    # A group its receivers heard of before a restart is not new to them.
+                    told = any((r, key) in self.log for r in route.receivers)
+                    st = self.groups[key] = GroupState(key, gl, at + route.group_wait, at, told)
+                due = at >= st.next_flush
+                if not due and not st.flushed:
+                    continue  # group_wait: gather the first alerts into one message
+                if due:
+                    st.next_flush, st.flushed = at + route.group_interval, True
                 for receiver in dict.fromkeys(route.receivers):
                     if self._integration(receiver) == "alertmanager":
                         continue  # Alertmanager groups by itself: see _alertmanager
-                    self._flush_group(receiver, route, key, gl, ts, muted, at, entries,
-                                      log_updates)
+                    self._flush_group(receiver, route, st, ts, muted, at, entries,
+                                      log_updates, due=due)
             if route.escalate:
                 self._escalate(rid, route, members, muted, at, entries, esc_updates)
 
@@ -294,23 +315,60 @@ class Pipeline:
         self.log = await tx.notify_log.load()
         self.escalated = await tx.escalations.load()
 
-    def _flush_group(self, receiver: str, route: Route, key: str, gl: dict[str, str],
-                     ts: list[Tracked], muted: Mapping[str, str], at: float,
-                     entries: list[Entry], log_updates: dict[tuple[str, str], LogEntry | None]
+    def _told(self, entry: LogEntry | None, ts: Sequence[Tracked]) -> dict[str, str]:
+        """What the receiver was told is firing, by incident id. A v0.1.0 log names series
+        fingerprints: such an entry means the oldest incident of that series in the group."""
+        if entry is None:
+            return {}
+        told: dict[str, str] = {}
+        for k, sev in entry.firing.items():
+            if "@" in k:  # an incident id is "<fingerprint>@<activeAt>"
+                told[k] = sev
+                continue
+            same = [t.alert for t in ts if t.alert.fingerprint == k]
+            if same:
+                inc = min(same, key=lambda a: a.active_at).incident_id
+                told[inc] = sev
+                self.legacy.add(inc)
+        return told
+
+    def _unannounced(self, a: Alert, entry: LogEntry | None, st: GroupState, at: float
+                     ) -> bool:
+        """A resolved incident its receiver was not told about: it fired, is not silenced, and
+        ended after the last message (or, before any message, fired since the group began)."""
+        if a.fired_at is None or self.silences.muted(a.labels, at) is not None:
+            return False
+        if entry is not None:
+            return (a.resolved_at if a.resolved_at is not None else at) > entry.sent_at
+        return a.fired_at >= st.created
+
+    def _flush_group(self, receiver: str, route: Route, st: GroupState, ts: list[Tracked],
+                     muted: Mapping[str, str], at: float, entries: list[Entry],
+                     log_updates: dict[tuple[str, str], LogEntry | None], *, due: bool
                      ) -> None:
-        firing = {t.alert.fingerprint: t for t in ts
+        key = st.key
+        firing = {t.alert.incident_id: t for t in ts
                   if t.alert.state == "firing" and t.alert.fingerprint not in muted}
-        resolved = {t.alert.fingerprint: t for t in ts if t.alert.state == "inactive"}
-        sev = {fp: t.alert.labels.get("severity", t.alert.severity or "")
-               for fp, t in firing.items()}
+        resolved = {t.alert.incident_id: t for t in ts if t.alert.state == "inactive"}
+        sev = {inc: t.alert.labels.get("severity", t.alert.severity or "")
+               for inc, t in firing.items()}
         entry = self.log.get((receiver, key))
-        prev = entry.firing if entry is not None else {}
-        new = [fp for fp in firing if fp not in prev]
-        up = [fp for fp in firing if fp in prev and severity_rank(sev[fp] or None)
-              > severity_rank(prev[fp] or None)]
-        # Resolved alerts are not filtered by silences or inhibition (Alertmanager would): a
-        # page that went out must be closed, or it stays open in PagerDuty forever.
-        gone_resolved = [fp for fp in prev if fp in resolved] if route.send_resolved else []
+        prev = self._told(entry, ts)
+        new = [inc for inc in firing if inc not in prev]
+        up = [inc for inc in firing if inc in prev and severity_rank(sev[inc] or None)
+              > severity_rank(prev[inc] or None)]
+        gone_resolved: list[str] = []
+        unannounced: list[str] = []
+        if route.send_resolved:
+            # Resolved alerts are not filtered by silences or inhibition (Alertmanager would): a
+            # page that went out must be closed, or it stays open in PagerDuty forever.
+            gone_resolved = [inc for inc in prev if inc in resolved]
+            # Fired and over before this receiver heard of it (group_wait, a silence): told once.
+            # Once means: after the last message to it, or (first message) since the group began.
+            unannounced = [inc for inc, t in resolved.items()
+                           if inc not in prev and self._unannounced(t.alert, entry, st, at)]
+        if not due and not (new or (not firing and (gone_resolved or unannounced))):
+            return  # neither a new incident nor the group's all-clear: group_interval
 
         kind: Kind | None = None
         previous_severity = None
@@ -318,7 +376,7 @@ class Pipeline:
             kind = "firing"
         elif up:
             kind, previous_severity = "escalated", prev[up[0]] or None
-        elif gone_resolved:
+        elif gone_resolved or unannounced:
             kind = "resolved"
         elif (firing and entry is not None and at - entry.sent_at >= route.repeat_interval
               and not all(self.silences.acked(t.alert.incident_id) for t in firing.values())):
@@ -326,16 +384,16 @@ class Pipeline:
 
         if kind is None:
             if prev != sev:  # silently follow: a re-fire after this is new again
-                log_updates[(receiver, key)] = (
-                    LogEntry(sev, entry.sent_at if entry else at) if sev else None)
+                log_updates[(receiver, key)] = LogEntry(sev, entry.sent_at if entry else at)
             return
         docs = [self._doc(t) for t in firing.values()]
-        docs += [self._doc(resolved[fp]) for fp in gone_resolved]
+        docs += [self._doc(resolved[inc]) for inc in gone_resolved + unannounced]
         entries.append(Entry(Notification(
-            kind=kind, receiver=receiver, group_key=key, created_at=at, group_labels=gl,
+            kind=kind, receiver=receiver, group_key=key, created_at=at, group_labels=st.labels,
             alerts=tuple(docs), external_url=self.external_url,
             previous_severity=previous_severity)))
-        log_updates[(receiver, key)] = LogEntry(sev, at) if sev else None
+        # Kept even when nothing fires any more: `sent_at` is what "told once" counts from.
+        log_updates[(receiver, key)] = LogEntry(sev, at)
 
     def _escalate(self, rid: str, route: Route, members: list[Tracked],
                   muted: Mapping[str, str], at: float, entries: list[Entry],
@@ -458,7 +516,8 @@ class Pipeline:
         """Forget what can no longer matter: escalations and action notes of incidents that are
         gone (an incident id never recurs), expired silences, acks of resolved incidents, old
         rows."""
-        live = {t.alert.incident_id for t in self.tracked.values()}
+        live = set(self.tracked)
+        self.legacy &= live
         gone = sorted(self.noted - live)
         if gone:
             await tx.action_notes.delete(gone)

@@ -1,6 +1,8 @@
 """PagerDuty Events API v2: one `trigger` per firing alert and one `resolve` per resolved alert,
-with `dedup_key` = the alert's fingerprint, so re-sends (repeats, retries, a restart) update the
-same PagerDuty alert instead of paging twice. Action notifications become change events.
+with `dedup_key` = the incident id (series fingerprint @ activeAt), so re-sends (repeats, retries,
+a restart) update the same PagerDuty alert instead of paging twice, and the next incident of the
+same series is a new PagerDuty alert even if the last one's resolve was late or lost (a key per
+series would merge it into the open one). Action notifications become change events.
 
 `render(n, routing_key)` is pure; `PagerDutyNotifier` only posts. The routing key is a secret: it
 is read at delivery, lives only in the request body, and never appears in an error or a log.
@@ -39,7 +41,7 @@ def pd_severity(a: AlertDoc) -> str:
 
 
 def dedup_key(a: AlertDoc) -> str:
-    return a.fingerprint[:MAX_DEDUP]
+    return (a.incident_id or a.fingerprint)[:MAX_DEDUP]
 
 
 def _source(labels: dict[str, str]) -> str:
@@ -53,9 +55,15 @@ def _links(a: AlertDoc) -> list[dict[str, str]]:
     return [{"href": u, "text": t} for t, u in m.links(a)]
 
 
+def resolves(a: AlertDoc, routing_key: str) -> list[dict[str, Any]]:
+    keys = [dedup_key(a)]
+    if a.series_dedup:  # triggered by v0.1.0 under the series' key; resolving nothing is a no-op
+        keys.append(a.fingerprint[:MAX_DEDUP])
+    return [{"routing_key": routing_key, "event_action": "resolve", "dedup_key": k}
+            for k in dict.fromkeys(keys)]
+
+
 def event(a: AlertDoc, n: Notification, routing_key: str) -> dict[str, Any]:
-    if a.status == "resolved":
-        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup_key(a)}
     labels = a.labels
     details: dict[str, Any] = {
         "value": m.value_line(a), "labels": labels, "annotations": a.annotations,
@@ -115,7 +123,9 @@ def render(n: Notification, routing_key: str) -> list[dict[str, Any]]:
     if n.kind == "action":
         return [change_event(n, routing_key)] if n.action is not None else []
     docs = sorted(n.alerts, key=lambda a: (a.status == "firing", a.fingerprint))
-    return [event(a, n, routing_key) for a in docs]
+    return [e for a in docs
+            for e in (resolves(a, routing_key) if a.status == "resolved"
+                      else [event(a, n, routing_key)])]
 
 
 def change_url(url: str) -> str:
