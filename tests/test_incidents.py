@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fakes_chat import FakeChat
 from test_daemon_support import get_json, recording_paths, serve, settings, wait_for, write
 
@@ -219,3 +218,54 @@ async def test_pruning_keeps_the_table_bounded(tmp_path: Path) -> None:
         assert counts == [1, 2, 2, 2, 2]
         kept = await incidents(d)
         assert all(math.isclose(i["durationSeconds"], 120.0) for i in kept)
+
+
+async def test_the_incidents_command_reads_a_running_daemon(tmp_path: Path) -> None:
+    import asyncio
+    import io
+    import json
+
+    from watchdog.cli import build_parser
+    from watchdog.incidents.client import main as incidents_main
+
+    s = settings(tmp_path)
+    write(s.rules_dir / "r.yml", rules())
+    clock = FixedClock(T0)
+    src = FakeSource({"latency": [sample(2.0, service="api", instance="web-1")],
+                      "errors": [sample(0.7, service="checkout")]})
+    async with Daemon(s, clock=clock, source=src, schedule=False) as d:
+        for _ in range(7):
+            await d.evaluate_all()
+            clock.advance(60)
+        src.answers["latency"] = []
+        await d.evaluate_all()
+
+        async def run(*argv: str) -> tuple[int, str, str]:
+            args = build_parser().parse_args(["incidents", "--url", str(d.http_url), *argv])
+            out, err = io.StringIO(), io.StringIO()
+            code = await asyncio.to_thread(incidents_main, args, out, err)
+            return code, out.getvalue(), err.getvalue()
+
+        code, out, _ = await run()
+        assert code == 0
+        header, first, second = out.splitlines()
+        assert header.split() == ["STARTED", "(UTC)", "STATE", "SEVERITY", "RULE", "FIRING",
+                                  "FOR", "ACK", "ACTIONS", "NOTIFIED", "LABELS"]
+        # Both started at T0; ties are by id. The Latency one fired at 5m and resolved at 7m.
+        by_rule = {line.split()[4]: line for line in (first, second)}
+        assert by_rule["Latency"].split()[2:7] == ["resolved", "warning", "Latency", "2m",
+                                                   "-"]
+        assert by_rule["Latency"].endswith("instance=web-1,service=api")
+        assert by_rule["CheckoutErrors"].split()[2:4] == ["open", "critical"]
+        assert "flag-off:" in by_rule["CheckoutErrors"]
+
+        code, out, _ = await run("--json", "--state", "resolved", "--since", str(T0))
+        assert code == 0
+        [doc] = json.loads(out)
+        assert doc["rule"] == "Latency" and doc["durationSeconds"] == 120.0
+        code, out, _ = await run("--rule", "Nope")
+        assert (code, out) == (0, "no incidents\n")
+    args = build_parser().parse_args(["incidents", "--url", "http://127.0.0.1:9"])
+    err = io.StringIO()
+    assert incidents_main(args, io.StringIO(), err) == 1
+    assert "cannot reach http://127.0.0.1:9" in err.getvalue()
