@@ -651,6 +651,10 @@ KNOWN_METRICS = {
     "watchdog_actions_total", "watchdog_notification_outbox_pending",
     "watchdog_rule_files", "watchdog_datasource_up",
     "watchdog_rule_group_last_evaluation_timestamp_seconds", "watchdog_rule_reloads_total", "up",
+    "watchdog_incidents_total", "watchdog_incident_duration_seconds_bucket",
+    "watchdog_incident_duration_seconds_count", "watchdog_incident_duration_seconds_sum",
+    "watchdog_incident_time_to_act_seconds_bucket", "watchdog_incident_time_to_act_seconds_count",
+    "watchdog_incident_time_to_act_seconds_sum",
 }
 # A dashboard metric that no module of the package registers is an error: its panel would stay
 # empty in Grafana.
