@@ -481,6 +481,46 @@ class Escalation(_Strict):
     receivers: list[str] = Field(min_length=1)
 
 
+_CLOCK = re.compile(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])$")
+
+
+class Digest(_Strict):
+    """`digest: "09:00"` or `{at: "09:00", timezone: "Europe/Berlin"}` on a route: its alerts
+    are not notified one by one; once a day its receivers get a summary of the day's incidents."""
+
+    at: str
+    timezone: str = "UTC"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, v: Any) -> Any:
+        return {"at": v} if isinstance(v, str) else v
+
+    @field_validator("at")
+    @classmethod
+    def _clock(cls, v: str) -> str:
+        if not _CLOCK.match(v.strip()):
+            raise ValueError(f"expected a time of day like 09:00, got {v!r}")
+        return v.strip()
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name like Europe/Berlin)"
+                             ) from None
+        return v
+
+    @property
+    def hour_minute(self) -> tuple[int, int]:
+        h, mm = self.at.split(":")
+        return int(h), int(mm)
+
+
 class Route(_Strict):
     match: dict[str, str] = Field(default_factory=dict)
     match_re: dict[str, AlertmanagerRegex] = Field(default_factory=dict)
@@ -491,6 +531,14 @@ class Route(_Strict):
     repeat_interval: Duration = 4 * 3600.0
     send_resolved: bool = True
     escalate: list[Escalation] = Field(default_factory=list)
+    digest: Digest | None = None
+
+    @model_validator(mode="after")
+    def _digest_alone(self) -> Route:
+        if self.digest is not None and self.escalate:
+            raise ValueError("a route with a digest sends one summary a day: it cannot "
+                             "escalate (use a second route without digest for paging)")
+        return self
 
 
 class InhibitRule(_Strict):

@@ -1,6 +1,7 @@
 """The notification subsystem as the daemon sees it: an `EventHandler` and `ActionEventSink` that
-feeds the pipeline, runs its timer, owns the outbox workers, registers the HTTP routes and the
-`silence` / `unsilence` / `ack` commands, and forwards every event to the MQTT event stream.
+feeds the pipeline, runs its timer (flushes, pruning, the daily digests), owns the outbox workers,
+registers the HTTP routes and the `silence` / `unsilence` / `ack` commands, and forwards every
+event to the MQTT event stream.
 
 Wiring only: decisions are the pipeline's, delivery is the outbox's. The timer reads the injected
 clock; with `tick=None` (tests) nothing runs in the background and the test calls `flush(at)`.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -17,9 +19,12 @@ from typing import TYPE_CHECKING
 import structlog
 
 from watchdog.handlers import ActionEvent, CommandFn, DaemonContext
+from watchdog.notify import digest
 from watchdog.notify.api import Api
-from watchdog.notify.outbox import Outbox, Sleep
+from watchdog.notify.message import Notification
+from watchdog.notify.outbox import Entry, Outbox, Sleep
 from watchdog.notify.pipeline import Pipeline
+from watchdog.notify.receivers import integration_of
 from watchdog.notify.silences import Matcher, SilenceStore
 from watchdog.rulesdir import RuleSet
 from watchdog.state import Alert, Event
@@ -57,6 +62,7 @@ class NotifyHandler:
         self._workers_started = False
         self._dirty = False
         self._pruned_at: float | None = None
+        self._digested: dict[str, float] = {}  # route id -> end of the last period enqueued
         ctx.routes.extend(self.api.routes())
         ctx.action_sinks.append(self)
 
@@ -136,6 +142,33 @@ class NotifyHandler:
     def _committed(self) -> None:
         self._dirty = False
 
+    async def send_digests(self, at: float | None = None) -> int:
+        """Enqueue each `digest:` route's summary of its latest period, once per period and
+        receiver: the outbox's dedup key holds across restarts (and replicas), so a restart
+        neither repeats a digest nor loses one that was due while the watchdog was down."""
+        now = self.ctx.clock() if at is None else at
+        sent = 0
+        for rid, route in self.pipeline.routes:
+            if route.digest is None:
+                continue
+            start, end = digest.period(now, route.digest)
+            if self._digested.get(rid) == end:
+                continue
+            # A summary is not a page, nor an alert for another Alertmanager.
+            receivers = [r for r in dict.fromkeys(route.receivers)
+                         if r in self.pipeline.receivers and integration_of(
+                             self.pipeline.receivers[r]) not in ("pagerduty", "alertmanager")]
+            async with self.ctx.storage.transaction() as tx:
+                doc = digest.build(route, await tx.incidents.list(since=start, limit=None),
+                                   start, end)
+                entries = [Entry(Notification(
+                    kind="digest", receiver=r, group_key=f"{rid}:digest", created_at=now,
+                    external_url=self.pipeline.external_url, digest=doc),
+                    dedup_key=f"digest:{rid}:{r}:{end:.0f}") for r in receivers]
+                sent += await self.outbox.enqueue(entries, tx) if entries else 0
+                tx.on_commit(functools.partial(self._digested.__setitem__, rid, end))
+        return sent
+
     async def resync(self) -> None:
         """A transaction with a flush in it rolled back: the pipeline's memory of what was
         sent goes back to what is stored, so the notifications are decided again."""
@@ -165,6 +198,7 @@ class NotifyHandler:
             try:
                 now = self.ctx.clock()
                 await self.flush(now)
+                await self.send_digests(now)
                 if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY:
                     self._pruned_at = now
                     async with self.ctx.storage.transaction() as tx, self._lock:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from watchdog.durations import format_duration
 from watchdog.state import Alert
 
-Kind = Literal["firing", "resolved", "repeated", "escalated", "action"]
+Kind = Literal["firing", "resolved", "repeated", "escalated", "action", "digest"]
 Status = Literal["firing", "resolved"]
 
 
@@ -74,6 +74,44 @@ class AlertDoc(_Doc):
                                         else self.starts_at))
 
 
+class DigestItem(_Doc):
+    """One incident in a digest."""
+
+    id: str
+    rule: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    severity: str | None = None
+    fired_at: float
+    resolved_at: float | None = None  # None: still open at the digest's end
+    acked_by: str | None = None
+    actions: tuple[str, ...] = ()  # "name:status"
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.resolved_at is None else max(0.0, self.resolved_at - self.fired_at)
+
+
+class DigestDoc(_Doc):
+    """A day of a route's incidents: what `digest:` sends instead of one message per alert."""
+
+    scope: str  # the route's matchers, e.g. `severity="info"`, or "all alerts"
+    start: float
+    end: float
+    timezone: str
+    count: int  # incidents that fired in [start, end) or were still open in it
+    resolved: int
+    open: int
+    mttr: float | None  # mean firing -> resolved of the resolved ones
+    longest: DigestItem | None
+    actions: dict[str, int] = Field(default_factory=dict)  # action -> runs
+    items: tuple[DigestItem, ...] = ()  # newest first, capped
+    more: int = 0  # incidents beyond `items`
+
+    @property
+    def actions_run(self) -> int:
+        return sum(self.actions.values())
+
+
 class Notification(_Doc):
     kind: Kind
     receiver: str
@@ -87,6 +125,7 @@ class Notification(_Doc):
     previous_severity: str | None = None  # for a tier change (warning → critical)
     action: ActionNote | None = None
     action_labels: dict[str, str] = Field(default_factory=dict)
+    digest: DigestDoc | None = None
 
     @property
     def status(self) -> Status:
@@ -118,6 +157,8 @@ class Notification(_Doc):
         """What the message is about, in a few words: the alert name(s) or the action."""
         if self.kind == "action" and self.action is not None:
             return self.action.action
+        if self.kind == "digest":
+            return "daily digest"
         names = sorted({a.alertname for a in self.alerts})
         if not names:
             return self.group_labels.get("alertname", "alerts")
@@ -265,6 +306,52 @@ def action_line(n: ActionNote) -> str:
     if n.detail:
         line += f": {n.detail}"
     return line
+
+
+def _local(ts: float, tz: str, fmt: str) -> str:
+    from zoneinfo import ZoneInfo
+
+    return datetime.fromtimestamp(ts, ZoneInfo(tz)).strftime(fmt)
+
+
+def digest_period(d: DigestDoc) -> str:
+    """`2027-01-15 09:00 – 2027-01-16 09:00 Europe/Berlin`."""
+    return (f"{_local(d.start, d.timezone, '%Y-%m-%d %H:%M')} – "
+            f"{_local(d.end, d.timezone, '%Y-%m-%d %H:%M')} {d.timezone}")
+
+
+def digest_summary(d: DigestDoc) -> list[str]:
+    """The digest's facts, one per line, plain text."""
+    if not d.count:
+        return [f"No incidents ({d.scope})."]
+    word = "incident" if d.count == 1 else "incidents"
+    lines = [f"{d.count} {word} ({d.scope}): {d.resolved} resolved, {d.open} still open"]
+    if d.mttr is not None:
+        lines.append(f"MTTR (firing → resolved): {human_duration(d.mttr)}")
+    if d.longest is not None:
+        x = d.longest
+        took = (human_duration(x.duration) if x.duration is not None
+                else f"{human_duration(d.end - x.fired_at)}, still open")
+        lines.append(f"Longest: {x.rule} ({took})")
+    if d.actions:
+        runs = ", ".join(f"{name} ×{n}" if n > 1 else name for name, n in d.actions.items())
+        lines.append(f"Actions run: {d.actions_run} ({runs})")
+    return lines
+
+
+def digest_item(x: DigestItem, tz: str) -> str:
+    """`CheckoutErrorRate (critical) 08:15, 6m30s · acked by alice · rollback:succeeded`."""
+    when = _local(x.fired_at, tz, "%m-%d %H:%M")
+    took = human_duration(x.duration) if x.duration is not None else "still open"
+    parts = [f"{x.rule}" + (f" ({x.severity})" if x.severity else "") + f" {when}, {took}"]
+    if x.acked_by:
+        parts.append(f"acked by {x.acked_by}")
+    if x.actions:
+        parts.append(", ".join(x.actions))
+    labels = ", ".join(f"{k}={v}" for k, v in key_labels(x.labels, 4))
+    if labels:
+        parts.append(labels)
+    return " · ".join(parts)
 
 
 def truncate(text: str, limit: int) -> str:

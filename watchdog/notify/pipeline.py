@@ -11,7 +11,8 @@ page never waits minutes and a short incident is never over before anyone hears 
 resolution of its last firing alert (so "all clear" is as quick as the page was). Everything else
 — more alerts resolving, severity changes, repeats — waits for `group_interval` as in Alertmanager.
 An incident that fired and resolved before its receiver heard of it (within `group_wait`, or while
-silenced) is told once, as resolved.
+silenced) is told once, as resolved. A route with `digest:` sends nothing here: its receivers get
+one summary a day (`watchdog.notify.digest`).
 
 State: the alerts it has been told about (`observe`), one timer per aggregation group, and four
 persisted records — the notification log (what each receiver was last told about each group), the
@@ -258,6 +259,8 @@ class Pipeline:
         live_groups: set[str] = set()
 
         for rid, route in self.routes:
+            if route.digest is not None:
+                continue  # told once a day, by the digest
             members = [t for t in self.tracked.values()
                        if matches(t.alert.labels, route.match, route.match_re)]
             by_group: dict[str, tuple[dict[str, str], list[Tracked]]] = {}
@@ -443,6 +446,8 @@ class Pipeline:
         Silences and inhibition are left to Alertmanager, which has its own."""
         targets: dict[str, list[Tracked]] = {}
         for _, route in self.routes:
+            if route.digest is not None:
+                continue
             names = [r for r in route.receivers if self._integration(r) == "alertmanager"]
             if not names:
                 continue
@@ -485,7 +490,7 @@ class Pipeline:
         docs = (self._doc(t),) if t is not None else ()
         entries = []
         for rid, route in self.routes:
-            if not matches(labels, route.match, route.match_re):
+            if route.digest is not None or not matches(labels, route.match, route.match_re):
                 continue
             for receiver in dict.fromkeys(route.receivers):
                 if self._integration(receiver) == "alertmanager":

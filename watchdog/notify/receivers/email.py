@@ -31,6 +31,12 @@ from watchdog.notify.secrets import Redactor, SecretError, expand_env, read_file
 
 def _plain(n: Notification) -> str:
     lines = [headline(n), ""]
+    if n.digest is not None:
+        lines += [*m.digest_summary(n.digest), ""]
+        lines += [f"* {m.digest_item(x, n.digest.timezone)}" for x in n.digest.items]
+        if n.digest.more:
+            lines.append(f"…and {n.digest.more} more")
+        lines.append("")
     if n.action is not None:
         lines.append(m.action_line(n.action))
         if n.action_labels:
@@ -70,6 +76,12 @@ def _html(n: Notification) -> str:
     action = ""
     if n.action is not None:
         action = f"<p><b>{e(m.action_line(n.action))}</b></p>"
+    if n.digest is not None:
+        d = n.digest
+        items = "".join(f"<li>{e(m.digest_item(x, d.timezone))}</li>" for x in d.items)
+        more = f"<p>…and {d.more} more</p>" if d.more else ""
+        action = ("<p>" + "<br>".join(e(line) for line in m.digest_summary(d)) + "</p>"
+                  + (f"<ul>{items}</ul>" if items else "") + more)
     return (f'<html><body><div style="border-left:6px solid {colour(n)};padding-left:12px">'
             f"<h2>{e(headline(n))}</h2>{action}{''.join(rows)}</div></body></html>")
 

@@ -47,6 +47,8 @@ def severity_of(a: AlertDoc) -> str:
 
 
 def colour(n: Notification) -> str:
+    if n.kind == "digest":
+        return BLUE
     if n.kind == "action" and n.action is not None:
         return {"failed": RED, "succeeded": GREEN, "verified": GREEN,
                 "not_helped": AMBER}.get(n.action.kind, GREY)
@@ -61,6 +63,8 @@ def colour(n: Notification) -> str:
 
 
 def emoji(n: Notification) -> str:
+    if n.kind == "digest":
+        return "📋"
     if n.kind == "action" and n.action is not None:
         return {"started": "⚙️", "succeeded": "✅", "failed": "❌", "would_run": "🧪",
                 "verified": "✅", "not_helped": "⚠️"}.get(n.action.kind, "⚙️")
@@ -76,6 +80,10 @@ def emoji(n: Notification) -> str:
 def headline(n: Notification) -> str:
     """`🔴 FIRING · HighErrorRate` — the words a phone banner shows."""
     name = n.title_name
+    if n.kind == "digest" and n.digest is not None:
+        count = n.digest.count
+        return (f"{emoji(n)} DIGEST · {count} incident{'' if count == 1 else 's'} · "
+                f"{m.digest_period(n.digest)}")
     if n.kind == "action" and n.action is not None:
         verb = m.ACTION_VERB.get(n.action.kind, n.action.kind)
         step = f" / {n.action.step}" if n.action.step else ""
@@ -171,6 +179,25 @@ def _compact_line(a: AlertDoc, now: float) -> str:
     return line
 
 
+def _digest_blocks(n: Notification) -> list[dict[str, Any]]:
+    d = n.digest
+    assert d is not None
+    blocks = [_text_block("\n".join(escape(line) for line in m.digest_summary(d)))]
+    lines = [f"• {escape(m.digest_item(x, d.timezone))}" for x in d.items[:LISTED]]
+    chunk: list[str] = []
+    for line in lines:  # one section per ~3,000 characters
+        if chunk and len("\n".join([*chunk, line])) > MAX_SECTION:
+            blocks.append(_text_block("\n".join(chunk)))
+            chunk = []
+        chunk.append(line)
+    if chunk:
+        blocks.append(_text_block("\n".join(chunk)))
+    more = d.more + max(0, len(d.items) - LISTED)
+    if more:
+        blocks.append(_context(f"…and {more} more incidents: GET /api/v1/incidents"))
+    return blocks
+
+
 def render(n: Notification, now: float | None = None) -> dict[str, Any]:
     """The incoming-webhook JSON for a notification (`now` only for "firing for 12m")."""
     at = n.created_at if now is None else now
@@ -191,6 +218,8 @@ def render(n: Notification, now: float | None = None) -> dict[str, Any]:
     elif n.kind == "repeated":
         blocks.append(_context("Still firing and not acknowledged; this reminder repeats until "
                                "it resolves or is acknowledged."))
+    elif n.kind == "digest" and n.digest is not None:
+        blocks.extend(_digest_blocks(n))
 
     if n.kind == "action" and n.action is not None:
         text = f"*{escape(m.action_line(n.action))}*"
@@ -205,7 +234,7 @@ def render(n: Notification, now: float | None = None) -> dict[str, Any]:
     alerts = sorted(n.alerts, key=lambda a: (a.status != "firing",
                                              -SEVERITY_RANK.get(severity_of(a), 0),
                                              a.starts_at, a.fingerprint))
-    if n.kind != "action":
+    if n.kind not in ("action", "digest"):
         if len(alerts) <= DETAILED:
             for i, a in enumerate(alerts):
                 if i:

@@ -47,6 +47,8 @@ def render(n: Notification) -> dict[str, Any]:
     if n.action is not None:
         body["watchdog"]["action"] = n.action.model_dump()
         body["watchdog"]["action_labels"] = n.action_labels
+    if n.digest is not None:
+        body["watchdog"]["digest"] = n.digest.model_dump()
     return body
 
 
