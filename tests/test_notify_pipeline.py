@@ -555,3 +555,20 @@ async def test_a_page_sent_by_v010_is_closed_under_its_series_key(tmp_path: Path
     assert [(e["event_action"], e["dedup_key"]) for e in chat.accepted["pagerduty"][sent[0]:]
             ] == [("resolve", a.incident_id), ("resolve", a.fingerprint)]
     assert slack_to(chat, "team")[-1]["text"].startswith("✅ RESOLVED")
+
+
+async def test_a_group_that_went_quiet_waits_its_group_wait_again(h: Harness, chat: FakeChat
+                                                                  ) -> None:
+    a = make_alert("Latency", at=h.clock(), severity="warning", service="api")
+    await h.fire(a)
+    await h.tick(31)
+    await h.resolve(a)
+    await h.tick(1)
+    await h.tick(3600)  # the resolved incident and its group are forgotten
+    assert kinds(chat, "team") == ["🟠 FIRING", "✅ RESOLVED"]
+    b = replace(a, active_at=h.clock(), fired_at=h.clock())
+    await h.fire(b)
+    await h.tick(1)
+    assert len(slack_to(chat, "team")) == 2  # a new group again: gathered for group_wait
+    await h.tick(30)
+    assert kinds(chat, "team") == ["🟠 FIRING", "✅ RESOLVED", "🟠 FIRING"]

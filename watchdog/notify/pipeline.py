@@ -272,8 +272,10 @@ class Pipeline:
                 live_groups.add(key)
                 st = self.groups.get(key)
                 if st is None:
-                    # A group its receivers heard of before a restart is not new to them.
-                    told = any((r, key) in self.log for r in route.receivers)
+                    # A group its receivers believe is firing (a restart) is not new to them;
+                    # one that went quiet before starts afresh, with its group_wait.
+                    told = any(bool(e.firing) for e in (self.log.get((r, key))
+                                                        for r in route.receivers) if e)
                     st = self.groups[key] = GroupState(key, gl, at + route.group_wait, at, told)
                 due = at >= st.next_flush
                 if not due and not st.flushed:
@@ -339,11 +341,13 @@ class Pipeline:
                      ) -> bool:
         """A resolved incident its receiver was not told about: it fired, is not silenced, and
         ended after the last message (or, before any message, fired since the group began)."""
-        if a.fired_at is None or self.silences.muted(a.labels, at) is not None:
+        if a.fired_at is None:
             return False
         if entry is not None:
-            return (a.resolved_at if a.resolved_at is not None else at) > entry.sent_at
-        return a.fired_at >= st.created
+            ended_since = (a.resolved_at if a.resolved_at is not None else at) > entry.sent_at
+        else:
+            ended_since = a.fired_at >= st.created
+        return ended_since and self.silences.muted(a.labels, at) is None
 
     def _flush_group(self, receiver: str, route: Route, st: GroupState, ts: list[Tracked],
                      muted: Mapping[str, str], at: float, entries: list[Entry],
@@ -358,6 +362,8 @@ class Pipeline:
         entry = self.log.get((receiver, key))
         prev = self._told(entry, ts)
         new = [inc for inc in firing if inc not in prev]
+        if not due and firing and not new:
+            return  # (cheap, for the flush every second) not the group's news: group_interval
         up = [inc for inc in firing if inc in prev and severity_rank(sev[inc] or None)
               > severity_rank(prev[inc] or None)]
         gone_resolved: list[str] = []
