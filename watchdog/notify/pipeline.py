@@ -68,6 +68,7 @@ class GroupState:
     next_flush: float
     created: float = 0.0
     flushed: bool = False  # past its group_wait (or told before a restart): news goes out at once
+    seen: tuple[int, frozenset[str]] | None = None  # (changes, muted) at its last look
 
 
 def group_labels(route: Route, labels: Mapping[str, str]) -> dict[str, str]:
@@ -119,6 +120,7 @@ class Pipeline:
     # Incidents announced under a v0.1.0 log entry (keyed by series fingerprint, when PagerDuty's
     # dedup_key was the fingerprint too): their resolve also goes to the fingerprint's key.
     legacy: set[str] = field(default_factory=set)
+    changes: int = 0  # alert events observed: between intervals a group looks again only then
 
     async def load(self, tx: Tx) -> None:
         self.log.update(await tx.notify_log.load())
@@ -147,12 +149,14 @@ class Pipeline:
         for a in alerts:
             if a.state in ("firing", "inactive") and a.incident_id not in self.tracked:
                 self.tracked[a.incident_id] = self._track(a)
+        self.changes += 1
 
     def observe(self, events: Sequence[Event]) -> None:
         for e in events:
             a = e.alert
             if e.kind == "pending":
                 continue
+            self.changes += 1
             t = self.tracked.get(a.incident_id)
             if t is None:
                 # A series that fires again is a new incident tracked beside the old one, which
@@ -253,6 +257,9 @@ class Pipeline:
             del self.tracked[inc]
 
         muted = self.suppressed(at)
+        # Between its intervals a group can only have news (a new incident, its all-clear) after
+        # an alert event or a change of what is muted: the flush every second skips it otherwise.
+        now_seen = (self.changes, frozenset(muted))
         entries: list[Entry] = []
         log_updates: dict[tuple[str, str], LogEntry | None] = {}
         esc_updates: dict[tuple[str, str, int], bool] = {}
@@ -278,10 +285,11 @@ class Pipeline:
                                                         for r in route.receivers) if e)
                     st = self.groups[key] = GroupState(key, gl, at + route.group_wait, at, told)
                 due = at >= st.next_flush
-                if not due and not st.flushed:
-                    continue  # group_wait: gather the first alerts into one message
+                if not due and (not st.flushed or st.seen == now_seen):
+                    continue  # group_wait (gathering its first alerts), or nothing happened
                 if due:
                     st.next_flush, st.flushed = at + route.group_interval, True
+                st.seen = now_seen
                 for receiver in dict.fromkeys(route.receivers):
                     if self._integration(receiver) == "alertmanager":
                         continue  # Alertmanager groups by itself: see _alertmanager
@@ -319,6 +327,8 @@ class Pipeline:
         """After a transaction that flushed was rolled back: memory back to what is stored."""
         self.log = await tx.notify_log.load()
         self.escalated = await tx.escalations.load()
+        for st in self.groups.values():
+            st.seen = None  # what was decided is undone: look again
 
     def _told(self, entry: LogEntry | None, ts: Sequence[Tracked]) -> dict[str, str]:
         """What the receiver was told is firing, by incident id. A v0.1.0 log names series
@@ -354,16 +364,16 @@ class Pipeline:
                      log_updates: dict[tuple[str, str], LogEntry | None], *, due: bool
                      ) -> None:
         key = st.key
+        entry = self.log.get((receiver, key))
         firing = {t.alert.incident_id: t for t in ts
                   if t.alert.state == "firing" and t.alert.fingerprint not in muted}
         resolved = {t.alert.incident_id: t for t in ts if t.alert.state == "inactive"}
         sev = {inc: t.alert.labels.get("severity", t.alert.severity or "")
                for inc, t in firing.items()}
-        entry = self.log.get((receiver, key))
         prev = self._told(entry, ts)
         new = [inc for inc in firing if inc not in prev]
         if not due and firing and not new:
-            return  # (cheap, for the flush every second) not the group's news: group_interval
+            return
         up = [inc for inc in firing if inc in prev and severity_rank(sev[inc] or None)
               > severity_rank(prev[inc] or None)]
         gone_resolved: list[str] = []
