@@ -143,7 +143,7 @@ def test_build_summarises_the_routes_incidents_of_the_period() -> None:
 async def _record(storage: Storage, *rows: IncidentRecord) -> None:
     async with storage.transaction() as tx:
         for r in rows:
-            await tx.incidents.open(r)
+            await tx.incidents.open([r])
             for a in r.actions:
                 await tx.runs.insert(RunRow(
                     id=a.run_id, action=a.name, trigger="alert", rule=r.rule, group="g",

@@ -6,8 +6,8 @@ with plain and HTML parts, and the MQTT receiver."""
 from __future__ import annotations
 
 import json
-from email import message_from_bytes
 from dataclasses import replace
+from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 

@@ -12,7 +12,13 @@ from typing import Any, TypeVar
 import pytest
 
 from watchdog.storage import Storage, Tx, open_storage
-from watchdog.storage.records import AckRecord, IncidentAction, IncidentRecord, RunRow
+from watchdog.storage.records import (
+    AckRecord,
+    IncidentAction,
+    IncidentChange,
+    IncidentRecord,
+    RunRow,
+)
 from watchdog.storage.schema import SCHEMA_VERSION, migration
 
 T = TypeVar("T")
@@ -74,8 +80,10 @@ def run_row(run_id: str, incident_id: str | None, *, action: str = "rollback",
 
 async def test_open_is_first_wins_and_reads_back_what_was_written(storage: Storage) -> None:
     async with storage.transaction() as tx:
-        assert await tx.incidents.open(incident())
-        assert not await tx.incidents.open(incident(severity="critical", active_at=5.0))
+        await tx.incidents.open([incident()])
+        await tx.incidents.open([incident(severity="critical", active_at=5.0),
+                                 incident("fp2@100.000")])
+        await tx.incidents.open([])
     got = await read(storage, lambda tx: tx.incidents.get("fp1@100.000"))
     assert got is not None
     assert (got.rule, got.group, got.fingerprint, got.severity, got.active_at) == (
@@ -85,37 +93,43 @@ async def test_open_is_first_wins_and_reads_back_what_was_written(storage: Stora
     assert got.notifications == 0 and got.first_action_at is None and got.actions == ()
     assert got.open
     assert await read(storage, lambda tx: tx.incidents.get("nope")) is None
+    found = await read(storage, lambda tx: tx.incidents.find(
+        ["fp2@100.000", "nope", "fp1@100.000", "fp1@100.000"]))
+    assert sorted(found) == ["fp1@100.000", "fp2@100.000"]
+    assert found["fp1@100.000"] == got
 
 
 async def test_firing_keeps_the_first_time_and_takes_the_latest_severity(
         storage: Storage) -> None:
     async with storage.transaction() as tx:
-        await tx.incidents.open(incident())
-        await tx.incidents.fired("fp1@100.000", 160.0, "warning", LABELS)
-        await tx.incidents.fired("fp1@100.000", 999.0, "critical", {"a": "b"})
-        await tx.incidents.fired("unknown@1.000", 1.0, "critical", {})  # ignored
+        await tx.incidents.open([incident()])
+        await tx.incidents.update([IncidentChange("fp1@100.000", "warning", LABELS, 160.0)])
+        await tx.incidents.update([IncidentChange("fp1@100.000", "critical", {"a": "b"}, 999.0),
+                                   IncidentChange("unknown@1.000", "critical", {}, 1.0)])
+        await tx.incidents.update([])
     got = await read(storage, lambda tx: tx.incidents.get("fp1@100.000"))
     assert got is not None and got.fired_at == 160.0
     assert got.severity == "critical" and got.labels == {"a": "b"}
+    assert await read(storage, lambda tx: tx.incidents.get("unknown@1.000")) is None
     async with storage.transaction() as tx:
-        await tx.incidents.set_severity("fp1@100.000", None, {"c": "d"})
+        await tx.incidents.update([IncidentChange("fp1@100.000", None, {"c": "d"})])
     got = await read(storage, lambda tx: tx.incidents.get("fp1@100.000"))
     assert got is not None and got.severity is None and got.labels == {"c": "d"}
+    assert got.fired_at == 160.0
 
 
 async def test_resolve_once_and_keep_the_ack_after_the_acks_are_pruned(
         storage: Storage) -> None:
     async with storage.transaction() as tx:
-        await tx.incidents.open(incident())
-        await tx.incidents.open(incident("fp2@100.000"))
+        await tx.incidents.open([incident(), incident("fp2@100.000")])
         await tx.acks.add([AckRecord("fp1@100.000", "fp1", {"a": "b"}, 300.0, "alice", "")])
     live = await read(storage, lambda tx: tx.incidents.get("fp1@100.000"))
     assert live is not None and (live.ack_by, live.ack_at) == ("alice", 300.0)
     async with storage.transaction() as tx:
-        assert await tx.incidents.resolve("fp1@100.000", 400.0)
-        assert not await tx.incidents.resolve("fp1@100.000", 500.0)
-        assert await tx.incidents.resolve("fp2@100.000", 450.0)  # no ack: none kept
-        assert not await tx.incidents.resolve("unknown@1.000", 1.0)
+        await tx.incidents.resolve([("fp1@100.000", 400.0), ("fp2@100.000", 450.0),
+                                    ("unknown@1.000", 1.0)])  # fp2 has no ack: none kept
+        await tx.incidents.resolve([("fp1@100.000", 500.0)])  # resolved already: kept
+        await tx.incidents.resolve([])
         await tx.acks.delete(["fp1@100.000"])  # what the notifier's prune does
     got = await read(storage, lambda tx: tx.incidents.get("fp1@100.000"))
     assert got is not None and got.resolved_at == 400.0 and not got.open
@@ -126,11 +140,11 @@ async def test_resolve_once_and_keep_the_ack_after_the_acks_are_pruned(
 
 async def test_list_is_newest_first_with_filters(storage: Storage) -> None:
     async with storage.transaction() as tx:
-        await tx.incidents.open(incident("a@100.000", active_at=100.0, resolved_at=150.0))
-        await tx.incidents.open(incident("b@200.000", active_at=200.0))
-        await tx.incidents.open(incident("c@200.000", active_at=200.0, rule="Latency",
-                                         resolved_at=900.0))
-        await tx.incidents.open(incident("d@300.000", active_at=300.0, resolved_at=350.0))
+        await tx.incidents.open([
+            incident("a@100.000", active_at=100.0, resolved_at=150.0),
+            incident("b@200.000", active_at=200.0),
+            incident("c@200.000", active_at=200.0, rule="Latency", resolved_at=900.0),
+            incident("d@300.000", active_at=300.0, resolved_at=350.0)])
 
     async def ids(**kw: Any) -> list[str]:
         return [i.id for i in await read(storage, lambda tx: tx.incidents.list(**kw))]
@@ -152,8 +166,8 @@ async def test_list_is_newest_first_with_filters(storage: Storage) -> None:
 
 async def test_action_runs_are_joined_by_incident(storage: Storage) -> None:
     async with storage.transaction() as tx:
-        await tx.incidents.open(incident())
-        await tx.incidents.open(incident("fp2@100.000"))
+        await tx.incidents.open([incident()])
+        await tx.incidents.open([incident("fp2@100.000")])
         await tx.runs.insert(run_row("r2", "fp1@100.000", action="second", created_at=20.0))
         await tx.runs.insert(run_row("r1", "fp1@100.000", action="first", created_at=10.0))
         await tx.runs.insert(run_row("r3", "other@1.000", created_at=5.0))
@@ -170,7 +184,7 @@ async def test_action_runs_are_joined_by_incident(storage: Storage) -> None:
 
 async def test_counters_and_first_action(storage: Storage) -> None:
     async with storage.transaction() as tx:
-        await tx.incidents.open(incident())
+        await tx.incidents.open([incident()])
         await tx.incidents.add_notifications({"fp1@100.000": 2, "unknown@1.000": 5})
         await tx.incidents.add_notifications({"fp1@100.000": 3})
         await tx.incidents.add_notifications({})
@@ -183,11 +197,11 @@ async def test_counters_and_first_action(storage: Storage) -> None:
 
 async def test_rekey_moves_the_record_and_a_newer_row_wins(storage: Storage) -> None:
     async with storage.transaction() as tx:
-        await tx.incidents.open(incident("fp1@100.000"))
+        await tx.incidents.open([incident("fp1@100.000")])
         await tx.incidents.add_notifications({"fp1@100.000": 1})
         await tx.incidents.rekey("fp1@100.000", "fp1@130.000", 130.0)
-        await tx.incidents.open(incident("fp2@100.000"))
-        await tx.incidents.open(incident("fp2@140.000", active_at=140.0))
+        await tx.incidents.open([incident("fp2@100.000")])
+        await tx.incidents.open([incident("fp2@140.000", active_at=140.0)])
         await tx.incidents.rekey("fp2@100.000", "fp2@140.000", 140.0)
         await tx.incidents.rekey("missing@1.000", "missing@2.000", 2.0)
     listed = await read(storage, lambda tx: tx.incidents.list())
@@ -198,9 +212,9 @@ async def test_rekey_moves_the_record_and_a_newer_row_wins(storage: Storage) -> 
 async def test_prune_deletes_only_incidents_resolved_before_the_cutoff(
         storage: Storage) -> None:
     async with storage.transaction() as tx:
-        await tx.incidents.open(incident("old@1.000", active_at=1.0, resolved_at=10.0))
-        await tx.incidents.open(incident("edge@1.000", active_at=1.0, resolved_at=20.0))
-        await tx.incidents.open(incident("open@1.000", active_at=1.0))
+        await tx.incidents.open([incident("old@1.000", active_at=1.0, resolved_at=10.0)])
+        await tx.incidents.open([incident("edge@1.000", active_at=1.0, resolved_at=20.0)])
+        await tx.incidents.open([incident("open@1.000", active_at=1.0)])
     assert await read(storage, lambda tx: tx.incidents.prune(20.0)) == 1
     assert sorted(i.id for i in await read(storage, lambda tx: tx.incidents.list())) == [
         "edge@1.000", "open@1.000"]
@@ -210,13 +224,13 @@ async def test_prune_deletes_only_incidents_resolved_before_the_cutoff(
 
 async def test_incident_writes_roll_back_with_their_transaction(storage: Storage) -> None:
     async with storage.transaction() as tx:
-        await tx.incidents.open(incident())
+        await tx.incidents.open([incident()])
     with pytest.raises(RuntimeError):
         async with storage.transaction() as tx:
-            await tx.incidents.open(incident("fp2@100.000"))
-            await tx.incidents.fired("fp1@100.000", 160.0, "critical", {})
+            await tx.incidents.open([incident("fp2@100.000")])
+            await tx.incidents.update([IncidentChange("fp1@100.000", "critical", {}, 160.0)])
             await tx.incidents.add_notifications({"fp1@100.000": 4})
-            await tx.incidents.resolve("fp1@100.000", 200.0)
+            await tx.incidents.resolve([("fp1@100.000", 200.0)])
             raise RuntimeError("boom")
     [only] = await read(storage, lambda tx: tx.incidents.list())
     assert only.id == "fp1@100.000" and only.fired_at is None and only.open
@@ -240,7 +254,7 @@ async def test_a_version_1_sqlite_database_migrates_with_its_rows(tmp_path: Path
     try:
         assert [a.created_by for a in await read(storage, lambda tx: tx.acks.load())] == ["bob"]
         async with storage.transaction() as tx:
-            await tx.incidents.open(incident())
+            await tx.incidents.open([incident()])
         got = await read(storage, lambda tx: tx.incidents.get("fp1@100.000"))
         assert got is not None and got.ack_by == "bob"
     finally:
@@ -274,7 +288,7 @@ async def test_a_version_1_postgresql_database_migrates_with_its_rows(pg_url: st
     storage = await open_storage(url)
     try:
         async with storage.transaction() as tx:
-            await tx.incidents.open(incident())
+            await tx.incidents.open([incident()])
         got = await read(storage, lambda tx: tx.incidents.get("fp1@100.000"))
         assert got is not None and got.ack_by == "bob"
     finally:

@@ -101,8 +101,9 @@ async def test_a_v010_file_is_adopted_with_all_its_state(tmp_path: Path) -> None
             # Schema 2 added incident history: empty, and usable, on an adopted file.
             assert await tx.incidents.list() == []
             from watchdog.storage.records import IncidentRecord
-            assert await tx.incidents.open(IncidentRecord(
-                "f1@1700000000.000", "HighErrorRate", "checkout", "f1", {}, None, 1.7e9))
+            await tx.incidents.open([IncidentRecord(
+                "f1@1700000000.000", "HighErrorRate", "checkout", "f1", {}, None, 1.7e9)])
+            assert [i.id for i in await tx.incidents.list()] == ["f1@1700000000.000"]
             # The v0.1.0 unique index still holds: one run per action and incident.
             from watchdog.storage import DuplicateRun
             with pytest.raises(DuplicateRun):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -30,7 +31,7 @@ from watchdog.handlers import ActionEvent, DaemonContext
 from watchdog.model import SEVERITY_RANK
 from watchdog.state import Alert, Event
 from watchdog.storage import Tx
-from watchdog.storage.records import IncidentRecord
+from watchdog.storage.records import IncidentChange, IncidentRecord
 from watchdog.webinput import BadInput, parse_time
 
 if TYPE_CHECKING:
@@ -154,10 +155,10 @@ class IncidentsHandler:
                     await tx.incidents.rekey(i.id, a.incident_id, a.active_at)
                     known.add(a.incident_id)
                 else:
-                    await tx.incidents.resolve(i.id, now)
+                    await tx.incidents.resolve([(i.id, now)])
+            await tx.incidents.open([record_of(a) for a in live.values()
+                                     if a.incident_id not in known])
             for a in live.values():
-                if a.incident_id not in known:
-                    await tx.incidents.open(record_of(a))
                 if a.state == "pending":
                     pending[a.incident_id] = (a.group, a.rule, a.fingerprint)
         self.pending = pending
@@ -185,8 +186,7 @@ class IncidentsHandler:
         if not gone:
             return 0
         async with self.ctx.storage.transaction() as tx:
-            for i in gone:
-                await tx.incidents.resolve(i, now)
+            await tx.incidents.resolve([(i, now) for i in gone])
             tx.on_commit(lambda: self._forget(gone))
         return len(gone)
 
@@ -204,7 +204,7 @@ class IncidentsHandler:
                 if i.id not in seen and i.id not in self.pending and i.fired_at is not None:
                     log.warning("incident without its alert: closed", incident=i.id,
                                 rule=i.rule)
-                    await tx.incidents.resolve(i.id, now)
+                    await tx.incidents.resolve([(i.id, now)])
             n = await tx.incidents.prune(now - retention)
         if n:
             log.info("incidents pruned", count=n, retention=retention)
@@ -213,49 +213,59 @@ class IncidentsHandler:
     # ---- events ---------------------------------------------------------------------------
 
     async def on_events(self, tx: Tx, events: Sequence[Event], at: float) -> None:
+        """One read and at most three batched writes per evaluation, however many events: a
+        storm of a thousand alerts must not hold the evaluation's transaction for seconds."""
+        if not events:
+            return
+        known = await tx.incidents.find(e.alert.incident_id for e in events)
+        # Every event may name an incident without a record: a new one (pending), or state
+        # written by a release without incidents. Open it from the alert itself.
+        new: dict[str, IncidentRecord] = {}
         for e in events:
-            await self._apply(tx, e, tx.on_commit)
+            inc = e.alert.incident_id
+            if inc not in known and inc not in new:
+                new[inc] = record_of(e.alert)
+        await tx.incidents.open(list(new.values()))
+        state = {**known, **new}  # each record as it stands after the events so far
+        changes: dict[str, IncidentChange] = {}
+        ended: list[tuple[str, float]] = []
+        for e in events:
+            self._apply(e, state, changes, ended, tx.on_commit)
+        await tx.incidents.update(list(changes.values()))
+        await tx.incidents.resolve(ended)
 
-    async def _apply(self, tx: Tx, e: Event, after: Callable[[Callable[[], object]], None]
-                     ) -> None:
+    def _apply(self, e: Event, state: dict[str, IncidentRecord],
+               changes: dict[str, IncidentChange], ended: list[tuple[str, float]],
+               after: Callable[[Callable[[], object]], None]) -> None:
         a = e.alert
         inc = a.incident_id
-        key = (a.group, a.rule, a.fingerprint)
+        cur = state[inc]
         if e.kind == "pending":
-            await tx.incidents.open(record_of(a))
+            key = (a.group, a.rule, a.fingerprint)
             after(lambda: self.pending.__setitem__(inc, key))
             return
-        # Every other event may name an incident this process has no record of yet (state
-        # written by a release without incidents): open it from the alert itself.
-        await tx.incidents.open(record_of(a))
         if e.kind in ("firing", "escalated", "deescalated"):
-            cur = await tx.incidents.get(inc)
-            stored = cur.severity if cur is not None else None
-            sev = severity_of(a)
-            if _rank(sev) < _rank(stored):  # the highest reached stays, with its labels
-                sev, labels = stored, dict(cur.labels) if cur is not None else dict(a.labels)
-            else:
-                labels = dict(a.labels)
+            sev, labels = severity_of(a), dict(a.labels)
+            if _rank(sev) < _rank(cur.severity):  # the highest reached stays, with its labels
+                sev, labels = cur.severity, dict(cur.labels)
+            fired = cur.fired_at
+            if e.kind == "firing" and fired is None:
+                fired = a.fired_at if a.fired_at is not None else e.at
+            changes[inc] = IncidentChange(inc, sev, labels, fired)  # the last one wins
+            state[inc] = replace(cur, severity=sev, labels=labels, fired_at=fired)
             if e.kind == "firing":
-                await tx.incidents.fired(inc, a.fired_at if a.fired_at is not None else e.at,
-                                         sev, labels)
                 fired_sev = severity_of(a) or ""
                 after(lambda: self.metrics.total.labels(a.rule, fired_sev).inc())
                 after(lambda: self.pending.pop(inc, None))
-            else:
-                await tx.incidents.set_severity(inc, sev, labels)
             return
-        if e.kind == "resolved":
-            if not await tx.incidents.resolve(inc, a.resolved_at if a.resolved_at is not None
-                                              else e.at):
-                return
+        if e.kind == "resolved" and cur.resolved_at is None:
+            end = a.resolved_at if a.resolved_at is not None else e.at
+            ended.append((inc, end))
+            state[inc] = replace(cur, resolved_at=end)
             after(lambda: self.pending.pop(inc, None))
-            cur = await tx.incidents.get(inc)
-            if cur is not None and cur.fired_at is not None and cur.resolved_at is not None:
-                took = max(0.0, cur.resolved_at - cur.fired_at)
-                sev_reached = cur.severity or ""
-                after(lambda: self.metrics.duration.labels(a.rule, sev_reached)
-                             .observe(took))
+            if cur.fired_at is not None:
+                took, sev_reached = max(0.0, end - cur.fired_at), cur.severity or ""
+                after(lambda: self.metrics.duration.labels(a.rule, sev_reached).observe(took))
 
     async def on_action_event(self, event: ActionEvent, tx: Tx | None = None) -> None:
         """The first action run of an incident started: time-to-act."""
@@ -270,7 +280,7 @@ class IncidentsHandler:
             return
         if not await tx.incidents.first_action(run.incident_id, event.at):
             return
-        cur = await tx.incidents.get(run.incident_id)
+        cur = (await tx.incidents.find([run.incident_id])).get(run.incident_id)
         if cur is None or cur.fired_at is None:
             return
         took, sev = max(0.0, event.at - cur.fired_at), cur.severity or ""

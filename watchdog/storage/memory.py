@@ -33,6 +33,7 @@ from watchdog.storage.records import (
     EscalationKey,
     GroupChanges,
     IncidentAction,
+    IncidentChange,
     IncidentRecord,
     LogEntry,
     OutboxEntry,
@@ -601,15 +602,19 @@ class MemDeploys(_Repo):
 
 
 class MemIncidents(_Repo):
-    async def open(self, incident: IncidentRecord) -> bool:
-        i = incident
-        if i.id in self.t.incidents:
-            return False  # ON CONFLICT DO NOTHING
-        self.w.put(self.t.incidents, i.id, _Incident(
-            i.id, i.rule, i.group, i.fingerprint, _j(dict(i.labels)), i.severity,
-            float(i.active_at), _f(i.fired_at), _f(i.resolved_at), i.ack_by, _f(i.ack_at),
-            int(i.notifications), _f(i.first_action_at)))
-        return True
+    async def open(self, incidents: Sequence[IncidentRecord]) -> None:
+        for i in incidents:
+            if i.id in self.t.incidents:
+                continue  # ON CONFLICT DO NOTHING
+            self.w.put(self.t.incidents, i.id, _Incident(
+                i.id, i.rule, i.group, i.fingerprint, _j(dict(i.labels)), i.severity,
+                float(i.active_at), _f(i.fired_at), _f(i.resolved_at), i.ack_by, _f(i.ack_at),
+                int(i.notifications), _f(i.first_action_at)))
+
+    async def find(self, ids: Iterable[str]) -> dict[str, IncidentRecord]:
+        t = self.t
+        return {i: self._out(t.incidents[i], with_actions=False)
+                for i in dict.fromkeys(ids) if i in t.incidents}
 
     def _update(self, incident_id: str, **fields: Any) -> bool:
         row = self.t.incidents.get(incident_id)
@@ -618,26 +623,24 @@ class MemIncidents(_Repo):
         self.w.put(self.t.incidents, incident_id, replace(row, **fields))
         return True
 
-    async def fired(self, incident_id: str, at: float, severity: str | None,
-                    labels: Mapping[str, str]) -> None:
-        row = self.t.incidents.get(incident_id)
-        if row is not None:
-            self._update(incident_id, severity=severity, labels=_j(dict(labels)),
-                         fired_at=row.fired_at if row.fired_at is not None else float(at))
+    async def update(self, changes: Sequence[IncidentChange]) -> None:
+        for ch in changes:
+            row = self.t.incidents.get(ch.id)
+            if row is not None:
+                fired = row.fired_at if row.fired_at is not None else _f(ch.fired_at)
+                self._update(ch.id, severity=ch.severity, labels=_j(dict(ch.labels)),
+                             fired_at=fired)
 
-    async def set_severity(self, incident_id: str, severity: str | None,
-                           labels: Mapping[str, str]) -> None:
-        self._update(incident_id, severity=severity, labels=_j(dict(labels)))
-
-    async def resolve(self, incident_id: str, at: float) -> bool:
-        row = self.t.incidents.get(incident_id)
-        if row is None or row.resolved_at is not None:
-            return False
-        ack = self.t.acks.get(incident_id)
-        by, ack_at = row.ack_by, row.ack_at
-        if ack_at is None:
-            by, ack_at = (ack[3], ack[2]) if ack is not None else (None, None)
-        return self._update(incident_id, resolved_at=float(at), ack_by=by, ack_at=ack_at)
+    async def resolve(self, ended: Sequence[tuple[str, float]]) -> None:
+        for incident_id, at in ended:
+            row = self.t.incidents.get(incident_id)
+            if row is None or row.resolved_at is not None:
+                continue
+            ack = self.t.acks.get(incident_id)
+            by, ack_at = row.ack_by, row.ack_at
+            if ack_at is None:
+                by, ack_at = (ack[3], ack[2]) if ack is not None else (None, None)
+            self._update(incident_id, resolved_at=float(at), ack_by=by, ack_at=ack_at)
 
     async def add_notifications(self, counts: Mapping[str, int]) -> None:
         for i, n in counts.items():
@@ -660,13 +663,14 @@ class MemIncidents(_Repo):
         if new_id not in t.incidents:
             self.w.put(t.incidents, new_id, replace(row, id=new_id, active_at=float(active_at)))
 
-    def _out(self, row: _Incident) -> IncidentRecord:
+    def _out(self, row: _Incident, *, with_actions: bool = True) -> IncidentRecord:
         t = self.t
         by, ack_at = row.ack_by, row.ack_at
         if ack_at is None:  # the live ack, as the SQL's LEFT JOIN reads it
             ack = t.acks.get(row.id)
             by, ack_at = (ack[3], ack[2]) if ack is not None else (None, None)
-        runs = sorted((r for r in t.runs.values() if r.incident_id == row.id), key=_by_time)
+        runs = sorted((r for r in t.runs.values() if r.incident_id == row.id),
+                      key=_by_time) if with_actions else []
         return IncidentRecord(row.id, row.rule, row.grp, row.fingerprint,
                               json.loads(row.labels), row.severity, row.active_at,
                               row.fired_at, row.resolved_at, by, ack_at, row.notifications,

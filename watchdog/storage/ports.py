@@ -24,6 +24,7 @@ from watchdog.storage.records import (
     DeployRow,
     EscalationKey,
     GroupChanges,
+    IncidentChange,
     IncidentRecord,
     LogEntry,
     OutboxEntry,
@@ -203,19 +204,19 @@ class IncidentRepo(Protocol):
     """Incident history (`records.IncidentRecord`), one row per alert instance. The evaluation
     that changes an alert writes its incident in the same transaction."""
 
-    async def open(self, incident: IncidentRecord) -> bool:
-        """Insert the incident unless its id exists; whether it was added."""
+    async def open(self, incidents: Sequence[IncidentRecord]) -> None:
+        """Insert each incident unless its id exists (the first record stays)."""
 
-    async def fired(self, incident_id: str, at: float, severity: str | None,
-                    labels: Mapping[str, str]) -> None:
-        """It started firing at `at` (the first time counts) with this severity and labels."""
+    async def find(self, ids: Iterable[str]) -> dict[str, IncidentRecord]:
+        """The records of those ids that exist, with their ack, without action runs."""
 
-    async def set_severity(self, incident_id: str, severity: str | None,
-                           labels: Mapping[str, str]) -> None: ...
+    async def update(self, changes: Sequence[IncidentChange]) -> None:
+        """Set severity and labels; `fired_at` only where none is recorded (the first firing
+        counts). Unknown ids are ignored."""
 
-    async def resolve(self, incident_id: str, at: float) -> bool:
-        """It ended at `at`; the ack it has (in `acks`) is kept with it, as acks of resolved
-        incidents are pruned. Whether it was open until now (a second resolve is a no-op)."""
+    async def resolve(self, ended: Sequence[tuple[str, float]]) -> None:
+        """(id, at): each open one ended then; the ack it has (in `acks`) is kept with it, as
+        acks of resolved incidents are pruned. An incident already resolved keeps its time."""
 
     async def add_notifications(self, counts: Mapping[str, int]) -> None:
         """Add to the notifications counted per incident id; unknown ids are ignored."""

@@ -200,6 +200,17 @@ class IncidentAction:
 
 
 @dataclass(frozen=True)
+class IncidentChange:
+    """What an evaluation changes on an incident: its severity (the highest reached) with its
+    labels, and when it fired (kept only where none is recorded yet)."""
+
+    id: str
+    severity: str | None
+    labels: Mapping[str, str]
+    fired_at: float | None = None
+
+
+@dataclass(frozen=True)
 class IncidentRecord:
     """One alert instance from activation (pending) to resolution, kept after it resolves.
 

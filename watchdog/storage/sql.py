@@ -29,6 +29,7 @@ from watchdog.storage.records import (
     EscalationKey,
     GroupChanges,
     IncidentAction,
+    IncidentChange,
     IncidentRecord,
     LogEntry,
     OutboxEntry,
@@ -568,37 +569,46 @@ class SqlIncidents:
     def __init__(self, c: Conn) -> None:
         self.c = c
 
-    async def open(self, incident: IncidentRecord) -> bool:
-        i = incident
-        n = await self.c.execute(
-            "INSERT INTO incidents (id, rule, grp, fingerprint, labels, severity, active_at, "
-            "fired_at, resolved_at, ack_by, ack_at, notifications, first_action_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (i.id, i.rule, i.group, i.fingerprint, json.dumps(dict(i.labels)), i.severity,
-             float(i.active_at), _f(i.fired_at), _f(i.resolved_at), i.ack_by, _f(i.ack_at),
-             int(i.notifications), _f(i.first_action_at)))
-        return n > 0
+    async def open(self, incidents: Sequence[IncidentRecord]) -> None:
+        if incidents:
+            await self.c.executemany(
+                "INSERT INTO incidents (id, rule, grp, fingerprint, labels, severity, "
+                "active_at, fired_at, resolved_at, ack_by, ack_at, notifications, "
+                "first_action_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                [(i.id, i.rule, i.group, i.fingerprint, json.dumps(dict(i.labels)), i.severity,
+                  float(i.active_at), _f(i.fired_at), _f(i.resolved_at), i.ack_by,
+                  _f(i.ack_at), int(i.notifications), _f(i.first_action_at))
+                 for i in incidents])
 
-    async def fired(self, incident_id: str, at: float, severity: str | None,
-                    labels: Mapping[str, str]) -> None:
-        await self.c.execute(
-            "UPDATE incidents SET fired_at = COALESCE(fired_at, ?), severity = ?, labels = ? "
-            "WHERE id = ?", (float(at), severity, json.dumps(dict(labels)), incident_id))
+    async def find(self, ids: Iterable[str]) -> dict[str, IncidentRecord]:
+        wanted = list(dict.fromkeys(ids))
+        out: dict[str, IncidentRecord] = {}
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start:start + _IN_CHUNK]
+            for r in await self.c.fetchall(
+                    f"SELECT {_INCIDENT_COLS} {_INCIDENT_FROM} "
+                    f"WHERE i.id IN ({', '.join('?' for _ in chunk)})", chunk):
+                out[r[0]] = _incident(r)
+        return out
 
-    async def set_severity(self, incident_id: str, severity: str | None,
-                           labels: Mapping[str, str]) -> None:
-        await self.c.execute("UPDATE incidents SET severity = ?, labels = ? WHERE id = ?",
-                             (severity, json.dumps(dict(labels)), incident_id))
+    async def update(self, changes: Sequence[IncidentChange]) -> None:
+        if changes:
+            await self.c.executemany(
+                "UPDATE incidents SET severity = ?, labels = ?, "
+                "fired_at = COALESCE(fired_at, ?) WHERE id = ?",
+                [(ch.severity, json.dumps(dict(ch.labels)), _f(ch.fired_at), ch.id)
+                 for ch in changes])
 
-    async def resolve(self, incident_id: str, at: float) -> bool:
-        n = await self.c.execute(
-            "UPDATE incidents SET resolved_at = ?, "
-            "ack_by = CASE WHEN ack_at IS NULL THEN (SELECT created_by FROM notify_acks "
-            "WHERE incident_id = ?) ELSE ack_by END, "
-            "ack_at = COALESCE(ack_at, (SELECT at FROM notify_acks WHERE incident_id = ?)) "
-            "WHERE id = ? AND resolved_at IS NULL",
-            (float(at), incident_id, incident_id, incident_id))
-        return n > 0
+    async def resolve(self, ended: Sequence[tuple[str, float]]) -> None:
+        if ended:
+            await self.c.executemany(
+                "UPDATE incidents SET resolved_at = ?, "
+                "ack_by = CASE WHEN ack_at IS NULL THEN (SELECT created_by FROM notify_acks "
+                "WHERE incident_id = ?) ELSE ack_by END, "
+                "ack_at = COALESCE(ack_at, (SELECT at FROM notify_acks WHERE incident_id = ?)) "
+                "WHERE id = ? AND resolved_at IS NULL",
+                [(float(at), i, i, i) for i, at in ended])
 
     async def add_notifications(self, counts: Mapping[str, int]) -> None:
         rows = [(int(n), i) for i, n in counts.items() if n]
