@@ -109,6 +109,10 @@ async def test_an_incident_from_pending_to_resolved(tmp_path: Path, chat: FakeCh
             assert status == 400
             [inc] = await incidents(d, "?state=open")
             assert inc["firedAt"] == rfc3339(T0 + 120) and inc["state"] == "open"
+            # the same times as the alert's own, on /api/v1/alerts
+            status, alerts = await get_json(f"{d.http_url}/api/v1/alerts")
+            [live] = alerts["data"]["alerts"]
+            assert (live["activeAt"], live["firedAt"]) == (inc["activeAt"], inc["firedAt"])
             assert inc["severity"] == "critical"  # the highest reached
             assert inc["labels"]["severity"] == "critical"
             assert inc["durationSeconds"] == 60.0  # so far
