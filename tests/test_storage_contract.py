@@ -30,13 +30,16 @@ from watchdog.storage.records import (
     AckRecord,
     DeployRow,
     GroupChanges,
+    IncidentAction,
+    IncidentChange,
+    IncidentRecord,
     LogEntry,
     OutboxEntry,
     RunRow,
     SilenceRecord,
     StepRow,
 )
-from watchdog.storage.schema import SCHEMA_VERSION
+from watchdog.storage.schema import SCHEMA_VERSION, migration
 
 T = TypeVar("T")
 
@@ -135,6 +138,7 @@ async def test_a_new_store_is_empty(storage: Storage) -> None:
         assert await tx.runs.list() == []
         assert await tx.deploys.list() == []
         assert await tx.deploys.baselines() == {}
+        assert await tx.incidents.list() == []
 
 
 async def _write_one_of_each(tx: Tx) -> None:
@@ -152,6 +156,7 @@ async def _write_one_of_each(tx: Tx) -> None:
     await tx.deploys.insert(deploy("d1", 500.0))
     await tx.deploys.save_baselines("d1", 500.0, [("HighErrors", "fp1", 0.5, {"a": "b"})])
     await tx.deploys.record_alert("d1", "HighErrors", "fp1", {"a": "b"}, 0.9, 510.0)
+    await tx.incidents.open([incident("inc-1")])
 
 
 async def _assert_one_of_each(tx: Tx) -> None:
@@ -168,6 +173,8 @@ async def _assert_one_of_each(tx: Tx) -> None:
     assert [d.id for d in await tx.deploys.list()] == ["d1"]
     assert await tx.deploys.baselines() == {"HighErrors": {"fp1": 0.5}}
     assert len(await tx.deploys.alerts("d1")) == 1
+    [inc] = await tx.incidents.list()
+    assert inc.id == "inc-1" and [a.run_id for a in inc.actions] == ["run-1"]
 
 
 async def _assert_nothing(tx: Tx) -> None:
@@ -184,6 +191,7 @@ async def _assert_nothing(tx: Tx) -> None:
     assert await tx.deploys.list() == []
     assert await tx.deploys.baselines() == {}
     assert await tx.deploys.alerts("d1") == []
+    assert await tx.incidents.list() == []
 
 
 async def test_writes_of_a_transaction_commit_together(storage: Storage) -> None:
@@ -964,6 +972,189 @@ async def test_deploy_alerts_first_firing_counts(storage: Storage) -> None:
         assert await tx.deploys.alerts("none") == []
 
 
+# ---- incidents ----------------------------------------------------------------------------------
+
+
+def incident(inc: str = "fp1@100.000", *, rule: str = "HighErrors", active_at: float = 100.0,
+             **kw: Any) -> IncidentRecord:
+    fields: dict[str, Any] = dict(id=inc, rule=rule, group="checkout",
+                                  fingerprint=inc.split("@")[0], labels=UNICODE,
+                                  severity="warning", active_at=active_at)
+    fields.update(kw)
+    return IncidentRecord(**fields)
+
+
+def incident_run(run_id: str, incident_id: str | None, *, action: str = "rollback",
+            created_at: float = 1000.0, **kw: Any) -> RunRow:
+    fields: dict[str, Any] = dict(
+        id=run_id, action=action, trigger="alert", rule="HighErrors", group="g",
+        fingerprint="fp1", incident_id=incident_id, labels={"service": "checkout"},
+        annotations={}, value_before=0.2, active_at=100.0, dry_run=False, spec="{}",
+        status="running", next_step=0, created_at=created_at, finished_at=None, detail="",
+        verify_at=None, verification=None, value_after=None)
+    fields.update(kw)
+    return RunRow(**fields)
+
+
+async def test_open_is_first_wins_and_reads_back_what_was_written(storage: Storage) -> None:
+    async with storage.transaction() as tx:
+        await tx.incidents.open([incident()])
+        await tx.incidents.open([incident(severity="critical", active_at=5.0),
+                                 incident("fp2@100.000")])
+        await tx.incidents.open([])
+    got = await read(storage, lambda tx: tx.incidents.get("fp1@100.000"))
+    assert got is not None
+    assert (got.rule, got.group, got.fingerprint, got.severity, got.active_at) == (
+        "HighErrors", "checkout", "fp1", "warning", 100.0)
+    assert got.labels == UNICODE  # JSON text: unicode, quotes and NUL survive every backend
+    assert (got.fired_at, got.resolved_at, got.ack_by, got.ack_at) == (None, None, None, None)
+    assert got.notifications == 0 and got.first_action_at is None and got.actions == ()
+    assert got.open
+    assert await read(storage, lambda tx: tx.incidents.get("nope")) is None
+    found = await read(storage, lambda tx: tx.incidents.find(
+        ["fp2@100.000", "nope", "fp1@100.000", "fp1@100.000"]))
+    assert sorted(found) == ["fp1@100.000", "fp2@100.000"]
+    assert found["fp1@100.000"] == got
+
+
+async def test_firing_keeps_the_first_time_and_takes_the_latest_severity(
+        storage: Storage) -> None:
+    async with storage.transaction() as tx:
+        await tx.incidents.open([incident()])
+        await tx.incidents.update([IncidentChange("fp1@100.000", "warning", UNICODE, 160.0)])
+        await tx.incidents.update([IncidentChange("fp1@100.000", "critical", {"a": "b"}, 999.0),
+                                   IncidentChange("unknown@1.000", "critical", {}, 1.0)])
+        await tx.incidents.update([])
+    got = await read(storage, lambda tx: tx.incidents.get("fp1@100.000"))
+    assert got is not None and got.fired_at == 160.0
+    assert got.severity == "critical" and got.labels == {"a": "b"}
+    assert await read(storage, lambda tx: tx.incidents.get("unknown@1.000")) is None
+    async with storage.transaction() as tx:
+        await tx.incidents.update([IncidentChange("fp1@100.000", None, {"c": "d"})])
+    got = await read(storage, lambda tx: tx.incidents.get("fp1@100.000"))
+    assert got is not None and got.severity is None and got.labels == {"c": "d"}
+    assert got.fired_at == 160.0
+
+
+async def test_resolve_once_and_keep_the_ack_after_the_acks_are_pruned(
+        storage: Storage) -> None:
+    async with storage.transaction() as tx:
+        await tx.incidents.open([incident(), incident("fp2@100.000")])
+        await tx.acks.add([AckRecord("fp1@100.000", "fp1", {"a": "b"}, 300.0, "alice", "")])
+    live = await read(storage, lambda tx: tx.incidents.get("fp1@100.000"))
+    assert live is not None and (live.ack_by, live.ack_at) == ("alice", 300.0)
+    async with storage.transaction() as tx:
+        await tx.incidents.resolve([("fp1@100.000", 400.0), ("fp2@100.000", 450.0),
+                                    ("unknown@1.000", 1.0)])  # fp2 has no ack: none kept
+        await tx.incidents.resolve([("fp1@100.000", 500.0)])  # resolved already: kept
+        await tx.incidents.resolve([])
+        await tx.acks.delete(["fp1@100.000"])  # what the notifier's prune does
+    got = await read(storage, lambda tx: tx.incidents.get("fp1@100.000"))
+    assert got is not None and got.resolved_at == 400.0 and not got.open
+    assert (got.ack_by, got.ack_at) == ("alice", 300.0)
+    other = await read(storage, lambda tx: tx.incidents.get("fp2@100.000"))
+    assert other is not None and (other.ack_by, other.ack_at) == (None, None)
+
+
+async def test_list_is_newest_first_with_filters(storage: Storage) -> None:
+    async with storage.transaction() as tx:
+        await tx.incidents.open([
+            incident("a@100.000", active_at=100.0, resolved_at=150.0),
+            incident("b@200.000", active_at=200.0),
+            incident("c@200.000", active_at=200.0, rule="Latency", resolved_at=900.0),
+            incident("d@300.000", active_at=300.0, resolved_at=350.0)])
+
+    async def ids(**kw: Any) -> list[str]:
+        return [i.id for i in await read(storage, lambda tx: tx.incidents.list(**kw))]
+
+    assert await ids() == ["d@300.000", "b@200.000", "c@200.000", "a@100.000"]
+    assert await ids(limit=2) == ["d@300.000", "b@200.000"]
+    assert await ids(limit=None) == await ids()
+    assert await ids(limit=0) == []
+    assert await ids(rule="Latency") == ["c@200.000"]
+    assert await ids(state="open") == ["b@200.000"]
+    assert await ids(state="resolved") == ["d@300.000", "c@200.000", "a@100.000"]
+    # since: open at any moment since then — still open, or resolved at or after it
+    assert await ids(since=350.0) == ["d@300.000", "b@200.000", "c@200.000"]
+    assert await ids(since=351.0) == ["b@200.000", "c@200.000"]
+    assert await ids(since=351.0, state="resolved", rule="Latency") == ["c@200.000"]
+    with pytest.raises(ValueError, match="open"):
+        await ids(state="closed")
+
+
+async def test_action_runs_are_joined_by_incident(storage: Storage) -> None:
+    async with storage.transaction() as tx:
+        await tx.incidents.open([incident()])
+        await tx.incidents.open([incident("fp2@100.000")])
+        await tx.runs.insert(incident_run("r2", "fp1@100.000", action="second", created_at=20.0))
+        await tx.runs.insert(incident_run("r1", "fp1@100.000", action="first", created_at=10.0))
+        await tx.runs.insert(incident_run("r3", "other@1.000", created_at=5.0))
+        await tx.runs.insert(incident_run("r4", None, created_at=5.0))
+        await tx.runs.update("r1", status="succeeded", verification="not_helped")
+    got = await read(storage, lambda tx: tx.incidents.get("fp1@100.000"))
+    assert got is not None
+    assert got.actions == (IncidentAction("first", "r1", "succeeded", "not_helped"),
+                           IncidentAction("second", "r2", "running", None))
+    listed = await read(storage, lambda tx: tx.incidents.list())
+    assert {i.id: i.actions for i in listed}["fp2@100.000"] == ()
+    assert {i.id: len(i.actions) for i in listed}["fp1@100.000"] == 2
+
+
+async def test_counters_and_first_action(storage: Storage) -> None:
+    async with storage.transaction() as tx:
+        await tx.incidents.open([incident()])
+        await tx.incidents.add_notifications({"fp1@100.000": 2, "unknown@1.000": 5})
+        await tx.incidents.add_notifications({"fp1@100.000": 3})
+        await tx.incidents.add_notifications({})
+        assert await tx.incidents.first_action("fp1@100.000", 170.0)
+        assert not await tx.incidents.first_action("fp1@100.000", 180.0)
+        assert not await tx.incidents.first_action("unknown@1.000", 180.0)
+    got = await read(storage, lambda tx: tx.incidents.get("fp1@100.000"))
+    assert got is not None and got.notifications == 5 and got.first_action_at == 170.0
+
+
+async def test_rekey_moves_the_record_and_a_newer_row_wins(storage: Storage) -> None:
+    async with storage.transaction() as tx:
+        await tx.incidents.open([incident("fp1@100.000")])
+        await tx.incidents.add_notifications({"fp1@100.000": 1})
+        await tx.incidents.rekey("fp1@100.000", "fp1@130.000", 130.0)
+        await tx.incidents.open([incident("fp2@100.000")])
+        await tx.incidents.open([incident("fp2@140.000", active_at=140.0)])
+        await tx.incidents.rekey("fp2@100.000", "fp2@140.000", 140.0)
+        await tx.incidents.rekey("missing@1.000", "missing@2.000", 2.0)
+    listed = await read(storage, lambda tx: tx.incidents.list())
+    assert [(i.id, i.active_at, i.notifications) for i in listed] == [
+        ("fp2@140.000", 140.0, 0), ("fp1@130.000", 130.0, 1)]
+
+
+async def test_prune_deletes_only_incidents_resolved_before_the_cutoff(
+        storage: Storage) -> None:
+    async with storage.transaction() as tx:
+        await tx.incidents.open([incident("old@1.000", active_at=1.0, resolved_at=10.0)])
+        await tx.incidents.open([incident("edge@1.000", active_at=1.0, resolved_at=20.0)])
+        await tx.incidents.open([incident("open@1.000", active_at=1.0)])
+    assert await read(storage, lambda tx: tx.incidents.prune(20.0)) == 1
+    assert sorted(i.id for i in await read(storage, lambda tx: tx.incidents.list())) == [
+        "edge@1.000", "open@1.000"]
+    assert await read(storage, lambda tx: tx.incidents.prune(1e12)) == 1
+    assert [i.id for i in await read(storage, lambda tx: tx.incidents.list())] == ["open@1.000"]
+
+
+async def test_incident_writes_roll_back_with_their_transaction(storage: Storage) -> None:
+    async with storage.transaction() as tx:
+        await tx.incidents.open([incident()])
+    with pytest.raises(RuntimeError):
+        async with storage.transaction() as tx:
+            await tx.incidents.open([incident("fp2@100.000")])
+            await tx.incidents.update([IncidentChange("fp1@100.000", "critical", {}, 160.0)])
+            await tx.incidents.add_notifications({"fp1@100.000": 4})
+            await tx.incidents.resolve([("fp1@100.000", 200.0)])
+            raise RuntimeError("boom")
+    [only] = await read(storage, lambda tx: tx.incidents.list())
+    assert only.id == "fp1@100.000" and only.fired_at is None and only.open
+    assert only.notifications == 0 and only.severity == "warning"
+
+
 # ---- results are copies --------------------------------------------------------------------------
 
 
@@ -1109,3 +1300,31 @@ async def test_a_store_of_a_newer_schema_is_refused_untouched(sql_url: str) -> N
         assert await read(s, lambda tx: tx.rule_files.load()) == {"a.yml": b"x"}
     finally:
         await s.close()
+
+
+async def test_a_version_1_store_migrates_to_version_2_with_its_rows(sql_url: str) -> None:
+    """Schema 2 added incident history to a store of schema 1 (the first release's tables)."""
+    v1 = migration(1, "sqlite" if sql_url.startswith("sqlite:") else "postgresql")
+    meta = "CREATE TABLE schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+    ack = ("INSERT INTO notify_acks VALUES ('fp1@100.000', 'fp1', '{}', 300.0, 'bob', '')")
+    if sql_url.startswith("sqlite:"):
+        with sqlite3.connect(sql_url.removeprefix("sqlite:///")) as db:
+            for stmt in [*v1, meta, "INSERT INTO schema_meta VALUES ('version', '1')", ack]:
+                db.execute(stmt)
+    else:
+        conn = await asyncpg.connect(sql_url)
+        try:
+            for stmt in [*v1, meta, "INSERT INTO schema_meta VALUES ('version', '1')", ack]:
+                await conn.execute(stmt)
+        finally:
+            await conn.close()
+    s = await open_storage(sql_url)
+    try:
+        assert [a.created_by for a in await read(s, lambda tx: tx.acks.load())] == ["bob"]
+        async with s.transaction() as tx:
+            await tx.incidents.open([incident()])
+        got = await read(s, lambda tx: tx.incidents.get("fp1@100.000"))
+        assert got is not None and got.ack_by == "bob"
+    finally:
+        await s.close()
+    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION) == "2"

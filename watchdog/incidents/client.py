@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from watchdog.durations import format_duration, parse_duration, parse_timestamp
+from watchdog.durations import format_duration, parse_duration
+from watchdog.webinput import BadInput, parse_time
 
 DEFAULT_URL = "http://localhost:8080"
 HIDDEN_LABELS = frozenset({"alertname", "severity"})
@@ -30,8 +31,8 @@ HIDDEN_LABELS = frozenset({"alertname", "severity"})
 def _since(text: str) -> float:
     """A time (Unix seconds, RFC 3339) or a duration back from now (`24h`, `7d`)."""
     try:
-        return parse_timestamp(text)
-    except ValueError:
+        return parse_time(text, "--since")
+    except BadInput:
         pass
     try:
         return time.time() - parse_duration(text)

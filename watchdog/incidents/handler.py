@@ -27,6 +27,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
+from watchdog.gocompat import rfc3339 as go_time
 from watchdog.handlers import ActionEvent, DaemonContext
 from watchdog.model import SEVERITY_RANK
 from watchdog.state import Alert, Event
@@ -65,11 +66,8 @@ def record_of(a: Alert) -> IncidentRecord:
 
 
 def rfc3339(t: float | None) -> str | None:
-    if t is None:
-        return None
-    from watchdog.daemon import rfc3339 as go_time
-
-    return go_time(t)
+    """Go's JSON time, as Prometheus's API writes `activeAt`; null for "not (yet)"."""
+    return None if t is None else go_time(t)
 
 
 def incident_json(i: IncidentRecord, now: float) -> dict[str, Any]:

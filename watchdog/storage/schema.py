@@ -161,16 +161,16 @@ CREATE TABLE IF NOT EXISTS deploy_alerts (
 # index on action_runs.incident_id serves that join (the unique index leads with the action).
 _V2 = """
 CREATE TABLE IF NOT EXISTS incidents (
-    id TEXT PRIMARY KEY,
-    rule TEXT NOT NULL,
-    grp TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    labels TEXT NOT NULL,
-    severity TEXT,
+    id {TEXT} PRIMARY KEY,
+    rule {TEXT} NOT NULL,
+    grp {TEXT} NOT NULL,
+    fingerprint {TEXT} NOT NULL,
+    labels {TEXT} NOT NULL,
+    severity {TEXT},
     active_at {REAL} NOT NULL,
     fired_at {REAL},
     resolved_at {REAL},
-    ack_by TEXT,
+    ack_by {TEXT},
     ack_at {REAL},
     notifications INTEGER NOT NULL DEFAULT 0,
     first_action_at {REAL}
