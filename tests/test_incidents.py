@@ -232,7 +232,9 @@ async def test_the_incidents_command_reads_a_running_daemon(tmp_path: Path) -> N
     from watchdog.cli import build_parser
     from watchdog.incidents.client import main as incidents_main
 
-    s = settings(tmp_path)
+    s = settings(tmp_path, api_read_token="read-123")
+    token = tmp_path / "token"
+    token.write_text("read-123\n")
     write(s.rules_dir / "r.yml", rules())
     clock = FixedClock(T0)
     src = FakeSource({"latency": [sample(2.0, service="api", instance="web-1")],
@@ -244,8 +246,9 @@ async def test_the_incidents_command_reads_a_running_daemon(tmp_path: Path) -> N
         src.answers["latency"] = []
         await d.evaluate_all()
 
-        async def run(*argv: str) -> tuple[int, str, str]:
-            args = build_parser().parse_args(["incidents", "--url", str(d.http_url), *argv])
+        async def run(*argv: str, auth: bool = True) -> tuple[int, str, str]:
+            args = build_parser().parse_args(["incidents", "--url", str(d.http_url), *argv,
+                                              *(["--token-file", str(token)] if auth else [])])
             out, err = io.StringIO(), io.StringIO()
             code = await asyncio.to_thread(incidents_main, args, out, err)
             return code, out.getvalue(), err.getvalue()
@@ -269,6 +272,8 @@ async def test_the_incidents_command_reads_a_running_daemon(tmp_path: Path) -> N
         assert doc["rule"] == "Latency" and doc["durationSeconds"] == 120.0
         code, out, _ = await run("--rule", "Nope")
         assert (code, out) == (0, "no incidents\n")
+        code, _, err = await run(auth=False)  # API_READ_TOKEN is set
+        assert code == 1 and "HTTP 401" in err and "read-123" not in err
     args = build_parser().parse_args(["incidents", "--url", "http://127.0.0.1:9"])
     err = io.StringIO()
     assert incidents_main(args, io.StringIO(), err) == 1

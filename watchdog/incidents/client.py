@@ -58,7 +58,8 @@ def add_incidents_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the API's JSON")
     p.add_argument("--url", default=DEFAULT_URL, help=f"the daemon (default {DEFAULT_URL})")
     p.add_argument("--token-file", type=Path,
-                   help="file holding an API token to send (default: $WATCHDOG_API_TOKEN)")
+                   help="file holding the token to send when the daemon has API_READ_TOKEN set "
+                        "(default: $WATCHDOG_API_READ_TOKEN, else $WATCHDOG_API_TOKEN)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
     return p
 
@@ -129,7 +130,8 @@ def main(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.s
         return 2
     try:
         token = (args.token_file.read_text().strip() if args.token_file is not None
-                 else os.environ.get("WATCHDOG_API_TOKEN") or None)
+                 else os.environ.get("WATCHDOG_API_READ_TOKEN")
+                 or os.environ.get("WATCHDOG_API_TOKEN") or None)
     except OSError as e:
         print(f"watchdog incidents: cannot read --token-file: {e.strerror}", file=err)
         return 2
