@@ -1,9 +1,10 @@
 """The crash matrix: `watchdog run` (a real process, a real Prometheus) is SIGKILLed right after
 an alert starts firing, at many points — a fixed delay after the daemon logs the firing, while
 each receiver's firing notification is in flight (the fake has it and never answers), while one
-is waiting for its retry, while the action's webhook step is in flight, and after the action's
-"started" notice (a control). A second process then starts on the same state
-(`WATCHDOG_STATE_URL`), the alert keeps firing, then resolves. For every kill point:
+waits for its retry, when the action run is logged (before its step starts), while the step is
+in flight, when the run is logged as finished, and after the "started" notice reached a
+receiver. A second process then starts on the same state (`WATCHDOG_STATE_URL`), the alert keeps
+firing, then resolves. For every kill point:
 
 - **one incident**: the second process restores the first one's firing incident and resolves
   it — or, if the kill came before that firing was committed, fires and resolves a new one, and
@@ -13,7 +14,8 @@ is waiting for its retry, while the action's webhook step is in flight, and afte
   service acts on arrival, whether or not the watchdog lives to read the answer). The one
   ambiguity `watchdog/actions/runner.py` allows is a step cut off mid-flight: it is marked
   `interrupted`, never repeated, and the run fails loudly — so such a step may have reached the
-  target once or not at all; any other step must have succeeded and reached it exactly once;
+  target once or not at all; any other step must have succeeded and reached it exactly once.
+  The run's outcome (succeeded, or failed) is notified, whichever process ended it;
 - **every receiver gets its firing and its resolved** (Slack, PagerDuty, an Alertmanager-style
   webhook). Delivery is at-least-once (`watchdog/notify/outbox.py`): a notification the receiver
   had accepted when the process died may be sent once more by the next process, so a receiver
@@ -23,8 +25,8 @@ is waiting for its retry, while the action's webhook step is in flight, and afte
 Written for issue 9 (one transaction per evaluation). On the storage code of v0.1.0 the kill
 points between the firing and the action run's insert fail — the notification handler commits
 its outbox and starts sending before the actions handler inserts the run, and a restart never
-creates a missing run — while the two after the insert (the step in flight, the "started" notice)
-pass.
+creates a missing run — and so does `action-finished-logged`: a run's end is committed before,
+and apart from, the notice of its outcome, which a kill in between loses.
 
 The state backend is conftest's `state_url` fixture: a SQLite file, and a fresh PostgreSQL
 database.
@@ -140,8 +142,11 @@ KILL_POINTS = [
     # Slack refused the firing (503): killed while it waits for its retry, before it is sent.
     KillPoint("slack-firing-awaiting-retry", log_event="notification delivery failed; will retry",
               script=(("slack", status(503)),)),
-    # While the action's webhook step is in flight.
+    # The run is recorded and about to start its step; the step in flight; the run recorded as
+    # finished, its outcome not yet notified.
+    KillPoint("action-run-logged", log_event="action.run"),
     KillPoint("action-step-in-flight", on="action"),
+    KillPoint("action-finished-logged", log_event="action.finished"),
     # After the "action started" notice reached a receiver: the run was persisted before.
     KillPoint("action-started-notified", on="notice"),
 ]
@@ -402,11 +407,13 @@ async def test_sigkill_right_after_firing(point: KillPoint, state_url: str, tmp_
         # not have reached the target); it is not repeated, and the run fails loudly.
         assert run["status"] == "failed", run
         assert calls == arrived_at_kill, "an interrupted step was run again"
-        assert "failed" in told, f"nobody was told the run failed: {told}"
     else:
         assert (step["status"], run["status"]) == ("succeeded", "succeeded"), run
         assert calls == 1 and action.answered[case] == 1
-        assert "succeeded" in told, told
+    # The outcome is notified too (CONTRACT §3: "action started / succeeded / failed"), so a run
+    # that ended — here or in the dead process — is not left announced as started only.
+    assert run["status"] in told, (
+        f"the run ended {run['status']!r}, but the webhook receiver was only told {told}")
     if point.on == "action":
         assert step["status"] == "interrupted" and calls == 1
 
