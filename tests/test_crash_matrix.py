@@ -33,10 +33,12 @@ database.
 
 One Prometheus (scraping `crash_support.SignalTarget` every 250 ms) serves the whole module;
 each test uses its own series (`case` label), rules (evaluated every 500 ms, `for: 0s`,
-`group_wait: 0s`), receivers and state. The rule reads `last_over_time(...[1s])`, not the bare
-series: on a loaded machine a scrape can time out, which marks the series stale, and a bare
-selector would then resolve the alert and fire it again as a new incident — a flap of the
-test's making, not the daemon's. The daemons come from `crash_support.Launcher`: real
+`group_wait: 0s`), receivers and state. The rule reads `last_over_time(...[5s])`, not the bare
+series: on a loaded machine scrapes time out or fall behind (a failed scrape marks the series
+stale), and a bare selector — or a 1 s window, seen at a load average of 20 — would then resolve
+the alert and fire it again as a new incident: a flap of the test's making, not the daemon's.
+The window costs nothing on the way down: the first scrape of 0 is the last sample.
+The daemons come from `crash_support.Launcher`: real
 `python -m watchdog run` processes whose imports were done ahead of time, since twenty cold
 starts would be most of the module's time on a 2-core machine.
 
@@ -88,7 +90,7 @@ groups:
     interval: 500ms
     rules:
       - alert: ALERT
-        expr: last_over_time(crash_signal{case="CASE"}[1s]) > 0
+        expr: last_over_time(crash_signal{case="CASE"}[5s]) > 0
         for: 0s
         labels: {severity: critical}
         annotations: {summary: "crash matrix {{ $labels.case }}"}
@@ -379,7 +381,12 @@ async def test_sigkill_right_after_firing(point: KillPoint, state_url: str, tmp_
     # kill came before that firing was committed, a fresh one. Then the first one must have
     # left no trace: nothing notified, nothing run (checked below, and here by the webhook's
     # startsAt, which is the incident's activeAt).
-    [ended] = second.alert_events("resolved")
+    story = [(e["kind"], e["incident"]) for e in second.alert_events()
+             if e["kind"] in ("firing", "resolved")]
+    assert [k for k, _ in story] in (["resolved"], ["firing", "resolved"]), (
+        f"the second process saw {story}: resolved and fired again is a gap in Prometheus's "
+        "data (scrapes failing or late), not the crash")
+    ended = second.alert_events("resolved")[0]
     incident = ended["incident"]
     assert [e["incident"] for e in second.alert_events("firing")] in ([], [incident])
     if incident != fired["incident"]:
