@@ -7,7 +7,7 @@ Must not: start anything (the daemon starts what this returns) or hold state of 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -40,27 +40,22 @@ def wire(ctx: DaemonContext, extra: Sequence[EventHandler] = (), *, subsystems: 
 
         out.mqtt = ctx.mqtt = MqttBus(ctx)
     if subsystems:
-        try:
-            out.handlers.append(IncidentsHandler(ctx))
-            out.parts["watchdog.incidents"] = "loaded"
-        except Exception as e:
-            out.parts["watchdog.incidents"] = f"failed: {e}"
-            log.exception("cannot create the incidents handler")
-        try:
-            notify = NotifyHandler(ctx)
-            ctx.commands.update(notify.commands())
-            out.handlers.append(notify)
-            out.parts["watchdog.notify"] = "loaded"
-        except Exception as e:
-            out.parts["watchdog.notify"] = f"failed: {e}"
-            log.exception("cannot create the notification handler")
-        try:
-            actions = ActionsHandler(ctx)
-            ctx.commands.update(actions.commands())
-            out.handlers.append(actions)
-            out.parts["watchdog.actions"] = "loaded"
-        except Exception as e:
-            out.parts["watchdog.actions"] = f"failed: {e}"
-            log.exception("cannot create the actions handler")
+        parts: list[tuple[str, Callable[[DaemonContext], EventHandler]]] = [
+            ("watchdog.incidents", IncidentsHandler), ("watchdog.notify", NotifyHandler),
+            ("watchdog.actions", ActionsHandler)]
+        for name, make in parts:
+            try:
+                handler = make(ctx)
+            except Exception as e:
+                # One subsystem that cannot start must not stop evaluation (or the others);
+                # it is loud in the log and on /api/v1/status.
+                out.parts[name] = f"failed: {e}"
+                log.exception("cannot create a handler", part=name)
+                continue
+            commands = getattr(handler, "commands", None)
+            if commands is not None:
+                ctx.commands.update(commands())
+            out.handlers.append(handler)
+            out.parts[name] = "loaded"
     out.handlers.extend(extra)
     return out
