@@ -29,6 +29,17 @@ machine the CPU of its backends serving that database (pids from pg_stat_activit
 is the sum. The watchdog to run is `python -m watchdog` of the Python running this script, so
 `/path/to/other/.venv/bin/python bench/daemon.py` measures another checkout (e.g. a release).
 
+`--memory 0,1000,10000` measures memory instead: for each rule count the watchdog starts alone
+against the same Prometheus (rules as above, every `--interval`), evaluates every rule twice,
+and its VmRSS / VmHWM are read from /proc; then it starts once more under `tracemalloc` (in
+the same interpreter, through `watchdog.cli.main`), and after the same two rounds reports the
+Python heap, the modules loaded, whether the optional clients (Sentry, MQTT, SMTP, Kubernetes,
+PostgreSQL) were imported, and the allocation sites holding the most. The slope per 1,000 rules
+is printed from the first count above 0 to the last. vmalert's RSS at the same counts is printed
+beside it (`--only watchdog` skips it). Run it with the Python of a production install (`pip
+install .`, no dev tools) to measure what a deployment holds: in a `.[dev]` venv structlog also
+imports `rich` (pulled in by import-linter), about 6 MiB more — the report says which it saw.
+
 A benchmark script, not part of the package: it starts processes and servers on 127.0.0.1 only,
 and must leave none behind (every child is stopped in `finally`).
 """
@@ -238,6 +249,174 @@ def measure(name: str, argv: list[str], env: dict[str, str], metrics_url: str,
             proc.wait()
 
 
+# ---- memory ------------------------------------------------------------------------------
+
+# Runs the daemon in-process under tracemalloc; SIGUSR1 writes what it holds to $BENCH_MEM_OUT.
+# Frames are attributed to the innermost watchdog/ frame when there is one, so "who keeps it"
+# reads as our code, not as dict/list internals.
+TRACE_PROBE = r"""
+import json, os, signal, sys, tracemalloc
+tracemalloc.start(12)
+def dump(signum, frame):
+    snap = tracemalloc.take_snapshot()
+    sites = {}
+    for st in snap.statistics("traceback"):
+        frames = [f for f in st.traceback if "/watchdog/" in f.filename]
+        f = frames[-1] if frames else st.traceback[-1]
+        key = f"{f.filename.split('/watchdog/')[-1] if frames else f.filename}:{f.lineno}"
+        sites[key] = sites.get(key, 0) + st.size
+    optional = {m: m in sys.modules for m in ("sentry_sdk", "aiomqtt", "aiosmtplib",
+                "kubernetes", "asyncpg", "rich", "numpy")}
+    top = sorted(sites.items(), key=lambda kv: -kv[1])[:12]
+    with open(os.environ["BENCH_MEM_OUT"], "w") as fh:
+        json.dump({"traced": tracemalloc.get_traced_memory()[0], "modules": len(sys.modules),
+                   "optional": optional, "top": top}, fh)
+signal.signal(signal.SIGUSR1, dump)
+from watchdog.cli import main
+sys.exit(main(["run"]))
+"""
+
+
+@dataclass
+class MemoryPoint:
+    rules: int
+    rss_mib: float
+    peak_mib: float
+    vmalert_rss_mib: float | None = None
+    traced_mib: float | None = None
+    modules: int | None = None
+    optional: dict[str, bool] = field(default_factory=dict)
+    top: list[tuple[str, int]] = field(default_factory=list)
+
+
+def wait_rounds(proc: subprocess.Popen[bytes], metrics_url: str, counters: Callable[
+        [str], tuple[float, float, float]], want: float, log: Path, name: str,
+        timeout: float = 300) -> None:
+    """Until `proc` serves metrics and has done `want` rule evaluations."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited {proc.returncode}: {log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError):
+            if counters(http_get(metrics_url, 2))[0] >= want:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not do {want:g} evaluations in {timeout:g}s; "
+                               f"see {log}")
+        time.sleep(0.5)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def memory_point(n: int, args: argparse.Namespace, tmp: Path, prom_url: str, series: int,
+                 base_env: dict[str, str], state_url: str, sink_port: int) -> MemoryPoint:
+    rules = tmp / f"rules-{n}"
+    write_rules(rules, n, args.per_group, series)
+    rounds = 2 * n
+    point = MemoryPoint(n, 0.0, 0.0)
+    for traced in (False, True):
+        port = free_port()
+        out = tmp / f"mem-{n}-{traced}.json"
+        db = state_url if not state_url.startswith("sqlite") else \
+            f"sqlite:///{tmp / f'mem-{n}-{traced}.db'}"
+        env = {**base_env, "WATCHDOG_RULES_DIR": str(rules), "WATCHDOG_PROMETHEUS_URL": prom_url,
+               "WATCHDOG_EVALUATION_INTERVAL": f"{args.interval:g}s",
+               "WATCHDOG_HTTP_LISTEN": f"127.0.0.1:{port}", "WATCHDOG_STATE_URL": db,
+               "WATCHDOG_LOG_LEVEL": "WARNING", "WATCHDOG_LOG_FORMAT": "json",
+               "BENCH_MEM_OUT": str(out)}
+        argv = [sys.executable, "-c", TRACE_PROBE] if traced else \
+            [sys.executable, "-m", "watchdog", "run"]
+        log = tmp / f"mem-{n}-{traced}.log"
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=tmp)
+        started = time.monotonic()
+        try:
+            url = f"http://127.0.0.1:{port}/metrics"
+            wait_rounds(proc, url, watchdog_counters, rounds, log, "watchdog")
+            print(f"  watchdog{' under tracemalloc' if traced else ''} at {n:,} rules: "
+                  f"{rounds:,} evaluations after {time.monotonic() - started:.0f}s", flush=True)
+            if n == 0:
+                time.sleep(2 * args.interval)  # the built-in health group still ticks
+            if traced:
+                proc.send_signal(signal.SIGUSR1)
+                deadline = time.monotonic() + 120
+                while not out.exists() or not out.read_text().endswith("}"):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"no tracemalloc report from the watchdog; see {log}")
+                    time.sleep(0.5)
+                got = json.loads(out.read_text())
+                point.traced_mib = got["traced"] / 2**20
+                point.modules = got["modules"]
+                point.optional = got["optional"]
+                point.top = [(k, v) for k, v in got["top"]]
+            else:
+                point.rss_mib, point.peak_mib = rss_mib(proc.pid), rss_mib(proc.pid, "VmHWM")
+        finally:
+            stop(proc)
+    if "vmalert" in args.memory_peers:
+        port = free_port()
+        log = tmp / f"mem-{n}-vmalert.log"
+        argv_vm = [find_binary("vmalert") or "vmalert", f"-datasource.url={prom_url}",
+                   f"-rule={rules}/*.yml", f"-evaluationInterval={args.interval:g}s",
+                   f"-notifier.url=http://127.0.0.1:{sink_port}",
+                   f"-httpListenAddr=127.0.0.1:{port}", "-loggerLevel=WARN"]
+        if n == 0:
+            (rules / "empty.yml").write_text('{"groups": []}')
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(argv_vm, env=base_env, stdout=fh, stderr=subprocess.STDOUT,
+                                    cwd=tmp)
+        try:
+            wait_rounds(proc, f"http://127.0.0.1:{port}/metrics", vmalert_counters, rounds, log,
+                        "vmalert")
+            if n == 0:
+                time.sleep(2 * args.interval)
+            point.vmalert_rss_mib = rss_mib(proc.pid)
+        finally:
+            stop(proc)
+    return point
+
+
+def report_memory(points: list[MemoryPoint], args: argparse.Namespace) -> None:
+    print()
+    print(f"memory: rules in groups of {args.per_group} every {args.interval:g}s, each count "
+          f"after two evaluations of every rule; {os.cpu_count()} CPUs")
+    print(f"(watchdog: {args.watchdog_source}; Python {sys.executable})")
+    print(f"{'rules':>7} {'RSS MiB':>9} {'peak MiB':>9} {'vmalert RSS':>12} {'ratio':>7} "
+          f"{'py heap MiB':>12} {'modules':>8}")
+    for p in points:
+        vm = f"{p.vmalert_rss_mib:.1f}" if p.vmalert_rss_mib is not None else "—"
+        r = ratio(p.rss_mib, p.vmalert_rss_mib) if p.vmalert_rss_mib else "—"
+        heap = f"{p.traced_mib:.1f}" if p.traced_mib is not None else "—"
+        print(f"{p.rules:>7,} {p.rss_mib:>9.1f} {p.peak_mib:>9.1f} {vm:>12} {r:>7} {heap:>12} "
+              f"{p.modules if p.modules is not None else '—':>8}")
+    counted = [p for p in points if p.rules > 0]
+    if len(counted) >= 2:
+        a, b = counted[0], counted[-1]
+        per_k = (b.rss_mib - a.rss_mib) / (b.rules - a.rules) * 1000
+        line = f"slope {a.rules:,} -> {b.rules:,} rules: RSS {per_k:+.2f} MiB per 1,000 rules"
+        if a.traced_mib is not None and b.traced_mib is not None:
+            heap_k = (b.traced_mib - a.traced_mib) / (b.rules - a.rules) * 1000
+            line += f", Python heap {heap_k:+.2f} MiB per 1,000 rules"
+        if a.vmalert_rss_mib and b.vmalert_rss_mib:
+            vm_k = (b.vmalert_rss_mib - a.vmalert_rss_mib) / (b.rules - a.rules) * 1000
+            line += f"; vmalert {vm_k:+.2f} MiB per 1,000"
+        print(line)
+    for p in points:
+        loaded = [m for m, yes in p.optional.items() if yes]
+        print(f"at {p.rules:,} rules, optional modules loaded: {', '.join(loaded) or 'none'}")
+    if points and points[-1].top:
+        print(f"largest Python allocation sites at {points[-1].rules:,} rules (MiB):")
+        for site, size in points[-1].top:
+            print(f"  {size / 2**20:7.2f}  {site}")
+
+
 # ---- PostgreSQL ------------------------------------------------------------------------
 
 
@@ -445,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=12.0)
     p.add_argument("--series", type=int, default=100)
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    p.add_argument("--memory", default="",
+                   help="comma-separated rule counts (e.g. 0,1000,10000): measure memory at "
+                        "each instead of CPU")
     p.add_argument("--only", choices=CONTENDERS, action="append",
                    help="run this contender (repeat for several; default: all)")
     p.add_argument("--state-url", default="",
@@ -489,6 +671,13 @@ def main(argv: list[str] | None = None) -> int:
         rules = tmp / "rules"
         write_rules(rules, args.rules, args.per_group, args.series)
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
+        if args.memory:
+            args.memory_peers = only - {"watchdog", "prometheus"}
+            points = [memory_point(int(n), args, tmp, prom.url, args.series, base_env,
+                                   state_url, sink.server_address[1])
+                      for n in args.memory.split(",")]
+            report_memory(points, args)
+            return 0
 
         if "watchdog" in only:
             port = free_port()

@@ -184,9 +184,11 @@ class NotifyHandler:
             log.exception("cannot reload the notification log")
 
     def _stream(self, events: Sequence[Event | ActionEvent]) -> None:
+        bus = self.ctx.mqtt
+        if bus is None:
+            return  # no MQTT_URL: do not import the client (tests/test_lazy_imports.py)
         from watchdog.mqtt import MqttBus
 
-        bus = self.ctx.mqtt
         if isinstance(bus, MqttBus):
             for e in events:
                 bus.publish_event(e)
