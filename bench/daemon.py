@@ -256,7 +256,7 @@ def measure(name: str, argv: list[str], env: dict[str, str], metrics_url: str,
 # reads as our code, not as dict/list internals.
 TRACE_PROBE = r"""
 import json, os, signal, sys, tracemalloc
-tracemalloc.start(12)
+tracemalloc.start(6)
 def dump(signum, frame):
     snap = tracemalloc.take_snapshot()
     sites = {}

@@ -99,6 +99,27 @@ def test_last_good_version_keeps_running() -> None:
     assert "rules/a.yml:5: expr: invalid PromQL" in str(st_.problems[0])
 
 
+def test_an_unchanged_file_is_checked_as_on_a_fresh_load() -> None:
+    # The rule set keeps only part of an accepted file's document and line map (memory); when
+    # the file comes back unchanged, the cross-file checks must still find what a fresh load
+    # finds, at the same lines: here the action and receiver it uses moved away from b.yml.
+    a = (b"groups:\n- name: g\n  rules:\n  - alert: A\n    expr: up == 0\n"
+         b"    labels: {team: x}\n    annotations: {summary: s}\n    actions: [fix]\n"
+         b"routes:\n- receivers: [chat]\n  escalate:\n  - {after: 5m, receivers: [chat]}\n")
+    b = (b"actions:\n  fix:\n    steps: [{webhook: {url: 'http://x/'}}]\n"
+         b"receivers:\n- {name: chat, webhook: {url: 'http://x/'}}\n")
+    first = build({"r/a.yml": a, "r/b.yml": b})
+    assert all(st_.ok for st_ in first.status.values())
+    gone = b"groups: []\n"
+    reloaded = build({"r/a.yml": a, "r/b.yml": gone}, first)
+    fresh = build({"r/a.yml": a, "r/b.yml": gone})
+    assert [str(p) for p in reloaded.status["r/a.yml"].problems] == \
+        [str(p) for p in fresh.status["r/a.yml"].problems] == [
+            "r/a.yml:8: rule 'A' refers to undefined action 'fix'",
+            "r/a.yml:10: route refers to undefined receiver 'chat'",
+            "r/a.yml:12: escalation refers to undefined receiver 'chat'"]
+
+
 yaml_like = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
               st.text(max_size=20)),

@@ -59,3 +59,26 @@ async def test_history_remembers_recent_evaluations() -> None:
     hist = rt.rules[0].history
     assert len(hist) == 20 and hist[-1].at == 24 * 60.0
     assert hist[-1].samples == 2 and hist[-1].hits == 2 and hist[-1].error is None
+
+
+async def test_history_keeps_errors_beside_the_right_evaluations() -> None:
+    # The history is packed (memory); a failed evaluation's error and "no hits" must stay with
+    # its own evaluation as the window rolls past it.
+    g = group([{"alert": "A", "expr": "a"}])
+    src = FakeSource({"a": [sample(1)]})
+    rt = GroupRuntime.new("f.yml", g)
+    failing = {3, 4, 21}
+    for i in range(30):
+        if i in failing:
+            src.fail("a", f"outage {i}")
+        else:
+            src.answers["a"] = [sample(1)]
+        await tick(rt, 60.0 * i, src, Context())
+        hist = list(rt.rules[0].history)
+        assert [h.at for h in hist] == [60.0 * j for j in range(max(0, i - 19), i + 1)]
+        for h in hist:
+            j = int(h.at // 60)
+            assert (h.error is not None) == (j in failing), (i, j, h)
+            assert h.error is None or h.error.endswith(f"outage {j}")
+            assert h.hits == (None if j in failing else 1)
+    assert [h.at for h in reversed(rt.rules[0].history)][:2] == [29 * 60.0, 28 * 60.0]

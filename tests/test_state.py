@@ -115,3 +115,86 @@ def test_tier_change_is_the_same_alert(tiers: list[str], kinds: list[str]) -> No
     assert [e.kind for _, _, r in trace for e in r.events] == kinds
     assert trace[-1][1]["a"].labels["severity"] == tiers[-1]
     assert trace[-1][1]["a"].active_at == 0
+
+
+# ---- walk: the same machine over a range, stepped only where something can change ----------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from watchdog.state import walk  # noqa: E402
+
+# One evaluation: None = failed query (error), "keep" = no_data: keep on empty data, else the
+# hits as (fingerprint, severity, value). Few fingerprints, so series come and go and return.
+evaluation = st.one_of(
+    st.none(), st.just("keep"),
+    st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from([None, "warning", "critical"]),
+                       st.sampled_from([1.0, 2.5, float("nan")])),
+             max_size=4, unique_by=lambda h: h[0]))
+
+
+def _outcome(ev: object) -> Outcome:
+    if ev is None:
+        return Outcome(None, "boom")
+    if ev == "keep":
+        return Outcome(None)
+    assert isinstance(ev, list)
+    return Outcome([hit(fp, v, sev) for fp, sev, v in ev])
+
+
+def _key(ev: object) -> object:
+    # what replay derives without building hits: identity, labels and tier, not the value
+    if ev == "keep":
+        return None
+    if ev is None:
+        return ("error", "boom")
+    assert isinstance(ev, list)
+    return frozenset((fp, sev) for fp, sev, _ in ev)
+
+
+def _view(alerts: dict[str, Alert]) -> dict[str, tuple[object, ...]]:
+    # an alert as far as anything outside can tell, its value aside: walk steps less often, so
+    # an alert's value is the one of the last evaluation stepped (its events carry their own)
+    return {fp: (a.state, a.active_at, a.fired_at, a.resolved_at, a.keep_firing_since,
+                 tuple(sorted(a.labels.items())), a.severity) for fp, a in alerts.items()}
+
+
+@settings(max_examples=500, deadline=None)
+@given(runs=st.lists(st.tuples(evaluation, st.integers(1, 15),
+                               st.sampled_from([30.0, 60.0, 60.0, 300.0, 450.0, 900.0])),
+                     max_size=10),
+       hold=st.sampled_from([0.0, 60.0, 120.0, 300.0, 1000.0]),
+       keep=st.sampled_from([0.0, 60.0, 180.0, 900.0]),
+       limit=st.sampled_from([0, 0, 2, 3]))
+def test_walk_agrees_with_step_at_every_evaluation(runs: list[tuple[object, int, float]],
+                                                   hold: float, keep: float,
+                                                   limit: int) -> None:
+    # runs of the same evaluation (with its own spacing), as real data has: long stretches
+    # where nothing changes are where walk skips, and where a timer must stop it
+    history = [ev for ev, n, _ in runs for _ in range(n)]
+    gaps = [gap for _, n, gap in runs for _ in range(n)]
+    times = [sum(gaps[:i]) for i in range(len(history))]
+    # the reference: `step` at every evaluation, as `watchdog run` does
+    alerts: dict[str, Alert] = {}
+    ref_events, ref_errors = [], []
+    for at, ev in zip(times, history, strict=True):
+        res = step(alerts, _outcome(ev), at, rule="R", group="g", hold=hold,
+                   keep_firing_for=keep, limit=limit)
+        alerts = res.alerts
+        ref_events += [(e.kind, e.at, e.alert.fingerprint, _view({"x": e.alert}),
+                        repr(e.alert.value)) for e in res.events]
+        ref_errors += [(at, res.error)] if res.error else []
+    # walk: the same machine, stepped only where something can change
+    got: dict[str, Alert] = {}
+    events, errors = [], []
+    for i, res in walk({}, times, [_key(ev) for ev in history],
+                       lambda i: _outcome(history[i]), rule="R", group="g", hold=hold,
+                       keep_firing_for=keep, limit=limit):
+        got = res.alerts
+        events += [(e.kind, e.at, e.alert.fingerprint, _view({"x": e.alert}),
+                    repr(e.alert.value)) for e in res.events]
+        errors += [(times[i], res.error)] if res.error else []
+    assert events == ref_events
+    assert errors == ref_errors
+    assert _view(got) == _view(alerts)  # and the same alerts, in the same order
+    assert list(got) == list(alerts)

@@ -11,9 +11,9 @@ measure how long things took).
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from watchdog.evaluate import Context, Outcome, Query, Sample, evaluate, plan
@@ -24,7 +24,7 @@ from watchdog.state import Alert, Event, step
 HISTORY = 20  # evaluations remembered per rule: enough to answer "why did/didn't it fire?"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EvalRecord:
     at: float
     duration: float
@@ -33,16 +33,61 @@ class EvalRecord:
     error: str | None
 
 
-@dataclass
+_PACKED = struct.Struct("<ddqq")  # at, duration, samples, hits (-1: no hits, state kept)
+
+
+class EvalHistory:
+    """The last HISTORY evaluations of one rule, oldest first, packed 32 bytes each: as
+    objects they were ~100 bytes each, twenty per rule, which at 1,000 rules was the largest
+    thing the daemon held (bench/daemon.py --memory). Errors, rare, are kept beside."""
+
+    __slots__ = ("_buf", "_errors")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._errors: tuple[str | None, ...] = ()  # aligned with the records, or () if none
+
+    def append(self, rec: EvalRecord) -> None:
+        if len(self._buf) >= HISTORY * _PACKED.size:
+            del self._buf[:_PACKED.size]
+            self._errors = self._errors[1:]
+        n = len(self)
+        self._buf += _PACKED.pack(rec.at, rec.duration, rec.samples,
+                                  -1 if rec.hits is None else rec.hits)
+        if rec.error is not None or self._errors:
+            self._errors = (*(self._errors or (None,) * n), rec.error)
+            if not any(self._errors):
+                self._errors = ()
+
+    def __len__(self) -> int:
+        return len(self._buf) // _PACKED.size
+
+    def __getitem__(self, i: int) -> EvalRecord:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(i)
+        i %= n
+        at, duration, samples, hits = _PACKED.unpack_from(self._buf, i * _PACKED.size)
+        return EvalRecord(at, duration, samples, None if hits < 0 else hits,
+                          self._errors[i] if self._errors else None)
+
+    def __iter__(self) -> Iterator[EvalRecord]:
+        return (self[i] for i in range(len(self)))
+
+    def __reversed__(self) -> Iterator[EvalRecord]:
+        return (self[i] for i in range(len(self) - 1, -1, -1))
+
+
+@dataclass(slots=True)
 class RuleRuntime:
     key: str
     rule: AlertingRule
     alerts: dict[str, Alert] = field(default_factory=dict)
-    history: deque[EvalRecord] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    history: EvalHistory = field(default_factory=EvalHistory)
 
     @property
     def last(self) -> EvalRecord | None:
-        return self.history[-1] if self.history else None
+        return self.history[-1] if len(self.history) else None
 
 
 def rule_keys(group: Group) -> list[tuple[str, AlertingRule]]:

@@ -17,13 +17,13 @@ from watchdog.labels import fingerprint, without_name
 from watchdog.model import AlertingRule, Comparison, Group
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
     labels: Mapping[str, str]  # as Prometheus returned them, `__name__` included when present
     value: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Query:
     expr: str
     at: float  # the instant the query is evaluated at (Unix seconds)
@@ -40,7 +40,7 @@ class Context:
     deploy_baselines: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hit:
     """One alert instance the rule trips on now."""
 
@@ -117,22 +117,30 @@ def evaluate(rule: AlertingRule, group: Group, plan_: Plan, results: QueryResult
     else:
         baselines = _baseline_index(rule, plan_, results, ctx)
         for s in main:
-            compared: float | None = None
             base: float | None = None
             if rule.baseline is not None:
                 base = baselines.get(fingerprint(without_name(s.labels)))
                 if base is None:
                     continue  # nothing to compare with: cannot judge this series
-                compared = _compare(s.value, base, rule.baseline.compare)
-            judged = s.value if compared is None else compared
-            if rule.threshold is not None:
-                if rule.threshold.holds(judged):
-                    tripped.append((s, None, base, compared))
-            else:
-                tier = _highest_tier(rule, judged)
-                if tier is not None:
-                    tripped.append((s, tier, base, compared))
+            verdict = judge(rule, s.value, base)
+            if verdict is not None:
+                tripped.append((s, verdict[0], base, verdict[1]))
     return _hits(rule, group, tripped, ctx, len(main))
+
+
+def judge(rule: AlertingRule, value: float, base: float | None = None
+          ) -> tuple[str | None, float | None] | None:
+    """Does one series trip a rule with a `threshold` or `severities`? None if not, else (the
+    tier it reached or None for a plain threshold, the compared value when judged against
+    `base`). The one place a value is compared: `evaluate` and replay's whole-range pass
+    (`watchdog.replay`) both call it."""
+    compared = None if base is None or rule.baseline is None else \
+        _compare(value, base, rule.baseline.compare)
+    judged = value if compared is None else compared
+    if rule.threshold is not None:
+        return (None, compared) if rule.threshold.holds(judged) else None
+    tier = _highest_tier(rule, judged)
+    return None if tier is None else (tier, compared)
 
 
 def _compare(value: float, base: float, how: str) -> float:

@@ -5,11 +5,19 @@ without the query: a new label set is `pending` with activeAt = at; it fires onc
 `at - activeAt >= for`; a pending alert whose series vanished is dropped; a firing one resolves
 unless `keep_firing_for` holds it; resolved alerts are kept 15 minutes, then forgotten. A failed
 evaluation (`outcome.hits is None`) changes nothing. No I/O, no clock: `at` is always an argument.
+
+`walk(...)` drives `step` over a range of evaluations (replay) and calls it only where it can
+change something: where the hits' identities differ from the last stepped evaluation, where a
+timer (`for`, `keep_firing_for`, the resolved retention) comes due, and after an error. Between
+those, `step` with the same alerts and hits of the same identities would only refresh values,
+so skipping it is exact — `tests/test_state.py` checks that on random histories against `step`
+at every evaluation. There is no second state machine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -24,7 +32,7 @@ State = Literal["pending", "firing", "inactive"]
 EventKind = Literal["pending", "firing", "resolved", "escalated", "deescalated"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Alert:
     rule: str
     group: str
@@ -49,7 +57,7 @@ class Alert:
         return f"{self.fingerprint}@{self.active_at:.3f}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     kind: EventKind
     at: float
@@ -136,3 +144,53 @@ def step(alerts: Mapping[str, Alert], outcome: Outcome, at: float, *, rule: str,
                   for a in alerts.values() if a.state == "firing"]
         return StepResult({}, events, f"exceeded limit of {limit} with {active_pending} alerts")
     return StepResult(current, events)
+
+
+def walk(alerts: Mapping[str, Alert], times: Sequence[float], keys: Sequence[Hashable | None],
+         outcome_at: Callable[[int], Outcome], *, rule: str, group: str, hold: float,
+         keep_firing_for: float = 0.0, limit: int = 0) -> Iterator[tuple[int, StepResult]]:
+    """`step` at the evaluations `times` (ascending) where it can change anything; yields
+    (index, result) for each evaluation stepped.
+
+    `keys[i]` stands for evaluation i's outcome up to the values: equal keys must mean hits
+    with the same fingerprints, labels and severities (in any order), or the same error. A key
+    of None means "no hits and no error" (`no_data: keep` on empty data), which `step` ignores.
+    `outcome_at(i)` builds the outcome itself; it is called only for evaluations stepped."""
+    current: Mapping[str, Alert] = alerts
+    last: Hashable | None = None
+    force = True  # the first evaluation, and the one after an error, are always stepped
+    due = 0
+    for i, at in enumerate(times):
+        key = keys[i]
+        if key is None or (not force and i < due and key == last):
+            continue
+        res = step(current, outcome_at(i), at, rule=rule, group=group, hold=hold,
+                   keep_firing_for=keep_firing_for, limit=limit)
+        yield i, res
+        current, last, force = res.alerts, key, res.error is not None
+        due = _next_due(current, times, i, hold, keep_firing_for)
+
+
+def _next_due(alerts: Mapping[str, Alert], times: Sequence[float], i: int, hold: float,
+              keep_firing_for: float) -> int:
+    """The first evaluation after `i` at which a timer of `alerts` expires, found with the
+    very comparisons `step` makes (so no rounding can move it)."""
+    due = len(times)
+    for a in alerts.values():
+        if a.state == "pending":
+            due = _first(times, i + 1, due, a.active_at, hold, strict=False)
+        elif a.state == "firing" and a.keep_firing_since is not None:
+            # held while `at - since < keep_firing_for`, so it changes when that is false
+            due = _first(times, i + 1, due, a.keep_firing_since, keep_firing_for, strict=False)
+        elif a.state == "inactive" and a.resolved_at is not None:
+            due = _first(times, i + 1, due, a.resolved_at, RESOLVED_RETENTION, strict=True)
+    return due
+
+
+def _first(times: Sequence[float], lo: int, hi: int, since: float, span: float, *,
+           strict: bool) -> int:
+    """The first k in [lo, hi) with `times[k] - since >= span` (`>` if strict), else hi."""
+    def reached(k: int) -> bool:
+        return times[k] - since > span if strict else times[k] - since >= span
+
+    return lo + bisect_left(range(lo, hi), True, key=reached)
