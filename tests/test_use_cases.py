@@ -21,7 +21,7 @@ import yaml
 
 from watchdog.evaluate import Context
 from watchdog.promserver import PrometheusServer, backfill
-from watchdog.replay import walk
+from watchdog.replay import walk_steps
 from watchdog.rulesdir import load
 from watchdog.series import Series
 from watchdog.source import PrometheusConfig, PrometheusSource
@@ -108,7 +108,7 @@ async def test_use_case_rules_fire_when_prometheus_would(tmp_path: Path,
     with PrometheusServer(tmp_path / "tsdb") as prom:
         async with aiohttp.ClientSession() as session:
             src = PrometheusSource(session, PrometheusConfig(url=prom.url, timeout=30))
-            async for at, rt, _ in walk(rs, src, start, end, 60.0, 60.0, Context()):
+            async for at, rt, _ in walk_steps(rs, src, start, end, 60.0, 60.0, Context()):
                 minute = int(at // M)
                 for a in rt.alerts():
                     if a.state != "firing" or a.rule not in CHECKED:

@@ -1,29 +1,388 @@
-"""`watchdog replay`: evaluate the rules over a past range with the live engine.
+"""`watchdog replay`: evaluate the rules over a past range with the parts of `watchdog run`.
 
-Shell: fetches data. For speed each distinct (expression, time offset) is fetched once with
-`query_range` over the whole range and sliced per step — Prometheus computes a range query as the
-instant query at each step, so the values are the same — and the same `engine.tick` and state
-machine as `watchdog run` then walk the steps. Actions and notifications are never executed here;
-an action is only reported as `would_run`.
+Shell: fetches data. Each distinct (expression, time offset) a group needs is fetched once with
+`query_range` over the whole range — Prometheus computes a range query as the instant query at
+each step, so the values are those `run` would have seen. Then each rule is worked through the
+whole range at once instead of step by step:
+
+* which series trip at each step is read off the range result with `evaluate.judge`, the
+  comparison `run` makes, into one key per step (the tripping series and their tiers);
+* `state.walk` drives the one state machine, `state.step`, over those keys, and steps it only
+  where something can change (the key changes, a `for` / `keep_firing_for` / retention timer
+  comes due, after an error); at those steps the hits are built by `evaluate.evaluate` from the
+  step's samples, labels and annotations templated, exactly as `run` builds them.
+
+A rule with only a `threshold` (or tiers that all point the same way), no baseline and
+`no_data: ok` has the comparison pushed into its query — `(expr) > 0.05` — so only tripping
+samples cross the wire: a comparison keeps the value and the labels, and what does not trip is
+not a hit either way. If Prometheus refuses the pushed query, the plain one is used.
+
+Actions and notifications are never executed here; an action is only reported as `would_run`,
+through the daemon's interlocks. Output order is by time, then group, rule and event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from watchdog.engine import GroupRuntime, TickResult, tick
-from watchdog.evaluate import Context, Sample
+from watchdog.engine import GroupRuntime, RuleRuntime, TickResult, tick
+from watchdog.evaluate import Context, Outcome, Query, Sample, evaluate, judge, plan
 from watchdog.interlocks import History
-from watchdog.labels import format_labels
+from watchdog.labels import fingerprint, format_labels, without_name
+from watchdog.model import AlertingRule, Group
 from watchdog.rulesdir import RuleSet
 from watchdog.source import QueryError, RangeSource
+from watchdog.state import Event, walk
 
 MAX_POINTS = 10_000  # Prometheus refuses query_range answers of more than 11,000 points/series
+AHEAD = 4  # queries fetched ahead of the group being evaluated, per unit of concurrency
+
+
+def steps(start: float, end: float, step: float) -> Iterator[float]:
+    n = 0
+    while start + n * step <= end + 1e-9:
+        yield start + n * step
+        n += 1
+
+
+@dataclass
+class Table:
+    """One range query's answer: the series in the order Prometheus gave them, and per
+    timestamp (ms) the (series, value) pairs present then, in that order."""
+
+    labels: list[Mapping[str, str]] = field(default_factory=list)
+    at: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    pushed: bool = False  # the comparison ran in Prometheus
+
+
+Answer = Table | QueryError
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """A range query: `expr` at every step of [start, end], `delta` seconds earlier."""
+
+    expr: str
+    delta_ms: int
+    start: float
+    end: float
+    step: float
+    pushdown: str | None = None  # the comparison to try in Prometheus, e.g. "> 0.05"
+
+
+async def fetch(source: RangeSource, f: Fetch) -> Answer:
+    if f.pushdown is not None:
+        pushed = await _fetch(source, f"({f.expr}) {f.pushdown}", f)
+        if isinstance(pushed, Table):
+            pushed.pushed = True
+            return pushed
+    return await _fetch(source, f.expr, f)
+
+
+async def _fetch(source: RangeSource, expr: str, f: Fetch) -> Answer:
+    table = Table()
+    index: dict[tuple[tuple[str, str], ...], int] = {}
+    delta = f.delta_ms / 1000
+    start, end = f.start - delta, f.end - delta
+    chunk = f.step * (MAX_POINTS - 1)
+    t = start
+    try:
+        while t <= end + 1e-9:
+            stop = min(end, t + chunk)
+            for series in await source.query_range(expr, t, stop, f.step):
+                key = tuple(sorted(series.labels.items()))
+                j = index.get(key)
+                if j is None:
+                    j = index[key] = len(table.labels)
+                    table.labels.append(series.labels)
+                for ts, v in series.points:
+                    table.at.setdefault(round(ts * 1000), []).append((j, v))
+            t = stop + f.step
+    except QueryError as e:
+        # A failed range query is a failed query at every step: no state changes.
+        return e
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        return QueryError(str(e) or type(e).__name__)  # as `run` takes any failed query
+    return table
+
+
+def pushdown(rule: AlertingRule) -> str | None:
+    """The comparison a rule's query can carry, or None: only where the result is exact (see
+    the module docstring)."""
+    if rule.baseline is not None or rule.no_data != "ok":
+        return None
+    if rule.threshold is not None:
+        cmps = [rule.threshold]
+    elif rule.severities is not None:
+        cmps = list(rule.severities.values())
+    else:
+        return None
+    ops = {c.op for c in cmps}
+    if ops <= {">", ">="}:
+        low = min(c.number for c in cmps)
+        op = ">=" if any(c.number == low and c.op == ">=" for c in cmps) else ">"
+        return f"{op} {_promql_number(low)}"
+    if ops <= {"<", "<="}:
+        high = max(c.number for c in cmps)
+        op = "<=" if any(c.number == high and c.op == "<=" for c in cmps) else "<"
+        return f"{op} {_promql_number(high)}"
+    if len(cmps) == 1:
+        return f"{cmps[0].op} {_promql_number(cmps[0].number)}"  # == and != (NaN != x holds)
+    return None
+
+
+def _promql_number(x: float) -> str:
+    # repr is the shortest text that reads back as the same double, in Go as in Python
+    return ("+Inf" if x > 0 else "-Inf") if math.isinf(x) else repr(x)
+
+
+@dataclass(frozen=True)
+class ReplayLine:
+    ts: float
+    order: int
+    doc: dict[str, Any]
+
+
+def _num(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else v
+
+
+@dataclass
+class ReplayReport:
+    lines: list[ReplayLine]
+    errors: dict[str, str]  # "group/rule" -> first error (a failed query changes no state)
+
+
+@dataclass
+class _RulePlan:
+    runtime: RuleRuntime
+    main: Fetch
+    baseline: Fetch | None
+    guard: Fetch | None
+
+    def fetches(self) -> list[Fetch]:
+        return [f for f in (self.main, self.baseline, self.guard) if f is not None]
+
+
+@dataclass
+class _GroupPlan:
+    runtime: GroupRuntime
+    times: list[float]
+    rules: list[_RulePlan]
+
+
+def _plan_group(file: str, group: Group, start: float, end: float, every: float
+                ) -> _GroupPlan | None:
+    rt = GroupRuntime.new(file, group)
+    if not rt.rules:
+        return None
+    times = list(steps(start, end, every))
+    rules = []
+    for r in rt.rules:
+        # the queries of the first step, as `run` plans them; each is the same expression at a
+        # fixed distance before every step, so one range query answers it for all steps
+        p = plan(r.rule, group, times[0])
+
+        def ranged(q: Query | None, push: str | None = None) -> Fetch | None:
+            if q is None:
+                return None
+            return Fetch(q.expr, round((times[0] - q.at) * 1000), start, end, every, push)
+
+        main = ranged(p.main, pushdown(r.rule))
+        assert main is not None
+        rules.append(_RulePlan(r, main, ranged(p.baseline), ranged(p.guard)))
+    return _GroupPlan(rt, times, rules)
+
+
+class _Fetcher:
+    """Range queries for the groups in order, `concurrency` at a time and a bounded number
+    ahead of the group being evaluated, each distinct one once while a group needs it."""
+
+    def __init__(self, source: RangeSource, groups: list[_GroupPlan], concurrency: int) -> None:
+        self._source = source
+        self._groups = groups
+        self._sem = asyncio.Semaphore(max(1, concurrency))
+        self._ahead = AHEAD * max(1, concurrency)
+        self._tasks: dict[Fetch, asyncio.Task[Answer]] = {}
+        self._users: dict[Fetch, int] = {}
+        for g in groups:
+            for f in {f for r in g.rules for f in r.fetches()}:
+                self._users[f] = self._users.get(f, 0) + 1
+        self._scheduled = 0  # groups whose queries are started
+
+    async def _one(self, f: Fetch) -> Answer:
+        async with self._sem:
+            return await fetch(self._source, f)
+
+    def _schedule(self, upto: int) -> None:
+        while self._scheduled < len(self._groups) and (
+                self._scheduled <= upto
+                or sum(not t.done() for t in self._tasks.values()) < self._ahead):
+            for r in self._groups[self._scheduled].rules:
+                for f in r.fetches():
+                    if f not in self._tasks:
+                        self._tasks[f] = asyncio.ensure_future(self._one(f))
+            self._scheduled += 1
+
+    async def answers(self, gi: int) -> dict[Fetch, Answer]:
+        self._schedule(gi)
+        wanted = {f for r in self._groups[gi].rules for f in r.fetches()}
+        done = dict(zip(wanted, await asyncio.gather(*(self._tasks[f] for f in wanted)),
+                        strict=True))
+        for f in wanted:
+            self._users[f] -= 1
+            if not self._users[f]:
+                del self._tasks[f]  # no later group needs it: let it go
+        self._schedule(gi + 1)
+        return done
+
+    def cancel(self) -> None:
+        for t in self._tasks.values():
+            t.cancel()
+
+
+_CONSTANT_LABEL = ("$labels.", ".Labels.", "$externalLabels.", ".ExternalLabels.",
+                   "$externalURL", ".ExternalURL")
+
+
+def _labels_follow_the_value(rule: AlertingRule, group: Group) -> bool:
+    """Can a label template give a series different labels at different steps? Only through
+    the value (or something we cannot see through): then every step is its own key."""
+    for text in (*group.labels.values(), *rule.labels.values()):
+        for action in text.split("{{")[1:]:
+            body = action.split("}}")[0].strip(" -")
+            if not any(body.startswith(p) and body.replace(p, "", 1).replace("_", "").isalnum()
+                       for p in _CONSTANT_LABEL) and body not in ("$externalURL", ".ExternalURL"):
+                return True
+    return False
+
+
+def _keys(rp: _RulePlan, group: Group, ctx: Context, times: list[float],
+          tables: Mapping[Fetch, Answer]) -> list[Hashable | None]:
+    """One key per step: what trips then (series and tier), as `evaluate` will judge it."""
+    rule = rp.runtime.rule
+    main = tables[rp.main]
+    assert isinstance(main, Table)
+    guard = tables[rp.guard] if rp.guard is not None else None
+    base = tables[rp.baseline] if rp.baseline is not None else None
+    assert not isinstance(guard, QueryError) and not isinstance(base, QueryError)
+    # the instants `plan` gives each query at each step, in its arithmetic
+    offsets = [t - group.query_offset for t in times]
+    main_ms = [round(t * 1000) for t in offsets]
+    guard_ms = main_ms
+    base_ms = main_ms
+    if rule.baseline is not None and rule.baseline.offset is not None:
+        base_ms = [round((t - rule.baseline.offset) * 1000) for t in offsets]
+    empty: Hashable | None = None if rule.no_data == "keep" else (
+        ("no data",) if rule.no_data == "alerting" else ())
+    judged = rule.threshold is not None or rule.severities is not None
+    per_step = _labels_follow_the_value(rule, group)
+    main_fp = [fingerprint(without_name(labels)) for labels in main.labels] \
+        if rule.baseline is not None else []
+    base_fp = [fingerprint(without_name(labels)) for labels in base.labels] \
+        if base is not None else []
+    deploy = ctx.deploy_baselines.get(rule.alert, {}) if rule.baseline is not None else {}
+    none: list[tuple[int, float]] = []
+    keys: list[Hashable | None] = []
+    for k in range(len(times)):
+        if guard is not None and not guard.at.get(guard_ms[k]):
+            keys.append(())
+            continue
+        rows = main.at.get(main_ms[k], none)
+        if not rows:
+            keys.append(empty)
+            continue
+        if not judged:
+            key: Hashable = tuple(j for j, _ in rows)
+        elif rule.baseline is None:
+            key = tuple((j, v[0]) for j, x in rows if (v := judge(rule, x)) is not None)
+        else:
+            bases = {base_fp[j]: x for j, x in base.at.get(base_ms[k], none)} \
+                if base is not None else deploy
+            key = tuple((j, v[0]) for j, x in rows
+                        if (b := bases.get(main_fp[j])) is not None
+                        and (v := judge(rule, x, b)) is not None)
+        keys.append((k, key) if per_step else key)
+    return keys
+
+
+def _outcome(rp: _RulePlan, group: Group, ctx: Context, at: float,
+             tables: Mapping[Fetch, Answer]) -> Outcome:
+    """The step's outcome as `run` computes it: its queries answered from the range tables."""
+    p = plan(rp.runtime.rule, group, at)
+    results: dict[Query, Sequence[Sample] | BaseException] = {}
+    for q, f in ((p.main, rp.main), (p.baseline, rp.baseline), (p.guard, rp.guard)):
+        if q is None or f is None:
+            continue
+        table = tables[f]
+        results[q] = table if isinstance(table, QueryError) else [
+            Sample(table.labels[j], v) for j, v in table.at.get(round(q.at * 1000), [])]
+    return evaluate(rp.runtime.rule, group, p, results, ctx)
+
+
+def _rule_events(rp: _RulePlan, group: Group, ctx: Context, times: list[float],
+                 tables: Mapping[Fetch, Answer]) -> tuple[list[Event], str | None]:
+    rule = rp.runtime.rule
+    failed = next((a for a in (tables[f] for f in rp.fetches()) if isinstance(a, QueryError)),
+                  None)
+    if failed is not None:
+        # every step fails alike and changes nothing; the error is the one `run` reports
+        return [], _outcome(rp, group, ctx, times[0], tables).error
+    events: list[Event] = []
+    error: str | None = None
+    for _, res in walk(rp.runtime.alerts, times, _keys(rp, group, ctx, times, tables),
+                       lambda k: _outcome(rp, group, ctx, times[k], tables),
+                       rule=rule.alert, group=group.name, hold=rule.for_,
+                       keep_firing_for=rule.keep_firing_for, limit=group.limit):
+        rp.runtime.alerts = res.alerts
+        events.extend(res.events)
+        if error is None and res.error is not None:
+            error = res.error
+    return events, error
+
+
+async def replay(rules: RuleSet, source: RangeSource, start: float, end: float,
+                 step: float | None, default_interval: float, ctx: Context,
+                 concurrency: int = 16) -> ReplayReport:
+    groups = [g for g in (_plan_group(file, group, start, end,
+                                      step or group.interval_or(default_interval))
+                          for file, group in rules.groups()) if g is not None]
+    out: list[ReplayLine] = []
+    errors: dict[str, str] = {}
+    actions = rules.actions
+    history = History()  # the daemon's interlocks: cooldown, max runs/hour, once per incident
+    fetcher = _Fetcher(source, groups, concurrency)
+    try:
+        for gi, g in enumerate(groups):
+            tables = await fetcher.answers(gi)
+            group = g.runtime.group
+            timeline: list[tuple[float, int, int, Event]] = []
+            for ri, rp in enumerate(g.rules):
+                events, error = _rule_events(rp, group, ctx, g.times, tables)
+                if error is not None:
+                    errors.setdefault(f"{group.name}/{rp.runtime.key}", error)
+                timeline += [(e.at, ri, n, e) for n, e in enumerate(events)]
+            # in the order `run` would have met them: step by step, rule by rule
+            timeline.sort(key=lambda x: x[:3])
+            _report(g, timeline, actions, history, out)
+    finally:
+        fetcher.cancel()
+    out.sort(key=lambda line: (line.ts, line.order))
+    return ReplayReport(out, errors)
+
+
+# ---- step by step -------------------------------------------------------------------------
+# The alert state at every step, through `engine.tick` as `run` evaluates: for callers that
+# look at the state between transitions (the use-case tests read each minute's annotations).
+# `replay` above reports the same transitions (tests/test_replay_range.py holds it to that).
 
 
 class SlicedRangeSource:
@@ -71,25 +430,7 @@ class SlicedRangeSource:
         return table
 
 
-def steps(start: float, end: float, step: float) -> Iterator[float]:
-    n = 0
-    while start + n * step <= end + 1e-9:
-        yield start + n * step
-        n += 1
-
-
-@dataclass(frozen=True)
-class ReplayLine:
-    ts: float
-    order: int
-    doc: dict[str, Any]
-
-
-def _num(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else v
-
-
-async def walk(rules: RuleSet, source: RangeSource, start: float, end: float,
+async def walk_steps(rules: RuleSet, source: RangeSource, start: float, end: float,
                step: float | None, default_interval: float, ctx: Context,
                concurrency: int = 16) -> AsyncIterator[tuple[float, GroupRuntime, TickResult]]:
     """Tick every group at every step of the range, group by group; yields after each tick."""
@@ -104,44 +445,28 @@ async def walk(rules: RuleSet, source: RangeSource, start: float, end: float,
             yield at, rt, await tick(rt, at, sliced, ctx, concurrency)
 
 
-@dataclass
-class ReplayReport:
-    lines: list[ReplayLine]
-    errors: dict[str, str]  # "group/rule" -> first error (a failed query changes no state)
 
-
-async def replay(rules: RuleSet, source: RangeSource, start: float, end: float,
-                 step: float | None, default_interval: float, ctx: Context,
-                 concurrency: int = 16) -> ReplayReport:
-    out: list[ReplayLine] = []
-    errors: dict[str, str] = {}
-    actions = rules.actions
-    history = History()  # the daemon's interlocks: cooldown, max runs/hour, once per incident
-    async for _, rt, result in walk(rules, source, start, end, step, default_interval, ctx,
-                                    concurrency):
-        for key, err in result.errors.items():
-            errors.setdefault(f"{rt.group.name}/{key}", err)
-        rules_by_name = {r.rule.alert: r.rule for r in rt.rules}
-        for ev in result.events:
-            if ev.kind not in ("pending", "firing", "resolved"):
-                continue
-            a = ev.alert
-            labels = dict(a.labels)
-            out.append(ReplayLine(ev.at, len(out), {
-                "ts": ev.at, "rule": a.rule, "group": a.group, "labels": labels,
-                "state": ev.kind, "value": None if ev.kind == "resolved" else _num(a.value),
-            }))
-            rule = rules_by_name.get(a.rule)
-            if ev.kind == "firing" and rule is not None:
-                for name in rule.actions:
-                    if name in actions and history.check_and_record(
-                            name, actions[name], ev.at, fingerprint=a.fingerprint,
-                            incident_id=a.incident_id).allowed:
-                        out.append(ReplayLine(ev.at, len(out), {
-                            "ts": ev.at, "rule": a.rule, "labels": labels, "action": name,
-                            "state": "would_run"}))
-    out.sort(key=lambda line: (line.ts, line.order))
-    return ReplayReport(out, errors)
+def _report(g: _GroupPlan, timeline: list[tuple[float, int, int, Event]],
+            actions: Mapping[str, Any], history: History, out: list[ReplayLine]) -> None:
+    rules_by_name = {r.rule.alert: r.rule for r in g.runtime.rules}
+    for _, _, _, ev in timeline:
+        if ev.kind not in ("pending", "firing", "resolved"):
+            continue
+        a = ev.alert
+        labels = dict(a.labels)
+        out.append(ReplayLine(ev.at, len(out), {
+            "ts": ev.at, "rule": a.rule, "group": a.group, "labels": labels,
+            "state": ev.kind, "value": None if ev.kind == "resolved" else _num(a.value),
+        }))
+        rule = rules_by_name.get(a.rule)
+        if ev.kind == "firing" and rule is not None:
+            for name in rule.actions:
+                if name in actions and history.check_and_record(
+                        name, actions[name], ev.at, fingerprint=a.fingerprint,
+                        incident_id=a.incident_id).allowed:
+                    out.append(ReplayLine(ev.at, len(out), {
+                        "ts": ev.at, "rule": a.rule, "labels": labels, "action": name,
+                        "state": "would_run"}))
 
 
 def write_jsonl(lines: Sequence[ReplayLine], fh: TextIO) -> None:
