@@ -31,8 +31,8 @@ is the sum. The watchdog to run is `python -m watchdog` of the Python running th
 
 `--memory 0,1000,10000` measures memory instead: for each rule count the watchdog starts alone
 against the same Prometheus (rules as above, every `--interval`), evaluates every rule twice,
-and its VmRSS / VmHWM are read from /proc; then it starts once more under `tracemalloc` (in
-the same interpreter, through `watchdog.cli.main`), and after the same two rounds reports the
+and its VmRSS / VmHWM are read from /proc; then (up to `--trace-upto` rules) it starts once more
+under `tracemalloc` (through `watchdog.cli.main`), and after the same two rounds reports the
 Python heap, the modules loaded, whether the optional clients (Sentry, MQTT, SMTP, Kubernetes,
 PostgreSQL) were imported, and the allocation sites holding the most. The slope per 1,000 rules
 is printed from the first count above 0 to the last. vmalert's RSS at the same counts is printed
@@ -321,7 +321,7 @@ def memory_point(n: int, args: argparse.Namespace, tmp: Path, prom_url: str, ser
     write_rules(rules, n, args.per_group, series)
     rounds = 2 * n
     point = MemoryPoint(n, 0.0, 0.0)
-    for traced in (False, True):
+    for traced in (False, True) if n <= args.trace_upto else (False,):
         port = free_port()
         out = tmp / f"mem-{n}-{traced}.json"
         db = state_url if not state_url.startswith("sqlite") else \
@@ -624,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=12.0)
     p.add_argument("--series", type=int, default=100)
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    p.add_argument("--trace-upto", type=int, default=1000,
+                   help="with --memory: run under tracemalloc too up to this many rules (it "
+                        "slows the daemon several times over)")
     p.add_argument("--memory", default="",
                    help="comma-separated rule counts (e.g. 0,1000,10000): measure memory at "
                         "each instead of CPU")

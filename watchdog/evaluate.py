@@ -116,31 +116,38 @@ def evaluate(rule: AlertingRule, group: Group, plan_: Plan, results: QueryResult
         tripped = [(s, None, None, None) for s in main]
     else:
         baselines = _baseline_index(rule, plan_, results, ctx)
+        tiers = rule.ranked_tiers() if rule.severities is not None else ()
         for s in main:
             base: float | None = None
             if rule.baseline is not None:
                 base = baselines.get(fingerprint(without_name(s.labels)))
                 if base is None:
                     continue  # nothing to compare with: cannot judge this series
-            verdict = judge(rule, s.value, base)
+            verdict = judge(rule, s.value, base, tiers)
             if verdict is not None:
                 tripped.append((s, verdict[0], base, verdict[1]))
     return _hits(rule, group, tripped, ctx, len(main))
 
 
-def judge(rule: AlertingRule, value: float, base: float | None = None
-          ) -> tuple[str | None, float | None] | None:
+Tiers = Sequence[tuple[str, Comparison]]
+
+
+def judge(rule: AlertingRule, value: float, base: float | None = None,
+          tiers: Tiers | None = None) -> tuple[str | None, float | None] | None:
     """Does one series trip a rule with a `threshold` or `severities`? None if not, else (the
     tier it reached or None for a plain threshold, the compared value when judged against
     `base`). The one place a value is compared: `evaluate` and replay's whole-range pass
-    (`watchdog.replay`) both call it."""
+    (`watchdog.replay`) both call it. `tiers` is `rule.ranked_tiers()`, for callers judging
+    many values (it sorts)."""
     compared = None if base is None or rule.baseline is None else \
         _compare(value, base, rule.baseline.compare)
     judged = value if compared is None else compared
     if rule.threshold is not None:
         return (None, compared) if rule.threshold.holds(judged) else None
-    tier = _highest_tier(rule, judged)
-    return None if tier is None else (tier, compared)
+    for name, cmp in rule.ranked_tiers() if tiers is None else tiers:
+        if cmp.holds(judged):
+            return name, compared
+    return None
 
 
 def _compare(value: float, base: float, how: str) -> float:
@@ -161,13 +168,6 @@ def _baseline_index(rule: AlertingRule, plan_: Plan, results: QueryResults, ctx:
     rows = results[plan_.baseline]
     assert not isinstance(rows, BaseException)
     return {fingerprint(without_name(s.labels)): s.value for s in rows}
-
-
-def _highest_tier(rule: AlertingRule, value: float) -> str | None:
-    for name, cmp in rule.ranked_tiers():
-        if cmp.holds(value):
-            return name
-    return None
 
 
 def tier_comparison(rule: AlertingRule, severity: str | None) -> Comparison | None:

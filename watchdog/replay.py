@@ -101,8 +101,14 @@ async def _fetch(source: RangeSource, expr: str, f: Fetch) -> Answer:
                 if j is None:
                     j = index[key] = len(table.labels)
                     table.labels.append(series.labels)
+                at = table.at
                 for ts, v in series.points:
-                    table.at.setdefault(round(ts * 1000), []).append((j, v))
+                    ms = round(ts * 1000)
+                    rows = at.get(ms)
+                    if rows is None:
+                        at[ms] = [(j, v)]
+                    else:
+                        rows.append((j, v))
             t = stop + f.step
     except QueryError as e:
         # A failed range query is a failed query at every step: no state changes.
@@ -177,6 +183,17 @@ class _GroupPlan:
     runtime: GroupRuntime
     times: list[float]
     rules: list[_RulePlan]
+    _instants: dict[float, list[int]] = field(default_factory=dict)
+
+    def instants(self, offset: float = 0.0) -> list[int]:
+        """Per step, the instant (ms) `plan` gives a query `offset` seconds before the group's
+        evaluation time, in its arithmetic: `at - query_offset`, then `- offset`."""
+        got = self._instants.get(offset)
+        if got is None:
+            t = [at - self.runtime.group.query_offset for at in self.times]
+            got = self._instants[offset] = [round((x - offset if offset else x) * 1000)
+                                            for x in t]
+        return got
 
 
 def _plan_group(file: str, group: Group, start: float, end: float, every: float
@@ -265,25 +282,24 @@ def _labels_follow_the_value(rule: AlertingRule, group: Group) -> bool:
     return False
 
 
-def _keys(rp: _RulePlan, group: Group, ctx: Context, times: list[float],
-          tables: Mapping[Fetch, Answer]) -> list[Hashable | None]:
+def _keys(rp: _RulePlan, g: _GroupPlan, ctx: Context, tables: Mapping[Fetch, Answer]
+          ) -> list[Hashable | None]:
     """One key per step: what trips then (series and tier), as `evaluate` will judge it."""
-    rule = rp.runtime.rule
+    rule, group = rp.runtime.rule, g.runtime.group
     main = tables[rp.main]
     assert isinstance(main, Table)
     guard = tables[rp.guard] if rp.guard is not None else None
     base = tables[rp.baseline] if rp.baseline is not None else None
     assert not isinstance(guard, QueryError) and not isinstance(base, QueryError)
-    # the instants `plan` gives each query at each step, in its arithmetic
-    offsets = [t - group.query_offset for t in times]
-    main_ms = [round(t * 1000) for t in offsets]
-    guard_ms = main_ms
-    base_ms = main_ms
+    main_ms = guard_ms = base_ms = g.instants()
     if rule.baseline is not None and rule.baseline.offset is not None:
-        base_ms = [round((t - rule.baseline.offset) * 1000) for t in offsets]
+        base_ms = g.instants(rule.baseline.offset)
     empty: Hashable | None = None if rule.no_data == "keep" else (
         ("no data",) if rule.no_data == "alerting" else ())
-    judged = rule.threshold is not None or rule.severities is not None
+    # With the threshold pushed into the query every row trips: Prometheus compared as
+    # `Comparison.holds` does (IEEE doubles; NaN only `!=`), so the rows are the hits.
+    judged = (rule.threshold is not None and not main.pushed) or rule.severities is not None
+    tiers = rule.ranked_tiers() if rule.severities is not None else ()
     per_step = _labels_follow_the_value(rule, group)
     main_fp = [fingerprint(without_name(labels)) for labels in main.labels] \
         if rule.baseline is not None else []
@@ -291,25 +307,27 @@ def _keys(rp: _RulePlan, group: Group, ctx: Context, times: list[float],
         if base is not None else []
     deploy = ctx.deploy_baselines.get(rule.alert, {}) if rule.baseline is not None else {}
     none: list[tuple[int, float]] = []
+    at, guard_at = main.at, guard.at if guard is not None else None
     keys: list[Hashable | None] = []
-    for k in range(len(times)):
-        if guard is not None and not guard.at.get(guard_ms[k]):
+    for k, ms in enumerate(main_ms):
+        if guard_at is not None and not guard_at.get(guard_ms[k]):
             keys.append(())
             continue
-        rows = main.at.get(main_ms[k], none)
+        rows = at.get(ms, none)
         if not rows:
             keys.append(empty)
             continue
         if not judged:
             key: Hashable = tuple(j for j, _ in rows)
         elif rule.baseline is None:
-            key = tuple((j, v[0]) for j, x in rows if (v := judge(rule, x)) is not None)
+            key = tuple((j, v[0]) for j, x in rows
+                        if (v := judge(rule, x, None, tiers)) is not None)
         else:
             bases = {base_fp[j]: x for j, x in base.at.get(base_ms[k], none)} \
                 if base is not None else deploy
             key = tuple((j, v[0]) for j, x in rows
                         if (b := bases.get(main_fp[j])) is not None
-                        and (v := judge(rule, x, b)) is not None)
+                        and (v := judge(rule, x, b, tiers)) is not None)
         keys.append((k, key) if per_step else key)
     return keys
 
@@ -328,9 +346,9 @@ def _outcome(rp: _RulePlan, group: Group, ctx: Context, at: float,
     return evaluate(rp.runtime.rule, group, p, results, ctx)
 
 
-def _rule_events(rp: _RulePlan, group: Group, ctx: Context, times: list[float],
-                 tables: Mapping[Fetch, Answer]) -> tuple[list[Event], str | None]:
-    rule = rp.runtime.rule
+def _rule_events(rp: _RulePlan, g: _GroupPlan, ctx: Context, tables: Mapping[Fetch, Answer]
+                 ) -> tuple[list[Event], str | None]:
+    rule, group, times = rp.runtime.rule, g.runtime.group, g.times
     failed = next((a for a in (tables[f] for f in rp.fetches()) if isinstance(a, QueryError)),
                   None)
     if failed is not None:
@@ -338,7 +356,7 @@ def _rule_events(rp: _RulePlan, group: Group, ctx: Context, times: list[float],
         return [], _outcome(rp, group, ctx, times[0], tables).error
     events: list[Event] = []
     error: str | None = None
-    for _, res in walk(rp.runtime.alerts, times, _keys(rp, group, ctx, times, tables),
+    for _, res in walk(rp.runtime.alerts, times, _keys(rp, g, ctx, tables),
                        lambda k: _outcome(rp, group, ctx, times[k], tables),
                        rule=rule.alert, group=group.name, hold=rule.for_,
                        keep_firing_for=rule.keep_firing_for, limit=group.limit):
@@ -366,7 +384,7 @@ async def replay(rules: RuleSet, source: RangeSource, start: float, end: float,
             group = g.runtime.group
             timeline: list[tuple[float, int, int, Event]] = []
             for ri, rp in enumerate(g.rules):
-                events, error = _rule_events(rp, group, ctx, g.times, tables)
+                events, error = _rule_events(rp, g, ctx, tables)
                 if error is not None:
                     errors.setdefault(f"{group.name}/{rp.runtime.key}", error)
                 timeline += [(e.at, ri, n, e) for n, e in enumerate(events)]
