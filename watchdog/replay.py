@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator, Hashable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -58,7 +58,7 @@ class Table:
 
     labels: list[Mapping[str, str]] = field(default_factory=list)
     at: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
-    pushed: bool = False  # the comparison ran in Prometheus
+    pushed: str | None = None  # the comparison Prometheus applied, e.g. "> 0.05"
 
 
 Answer = Table | QueryError
@@ -66,36 +66,95 @@ Answer = Table | QueryError
 
 @dataclass(frozen=True)
 class Fetch:
-    """A range query: `expr` at every step of [start, end], `delta` seconds earlier."""
+    """What one rule needs: `expr` at every step of [start, end], `delta` seconds earlier,
+    and the comparison it could carry (see `pushdown`)."""
 
     expr: str
     delta_ms: int
     start: float
     end: float
     step: float
-    pushdown: str | None = None  # the comparison to try in Prometheus, e.g. "> 0.05"
+    pushdown: str | None = None
 
 
-async def fetch(source: RangeSource, f: Fetch) -> Answer:
-    if f.pushdown is not None:
-        pushed = await _fetch(source, f"({f.expr}) {f.pushdown}", f)
+@dataclass(frozen=True)
+class RangeQuery:
+    """What is asked of Prometheus: one range query may answer several `Fetch`es — the same
+    expression at other offsets on the same grid, or with a stricter comparison (the
+    tables are keyed by absolute time, and a stricter comparison is judged here)."""
+
+    expr: str
+    start: float  # of the first point
+    end: float
+    step: float
+    compare: str | None = None
+
+
+async def fetch(source: RangeSource, q: RangeQuery) -> Answer:
+    if q.compare is not None:
+        pushed = await _fetch(source, f"({q.expr}) {q.compare}", q)
         if isinstance(pushed, Table):
-            pushed.pushed = True
+            pushed.pushed = q.compare
             return pushed
-    return await _fetch(source, f.expr, f)
+    return await _fetch(source, q.expr, q)
 
 
-async def _fetch(source: RangeSource, expr: str, f: Fetch) -> Answer:
+def merge(fetches: Iterable[Fetch]) -> dict[Fetch, RangeQuery]:
+    """The range queries that answer `fetches`: one per expression, grid, comparison kind
+    and stretch of time. Comparisons of one direction merge into the loosest (`> 0.02`
+    answers `> 0.05` too); a fetch without one takes the whole series, which answers all."""
+    buckets: dict[tuple[str, int, int], list[Fetch]] = {}
+    for f in fetches:
+        step_ms = round(f.step * 1000)
+        first = round(f.start * 1000) - f.delta_ms
+        buckets.setdefault((f.expr, step_ms, first % step_ms), []).append(f)
+    out: dict[Fetch, RangeQuery] = {}
+    for (expr, _, _), members in buckets.items():
+        kinds: dict[str, list[Fetch]] = {}
+        if any(f.pushdown is None for f in members):
+            kinds[""] = members
+        else:
+            for f in members:
+                assert f.pushdown is not None
+                op = f.pushdown.split()[0]
+                kinds.setdefault(op[0] if op[0] in "<>" else f.pushdown, []).append(f)
+        for kind, same in kinds.items():
+            compare = _loosest([f.pushdown for f in same if f.pushdown]) if kind else None
+            # stretches of time that touch or overlap, each one query
+            runs: list[tuple[float, float, list[Fetch]]] = []
+            for f in sorted(same, key=lambda f: f.start - f.delta_ms / 1000):
+                a, b = f.start - f.delta_ms / 1000, f.end - f.delta_ms / 1000
+                if runs and a <= runs[-1][1] + f.step:
+                    runs[-1] = (runs[-1][0], max(runs[-1][1], b), [*runs[-1][2], f])
+                else:
+                    runs.append((a, b, [f]))
+            for lo, hi, run in runs:
+                out.update(dict.fromkeys(run, RangeQuery(expr, lo, hi, run[0].step, compare)))
+    return out
+
+
+def _loosest(compares: list[str]) -> str | None:
+    ops = {c.split()[0] for c in compares}
+    if len(ops) == 1 and ops <= {"==", "!="}:
+        return compares[0] if len(set(compares)) == 1 else None
+    numbers = [(float(c.split()[1]), c.split()[0]) for c in compares]
+    if ops <= {">", ">="}:
+        low = min(n for n, _ in numbers)
+        return f"{'>=' if (low, '>=') in numbers else '>'} {_promql_number(low)}"
+    high = max(n for n, _ in numbers)
+    return f"{'<=' if (high, '<=') in numbers else '<'} {_promql_number(high)}"
+
+
+async def _fetch(source: RangeSource, expr: str, q: RangeQuery) -> Answer:
     table = Table()
     index: dict[tuple[tuple[str, str], ...], int] = {}
-    delta = f.delta_ms / 1000
-    start, end = f.start - delta, f.end - delta
-    chunk = f.step * (MAX_POINTS - 1)
+    start, end = q.start, q.end
+    chunk = q.step * (MAX_POINTS - 1)
     t = start
     try:
         while t <= end + 1e-9:
             stop = min(end, t + chunk)
-            for series in await source.query_range(expr, t, stop, f.step):
+            for series in await source.query_range(expr, t, stop, q.step):
                 key = tuple(sorted(series.labels.items()))
                 j = index.get(key)
                 if j is None:
@@ -109,7 +168,7 @@ async def _fetch(source: RangeSource, expr: str, f: Fetch) -> Answer:
                         at[ms] = [(j, v)]
                     else:
                         rows.append((j, v))
-            t = stop + f.step
+            t = stop + q.step
     except QueryError as e:
         # A failed range query is a failed query at every step: no state changes.
         return e
@@ -228,38 +287,41 @@ class _Fetcher:
         self._groups = groups
         self._sem = asyncio.Semaphore(max(1, concurrency))
         self._ahead = AHEAD * max(1, concurrency)
-        self._tasks: dict[Fetch, asyncio.Task[Answer]] = {}
-        self._users: dict[Fetch, int] = {}
-        for g in groups:
-            for f in {f for r in g.rules for f in r.fetches()}:
-                self._users[f] = self._users.get(f, 0) + 1
+        self._query = merge(f for g in groups for r in g.rules for f in r.fetches())
+        self._tasks: dict[RangeQuery, asyncio.Task[Answer]] = {}
+        self._users: dict[RangeQuery, int] = {}
+        for gi in range(len(groups)):
+            for q in self._wanted(gi):
+                self._users[q] = self._users.get(q, 0) + 1
         self._scheduled = 0  # groups whose queries are started
 
-    async def _one(self, f: Fetch) -> Answer:
+    def _wanted(self, gi: int) -> set[RangeQuery]:
+        return {self._query[f] for r in self._groups[gi].rules for f in r.fetches()}
+
+    async def _one(self, q: RangeQuery) -> Answer:
         async with self._sem:
-            return await fetch(self._source, f)
+            return await fetch(self._source, q)
 
     def _schedule(self, upto: int) -> None:
         while self._scheduled < len(self._groups) and (
                 self._scheduled <= upto
                 or sum(not t.done() for t in self._tasks.values()) < self._ahead):
-            for r in self._groups[self._scheduled].rules:
-                for f in r.fetches():
-                    if f not in self._tasks:
-                        self._tasks[f] = asyncio.ensure_future(self._one(f))
+            for q in self._wanted(self._scheduled):
+                if q not in self._tasks:
+                    self._tasks[q] = asyncio.ensure_future(self._one(q))
             self._scheduled += 1
 
     async def answers(self, gi: int) -> dict[Fetch, Answer]:
         self._schedule(gi)
-        wanted = {f for r in self._groups[gi].rules for f in r.fetches()}
-        done = dict(zip(wanted, await asyncio.gather(*(self._tasks[f] for f in wanted)),
-                        strict=True))
-        for f in wanted:
-            self._users[f] -= 1
-            if not self._users[f]:
-                del self._tasks[f]  # no later group needs it: let it go
+        wanted = list(self._wanted(gi))
+        got = dict(zip(wanted, await asyncio.gather(*(self._tasks[q] for q in wanted)),
+                       strict=True))
+        for q in wanted:
+            self._users[q] -= 1
+            if not self._users[q]:
+                del self._tasks[q]  # no later group needs it: let it go
         self._schedule(gi + 1)
-        return done
+        return {f: got[self._query[f]] for r in self._groups[gi].rules for f in r.fetches()}
 
     def cancel(self) -> None:
         for t in self._tasks.values():
@@ -296,9 +358,10 @@ def _keys(rp: _RulePlan, g: _GroupPlan, ctx: Context, tables: Mapping[Fetch, Ans
         base_ms = g.instants(rule.baseline.offset)
     empty: Hashable | None = None if rule.no_data == "keep" else (
         ("no data",) if rule.no_data == "alerting" else ())
-    # With the threshold pushed into the query every row trips: Prometheus compared as
-    # `Comparison.holds` does (IEEE doubles; NaN only `!=`), so the rows are the hits.
-    judged = (rule.threshold is not None and not main.pushed) or rule.severities is not None
+    # With the rule's own threshold pushed into the query every row trips: Prometheus compared
+    # as `Comparison.holds` does (IEEE doubles; NaN only `!=`), so the rows are the hits.
+    own = rp.main.pushdown is not None and main.pushed == rp.main.pushdown
+    judged = (rule.threshold is not None and not own) or rule.severities is not None
     tiers = rule.ranked_tiers() if rule.severities is not None else ()
     per_step = _labels_follow_the_value(rule, group)
     main_fp = [fingerprint(without_name(labels)) for labels in main.labels] \
