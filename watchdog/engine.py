@@ -11,13 +11,14 @@ measure how long things took).
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from watchdog.evaluate import Context, Outcome, Query, Sample, evaluate, plan
-from watchdog.model import AlertingRule, Group
+from watchdog.evaluate import Context, Outcome, Query, Sample, evaluate, plan, split_comparison
+from watchdog.model import AlertingRule, Comparison, Group
 from watchdog.source import Source
 from watchdog.state import Alert, Event, step
 
@@ -138,23 +139,43 @@ class TickResult:
             r.alerts = alerts
 
 
+def shared_queries(queries: Sequence[Query]) -> dict[Query, tuple[Query, Comparison]]:
+    """Thresholds written into the expression, `E > 0.05` and `E > 0.1` at the same instant
+    (a warning and a critical rule, the same rule per severity): one query answers them all —
+    `E` itself when it is asked anyway, else `(E) op loosest` when two or more point the same
+    way — and each is that answer filtered by its own comparison (`split_comparison`)."""
+    by_lhs: dict[tuple[str, float], list[tuple[Query, Comparison]]] = {}
+    plain = set(queries)
+    for q in queries:
+        split = split_comparison(q.expr)
+        if split is not None:
+            by_lhs.setdefault((split[0], q.at), []).append((q, split[1]))
+    out: dict[Query, tuple[Query, Comparison]] = {}
+    for (lhs, at), members in by_lhs.items():
+        if Query(lhs, at) in plain:
+            out.update((q, (Query(lhs, at), c)) for q, c in members)
+            continue
+        for way in (">", "<"):
+            same = [(q, c) for q, c in members if c.op.startswith(way)]
+            if len(same) < 2:
+                continue
+            edge = (min if way == ">" else max)(c.number for _, c in same)
+            op = way + "=" if any(c.number == edge and c.op == way + "=" for _, c in same) \
+                else way
+            number = repr(edge) if math.isfinite(edge) else ("+Inf" if edge > 0 else "-Inf")
+            shared = Query(f"({lhs}) {op} {number}", at)
+            out.update((q, (shared, c)) for q, c in same)
+    return out
+
+
 async def run_queries(source: Source, queries: Sequence[Query], concurrency: int
                       ) -> dict[Query, list[Sample] | BaseException]:
-    """Each distinct query once; failures are returned, not raised, so one bad rule cannot stop
-    the others in its group."""
+    """Each distinct query once, thresholds on one expression together (`shared_queries`);
+    failures are returned, not raised, so one bad rule cannot stop the others in its
+    group."""
     unique = list(dict.fromkeys(queries))
-    done: dict[Query, list[Sample] | BaseException] = {}
-    cached = getattr(source, "cached", None)
-    if cached is not None:
-        # A source that already holds the answer (replay's sliced range queries) answers
-        # synchronously: no task per query, which dominated replay's per-step cost.
-        for q in unique:
-            hit = cached(q.expr, q.at)
-            if hit is not None:
-                done[q] = hit
-        unique = [q for q in unique if q not in done]
-        if not unique:
-            return done
+    shared = shared_queries(unique)
+    sent = list(dict.fromkeys(shared[q][0] if q in shared else q for q in unique))
     sem = asyncio.Semaphore(max(1, concurrency))
 
     async def one(q: Query) -> list[Sample] | BaseException:
@@ -166,8 +187,17 @@ async def run_queries(source: Source, queries: Sequence[Query], concurrency: int
             except Exception as e:
                 return e
 
-    results = await asyncio.gather(*(one(q) for q in unique))
-    done.update(zip(unique, results, strict=True))
+    answers = dict(zip(sent, await asyncio.gather(*(one(q) for q in sent)), strict=True))
+    done: dict[Query, list[Sample] | BaseException] = {}
+    for q in unique:
+        if q not in shared:
+            done[q] = answers[q]
+            continue
+        via, cmp = shared[q]
+        got = answers[via]
+        # the comparison PromQL would have made: it keeps value and labels, drops the rest
+        done[q] = got if isinstance(got, BaseException) else [
+            s for s in got if cmp.holds(s.value)]
     return done
 
 

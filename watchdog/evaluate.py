@@ -8,9 +8,13 @@ annotations templated from the sample); our extensions (`threshold`, `severities
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+import promql_parser
 
 from watchdog.gotmpl import TemplateData, expand
 from watchdog.labels import fingerprint, without_name
@@ -205,3 +209,32 @@ def _hits(rule: AlertingRule, group: Group,
         hits.append(Hit(fp, labels, annotations, s.value, tier,
                         str(cmp) if cmp is not None else None, base, compared))
     return Outcome(hits, samples=samples)
+
+
+_TAIL = re.compile(
+    r"^(?P<lhs>.*?\S)\s*(?P<op>>=|<=|>|<)\s*(?P<num>[-+]?(?:[iI]nf|0[xX][0-9a-fA-F]+|"
+    r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?))\s*$", re.DOTALL)
+
+
+@functools.lru_cache(maxsize=4096)
+def split_comparison(expr: str) -> tuple[str, Comparison] | None:
+    """`E > 5` as ("E", > 5) when the query is a vector compared with a number (`>`, `>=`, `<`,
+    `<=`, no `bool`, no matching), else None. `E op N` then is `E` filtered by `op N`: the
+    comparison keeps each sample's value and labels, so it can be applied here to the answer
+    of `E`, or of `(E) > loosest` shared by several thresholds (`engine.run_queries`). The
+    left side is the author's own text, checked to parse to what the parser saw."""
+    m = _TAIL.match(expr)
+    if m is None or "#" in expr:
+        return None
+    try:
+        whole = promql_parser.parse(expr)
+        lhs = promql_parser.parse(m["lhs"])
+    except Exception:  # the parser's own error types; not ours to judge here
+        return None
+    if (not isinstance(whole, promql_parser.BinaryExpr) or whole.modifier is not None
+            or str(whole.op) != m["op"] or not isinstance(whole.rhs, promql_parser.NumberLiteral)
+            or isinstance(whole.lhs, promql_parser.NumberLiteral)
+            or str(whole.lhs) != str(lhs)):
+        return None
+    number = float(whole.rhs.val)
+    return None if math.isnan(number) else (m["lhs"], Comparison(m["op"], number))
