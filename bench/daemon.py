@@ -29,6 +29,11 @@ machine the CPU of its backends serving that database (pids from pg_stat_activit
 is the sum. The watchdog to run is `python -m watchdog` of the Python running this script, so
 `/path/to/other/.venv/bin/python bench/daemon.py` measures another checkout (e.g. a release).
 
+`--find-max` searches, for the watchdog and vmalert in turn, the most rules each sustains at
+`--interval` with no missed iteration (doubling from `--rules`, then bisecting to 10%), each
+probe `--warmup` + `--duration` seconds alone against the same Prometheus; `--shape pairs`
+writes the rules as warning/critical pairs on one expression.
+
 `--memory 0,1000,10000` measures memory instead: for each rule count the watchdog starts alone
 against the same Prometheus (rules as above, every `--interval`), evaluates every rule twice,
 and its VmRSS / VmHWM are read from /proc; then (up to `--trace-upto` rules) it starts once more
@@ -153,14 +158,23 @@ class Blackhole(BaseHTTPRequestHandler):
 # ---- the rules ----------------------------------------------------------------------
 
 
-def write_rules(folder: Path, rules: int, per_group: int, series: int, files: int = 4) -> None:
+def write_rules(folder: Path, rules: int, per_group: int, series: int, files: int = 4,
+                shape: str = "distinct") -> None:
+    """`distinct`: every rule its own expression. `pairs`: rules come as warning/critical
+    pairs on one expression with two thresholds, as rule files often write tiers."""
     groups: list[dict[str, Any]] = []
     for start in range(0, rules, per_group):
         rs = []
         for i in range(start, min(start + per_group, rules)):
-            hot = i % 20 == 0
-            expr = (f'sum(rate(bench_requests_total{{shard="s{i % series}",code="200"}}[1m]))'
-                    f" > {0 if hot else 1e9 + i:g}")
+            if shape == "pairs":
+                hot = (i // 2) % 20 == 0
+                shard, limit = (i // 2) % series, (0 if hot else 1e9 + i) if i % 2 == 0 \
+                    else 2e9 + i
+            else:
+                hot = i % 20 == 0
+                shard, limit = i % series, 0 if hot else 1e9 + i
+            expr = (f'sum(rate(bench_requests_total{{shard="s{shard}",code="200"}}[1m]))'
+                    f" > {limit:g}")
             rule: dict[str, Any] = {"alert": f"Bench{i:04d}", "expr": expr,
                                     "labels": {"severity": "warning", "bench": str(i)},
                                     "annotations": {"summary": "rate is {{ $value }}"}}
@@ -318,7 +332,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def memory_point(n: int, args: argparse.Namespace, tmp: Path, prom_url: str, series: int,
                  base_env: dict[str, str], state_url: str, sink_port: int) -> MemoryPoint:
     rules = tmp / f"rules-{n}"
-    write_rules(rules, n, args.per_group, series)
+    write_rules(rules, n, args.per_group, series, shape=args.shape)
     rounds = 2 * n
     point = MemoryPoint(n, 0.0, 0.0)
     for traced in (False, True) if n <= args.trace_upto else (False,):
@@ -415,6 +429,65 @@ def report_memory(points: list[MemoryPoint], args: argparse.Namespace) -> None:
         print(f"largest Python allocation sites at {points[-1].rules:,} rules (MiB):")
         for site, size in points[-1].top:
             print(f"  {size / 2**20:7.2f}  {site}")
+
+
+# ---- the most rules each keeps up with ------------------------------------------------------
+
+
+def sustained(r: Result, rules: int, interval: float) -> bool:
+    """Every iteration on time: none missed, none failed, and the evaluations the rule count
+    asks for (a tool that falls behind without counting misses shows it here)."""
+    return r.missed == 0 and r.errors == 0 and r.evaluations >= 0.97 * rules * r.seconds / interval
+
+
+def find_max(name: str, probe: Callable[[int], Result], args: argparse.Namespace
+             ) -> list[tuple[int, Result]]:
+    """Double the rule count from --rules while `probe` sustains it, then halve the gap to
+    the first count it did not until it is under 10%; returns every probe made."""
+    tried: list[tuple[int, Result]] = []
+
+    def ok(n: int) -> bool:
+        r = probe(n)
+        tried.append((n, r))
+        good = sustained(r, n, args.interval)
+        print(f"  {name} at {n:,} rules: {r.evaluations / r.seconds:,.0f} evaluations/s of "
+              f"{n / args.interval:,.0f}, missed {r.missed:.0f}, failed {r.errors:.0f}, CPU "
+              f"{r.cpu_s / r.seconds:.0%} of a core -> {'sustained' if good else 'not'}",
+              flush=True)
+        return good
+
+    lo, hi = 0, args.rules
+    while ok(hi):
+        lo, hi = hi, hi * 2
+        if hi > args.max_rules:
+            return tried
+    while hi - lo > max(args.per_group, lo // 10):
+        mid = (lo + hi) // 2 // args.per_group * args.per_group or args.per_group
+        if mid in (lo, hi):
+            break
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return tried
+
+
+def report_max(found: dict[str, list[tuple[int, Result]]], args: argparse.Namespace) -> None:
+    print()
+    print(f"most rules sustained every {args.interval:g}s (0 missed iterations, 0 failed, "
+          f"all evaluations done over {args.duration:g}s after {args.warmup:g}s warm-up), "
+          f"rules shaped {args.shape!r} in groups of {args.per_group}; {os.cpu_count()} CPUs:")
+    best: dict[str, int] = {}
+    for name, tried in found.items():
+        good = [n for n, r in tried if sustained(r, n, args.interval)]
+        best[name] = max(good, default=0)
+        bad = [n for n, r in tried if not sustained(r, n, args.interval)]
+        at = next((r for n, r in tried if n == best[name]), None)
+        extra = f", CPU s per 1,000 evaluations there {at.cpu_per_1000:.3f}" if at else ""
+        print(f"  {name:10} {best[name]:>7,} rules (first not sustained: "
+              f"{min(bad) if bad else 'none up to --max-rules'}){extra}")
+    if "watchdog" in best and "vmalert" in best and best["vmalert"]:
+        print(f"  ratio watchdog/vmalert: {best['watchdog'] / best['vmalert']:.2f}x")
 
 
 # ---- PostgreSQL ------------------------------------------------------------------------
@@ -624,6 +697,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=12.0)
     p.add_argument("--series", type=int, default=100)
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    p.add_argument("--shape", choices=("distinct", "pairs"), default="distinct",
+                   help="distinct: each rule its own expression; pairs: warning/critical pairs "
+                        "on one expression")
+    p.add_argument("--find-max", action="store_true",
+                   help="find the most rules each tool sustains at --interval, from --rules up")
+    p.add_argument("--max-rules", type=int, default=64000)
     p.add_argument("--trace-upto", type=int, default=1000,
                    help="with --memory: run under tracemalloc too up to this many rules (it "
                         "slows the daemon several times over)")
@@ -672,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_for_data(prom.url)
         version = json.loads(http_get(f"{prom.url}/api/v1/status/buildinfo"))["data"]["version"]
         rules = tmp / "rules"
-        write_rules(rules, args.rules, args.per_group, args.series)
+        write_rules(rules, args.rules, args.per_group, args.series, shape=args.shape)
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
         if args.memory:
             args.memory_peers = only - {"watchdog", "prometheus"}
@@ -682,27 +761,50 @@ def main(argv: list[str] | None = None) -> int:
             report_memory(points, args)
             return 0
 
-        if "watchdog" in only:
+        def run_watchdog(rules: Path, db: str, log: Path) -> Result:
             port = free_port()
             env = {**base_env, "WATCHDOG_RULES_DIR": str(rules),
                    "WATCHDOG_PROMETHEUS_URL": prom.url,
                    "WATCHDOG_EVALUATION_INTERVAL": f"{args.interval:g}s",
                    "WATCHDOG_HTTP_LISTEN": f"127.0.0.1:{port}",
-                   "WATCHDOG_STATE_URL": state_url,
+                   "WATCHDOG_STATE_URL": db,
                    "WATCHDOG_LOG_LEVEL": "WARNING", "WATCHDOG_LOG_FORMAT": "json"}
-            results.append(measure(
-                "watchdog", [sys.executable, "-m", "watchdog", "run"], env,
-                f"http://127.0.0.1:{port}/metrics", watchdog_counters, args.warmup,
-                args.duration, tmp / "watchdog.log", side))
-        if "vmalert" in only:
+            return measure("watchdog", [sys.executable, "-m", "watchdog", "run"], env,
+                           f"http://127.0.0.1:{port}/metrics", watchdog_counters, args.warmup,
+                           args.duration, log, side)
+
+        def run_vmalert(rules: Path, log: Path) -> Result:
             port = free_port()
             argv_vm = [find_binary("vmalert") or "vmalert", f"-datasource.url={prom.url}",
                        f"-rule={rules}/*.yml", f"-evaluationInterval={args.interval:g}s",
                        f"-notifier.url=http://127.0.0.1:{sink.server_address[1]}",
                        f"-httpListenAddr=127.0.0.1:{port}", "-loggerLevel=WARN"]
-            results.append(measure("vmalert", argv_vm, base_env,
-                                   f"http://127.0.0.1:{port}/metrics", vmalert_counters,
-                                   args.warmup, args.duration, tmp / "vmalert.log"))
+            return measure("vmalert", argv_vm, base_env, f"http://127.0.0.1:{port}/metrics",
+                           vmalert_counters, args.warmup, args.duration, log)
+
+        if args.find_max:
+            found = {}
+            for name in ("watchdog", "vmalert"):
+                if name not in only:
+                    continue
+
+                def probe(n: int, name: str = name) -> Result:
+                    folder = tmp / f"scale-{name}-{n}"
+                    write_rules(folder, n, args.per_group, args.series, shape=args.shape)
+                    if name == "watchdog":
+                        db = state_url if not state_url.startswith("sqlite") else \
+                            f"sqlite:///{tmp / f'scale-{n}.db'}"
+                        return run_watchdog(folder, db, tmp / f"scale-{name}-{n}.log")
+                    return run_vmalert(folder, tmp / f"scale-{name}-{n}.log")
+
+                found[name] = find_max(name, probe, args)
+            report_max(found, args)
+            return 0
+
+        if "watchdog" in only:
+            results.append(run_watchdog(rules, state_url, tmp / "watchdog.log"))
+        if "vmalert" in only:
+            results.append(run_vmalert(rules, tmp / "vmalert.log"))
         if "prometheus" in only:
             results.append(measure_prometheus(target_addr, tmp, rules, args.interval,
                                               args.warmup, args.duration))
