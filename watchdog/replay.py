@@ -243,6 +243,14 @@ class _GroupPlan:
     times: list[float]
     rules: list[_RulePlan]
     _instants: dict[float, list[int]] = field(default_factory=dict)
+    _positions: dict[int, int] | None = None
+
+    def positions(self) -> dict[int, int]:
+        """Step index by the instant (ms) of a query at the evaluation time."""
+        got = self._positions
+        if got is None:
+            got = self._positions = {ms: k for k, ms in enumerate(self.instants())}
+        return got
 
     def instants(self, offset: float = 0.0) -> list[int]:
         """Per step, the instant (ms) `plan` gives a query `offset` seconds before the group's
@@ -370,15 +378,19 @@ def _keys(rp: _RulePlan, g: _GroupPlan, ctx: Context, tables: Mapping[Fetch, Ans
         if base is not None else []
     deploy = ctx.deploy_baselines.get(rule.alert, {}) if rule.baseline is not None else {}
     none: list[tuple[int, float]] = []
-    at, guard_at = main.at, guard.at if guard is not None else None
-    keys: list[Hashable | None] = []
-    for k, ms in enumerate(main_ms):
+    guard_at = guard.at if guard is not None else None
+    if guard_at is not None and empty != ():
+        # `no_data: keep`/`alerting` behind a guard: empty data means something per step
+        keys: list[Hashable | None] = [() if not guard_at.get(ms) else empty for ms in guard_ms]
+    else:
+        keys = [empty] * len(main_ms)  # and a guard not met is () too, as empty is
+    position = g.positions()
+    for ms, rows in main.at.items():
+        k = position.get(ms)
+        if k is None or not rows:
+            continue  # outside the range (a query shared with an offset), or nothing
         if guard_at is not None and not guard_at.get(guard_ms[k]):
-            keys.append(())
-            continue
-        rows = at.get(ms, none)
-        if not rows:
-            keys.append(empty)
+            keys[k] = ()
             continue
         if not judged:
             key: Hashable = tuple(j for j, _ in rows)
@@ -391,7 +403,7 @@ def _keys(rp: _RulePlan, g: _GroupPlan, ctx: Context, tables: Mapping[Fetch, Ans
             key = tuple((j, v[0]) for j, x in rows
                         if (b := bases.get(main_fp[j])) is not None
                         and (v := judge(rule, x, b, tiers)) is not None)
-        keys.append((k, key) if per_step else key)
+        keys[k] = (k, key) if per_step else key
     return keys
 
 

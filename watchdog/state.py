@@ -160,15 +160,32 @@ def walk(alerts: Mapping[str, Alert], times: Sequence[float], keys: Sequence[Has
     last: Hashable | None = None
     force = True  # the first evaluation, and the one after an error, are always stepped
     due = 0
-    for i, at in enumerate(times):
+    n = len(times)
+    # where a run of equal keys starts: between two, only a timer can make a difference
+    starts = [i for i in range(1, n) if keys[i] != keys[i - 1]]
+    run = 0
+
+    def next_start(i: int) -> int:
+        nonlocal run
+        while run < len(starts) and starts[run] <= i:
+            run += 1
+        return starts[run] if run < len(starts) else n
+
+    i = 0
+    while i < n:
         key = keys[i]
-        if key is None or (not force and i < due and key == last):
+        if key is None:
+            i = next_start(i)  # `step` ignores these: the whole run of them
             continue
-        res = step(current, outcome_at(i), at, rule=rule, group=group, hold=hold,
+        if not force and i < due and key == last:
+            i = min(next_start(i), due)
+            continue
+        res = step(current, outcome_at(i), times[i], rule=rule, group=group, hold=hold,
                    keep_firing_for=keep_firing_for, limit=limit)
         yield i, res
         current, last, force = res.alerts, key, res.error is not None
         due = _next_due(current, times, i, hold, keep_firing_for)
+        i += 1
 
 
 def _next_due(alerts: Mapping[str, Alert], times: Sequence[float], i: int, hold: float,
