@@ -232,6 +232,19 @@ async def test_deploy_captures_baselines_and_reports_the_window(env: Env, tmp_pa
     [fired] = [e for e in res.events if e.kind == "firing"]
     assert fired.alert.labels["service"] == "api" and fired.alert.compared == 2.0
     await on_events_tx(env.h, res.events, env.clock.now)
+    # The verdict is decided as the alert fires, in the evaluation's transaction: a page.
+    [failed] = [e for e in env.sink.events if e.action == "deploy" and e.kind == "failed"]
+    assert failed.page and failed.extra["result"] == "fail"
+    assert failed.labels["alertname"] == "DeployVerificationFailed"
+    assert failed.labels["deploy_id"] == doc["id"]
+    assert ('FAIL — ApiLatencyRegressed{service="api"} = 0.4 (baseline 0.2, +100%) fired 1m '
+            "into the 30m window") in failed.detail
+    r = await env.client.get(f"/api/v1/deploys/{doc['id']}")
+    verdict = await r.json()
+    assert verdict["status"] == "fail" and verdict["decided_at"] == T0 + 60
+    assert [a["rule"] for a in verdict["alerts"]] == ["ApiLatencyRegressed"]
+    assert verdict["baselines"] == {"ApiLatencyRegressed": [{"labels": {"service": "api"},
+                                                             "value": 0.2}]}
     # a marker for another service, in the same window, sees none of it
     status, _, _ = await post(env, "/api/v1/deploys",
                                   {"service": "web", "version": "v7", "window": "20m"})
@@ -241,14 +254,12 @@ async def test_deploy_captures_baselines_and_reports_the_window(env: Env, tmp_pa
     await eventually(lambda: len([e for e in env.sink.events if e.action == "deploy"]) == 4)
     by_service = {e.labels["service"]: e for e in env.sink.events
                   if e.action == "deploy" and e.kind != "started"}
-    assert by_service["api"].kind == "failed" and by_service["api"].extra["result"] == "fail"
-    assert "FAIL — 1 alerts fired in the 30m window: ApiLatencyRegressed" in \
-        by_service["api"].detail
-    assert "0.2 → 0.4 (+100%)" in by_service["api"].detail
+    assert by_service["api"] is failed  # decided once: the window's end changes nothing
     assert by_service["web"].kind == "succeeded" and "PASS" in by_service["web"].detail
+    assert not by_service["web"].page
     r = await env.client.get("/api/v1/deploys")
-    assert {d["service"]: d["status"] for d in (await r.json())["data"]} == \
-        {"api": "failed", "web": "passed"}
+    assert {d["service"]: (d["status"], d["verdict"]) for d in (await r.json())["data"]} == \
+        {"api": ("failed", "fail"), "web": ("passed", "pass")}
 
 
 async def test_baselines_survive_a_restart(env: Env) -> None:
