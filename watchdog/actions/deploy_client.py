@@ -137,7 +137,8 @@ def main(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.s
               file=err)
         return EXIT_ERROR
     deploy_id = str(doc.get("id"))
-    print(deploy_id, file=out)
+    # Flushed at once: a pipeline reads the id while --wait still polls.
+    print(deploy_id, file=out, flush=True)
     window_end = float(doc.get("window_end") or 0.0)
     at = float(doc.get("at") or 0.0)
     print(f"deploy {args.service} {args.version}: verifying until window end "
