@@ -591,6 +591,102 @@ class InhibitRule(_Strict):
     equal: list[str] = Field(default_factory=list)
 
 
+# ---- deploy reports (CONTRACT §10) ------------------------------------------------------------
+
+_DECREASE = frozenset({"faster", "lower", "less", "fewer", "smaller", "cheaper", "down"})
+_INCREASE = frozenset({"slower", "higher", "more", "greater", "larger", "up"})
+_TARGET = re.compile(r"^\s*(>=|<=|>|<)\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*([A-Za-z]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What a report item must show after the deploy: its `stat` changed in the `better`
+    direction by more than (`strict`) or at least `min_improvement` percent — negative for
+    "no worse than": "< 5% slower" is lower-is-better with at least −5%."""
+
+    better: Literal["lower", "higher"]
+    min_improvement: float
+    strict: bool
+    text: str
+
+    def met(self, change_pct: float) -> bool:
+        improvement = -change_pct if self.better == "lower" else change_pct
+        if self.strict:
+            return improvement > self.min_improvement
+        return improvement >= self.min_improvement
+
+    @classmethod
+    def parse(cls, text: str) -> Goal:
+        """"> 10% faster", ">= 5% higher", "< 5% slower" (at most 5% worse), "< 2% lower"."""
+        m = _TARGET.match(text)
+        word = m.group(3).lower() if m else ""
+        if m is None or word not in _DECREASE | _INCREASE:
+            raise ValueError(f"not a target: {text!r} (e.g. \"> 10% faster\", \"< 5% slower\", "
+                             "\">= 2% higher\")")
+        op, pct = m.group(1), float(m.group(2))
+        down = word in _DECREASE
+        if op.startswith(">"):  # a change of at least pct in the word's direction
+            return cls("lower" if down else "higher", pct, op == ">", text.strip())
+        # "< pct slower": the change in that (worse) direction stays below pct
+        return cls("higher" if down else "lower", -pct, op == "<", text.strip())
+
+
+def _percent(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError("expected a percentage like 10%")
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v.strip().removesuffix("%"))
+        except ValueError:
+            pass
+    raise ValueError(f"expected a percentage like 10%, got {v!r}")
+
+
+Percent = Annotated[float, BeforeValidator(_percent), Field(allow_inf_nan=False)]
+
+
+class ReportQuery(_Strict):
+    """A query a deploy report compares before and after the deploy (a marker's `report`, or
+    a rule file's `reports:`). The target is either text ("> 10% faster") or `better` with an
+    optional `min_change` (a percentage; negative allows that much worse)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    query: str = Field(min_length=1)
+    target: str | None = None
+    better: Literal["lower", "higher"] | None = None
+    min_change: Percent | None = None
+    stat: Literal["mean", "p95"] = "mean"  # which figure the target is about
+    service: str | None = None  # in a rule file: only markers of this service (default: all)
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str | None) -> str | None:
+        if v is not None:
+            Goal.parse(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ReportQuery:
+        if self.target is not None and (self.better is not None or self.min_change is not None):
+            raise ValueError("give either target or better/min_change, not both")
+        if self.min_change is not None and self.better is None:
+            raise ValueError("min_change needs better: lower or higher")
+        return self
+
+    @property
+    def goal(self) -> Goal | None:
+        if self.target is not None:
+            return Goal.parse(self.target)
+        if self.better is None:
+            return None
+        pct = self.min_change or 0.0
+        text = (f"{self.better} by at least {pct:g}%" if pct >= 0
+                else f"{self.better}, or at most {-pct:g}% worse")
+        return Goal(self.better, pct, False, text)
+
+
 # ---- SLOs (CONTRACT §10; Sloth's spec, see watchdog.slo) -------------------------------------
 
 # Sloth's names for a service and an SLO: they become label values, the generated group's name
@@ -731,8 +827,10 @@ class RuleFileModel(_Strict):
     routes: list[Route] = Field(default_factory=list)
     inhibit_rules: list[InhibitRule] = Field(default_factory=list)
     slos: list[Slo] = Field(default_factory=list)
+    reports: list[ReportQuery] = Field(default_factory=list)
 
-    @field_validator("groups", "receivers", "routes", "inhibit_rules", "slos", mode="before")
+    @field_validator("groups", "receivers", "routes", "inhibit_rules", "slos", "reports",
+                     mode="before")
     @classmethod
     def _null_list(cls, v: Any) -> Any:
         return [] if v is None else v

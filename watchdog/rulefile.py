@@ -648,6 +648,11 @@ def _document_problems(name: str, data: dict[Any, Any], lines: dict[Path_, int]
                 continue
             yield from _rule_problems(name, lines, rpath, r)
     yield from _slo_problems(name, data, lines, seen_groups)
+    for i, rep in _items(data.get("reports")):
+        query = rep.get("query") if isinstance(rep, dict) else None
+        if isinstance(query, str) and query.strip() and (err := check_promql(query)):
+            yield Problem(name, line_for(lines, ("reports", i, "query")),
+                          f"reports[{i}].query: invalid PromQL: {err}")
     seen_receivers: dict[str, int] = {}
     for i, recv in _items(data.get("receivers")):
         rname = _str_key(recv.get("name")) if isinstance(recv, dict) else None

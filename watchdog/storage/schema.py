@@ -15,7 +15,7 @@ from typing import Literal
 
 Dialect = Literal["sqlite", "postgresql"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS alert_instances (
@@ -191,6 +191,15 @@ UPDATE deploy_markers SET decided_at = window_end WHERE status <> 'open';
 CREATE INDEX IF NOT EXISTS deploy_markers_by_service ON deploy_markers (service, at)
 """
 
+# Version 4: deploy reports (CONTRACT §10). A marker keeps the report queries it declared, how
+# many days before and after it the report compares (NULL: no report is posted, as for every
+# marker set before this version) and when the report was posted (once).
+_V4 = """
+ALTER TABLE deploy_markers ADD COLUMN report {TEXT} NOT NULL DEFAULT '[]';
+ALTER TABLE deploy_markers ADD COLUMN report_days {REAL};
+ALTER TABLE deploy_markers ADD COLUMN reported_at {REAL}
+"""
+
 _TYPES: dict[Dialect, dict[str, str]] = {
     # SQLite's REAL is a double; PostgreSQL's REAL is a float4, hence DOUBLE PRECISION there.
     # Text compares bytewise on both (PostgreSQL's default collation follows the server's
@@ -206,7 +215,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
 META = "CREATE TABLE IF NOT EXISTS schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 # MIGRATIONS[n] takes a database from version n-1 to n.
-_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
+_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 
 def statements(sql: str) -> list[str]:
