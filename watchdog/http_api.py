@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 
-from watchdog import __version__, am_api, prom_compat
+from watchdog import __version__, am_api, console_api, prom_compat
 from watchdog.app.evaluation import RuleError
 from watchdog.app.health import BUILTIN_GROUP, DATASOURCE_DOWN
 from watchdog.app.rules import ReloadReport
@@ -34,7 +34,7 @@ from watchdog.metrics import Metrics
 from watchdog.rulesdir import FileStatus, RuleSet
 from watchdog.settings import Settings
 from watchdog.state import Alert
-from watchdog.status_page import status_page, wants_json
+from watchdog.status_page import static_asset, status_page, wants_json
 from watchdog.webinput import MAX_BODY_BYTES, BadInput, bearer_token
 
 log = structlog.get_logger("watchdog.http")
@@ -447,6 +447,7 @@ def build_app(d: Daemon) -> web.Application:
     app[DAEMON] = d
     app.router.add_get("/", index)
     app.router.add_get("/status", status_page)
+    app.router.add_get("/static/{name}", static_asset)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -458,4 +459,6 @@ def build_app(d: Daemon) -> web.Application:
     app.add_routes(d.ctx.routes)
     app.add_routes(prom_compat.routes(d))  # /-/healthy, /-/ready, /api/v1/status/buildinfo
     app.add_routes(am_api.routes(d))  # Alertmanager's /api/v2 for amtool and Grafana
+    # the console's chart, rule detail, action list and backtest
+    app.add_routes(console_api.ConsoleApi(d, lambda: d.ctx.source, d.clock).routes())
     return app
