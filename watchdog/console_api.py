@@ -223,7 +223,7 @@ class ConsoleApi:
                            f"{MAX_EXPR_CHARS:,})")
         start = parse_time(_q(request, "start"), "start")
         end = parse_time(_q(request, "end"), "end")
-        step = parse_duration_value(_q(request, "step"), "step")
+        step = _step(_q(request, "step"))
         if end < start:
             raise BadInput("end timestamp must not be before start time")
         if (end - start) / step > MAX_POINTS:
@@ -299,6 +299,18 @@ class ConsoleApi:
             if r["error"]:
                 r["error"] = redact(r["error"])
         return web.json_response({"status": "success", "data": data})
+
+
+def _step(text: str) -> float:
+    """Prometheus's `step`: a duration (`30s`) or a float number of seconds, positive."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return parse_duration_value(text, "step")
+    if not 0 < seconds < float("inf"):
+        raise BadInput("zero or negative query resolution step widths are not accepted. Try a "
+                       "positive integer")
+    return seconds
 
 
 def _time(t: float) -> float | int:

@@ -86,7 +86,7 @@ function section(title, id) {
 }
 function table(headers, rows, cls) {
   if (!rows.length) { return null; }
-  var t = el("table", "stack " + (cls || "")), thead = el("thead"), tr = el("tr"), tb = el("tbody");
+  var t = el("table", cls === undefined ? "stack" : cls), thead = el("thead"), tr = el("tr"), tb = el("tbody");
   headers.forEach(function (h) { add(tr, el("th", null, h)); });
   add(t, add(thead, tr), tb);
   rows.forEach(function (cells) {
@@ -110,6 +110,13 @@ function chips(labels, skip) {
     add(span, el("span", "chip", k + "=" + labels[k]));
   });
   return span;
+}
+// A titled block that starts folded when it is long (a phone would scroll for pages).
+function fold(title, count, content) {
+  var d = el("details", "fold");
+  d.open = count <= 6 || window.innerWidth > 760;
+  add(d, el("summary", null, title + " (" + count + ")"), content);
+  return d;
 }
 function empty(text) { return el("p", "empty", text); }
 
@@ -146,7 +153,7 @@ function num(v) {
 function secs(v) {
   var n = Number(v);
   if (!isFinite(n)) { return ""; }
-  return n > 0 && n < 1 ? Math.round(n * 1000) + " ms" : n.toFixed(n < 10 ? 2 : 0) + " s";
+  return n > 0 && n < 0.0005 ? "<1 ms" : n > 0 && n < 1 ? Math.round(n * 1000) + " ms" : n.toFixed(n < 10 ? 2 : 0) + " s";
 }
 function labelKey(labels) {
   return JSON.stringify(Object.keys(labels || {}).sort().map(function (k) { return [k, labels[k]]; }));
@@ -350,7 +357,7 @@ function drawChart(box, series, limits, start, end, stepS) {
   });
   (limits || []).forEach(function (l) {
     add(g, svg("line", {x1: L, x2: W - R, y1: y(l.value), y2: y(l.value), "class": "limit " + l.name}),
-        svg("text", {x: W - R - 4, y: y(l.value) - 4, "text-anchor": "end", "class": "limit " + l.name}, l.name + " " + l.op + " " + num(l.value)));
+        svg("text", {x: W - R - 4, y: y(l.value) - 4, "text-anchor": "end", "class": "limit-label " + l.name}, l.name + " " + l.op + " " + num(l.value)));
   });
   // a readout under the pointer: the main series' value at that time
   var main = series.filter(function (s) { return s.main; })[0] || series[0];
@@ -390,7 +397,7 @@ function ruleChart(box, detail, hours, labels) {
     drawChart(wrap, series, limits, start, end, step);
     var legend = el("div", "legend");
     series.slice(0, 12).forEach(function (s) {
-      add(legend, add(el("span"), el("i", "sw" + (s.main ? " main" : "")), chips(s.metric, ["__name__"])));
+      add(legend, add(el("span"), el("i", "sw" + (s.main ? " main" : "")), chips(s.labels, ["__name__"])));
     });
     if (series.length > 12) { add(legend, el("span", null, "… and " + (series.length - 12) + " more series")); }
     if (detail.chart.baseline) { add(legend, el("span", "wrn", "this rule compares value/baseline (" + detail.chart.baseline + ") with its threshold; the chart shows the value")); }
@@ -557,7 +564,7 @@ function ruleDetailBox(g, r) {
   }
   add(d, el("h3", null, "Last evaluations (newest first)"), table(["at", "took", "samples", "hits", "error"], (r.history || []).map(function (h) {
     return [when(h.at), secs(h.duration), h.samples, h.hits === null ? "" : h.hits, h.error ? el("span", "err", h.error) : ""];
-  })) || empty("not evaluated yet"));
+  }), "compact") || empty("not evaluated yet"));
   add(d, add(el("div", "row"),
     button("Chart", "", function () { location.hash = "#rule/" + encodeURIComponent(JSON.stringify([g.file, g.name, r.name])); }),
     button("Backtest…", "", function () { prefill.backtest = [g.file, g.name, r.name]; location.hash = "#backtest"; })));
@@ -851,7 +858,7 @@ views.runs = function (root) {
   var steps = el("div", "muted small");
   var dry = button("Dry run…", "", function () { go(true); }); dry.id = "action-dry";
   var real = button("Run now…", "danger", function () { go(false); }); real.id = "action-run";
-  add(form, field("action", sel), steps, field("labels (name=value, one per line)", labels, "full"), add(el("div", "row"), dry, real));
+  add(form, field("action", sel), steps, field("labels (name=value, one per line)", labels, "full"), add(el("div", "row full"), dry, real));
   form.addEventListener("submit", function (e) { e.preventDefault(); });
   var runs = section("Action runs"), list = el("div");
   add(s, form); add(runs, list);
@@ -886,7 +893,7 @@ views.runs = function (root) {
     var p = problem("runs");
     if (p) { add(list, p); return; }
     add(list, table(["status", "action", "trigger", "rule / labels", "started", "finished", "steps", "verification"], (data("runs", []) || []).map(function (r) {
-      return [add(el("span"), badge(r.status), r.dryRun ? [" ", badge("dry run", "grey")] : null), el("b", null, r.action), r.trigger,
+      return [add(el("span"), badge(r.status), r.dryRun && r.status !== "dry_run" ? [" ", badge("dry run", "grey")] : null), el("b", null, r.action), r.trigger,
         add(el("span"), r.rule ? el("div", null, r.rule) : null, chips(r.labels, ["alertname"])), when(r.createdAt), r.finishedAt ? when(r.finishedAt) : "",
         add(el("div"), stepList(r.steps), r.detail ? el("div", "muted small", r.detail) : null), r.verification ? badge(r.verification) : ""];
     })) || empty("no action runs yet"));
@@ -1026,10 +1033,10 @@ function drawBacktest(box, d) {
         iv.firingAt != null ? dur(end - iv.firingAt) : "", num(iv.maxValue)]);
     });
   });
-  add(box, el("h3", null, "When it would have fired"), table(["rule", "labels", "pending", "firing", "resolved", "firing for", "max value"], rows) || empty("no pending or firing interval in this range"));
+  add(box, fold("When it would have fired", rows.length, table(["rule", "labels", "pending", "firing", "resolved", "firing for", "max value"], rows) || empty("no pending or firing interval in this range")));
   var acts = [];
   d.rules.forEach(function (r) { r.actions.forEach(function (a) { acts.push([el("b", null, a.action), r.name, chips(a.labels, ["alertname"]), iso(new Date(a.at * 1000))]); }); });
-  add(box, el("h3", null, "Actions that would have run"), table(["action", "rule", "labels", "at"], acts) || empty("none"));
+  add(box, fold("Actions that would have run", acts.length, table(["action", "rule", "labels", "at"], acts) || empty("none")));
 }
 
 views.status = function (root) {
@@ -1074,8 +1081,13 @@ function refresh() {
   if (inflight) { refresh.again = true; return Promise.resolve(); }
   inflight = true;
   var keys = ["readyz", "pause", "status"].concat(view ? view.needs : []);
-  return load(keys.filter(function (k, i) { return keys.indexOf(k) === i; })).then(function () {
+  return load(keys.filter(function (k, i) { return keys.indexOf(k) === i; })).then(function (answers) {
     inflight = false;
+    // reads need a token on this daemon (API_READ_TOKEN): ask for it once, by itself
+    if (!token() && !refresh.asked && answers.some(function (r) { return r.status === 401; })) {
+      refresh.asked = true;
+      onToken();
+    }
     renderHeader();
     if (view) { view.update(); }
     if (refresh.again) { refresh.again = false; refresh(); }
