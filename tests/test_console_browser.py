@@ -110,7 +110,7 @@ class Flags:
         flags = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_PATCH(self) -> None:  # noqa: N802 — http.server's naming
+            def do_PATCH(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 flags.calls.append(self.path)
                 self.send_response(200)

@@ -99,8 +99,9 @@ def test_the_script_never_makes_markup_from_data() -> None:
         assert not arg.strip().startswith(("\"", "'", "`")), arg
     # the one place a URL from the daemon becomes a link: the rule's Prometheus graph page,
     # made by the daemon from its own link base (never a label value)
-    assert re.findall(r"\.href = ([^;]+);", js) == ['"#alert/" + encodeURIComponent(JSON.stringify(labels))',
-                                                  "detail.graphURL", "r.data.graphURL"]
+    assert re.findall(r"\.href = ([^;]+);", js) == [
+        '"#alert/" + encodeURIComponent(JSON.stringify(labels))', "detail.graphURL",
+        "r.data.graphURL"]
 
 
 def test_the_script_asks_only_relative_urls() -> None:

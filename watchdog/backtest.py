@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import yaml
 
+from watchdog.engine import GroupRuntime, TickResult
 from watchdog.evaluate import Context
 from watchdog.replay import ReplayLine, replay
 from watchdog.rulefile import load_yaml_with_lines
@@ -219,10 +220,37 @@ def _series_key(rule: str, labels: Mapping[str, str]) -> str:
     return rule + json.dumps(sorted((k, v) for k, v in labels.items() if k != "severity"))
 
 
+class PendingGone:
+    """A replay tick hook: a pending alert whose condition stopped holding is dropped by the
+    state machine without an event (as in Prometheus); this notes when, as a `gone` line, so
+    the interval it was pending has an end."""
+
+    def __init__(self) -> None:
+        self.pending: dict[tuple[str, str, str], Mapping[str, str]] = {}
+        self.lines: list[ReplayLine] = []
+
+    def __call__(self, at: float, rt: GroupRuntime, result: TickResult) -> None:
+        for ev in result.events:
+            key = (rt.key, ev.alert.rule, ev.alert.fingerprint)
+            if ev.kind == "pending":
+                self.pending[key] = ev.alert.labels
+            else:
+                self.pending.pop(key, None)
+        live = {(rt.key, r.rule.alert, fp) for r in rt.rules
+                for fp, a in r.alerts.items() if a.state == "pending"}
+        for key in [k for k in self.pending if k[0] == rt.key and k not in live]:
+            labels = self.pending.pop(key)
+            # order -1: before a new activation of the same series at the same instant
+            self.lines.append(ReplayLine(at, -1, {"ts": at, "rule": key[1],
+                                                  "group": rt.group.name,
+                                                  "labels": dict(labels), "state": "gone"}))
+
+
 def fold(lines: Sequence[ReplayLine], rs: RuleSet, errors: Mapping[str, str]
          ) -> list[RuleResult]:
-    """Replay's transitions as intervals per rule and series: pending → firing → resolved;
-    an interval still open at the end has no `resolvedAt`. Pure."""
+    """Replay's transitions as intervals per rule and series: pending → firing → resolved (or
+    pending → gone: it never fired, `resolvedAt` is when its condition stopped holding); an
+    interval still open at the end has no `resolvedAt`. Pure."""
     results: dict[tuple[str, str], RuleResult] = {}
     for name, g in rs.groups():
         if name == FILE:
@@ -240,6 +268,8 @@ def fold(lines: Sequence[ReplayLine], rs: RuleSet, errors: Mapping[str, str]
             continue
         key = _series_key(d["rule"], d["labels"])
         iv = open_.get(key)
+        if iv is None and d["state"] in ("resolved", "gone"):
+            continue  # began before the range's first evaluation could see it: nothing open
         if iv is None:
             iv = Interval(dict(d["labels"]))
             res.intervals.append(iv)
@@ -270,8 +300,11 @@ async def run(req: Request, loaded: RuleSet, source: RangeSource, default_interv
     files = files_for(req, loaded)
     rs = load_rules(files)
     step, warnings = effective_step(rs, req, default_interval)
-    report = await replay(rs, source, req.start, req.end, step, default_interval, ctx)
-    results = fold(report.lines, rs, report.errors)
+    gone = PendingGone()
+    report = await replay(rs, source, req.start, req.end, step, default_interval, ctx,
+                          on_tick=gone)
+    results = fold(sorted([*report.lines, *gone.lines], key=lambda x: (x.ts, x.order)), rs,
+                   report.errors)
     transitions = [line.doc for line in report.lines]
     if len(transitions) > MAX_TRANSITIONS:
         warnings.append(f"{len(transitions):,} transitions; the first {MAX_TRANSITIONS:,} are "
