@@ -454,7 +454,7 @@ function onPause() {
     field("for", sel), field("reason", reason)], "Pause").then(function (ok) {
     if (!ok) { return; }
     var until = new Date(Date.now() + Number(sel.value) * 1000).toISOString();
-    write("POST", "pause", {body: {until: until, reason: reason.value}}, function () { return "actions paused until " + iso(new Date(until)); });
+    write("POST", "pause", {body: {until: until, reason: reason.value, by: localName() || "console"}}, function () { return "actions paused until " + iso(new Date(until)); });
   });
 }
 function onToken() {
