@@ -43,7 +43,7 @@ function el(tag, cls, text) {
 function add(parent) {
   for (var i = 1; i < arguments.length; i++) {
     var c = arguments[i];
-    if (c === null || c === undefined || c === false) { continue; }
+    if (c === null || c === undefined || c === false || c === "") { continue; }
     if (Array.isArray(c)) { c.forEach(function (x) { add(parent, x); }); continue; }
     parent.appendChild(typeof c === "object" ? c : document.createTextNode(String(c)));
   }
@@ -918,7 +918,7 @@ views.deploys = function (root) {
 views.backtest = function (root) {
   var s = section("Backtest a rule"), form = el("form", "grid");
   var sel = el("select"); sel.id = "bt-rule";
-  var ta = el("textarea"); ta.id = "bt-yaml"; ta.rows = 10; ta.spellcheck = false;
+  var ta = el("textarea"); ta.id = "bt-yaml"; ta.rows = 10; ta.spellcheck = false; ta.wrap = "off";
   ta.placeholder = "alert: HighErrors\nexpr: errors > 0.1\nfor: 5m";
   var hours = input("bt-hours", "number", "", "6"); hours.min = "0.25"; hours.max = "168"; hours.step = "any";
   var step = input("bt-step", "text", "the group's interval");
@@ -973,6 +973,12 @@ views.backtest = function (root) {
   return {needs: ["rules"], update: update};
 };
 
+// A lane's title, cut to what fits (the whole text in its tooltip).
+function laneLabel(text, x, y, max) {
+  var t = svg("text", {x: x, y: y}, text.length > max ? text.slice(0, max - 1) + "…" : text);
+  add(t, svg("title", {}, text));
+  return t;
+}
 function drawBacktest(box, d) {
   var fired = 0, actions = 0, lanes = [];
   d.rules.forEach(function (r) {
@@ -1001,7 +1007,7 @@ function drawBacktest(box, d) {
     lanes.forEach(function (ln, i) {
       var y0 = T + i * lane;
       add(g, svg("rect", {x: L, y: y0 + 14, width: W - L - R, height: 14, "class": "lane"}),
-        svg("text", {x: L, y: y0 + 10}, ln.rule.name + " " + Object.keys(ln.labels).filter(function (k) { return k !== "alertname"; }).map(function (k) { return k + "=" + ln.labels[k]; }).join(" ")));
+        laneLabel(ln.rule.name + " " + Object.keys(ln.labels).filter(function (k) { return k !== "alertname"; }).map(function (k) { return k + "=" + ln.labels[k]; }).join(" "), L, y0 + 10, Math.floor((W - L - R) / 6)));
       ln.intervals.forEach(function (iv) {
         var a = iv.pendingAt != null ? iv.pendingAt : iv.firingAt, f = iv.firingAt, e = iv.resolvedAt != null ? iv.resolvedAt : d.end;
         if (a != null) { add(g, svg("rect", {x: x(a), y: y0 + 14, width: Math.max(2, x(f != null ? f : e) - x(a)), height: 14, "class": "pending"})); }
