@@ -140,6 +140,27 @@ async def test_the_console_reads_need_the_read_token(daemon: Daemon) -> None:
     assert status == 403  # a write: the read token is not enough
 
 
+async def test_query_range_lends_no_credentials_to_a_caller_without_a_token(
+        tmp_path: Path, prom: PrometheusServer) -> None:
+    """Reads are open (no API_READ_TOKEN), but the datasource needs a password: asking
+    Prometheus through the watchdog needs the API token, as asking Prometheus would need it."""
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2")
+    s = settings(tmp_path, prometheus_url=prom.url, prometheus_basic_auth_user="u",
+                 prometheus_basic_auth_password_file=str(secret))
+    write(s.rules_dir / "r.yml", RULES)
+    url = "/api/v1/query_range?query=error_ratio&start=0&end=60&step=15"
+    async with Daemon(s, clock=FixedClock(T0), schedule=False) as d:
+        status, body = await get_json(f"{d.http_url}{url}")
+        assert status == 401 and "API_TOKEN" in body["error"]
+        status, _ = await get_json(f"{d.http_url}{url}", auth("wrong"))
+        assert status == 401
+        status, body = await get_json(f"{d.http_url}{url}", auth(TOKEN))
+        assert status == 200, body  # this Prometheus ignores the credentials it is sent
+        status, _ = await get_json(f"{d.http_url}/api/v1/actions")
+        assert status == 200  # the other reads stay open
+
+
 # ---- the rule and the actions ------------------------------------------------------------------
 
 

@@ -20,8 +20,10 @@ only the redacted link base leaves this module.
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
 import promql_parser
 import yaml
@@ -37,7 +39,14 @@ from watchdog.rulefile import promql_limit_error
 from watchdog.rulesdir import RuleSet
 from watchdog.settings import Settings
 from watchdog.source import QueryError
-from watchdog.webinput import BadInput, parse_duration_value, parse_time, read_json, shown
+from watchdog.webinput import (
+    BadInput,
+    bearer_token,
+    parse_duration_value,
+    parse_time,
+    read_json,
+    shown,
+)
 
 MAX_POINTS: Final = 11_000  # per series, as Prometheus refuses beyond
 MAX_SERIES: Final = 200  # a chart of more is unreadable; the answer says what was left out
@@ -217,6 +226,7 @@ class ConsoleApi:
                 web.post("/api/v1/backtest", self.backtest)]
 
     async def query_range(self, request: web.Request) -> web.Response:
+        self._check_lending(request)
         query = _q(request, "query")
         if len(query) > MAX_EXPR_CHARS:
             raise BadInput(f"query too long: {len(query):,} characters (at most "
@@ -239,6 +249,19 @@ class ConsoleApi:
         if len(series) > MAX_SERIES:
             body["warnings"] = [f"{len(series):,} series; the first {MAX_SERIES} are shown"]
         return web.json_response(body)
+
+    def _check_lending(self, request: web.Request) -> None:
+        """A query here runs with the watchdog's Prometheus credentials: where it has some and
+        reads are open, the caller needs an API token, as it would need the credentials to ask
+        Prometheus itself. (With API_READ_TOKEN set the middleware has checked it already.)"""
+        s = self.d.settings
+        if not lends_credentials(s) or (s.api_read_token and s.api_read_token.get_secret_value()):
+            return
+        given = bearer_token(request)
+        tokens = [t.get_secret_value().encode() for t in (s.api_token,) if t is not None]
+        if given is None or not any(t and hmac.compare_digest(given, t) for t in tokens):
+            raise BadInput("the datasource has credentials: this endpoint needs "
+                           "'Authorization: Bearer <API_TOKEN>'", 401)
 
     def _range_source(self) -> Any:
         src = self.source()
@@ -311,6 +334,16 @@ def _step(text: str) -> float:
         raise BadInput("zero or negative query resolution step widths are not accepted. Try a "
                        "positive integer")
     return seconds
+
+
+def lends_credentials(s: Settings) -> bool:
+    """Whether a query sent on a caller's behalf carries credentials of the watchdog's."""
+    try:
+        parts = urlsplit(s.prometheus_url)
+        in_url = bool(parts.username or parts.password)
+    except ValueError:
+        in_url = False
+    return bool(s.prometheus_bearer_token_file or s.prometheus_basic_auth_user or in_url)
 
 
 def _time(t: float) -> float | int:
