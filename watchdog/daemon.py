@@ -47,6 +47,7 @@ from watchdog.http_api import build_app
 from watchdog.logs import configure as configure_logging
 from watchdog.logs import redact_url
 from watchdog.metrics import InstrumentedSource, Metrics
+from watchdog.query_proxy import Forwarder
 from watchdog.rulesdir import RuleSet
 from watchdog.settings import Settings
 from watchdog.source import PrometheusConfig, PrometheusSource, Source
@@ -128,6 +129,13 @@ class Daemon:
         self._mqtt: Any = None
         self._sentry = False
         self._signals: list[signal.Signals] = []
+
+    @property
+    def forwarder(self) -> Forwarder | None:
+        """Prometheus's query API for `watchdog.query_proxy` (None for a test's fake source)."""
+        inner = getattr(self, "source", None)
+        inner = getattr(inner, "inner", inner)
+        return inner if callable(getattr(inner, "forward", None)) else None
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     kubeconfig: str | None = None
     shutdown_timeout: float = 5.0
     incident_retention: float = Field(90 * 86400.0, gt=0)  # resolved incidents kept this long
+    # the most of one answer of Prometheus's query API forwarded through /api/v1/query & co.
+    query_proxy_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
 
     @field_validator("prometheus_timeout", "evaluation_interval", "rules_poll_interval",
                      "outage_tolerance", "for_grace_period", "resend_delay", "shutdown_timeout",
