@@ -62,7 +62,7 @@ def test_helm_lint_finds_nothing() -> None:
 @pytest.mark.parametrize("values", [None, *CI_VALUES], ids=lambda p: p.name if p else "defaults")
 def test_every_object_is_valid_kubernetes(values: Path | None) -> None:
     objs = render(yaml.safe_load(values.read_text()) if values else None)
-    for key, doc in objs.items():
+    for doc in objs.values():
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
             continue  # CRDs: scripts/lint-deploy.sh checks them against the operator's schema
         for version in K8S_VERSIONS:
@@ -98,7 +98,11 @@ def test_defaults_one_replica_on_sqlite_non_root_with_prometheus_probes() -> Non
     e = env(objs)
     assert e["WATCHDOG_STATE_URL"] == "sqlite:////var/lib/watchdog/state.db"
     assert "WATCHDOG_REPLICA_ID" not in e and "WATCHDOG_API_TOKEN" not in e
-    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/var/lib/watchdog", "/tmp"}
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {
+        "/etc/watchdog/rules", "/var/lib/watchdog", "/tmp"}
+    # an empty folder hides the example rules the image carries at /etc/watchdog/rules
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes["rules"]
     assert c["image"] == "metrics-watchdog:0.1.0"
 
 
