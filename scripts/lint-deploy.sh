@@ -662,6 +662,7 @@ KNOWN_METRICS = {
     "watchdog_incident_duration_seconds_count", "watchdog_incident_duration_seconds_sum",
     "watchdog_incident_time_to_act_seconds_bucket", "watchdog_incident_time_to_act_seconds_count",
     "watchdog_incident_time_to_act_seconds_sum",
+    "watchdog_deploys_total", "watchdog_action_events_total",
 }
 # A dashboard metric that no module of the package registers is an error: its panel would stay
 # empty in Grafana.
@@ -756,6 +757,26 @@ def check_grafana(path: Path) -> None:
                 fail(f"{where}: unknown metric(s) {sorted(found - KNOWN_METRICS)}")
             if not found:
                 fail(f"{where}: no metric in {expr!r}")
+    for ann in dash.get("annotations", {}).get("list", []):
+        if ann.get("builtIn"):
+            continue
+        where = f"{rel}: annotation {ann.get('name')!r}"
+        if ann.get("datasource", {}).get("uid") != "${datasource}":
+            fail(f"{where}: datasource should be the ${{datasource}} variable")
+        try:
+            ast = promql_parser.parse(_grafana_subst(ann.get("expr", "")))
+        except Exception as e:
+            fail(f"{where}: PromQL does not parse: {e}")
+            continue
+        exprs += 1
+        found = set()
+        _metric_names(ast, found)
+        if not found or found - KNOWN_METRICS:
+            fail(f"{where}: unknown or no metric(s): {sorted(found - KNOWN_METRICS)}")
+        for label in filter(None, ann.get("tagKeys", "").split(",")):
+            if f"{{{{{label}}}}}" not in ann.get("titleFormat", "") + ann.get("textFormat", "") \
+                    and label not in ann.get("expr", ""):
+                fail(f"{where}: tag key {label!r} is no label of its query")
     for var in dash.get("templating", {}).get("list", []):
         if var.get("type") != "query":
             continue

@@ -46,7 +46,7 @@ from watchdog.handlers import DaemonContext, EventHandler
 from watchdog.http_api import build_app
 from watchdog.logs import configure as configure_logging
 from watchdog.logs import redact_url
-from watchdog.metrics import InstrumentedSource, Metrics
+from watchdog.metrics import ActionEventCounter, InstrumentedSource, Metrics
 from watchdog.query_proxy import Forwarder
 from watchdog.rulesdir import RuleSet
 from watchdog.settings import Settings
@@ -177,6 +177,7 @@ class Daemon:
                                  source=self.source, alerts=self.live, clock=self.clock,
                                  registry=self.metrics.registry)
         self._register_state_metrics()
+        self.ctx.action_sinks.append(ActionEventCounter(self.metrics.registry))
         wired = wire(self.ctx, self._extra_handlers, subsystems=self._plugins_enabled)
         self.handlers, self._mqtt = wired.handlers, wired.mqtt
         self.plugins.update(wired.parts)
