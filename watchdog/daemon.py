@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import sys
 import time
@@ -31,6 +32,7 @@ import structlog
 import yaml
 from aiohttp import web
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from watchdog import __version__
 from watchdog.app.evaluation import Evaluator, Inflight, RuleError
@@ -606,10 +608,26 @@ def load_settings(config: Path | None) -> Settings:
         settings = Settings.load(config)
     except ValidationError as e:
         raise StartupError("\n".join(settings_errors(e))) from None
+    except SettingsError as e:
+        # pydantic-settings could not decode a value (a dict or list setting is JSON in the
+        # environment); its own message names the field and "EnvSettingsSource"
+        raise StartupError(undecodable_setting(str(e))) from None
     except (OSError, yaml.YAMLError, ValueError) as e:
         raise StartupError(f"--config {config}: {e}") from None
     check_settings(settings)
     return settings
+
+
+def undecodable_setting(message: str) -> str:
+    m = re.search(r'field "(\w+)" from source "(\w+)"', message)
+    if m is None:
+        return message
+    name = f"WATCHDOG_{m.group(1).upper()}"
+    where = {"EnvSettingsSource": "env", "SecretsSettingsSource": "secrets dir"}.get(
+        m.group(2), m.group(2))
+    example = ('{"cluster": "eu-1", "env": "prod"}, or one label per variable: '
+               f"{name}__CLUSTER=eu-1" if m.group(1) == "external_labels" else "JSON")
+    return f"invalid setting {name} ({where}): not valid JSON; expected e.g. {example}"
 
 
 def run_daemon(config: Path | None = None) -> int:
@@ -621,6 +639,8 @@ def run_daemon(config: Path | None = None) -> int:
             print(f"watchdog: {line}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    for line in Settings.unknown(config):
+        log.warning(line)
     return asyncio.run(_serve(settings))
 
 
