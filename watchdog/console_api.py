@@ -1,29 +1,24 @@
-"""The reads and the one write the console needs beyond the Prometheus-shaped API:
+"""The reads and the one write the console needs beyond the Prometheus-shaped API (its chart
+asks Prometheus through `watchdog.query_proxy`'s `/api/v1/query_range`):
 
-- `GET /api/v1/query_range` — Prometheus's range query, passed through the watchdog's own
-  datasource (its credentials stay here), so the console can chart a rule without reaching
-  Prometheus itself. Bounded: GET only, the expression's length, at most 11,000 points per
-  series (Prometheus's own limit, refused before asking), at most MAX_SERIES series returned.
 - `GET /api/v1/rules/detail?file=&group=&rule=` — one rule as written (YAML, for the backtest
   form), what to chart for it (the expression without its top-level comparison, and the
   threshold or tiers as lines) and the link to its expression in Prometheus's graph page.
 - `GET /api/v1/actions` — the actions defined in the rules folder, for "run now".
 - `POST /api/v1/backtest` — `watchdog.backtest` over the datasource; one at a time.
 
-Shell: HTTP in, JSON out; the replay, the rule parsing and the chart split are pure functions
-elsewhere or below. Reads sit behind API_READ_TOKEN and the write behind API_TOKEN like every
+Shell: HTTP in, JSON out; the replay and the rule parsing are elsewhere, the chart split is a
+pure function below. Reads sit behind API_READ_TOKEN and the write behind API_TOKEN like every
 route (`watchdog.http_api`'s middleware); errors are raised as `BadInput`, which that
 middleware answers in Prometheus's error shape. It must not echo the datasource's credentials:
-only the redacted link base leaves this module.
+only the redacted link base leaves this module, and query errors are redacted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, Protocol
-from urllib.parse import urlsplit
 
 import promql_parser
 import yaml
@@ -33,24 +28,12 @@ from watchdog import backtest
 from watchdog.am_api import generator_url, link_base
 from watchdog.engine import GroupRuntime
 from watchdog.evaluate import Context
-from watchdog.gocompat import format_float
 from watchdog.logs import redact
 from watchdog.rulefile import promql_limit_error
 from watchdog.rulesdir import RuleSet
 from watchdog.settings import Settings
-from watchdog.source import QueryError
-from watchdog.webinput import (
-    BadInput,
-    bearer_token,
-    parse_duration_value,
-    parse_time,
-    read_json,
-    shown,
-)
+from watchdog.webinput import BadInput, read_json, shown
 
-MAX_POINTS: Final = 11_000  # per series, as Prometheus refuses beyond
-MAX_SERIES: Final = 200  # a chart of more is unreadable; the answer says what was left out
-MAX_EXPR_CHARS: Final = 6000  # aiohttp refuses request lines past 8 KiB anyway
 BACKTEST_TIMEOUT: Final = 120.0
 _COMPARISONS: Final = (">=", "<=", "==", "!=", ">", "<")
 _FLIP: Final = {">": "<", "<": ">", ">=": "<=", "<=": ">=", "==": "==", "!=": "!="}
@@ -220,48 +203,9 @@ class ConsoleApi:
         self._backtest = asyncio.Lock()
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/api/v1/query_range", self.query_range),
-                web.get("/api/v1/rules/detail", self.rule_detail),
+        return [web.get("/api/v1/rules/detail", self.rule_detail),
                 web.get("/api/v1/actions", self.actions),
                 web.post("/api/v1/backtest", self.backtest)]
-
-    async def query_range(self, request: web.Request) -> web.Response:
-        self._check_lending(request)
-        query = _q(request, "query")
-        if len(query) > MAX_EXPR_CHARS:
-            raise BadInput(f"query too long: {len(query):,} characters (at most "
-                           f"{MAX_EXPR_CHARS:,})")
-        start = parse_time(_q(request, "start"), "start")
-        end = parse_time(_q(request, "end"), "end")
-        step = _step(_q(request, "step"))
-        if end < start:
-            raise BadInput("end timestamp must not be before start time")
-        if (end - start) / step > MAX_POINTS:
-            raise BadInput(f"exceeded maximum resolution of {MAX_POINTS:,} points per "
-                           "timeseries. Try decreasing the query resolution (?step=XX)")
-        try:
-            series = await self._range_source().query_range(query, start, end, step)
-        except QueryError as e:
-            raise BadInput(redact(str(e)), 422) from None
-        body: dict[str, Any] = {"status": "success", "data": {"resultType": "matrix", "result": [
-            {"metric": dict(s.labels), "values": [[_time(t), _value(v)] for t, v in s.points]}
-            for s in series[:MAX_SERIES]]}}
-        if len(series) > MAX_SERIES:
-            body["warnings"] = [f"{len(series):,} series; the first {MAX_SERIES} are shown"]
-        return web.json_response(body)
-
-    def _check_lending(self, request: web.Request) -> None:
-        """A query here runs with the watchdog's Prometheus credentials: where it has some and
-        reads are open, the caller needs an API token, as it would need the credentials to ask
-        Prometheus itself. (With API_READ_TOKEN set the middleware has checked it already.)"""
-        s = self.d.settings
-        if not lends_credentials(s) or (s.api_read_token and s.api_read_token.get_secret_value()):
-            return
-        given = bearer_token(request)
-        tokens = [t.get_secret_value().encode() for t in (s.api_token,) if t is not None]
-        if given is None or not any(t and hmac.compare_digest(given, t) for t in tokens):
-            raise BadInput("the datasource has credentials: this endpoint needs "
-                           "'Authorization: Bearer <API_TOKEN>'", 401)
 
     def _range_source(self) -> Any:
         src = self.source()
@@ -322,41 +266,6 @@ class ConsoleApi:
             if r["error"]:
                 r["error"] = redact(r["error"])
         return web.json_response({"status": "success", "data": data})
-
-
-def _step(text: str) -> float:
-    """Prometheus's `step`: a duration (`30s`) or a float number of seconds, positive."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        return parse_duration_value(text, "step")
-    if not 0 < seconds < float("inf"):
-        raise BadInput("zero or negative query resolution step widths are not accepted. Try a "
-                       "positive integer")
-    return seconds
-
-
-def lends_credentials(s: Settings) -> bool:
-    """Whether a query sent on a caller's behalf carries credentials of the watchdog's."""
-    try:
-        parts = urlsplit(s.prometheus_url)
-        in_url = bool(parts.username or parts.password)
-    except ValueError:
-        in_url = False
-    return bool(s.prometheus_bearer_token_file or s.prometheus_basic_auth_user or in_url)
-
-
-def _time(t: float) -> float | int:
-    return int(t) if t == int(t) else t  # Prometheus writes 1712345678, not 1712345678.0
-
-
-def _value(v: float) -> str:
-    """A sample value as Prometheus writes it in a matrix (Go's FormatFloat 'f', -1)."""
-    if v != v:
-        return "NaN"
-    if v in (float("inf"), float("-inf")):
-        return "+Inf" if v > 0 else "-Inf"
-    return format_float(v, "f", -1)
 
 
 def _step_kind(step: Any) -> str:

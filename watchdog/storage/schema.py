@@ -15,7 +15,7 @@ from typing import Literal
 
 Dialect = Literal["sqlite", "postgresql"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS alert_instances (
@@ -180,6 +180,17 @@ CREATE INDEX IF NOT EXISTS incidents_by_resolution ON incidents (resolved_at);
 CREATE INDEX IF NOT EXISTS action_runs_by_incident ON action_runs (incident_id);
 """
 
+# Version 3: deploy verdicts (CONTRACT §10). A marker keeps the actions to run when it fails and
+# when its verdict was decided; `status` stays "open" | "passed" | "failed" (the API says
+# open | pass | fail). Columns added with defaults, so the rows of version 2 read as they were:
+# no on_fail actions, decided at their window's end if they were decided at all.
+_V3 = """
+ALTER TABLE deploy_markers ADD COLUMN on_fail {TEXT} NOT NULL DEFAULT '[]';
+ALTER TABLE deploy_markers ADD COLUMN decided_at {REAL};
+UPDATE deploy_markers SET decided_at = window_end WHERE status <> 'open';
+CREATE INDEX IF NOT EXISTS deploy_markers_by_service ON deploy_markers (service, at)
+"""
+
 _TYPES: dict[Dialect, dict[str, str]] = {
     # SQLite's REAL is a double; PostgreSQL's REAL is a float4, hence DOUBLE PRECISION there.
     # Text compares bytewise on both (PostgreSQL's default collation follows the server's
@@ -195,7 +206,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
 META = "CREATE TABLE IF NOT EXISTS schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 # MIGRATIONS[n] takes a database from version n-1 to n.
-_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
+_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
 
 
 def statements(sql: str) -> list[str]:
