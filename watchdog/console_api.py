@@ -230,14 +230,14 @@ class ConsoleApi:
         return web.json_response({"status": "success", "data": {
             "file": file, "group": group, "name": name, "interval": self.d.interval(rt),
             "yaml": rule_yaml(self.d.rules, file, group, name) or "",
-            "chart": chart_of(rule), "actions": list(rule.actions),
+            "chart": chart_of(rule), "actions": action_names(rule),
             "graphURL": generator_url(link_base(self.d.settings), rule.expr)}})
 
     async def actions(self, request: web.Request) -> web.Response:
         used: dict[str, list[str]] = {}
         for rt in self.d.runtimes.values():
             for r in rt.rules:
-                for a in r.rule.actions:
+                for a in action_names(r.rule):
                     used.setdefault(a, []).append(r.rule.alert)
         data = [{"name": name, "steps": [_step_kind(s) for s in a.steps],
                  "cooldown": a.cooldown, "maxRunsPerHour": a.max_runs_per_hour,
@@ -266,6 +266,14 @@ class ConsoleApi:
             if r["error"]:
                 r["error"] = redact(r["error"])
         return web.json_response({"status": "success", "data": data})
+
+
+def action_names(rule: Any) -> list[str]:
+    """Every action a rule may run: a list, or lists by tier (CONTRACT §9), and `on_resolved`."""
+    acts: Any = rule.actions
+    names = [n for v in acts.values() for n in v] if isinstance(acts, dict) else list(acts)
+    names += list(getattr(rule, "on_resolved", None) or [])
+    return list(dict.fromkeys(names))
 
 
 def _step_kind(step: Any) -> str:
