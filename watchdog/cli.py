@@ -91,10 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     from watchdog.actions.client import add_action_parser
     from watchdog.actions.deploy_client import add_deploy_parser
     from watchdog.incidents.client import add_incidents_parser
+    from watchdog.remote import add_parsers as add_remote_parsers
 
     add_action_parser(sub)
     add_deploy_parser(sub)
     add_incidents_parser(sub)
+    add_remote_parsers(sub)  # silence add|query|expire, ack, runs
     return p
 
 
@@ -181,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from watchdog.incidents.client import main as incidents_main
 
         return incidents_main(args)
+    if args.command in ("silence", "ack", "runs"):
+        from watchdog.remote import main as remote_main
+
+        return remote_main(args)
     if args.command == "run":
         from watchdog.daemon import run_daemon
 
