@@ -19,6 +19,8 @@ import aiohttp
 import pytest
 from conftest import BackfilledPrometheus
 from fakes_chat import FakeChat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_daemon_support import get_json, post_json, wait_for
 from test_daemon_support import settings as daemon_settings
 
@@ -344,3 +346,29 @@ async def test_a_report_that_could_not_be_notified_stays_due(tmp_path: Path) -> 
     report = ReportDoc.model_validate(event.extra["report"])
     assert report.id == "d1" and report.errors and report.errors[0]["name"] == "latency"
     assert any("latency" in line for line in report_lines(report))
+
+
+# ---- the target parser, fuzzed ------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40))
+def test_any_target_text_parses_or_says_why(text: str) -> None:
+    try:
+        goal = Goal.parse(text)
+    except ValueError as e:
+        assert "not a target" in str(e) and "\n" not in str(e)
+    else:
+        assert goal.better in ("lower", "higher")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([">", ">=", "<", "<="]), st.integers(0, 50),
+       st.sampled_from(["faster", "slower", "lower", "higher", "more", "fewer"]),
+       st.floats(-100, 100, allow_nan=False))
+def test_a_target_means_what_it_says(op: str, pct: int, word: str, change: float) -> None:
+    """Against a reference written from the words: ">" asks for a change of more than pct in
+    the word's direction, "<" for less than pct of it."""
+    toward = -change if word in ("faster", "lower", "fewer") else change
+    want = {">": toward > pct, ">=": toward >= pct, "<": toward < pct, "<=": toward <= pct}[op]
+    assert Goal.parse(f"{op} {pct}% {word}").met(change) is want
