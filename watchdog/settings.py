@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -107,10 +108,14 @@ class Settings(BaseSettings):
     kubeconfig: str | None = None
     shutdown_timeout: float = 5.0
     incident_retention: float = Field(90 * 86400.0, gt=0)  # resolved incidents kept this long
+    # Many replicas on one PostgreSQL (README "Many replicas"): this one's name, and how long
+    # a replica's leases outlive its last renewal.
+    replica_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
+    lease_ttl: float = Field(15.0, ge=1.0, le=3600.0)
 
     @field_validator("prometheus_timeout", "evaluation_interval", "rules_poll_interval",
                      "outage_tolerance", "for_grace_period", "resend_delay", "shutdown_timeout",
-                     "incident_retention", mode="before")
+                     "incident_retention", "lease_ttl", mode="before")
     @classmethod
     def _durations(cls, v: Any) -> Any:
         # "30s" as Prometheus spells it, or a bare number of seconds
