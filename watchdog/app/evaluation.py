@@ -190,7 +190,8 @@ class Evaluator:
             return True
         try:
             async with self.storage.transaction() as tx:
-                await tx.fence(fences)
+                if self.leases.shared:
+                    await tx.fence(fences)
                 log_events(events)
                 if changes:
                     await tx.alerts.save(changes)
