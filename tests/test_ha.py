@@ -301,3 +301,99 @@ async def test_three_replicas_sigkill_the_holder_then_random_ones(
         if cluster is not None:
             cluster.stop()
         await chat.close()
+
+
+async def test_a_replica_frozen_past_its_lease_acts_on_nothing_when_it_wakes(
+        postgres_url: str, tmp_path: Path, target: SignalTarget,  # noqa: F811
+        prometheus: PrometheusServer, launcher: Launcher) -> None:  # noqa: F811
+    """SIGSTOP the replica evaluating a firing alert for longer than LEASE_TTL; the other takes
+    the group over and, when the alert clears, resolves it. SIGCONT: the woken process still
+    believes the alert fires and evaluates its missed slots at once — and its writes are
+    refused (its lease has a newer token now), so no second resolved, notification or run
+    comes from it, and it logs that it lost the lease."""
+    chat = HookedChat()
+    await chat.start()
+    action = ActionTarget()
+    prefix = f"hp{uuid.uuid4().hex[:6]}"
+    case = f"{prefix}-1"
+    target.set(case, 0.0)
+    cluster: Cluster | None = None
+    try:
+        async with action.serving():
+            write(tmp_path / "rules" / "ha.yml",
+                  RULES.replace("FILLER", FILLER).replace("CASE", prefix)
+                  .replace("ALERT", ALERT).replace("PD_KEY", PD_KEY).replace("CHAT", chat.url))
+            env = {"WATCHDOG_RULES_DIR": str(tmp_path / "rules"),
+                   "WATCHDOG_STATE_URL": postgres_url,
+                   "WATCHDOG_PROMETHEUS_URL": prometheus.url,
+                   "WATCHDOG_EVALUATION_INTERVAL": "500ms",
+                   "WATCHDOG_RULES_POLL_INTERVAL": "1h",
+                   "WATCHDOG_SHUTDOWN_TIMEOUT": "3s",
+                   "WATCHDOG_LEASE_TTL": str(TTL),
+                   "HOOK": action.url}
+            cluster = Cluster(launcher, env, tmp_path)
+            for _ in range(2):
+                await cluster.add()
+
+            async def both_hold() -> bool:
+                st = await cluster.status()
+                return len({g["replica"] for g in st["groups"]} - {None}) == 2
+
+            await wait(both_hold, "both replicas holding groups")
+            frozen_id = await wait(lambda: cluster.holder("ha-main"), "ha-main's holder")
+            st = await cluster.status()
+            roles = next(r["groups"] for r in st["replicas"] if r["id"] == frozen_id)
+            frozen = cluster.procs[frozen_id]
+            target.set(case, 1.0)
+
+            def explain() -> str:
+                return f"sent={sent(chat, case)} action={action.bodies}"
+
+            async def fired_and_acted() -> bool:
+                got = sent(chat, case)
+                return (all("firing" in m for m in got.values())
+                        and any(b.get("case") == case for b in action.bodies)
+                        and bool(await runs_of(frozen, case)))
+
+            await wait(fired_and_acted, "the firing on every receiver and the action", explain)
+            await asyncio.sleep(1.0)  # the run's outcome and notices settle
+
+            frozen.p.send_signal(signal.SIGSTOP)
+            stopped_at = time.time()
+            other = next(p for r, p in cluster.procs.items() if r != frozen_id)
+
+            async def moved() -> bool:
+                _, body = await get_json(f"{other.url}/api/v1/status", headers=AUTH)
+                return any(g["name"] == "ha-main" and g["replica"] not in (None, frozen_id)
+                           for g in body["data"]["groups"])
+
+            await wait(moved, "ha-main taken over by the other replica")
+            target.set(case, 0.0)
+
+            async def resolved() -> bool:
+                return all(m and m[-1] == "resolved" for m in sent(chat, case).values())
+
+            await wait(resolved, "the resolved on every receiver, from the other replica",
+                       explain)
+            before = sent(chat, case)
+            assert time.time() - stopped_at > TTL
+            frozen.p.send_signal(signal.SIGCONT)
+            # Its scheduler now runs the slots it missed; give it several lease periods.
+            await asyncio.sleep(4 * TTL)
+            assert frozen.p.poll() is None, frozen.log_path.read_text()[-3000:]
+            after = sent(chat, case)
+            assert after == before, (before, after)
+            for kind, msgs in after.items():
+                assert Counter(msgs) == Counter({"firing": 1, "resolved": 1}), (kind, msgs)
+            runs = await runs_of(other, case)
+            assert len(runs) == 1 and sum(b.get("case") == case for b in action.bodies) == 1
+            log_text = frozen.log_path.read_text()
+            lost = [json.loads(x) for x in log_text.splitlines()
+                    if x.startswith("{") and "lease lost" in x]
+            assert any(e.get("lease") for e in lost), log_text[-3000:]
+            print(f"\nfrozen replica held {roles}; after SIGCONT it logged {len(lost)} lost "
+                  f"leases: {sorted({e['lease'].rsplit(';', 1)[-1] for e in lost})}")
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        await chat.close()
