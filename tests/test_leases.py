@@ -161,10 +161,11 @@ async def test_run_claims_move_only_when_they_expire(
     async with s.transaction() as tx:
         assert not await tx.runs.claim("run1", "r2", TTL)
         assert await tx.runs.take_expired("r2", TTL) == []
-        assert await tx.runs.renew_claims("r1", TTL) == ["run1"]
+        assert await tx.runs.renew_claims("r1", TTL, ["run1"]) == ["run1"]
+        assert await tx.runs.take_expired("r1", TTL, own=True) == ["run1"]  # a restart of r1
     await conn.execute("UPDATE action_runs SET claim_until = claim_until - 1000")
     async with s.transaction() as tx:
-        assert await tx.runs.renew_claims("r1", TTL) == []  # too late
+        assert await tx.runs.renew_claims("r1", TTL, ["run1"]) == []  # too late
         assert await tx.runs.take_expired("r2", TTL) == ["run1"]
         assert not await tx.runs.claim("run1", "r1", TTL)  # the old driver stops here
         assert await tx.runs.claim("run1", "r2", TTL)

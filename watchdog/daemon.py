@@ -48,7 +48,7 @@ from watchdog.http_api import build_app
 from watchdog.logs import configure as configure_logging
 from watchdog.logs import redact_url
 from watchdog.metrics import InstrumentedSource, Metrics
-from watchdog.reload import mirror, takeover
+from watchdog.reload import mirror, restore, takeover
 from watchdog.rulesdir import RuleSet
 from watchdog.settings import Settings
 from watchdog.source import PrometheusConfig, PrometheusSource, Source
@@ -429,6 +429,9 @@ class Daemon:
         the new lease's fence) before it is evaluated; the leader role goes to the handlers."""
         name = lease.name
         if name == LEADER:
+            # The notifier starts from the store: first the other groups' current state
+            # (this process may just have woken from a freeze with an old picture of them).
+            await self.refresh_mirror()
             self._tell_handlers(name, lease)
             return True
         rt = self._runtime(name)
@@ -438,7 +441,15 @@ class Daemon:
             async with self.storage.transaction() as tx:
                 stored = (await tx.alerts.load([name])).get(name)
             at = self.clock()
-            restored = takeover(rt, stored, at, outage_tolerance=self.settings.outage_tolerance)
+            if got.restarted:
+                # An earlier process of this replica held it: a restart, restored the way
+                # Prometheus restores (the downtime does not count as pending time).
+                restored = restore({name: rt}, {name: stored} if stored is not None else {},
+                                   at, outage_tolerance=self.settings.outage_tolerance,
+                                   grace_period=self.settings.for_grace_period)
+            else:
+                restored = takeover(rt, stored, at,
+                                    outage_tolerance=self.settings.outage_tolerance)
             ok = await self.evaluator.commit(restored.changes, restored.events, at,
                                              group=rt.group.name, fences=[lease])
             self._mirrored.pop(name, None)

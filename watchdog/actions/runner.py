@@ -96,6 +96,8 @@ class ActionRunner:
         self.index = RuleIndex()
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._driving: set[str] = set()  # run ids with a task here (their claims are renewed)
+        self._took_over = False
         self._kube: KubeClient | None = None
         self.env = StepEnv(session=ctx.session, environ=os.environ,
                            external_url=ctx.settings.external_url, mqtt=ctx.mqtt,
@@ -122,8 +124,11 @@ class ActionRunner:
         """Several replicas: renew this replica's claims, and drive the runs whose replica is
         gone (claim expired) from where they stopped — a step that was in flight there is
         marked interrupted, never repeated. How many were taken."""
-        await self.store.renew_claims()
-        taken = await self.store.take_expired()
+        await self.store.renew_claims(sorted(self._driving))
+        # The first time, also the runs an earlier process of this replica id claimed: the
+        # replica-id lock (`Coordination.identify`) says that process is gone.
+        taken = await self.store.take_expired(own=not self._took_over)
+        self._took_over = True
         for run in taken:
             log.info("action.resume", action=run.action, run_id=run.id, step=run.next_step,
                      detail="taken over from a replica whose claim ran out")
@@ -146,7 +151,9 @@ class ActionRunner:
     def _spawn(self, coro: Any, run_id: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(self._guard(coro, run_id))
         self._tasks.add(task)
+        self._driving.add(run_id)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._driving.discard(run_id))
 
     async def _guard(self, coro: Any, run_id: str) -> None:
         try:

@@ -89,14 +89,15 @@ class ActionStore:
         if not await tx.runs.claim(run_id, self.replica, self.ttl):
             raise LeaseLost(f"run {run_id}", "its claim ran out; another replica drives it")
 
-    async def renew_claims(self) -> list[str]:
+    async def renew_claims(self, ids: Sequence[str]) -> list[str]:
         async with self.storage.transaction() as tx:
-            return await tx.runs.renew_claims(self.replica, self.ttl)
+            return await tx.runs.renew_claims(self.replica, self.ttl, ids)
 
-    async def take_expired(self) -> list[RunRow]:
-        """Runs whose driver is gone (their claim ran out), now this replica's."""
+    async def take_expired(self, *, own: bool = False) -> list[RunRow]:
+        """Runs whose driver is gone (their claim ran out; `own`: or an earlier process of
+        this replica id claimed them), now this replica's."""
         async with self.storage.transaction() as tx:
-            ids = await tx.runs.take_expired(self.replica, self.ttl)
+            ids = await tx.runs.take_expired(self.replica, self.ttl, own=own)
             runs = [await tx.runs.get(i) for i in ids]
         return [r for r in runs if r is not None]
 

@@ -136,14 +136,13 @@ class Coordinator:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ttl + 1.0
-        while True:
-            try:
-                await self.cycle()
-                break
-            except StorageError:
-                if loop.time() >= deadline:
-                    raise
-                await asyncio.sleep(0.5)
+        while not await self.coordination.identify(self.replica_id):
+            if loop.time() >= deadline:
+                raise StorageError(
+                    f"WATCHDOG_REPLICA_ID: {self.replica_id!r} is in use by another live "
+                    "watchdog process on this database; give each replica its own REPLICA_ID")
+            await asyncio.sleep(0.5)
+        await self.cycle()
         self._task = asyncio.create_task(self._loop(), name="replicas")
 
     async def stop(self) -> None:
@@ -189,7 +188,9 @@ class Coordinator:
         c = self.coordination
         mine = sorted(set(self.names()))
         digest = hashlib.sha256("\n".join(mine).encode()).hexdigest()[:16]
-        records = await c.beat(self.replica_id, self.instance, self.ttl,
+        # ttl 0: this process holds the replica id's lock, so a row under the same id is an
+        # earlier process's, dead — taken over at once.
+        records = await c.beat(self.replica_id, self.instance, 0.0,
                                mine if digest != self._keys_digest else None)
         me = next((r for r in records if r.id == self.replica_id), None)
         self._keys_digest = me.keys_digest if me is not None else None

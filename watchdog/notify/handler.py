@@ -131,6 +131,10 @@ class NotifyHandler:
             await self.silences.load(replace=True)
             async with self.ctx.storage.transaction() as tx, self._lock:
                 await self.pipeline.reload_log(tx)
+                # What this replica tracked as a follower may be older than the store (it may
+                # have been frozen): the alerts are taken afresh from the live view.
+                self.pipeline.tracked.clear()
+                self.pipeline.groups.clear()
                 self.pipeline.seed(self.ctx.alerts.alerts())
             self._leader = lease
             log.info("notifications: this replica decides and delivers them now",

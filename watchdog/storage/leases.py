@@ -50,6 +50,24 @@ class PgCoordination:
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
+        self._identity: Any = None  # the connection holding this process's replica-id lock
+
+    async def identify(self, replica: str) -> bool:
+        """Hold a session advisory lock named after the replica id for the life of this
+        process: true when it was free. A predecessor killed under the same id released it
+        with its connection (so its rows are this process's to take at once); a live — or
+        frozen — process with the same id still holds it."""
+        if self._identity is None:
+            self._identity = await self.pool.acquire()
+        got = await self._identity.fetchval(
+            "SELECT pg_try_advisory_lock(hashtextextended('watchdog-replica:' || $1, 0))",
+            replica)
+        return bool(got)
+
+    async def close(self) -> None:
+        if self._identity is not None:
+            conn, self._identity = self._identity, None
+            await self.pool.release(conn)  # asyncpg resets the session: the lock goes
 
     async def beat(self, replica: str, instance: str, ttl: float, keys: Sequence[str] | None
                    ) -> list[ReplicaRecord]:
@@ -110,7 +128,8 @@ class PgCoordination:
         for name, token, prev, gap in rows:
             moved = prev is not None and prev != replica
             out.append(Acquired(Lease(name, replica, int(token)), prev if moved else None,
-                                float(gap) if moved and gap is not None else None))
+                                float(gap) if moved and gap is not None else None,
+                                restarted=prev == replica))
         return out
 
     async def renew(self, leases: Sequence[Lease], ttl: float) -> list[Lease]:

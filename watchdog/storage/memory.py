@@ -526,11 +526,12 @@ class MemRuns(_Repo):
     async def claim(self, run_id: str, replica: str, ttl: float) -> bool:
         return True  # one process owns this store
 
-    async def renew_claims(self, replica: str, ttl: float) -> builtins.list[str]:
-        return []
-
-    async def take_expired(self, replica: str, ttl: float, limit: int = 100
+    async def renew_claims(self, replica: str, ttl: float, ids: Sequence[str]
                            ) -> builtins.list[str]:
+        return list(ids)
+
+    async def take_expired(self, replica: str, ttl: float, limit: int = 100, *,
+                           own: bool = False) -> builtins.list[str]:
         return []
 
 

@@ -69,6 +69,7 @@ class Acquired:
     lease: Lease
     prev_holder: str | None  # the replica whose lease expired (None: it was free or released)
     gap: float | None  # seconds from the previous holder's last renewal to this takeover
+    restarted: bool = False  # it was this replica's: an earlier process under the same id
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ class Coordination(Protocol):
     every time is the database's clock, so the replicas' own clocks never matter."""
 
     shared: bool  # True: several processes may use this store at once
+
+    async def identify(self, replica: str) -> bool:
+        """Claim the replica id for this process: false while another live process has it."""
 
     async def beat(self, replica: str, instance: str, ttl: float, keys: Sequence[str] | None
                    ) -> list[ReplicaRecord]:
@@ -245,13 +249,17 @@ class RunRepo(Protocol):
         (then the run is retaken elsewhere and this replica must stop driving it). Always true
         on a store one process owns."""
 
-    async def renew_claims(self, replica: str, ttl: float) -> builtins.list[str]:
-        """Extend this replica's unexpired claims on unfinished runs; their ids."""
-
-    async def take_expired(self, replica: str, ttl: float, limit: int = 100
+    async def renew_claims(self, replica: str, ttl: float, ids: Sequence[str]
                            ) -> builtins.list[str]:
+        """Extend this replica's unexpired claims on those runs (the ones it drives); the ids
+        still claimed."""
+
+    async def take_expired(self, replica: str, ttl: float, limit: int = 100, *,
+                           own: bool = False) -> builtins.list[str]:
         """Claim unfinished runs (running, or a verification pending) whose claim expired or
-        that have none; their ids (skipping rows another replica is claiming right now)."""
+        that have none — with `own`, also those claimed under this replica id (by an earlier
+        process of it, known dead); their ids (skipping rows another replica is claiming right
+        now)."""
 
 
 class StepRepo(Protocol):

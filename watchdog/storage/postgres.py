@@ -142,4 +142,6 @@ class PostgresStorage:
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
+            await self.coordination.close()  # type: ignore[attr-defined]
+        with contextlib.suppress(Exception):
             await self.pool.close()

@@ -24,6 +24,9 @@ class SoloCoordination:
         self._leases: dict[str, Lease] = {}
         self._tokens: dict[str, int] = {}
 
+    async def identify(self, replica: str) -> bool:
+        return True
+
     async def beat(self, replica: str, instance: str, ttl: float, keys: Sequence[str] | None
                    ) -> list[ReplicaRecord]:
         if keys is not None:

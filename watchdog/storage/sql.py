@@ -491,17 +491,19 @@ class SqlRuns:
             f"{PG_NOW}))", (replica, float(ttl), run_id, replica))
         return n > 0
 
-    async def renew_claims(self, replica: str, ttl: float) -> builtins.list[str]:
+    async def renew_claims(self, replica: str, ttl: float, ids: Sequence[str]
+                           ) -> builtins.list[str]:
         if not self.shared:
+            return list(ids)
+        if not ids:
             return []
         return [r[0] for r in await self.c.fetchall(
             f"UPDATE action_runs SET claim_until = {PG_NOW} + ?::float8 "
-            f"WHERE claimed_by = ? AND claim_until > {PG_NOW} "
-            "AND (status = 'running' OR verification = 'pending') RETURNING id",
-            (float(ttl), replica))]
+            f"WHERE claimed_by = ? AND claim_until > {PG_NOW} AND id = ANY(?::text[]) "
+            "RETURNING id", (float(ttl), replica, list(ids)))]
 
-    async def take_expired(self, replica: str, ttl: float, limit: int = 100
-                           ) -> builtins.list[str]:
+    async def take_expired(self, replica: str, ttl: float, limit: int = 100, *,
+                           own: bool = False) -> builtins.list[str]:
         if not self.shared:
             return []
         # SKIP LOCKED: two replicas reaping at once each take different runs, neither waits.
@@ -509,9 +511,9 @@ class SqlRuns:
             f"UPDATE action_runs SET claimed_by = ?, claim_until = {PG_NOW} + ?::float8 "
             "WHERE id IN (SELECT id FROM action_runs WHERE "
             "(status = 'running' OR verification = 'pending') AND "
-            f"(claim_until IS NULL OR claim_until <= {PG_NOW}) ORDER BY created_at, id "
-            "LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING id",
-            (replica, float(ttl), int(limit)))]
+            f"(claim_until IS NULL OR claim_until <= {PG_NOW} OR (? AND claimed_by = ?)) "
+            "ORDER BY created_at, id LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING id",
+            (replica, float(ttl), bool(own), replica, int(limit)))]
 
 
 class SqlSteps:
