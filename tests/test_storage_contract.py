@@ -1395,4 +1395,4 @@ async def test_a_version_2_store_migrates_to_version_3_with_its_deploys(sql_url:
             assert await tx.deploys.decide("d2", "failed", "FAIL", 350.0)
     finally:
         await s.close()
-    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION) == "3"
+    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION)
