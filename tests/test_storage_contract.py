@@ -1428,13 +1428,13 @@ async def test_a_version_2_store_migrates_to_version_3_with_its_deploys(sql_url:
     assert await _recorded_version(sql_url) == str(SCHEMA_VERSION)
 
 
-async def test_a_version_3_store_migrates_to_version_4_with_its_deploys(sql_url: str) -> None:
-    """Schema 4 added deploy reports: a marker set before it has no report queries and no
+async def test_a_version_4_store_migrates_to_version_5_with_its_deploys(sql_url: str) -> None:
+    """Schema 5 added deploy reports: a marker set before it has no report queries and no
     report days, so no report becomes due for it; its verdict is kept."""
     dialect = "sqlite" if sql_url.startswith("sqlite:") else "postgresql"
-    stmts = [*migration(1, dialect), *migration(2, dialect), *migration(3, dialect),
+    stmts = [*(stmt for v in (1, 2, 3, 4) for stmt in migration(v, dialect)),
              "CREATE TABLE schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-             "INSERT INTO schema_meta VALUES ('version', '3')",
+             "INSERT INTO schema_meta VALUES ('version', '4')",
              "INSERT INTO deploy_markers VALUES ('d1', 'checkout', 'v1', '{}', 100.0, 200.0, "
              "'failed', 'FAIL', '[\"rollback\"]', 150.0)"]
     if dialect == "sqlite":
@@ -1457,4 +1457,4 @@ async def test_a_version_3_store_migrates_to_version_4_with_its_deploys(sql_url:
         assert await read(s, lambda tx: tx.deploys.unreported()) == []
     finally:
         await s.close()
-    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION) == "4"
+    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION) == "5"

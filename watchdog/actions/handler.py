@@ -9,9 +9,12 @@ runs and returns; the sequences run in their own tasks.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import structlog
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -26,6 +29,8 @@ from watchdog.model import Duration, ReportQuery
 from watchdog.rulefile import check_promql
 from watchdog.state import Event
 from watchdog.storage import Tx
+
+log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
     from watchdog.handlers import CommandFn, DaemonContext
@@ -90,7 +95,7 @@ def run_doc(run: RunRow, steps: Sequence[StepRow] | None = None) -> dict[str, An
 class ActionsHandler:
     def __init__(self, ctx: DaemonContext) -> None:
         self.ctx = ctx
-        self.store = ActionStore(ctx.storage)
+        self.store = ActionStore(ctx.storage, ctx.leases.replica_id, ctx.leases.ttl)
         self.waker = Waker(ctx.clock)
         self.counter = Counter("watchdog_actions_total",
                                "Action runs by outcome: succeeded, failed, resolved (stopped "
@@ -104,6 +109,7 @@ class ActionsHandler:
         self.started = False
         self._resume_pending = False
         self._have_rules = False
+        self._claims: asyncio.Task[None] | None = None
         ctx.routes.extend(routes(self))
         if ctx.rules is not None:
             self._set_rules(ctx.rules)
@@ -130,6 +136,11 @@ class ActionsHandler:
     async def stop(self) -> None:
         self.started = False
         self._resume_pending = False
+        if self._claims is not None:
+            self._claims.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._claims
+            self._claims = None
         await self.runner.stop(self.ctx.settings.shutdown_timeout)
         await self.deploys.stop()
 
@@ -141,7 +152,24 @@ class ActionsHandler:
 
     async def _resume(self) -> None:
         await self.runner.start()
-        await self.runner.reconcile(self.ctx.alerts.alerts())
+        if self.ctx.leases.shared:
+            # Runs whose replica died are taken over by claim, every LEASE_TTL/3. (Missing
+            # runs are not reconciled here: each group's holder creates its runs.)
+            self._claims = asyncio.create_task(self._claim_loop(), name="action-claims")
+        else:
+            await self.runner.reconcile(self.ctx.alerts.alerts())
+
+    async def _claim_loop(self) -> None:
+        every = max(0.2, self.ctx.leases.ttl / 3)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.runner.take_over()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.error("action claims: cannot renew or take over",
+                          error=f"{type(e).__name__}: {e}")
 
     def _set_rules(self, rules: RuleSet) -> None:
         self._have_rules = True
