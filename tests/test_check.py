@@ -100,9 +100,9 @@ def test_last_good_version_keeps_running() -> None:
 
 
 def test_an_unchanged_file_is_checked_as_on_a_fresh_load() -> None:
-    # The rule set keeps only part of an accepted file's document and line map (memory); when
-    # the file comes back unchanged, the cross-file checks must still find what a fresh load
-    # finds, at the same lines: here the action and receiver it uses moved away from b.yml.
+    # An unchanged file is not parsed again at a reload: the cross-file checks must still find
+    # what a fresh load finds, at the same lines: here the action and receiver it uses moved
+    # away from b.yml.
     a = (b"groups:\n- name: g\n  rules:\n  - alert: A\n    expr: up == 0\n"
          b"    labels: {team: x}\n    annotations: {summary: s}\n    actions: [fix]\n"
          b"routes:\n- receivers: [chat]\n  escalate:\n  - {after: 5m, receivers: [chat]}\n")

@@ -11,9 +11,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 from fakes_chat import FakeChat, FakeTime, Harness, make_alert, running_harness
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from storage_support import sqlite_storage
 
 from watchdog.handlers import ActionEvent
+from watchdog.model import InhibitRule
+from watchdog.notify.pipeline import Inhibitor, inhibited
 from watchdog.state import Event
 from watchdog.storage.records import LogEntry
 
@@ -572,3 +576,63 @@ async def test_a_group_that_went_quiet_waits_its_group_wait_again(h: Harness, ch
     assert len(slack_to(chat, "team")) == 2  # a new group again: gathered for group_wait
     await h.tick(30)
     assert kinds(chat, "team") == ["🟠 FIRING", "✅ RESOLVED", "🟠 FIRING"]
+
+
+def _page(h: Harness, run_id: str = "deploy-d1", **labels: str) -> ActionEvent:
+    return ActionEvent(kind="failed", action="deploy", at=h.clock(),
+                       labels={"alertname": "DeployVerificationFailed", "service": "checkout",
+                               "version": "v2", "deploy_id": "d1", **labels},
+                       detail="deploy checkout v2: FAIL — ErrorRate fired", run_id=run_id,
+                       page=True)
+
+
+async def test_a_page_is_a_critical_firing_alert_on_every_matching_route(
+        h: Harness, chat: FakeChat) -> None:
+    await h.handler.on_action_event(_page(h, severity="info"))
+    await h.handler.on_action_event(_page(h))  # decided again after a crash: one page
+    await h.drain()
+    [trigger] = chat.accepted["pagerduty"]
+    assert trigger["event_action"] == "trigger" and trigger["dedup_key"] == "deploy-d1"
+    assert trigger["payload"]["severity"] == "critical"  # whatever the labels said
+    assert trigger["payload"]["summary"].startswith("[DeployVerificationFailed] deploy "
+                                                    "checkout v2: FAIL")
+    assert chat.accepted["pd_change"] == []
+    [msg] = slack_to(chat, "team")
+    assert msg["text"].startswith("🔴") and "DeployVerificationFailed" in msg["text"]
+    # No escalation or repeat machinery: the page is told once per receiver.
+    await h.tick(20 * 60)
+    assert len(chat.accepted["pagerduty"]) == 1 and len(slack_to(chat, "team")) == 1
+
+
+async def test_a_silenced_page_is_not_sent(h: Harness, chat: FakeChat) -> None:
+    await h.handler.api.silence({
+        "matchers": [{"name": "alertname", "value": "DeployVerificationFailed"}],
+        "endsAt": h.clock() + 3600, "createdBy": "bob", "comment": "known bad deploy"})
+    await h.handler.on_action_event(_page(h))
+    await h.drain()
+    assert chat.accepted["pagerduty"] == [] and chat.accepted["slack"] == []
+
+
+_label_sets = st.lists(st.dictionaries(st.sampled_from(["alertname", "severity", "service", "env"]),
+                                       st.sampled_from(["a", "b", "critical", "warning", ""]),
+                                       max_size=4), max_size=12)
+_rules = st.lists(st.builds(
+    InhibitRule,
+    source_match=st.dictionaries(st.sampled_from(["severity", "alertname"]),
+                                 st.sampled_from(["critical", "a"]), max_size=1),
+    target_match=st.dictionaries(st.sampled_from(["severity", "service"]),
+                                 st.sampled_from(["warning", "b"]), max_size=1),
+    equal=st.lists(st.sampled_from(["service", "env", "missing"]), max_size=2, unique=True)),
+    max_size=3)
+
+
+@given(_label_sets, _rules)
+@settings(max_examples=300, deadline=None)
+def test_indexed_inhibitor_agrees_with_alertmanagers_rule(sets: list[dict[str, str]],
+                                                          rules: list[InhibitRule]) -> None:
+    """The index that made inhibition linear decides exactly what the pairwise definition does,
+    self-inhibition and empty `equal` values included."""
+    distinct = list({tuple(sorted(d.items())): d for d in sets}.values())
+    index = Inhibitor(distinct, rules)
+    for target in distinct:
+        assert index(target) == inhibited(target, distinct, rules), (target, distinct, rules)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from watchdog.evaluate import Context, Outcome, Query, Sample, evaluate, plan, split_comparison
 from watchdog.model import AlertingRule, Comparison, Group
-from watchdog.source import Source
+from watchdog.source import QueryError, RangeSeries, Source
 from watchdog.state import Alert, Event, step
 
 HISTORY = 20  # evaluations remembered per rule: enough to answer "why did/didn't it fire?"
@@ -147,7 +147,7 @@ def shared_queries(queries: Sequence[Query]) -> dict[Query, tuple[Query, Compari
     by_lhs: dict[tuple[str, float], list[tuple[Query, Comparison]]] = {}
     plain = set(queries)
     for q in queries:
-        split = split_comparison(q.expr)
+        split = split_comparison(q.expr) if not q.window else None
         if split is not None:
             by_lhs.setdefault((split[0], q.at), []).append((q, split[1]))
     out: dict[Query, tuple[Query, Comparison]] = {}
@@ -181,6 +181,8 @@ async def run_queries(source: Source, queries: Sequence[Query], concurrency: int
     async def one(q: Query) -> list[Sample] | BaseException:
         async with sem:
             try:
+                if q.window > 0:
+                    return await _range(source, q)
                 return await source.query(q.expr, q.at)
             except asyncio.CancelledError:
                 raise
@@ -199,6 +201,15 @@ async def run_queries(source: Source, queries: Sequence[Query], concurrency: int
         done[q] = got if isinstance(got, BaseException) else [
             s for s in got if cmp.holds(s.value)]
     return done
+
+
+async def _range(source: Source, q: Query) -> list[Sample]:
+    """A judge's range query, its points flattened into Samples (series by series)."""
+    query_range = getattr(source, "query_range", None)
+    if query_range is None:
+        raise QueryError(f"{q.expr!r}: this data source cannot run range queries")
+    series: list[RangeSeries] = await query_range(q.expr, q.at - q.window, q.at, q.step)
+    return [Sample(s.labels, v) for s in series for _, v in s.points]
 
 
 async def tick(rt: GroupRuntime, at: float, source: Source, ctx: Context,

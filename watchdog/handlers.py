@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from watchdog.rulesdir import RuleSet
 from watchdog.state import Alert, Event
+from watchdog.storage.ports import Lease
 
 if TYPE_CHECKING:
     import aiohttp
@@ -26,6 +27,38 @@ if TYPE_CHECKING:
     from watchdog.settings import Settings
     from watchdog.source import Source
     from watchdog.storage import Storage, Tx
+
+
+LEADER = "~leader"  # the lease of the one replica that decides and delivers notifications
+
+
+class LeaseView(Protocol):
+    """Which leases this replica holds (`watchdog.app.replicas.Coordinator`). On a store one
+    process owns, every name is held (`shared` is false and fences are no-ops)."""
+
+    shared: bool
+    replica_id: str
+    ttl: float
+
+    def held(self, name: str) -> Lease | None: ...
+
+    def lost(self, name: str, detail: str = "") -> None:
+        """A fenced write found the lease gone: stop acting on it."""
+
+
+class SoloLeases:
+    """Every lease held: for daemons and tests on a store one process owns."""
+
+    shared = False
+
+    def __init__(self, replica_id: str = "solo", ttl: float = 15.0) -> None:
+        self.replica_id, self.ttl = replica_id, ttl
+
+    def held(self, name: str) -> Lease | None:
+        return Lease(name, self.replica_id, 0)
+
+    def lost(self, name: str, detail: str = "") -> None:
+        pass
 
 
 class AlertView(Protocol):
@@ -40,7 +73,8 @@ class AlertView(Protocol):
 class ActionEvent:
     """Something an action did, to be notified like an alert event."""
 
-    kind: Literal["started", "succeeded", "failed", "would_run", "verified", "not_helped"]
+    kind: Literal["started", "succeeded", "failed", "would_run", "verified", "not_helped",
+                  "report"]  # report: extra["report"] is a deploy report, posted to chat
     action: str
     at: float
     labels: Mapping[str, str]
@@ -49,6 +83,10 @@ class ActionEvent:
     detail: str = ""
     run_id: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Notify as a page, not as an action's progress: a firing notification with
+    # `severity: critical` to every route its labels match (a PagerDuty trigger rather than a
+    # change event), deduplicated by `run_id`. `labels["alertname"]` names it.
+    page: bool = False
 
 
 class ActionEventSink(Protocol):
@@ -97,6 +135,7 @@ class DaemonContext:
     action_sinks: list[ActionEventSink] = field(default_factory=list)
     mqtt: MqttPublisher | None = None
     rules: RuleSet | None = None
+    leases: LeaseView = field(default_factory=SoloLeases)
 
     async def emit_action_event(self, event: ActionEvent, tx: Tx | None = None) -> None:
         for sink in self.action_sinks:

@@ -22,7 +22,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 
-from watchdog import __version__, am_api, prom_compat
+from watchdog import __version__, am_api, console_api, prom_compat, query_proxy, slo_api
+from watchdog.actions.http import SELF_AUTHENTICATED
 from watchdog.app.evaluation import RuleError
 from watchdog.app.health import BUILTIN_GROUP, DATASOURCE_DOWN
 from watchdog.app.rules import ReloadReport
@@ -34,8 +35,8 @@ from watchdog.metrics import Metrics
 from watchdog.rulesdir import FileStatus, RuleSet
 from watchdog.settings import Settings
 from watchdog.state import Alert
-from watchdog.status_page import status_page, wants_json
-from watchdog.webinput import MAX_BODY_BYTES, BadInput, bearer_token
+from watchdog.status_page import static_asset, status_page, wants_json
+from watchdog.webinput import MAX_BODY_BYTES, BadInput, bearer_token, parse_time
 
 log = structlog.get_logger("watchdog.http")
 
@@ -51,6 +52,8 @@ class Daemon(Protocol):
 
     @property
     def clock(self) -> Callable[[], float]: ...
+    @property
+    def forwarder(self) -> query_proxy.Forwarder | None: ...
     @property
     def handlers(self) -> Sequence[object]: ...
     @property
@@ -78,6 +81,7 @@ class Daemon(Protocol):
     def readiness(self) -> tuple[bool, str]: ...
     def healthy(self) -> bool: ...
     def recent_errors(self) -> list[RuleError]: ...
+    def replica_status(self) -> tuple[list[dict[str, object]], dict[str, str | None]]: ...
     async def reload(self, trigger: str = "manual") -> ReloadReport: ...
 
 
@@ -153,10 +157,22 @@ def _needs_read_token(path: str) -> bool:
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[DAEMON].settings
     write_token, read_token = settings.api_token, settings.api_read_token
-    if request.method in READ_METHODS:
-        if (read_token is None or not read_token.get_secret_value()
-                or not _needs_read_token(request.path) or request.method == "OPTIONS"):
+    if (request.method, request.path) in SELF_AUTHENTICATED:
+        return await handler(request)  # writes nothing; checks the read token itself
+    if request.method in READ_METHODS or query_proxy.is_read(request.method, request.path):
+        if request.method == "OPTIONS" or not _needs_read_token(request.path):
             return await handler(request)
+        if read_token is None or not read_token.get_secret_value():
+            if not (query_proxy.is_proxied(request.path)
+                    and query_proxy.lends_credentials(settings)):
+                return await handler(request)
+            # open reads, but the query would go out with the watchdog's Prometheus
+            # credentials: only a holder of the API token may borrow them
+            if write_token is None or not write_token.get_secret_value():
+                return api_error(403, "the query API forwards the watchdog's Prometheus "
+                                      "credentials: set WATCHDOG_API_READ_TOKEN (or "
+                                      "WATCHDOG_API_TOKEN) and send it as a bearer token")
+            read_token = write_token
         given = bearer_token(request)
         if given is None:
             return api_error(401, "this endpoint needs 'Authorization: Bearer <API_READ_TOKEN>' "
@@ -298,9 +314,24 @@ def rule_json(r: RuleRuntime, with_alerts: bool = True) -> dict[str, Any]:
 
 
 def group_json(d: Daemon, rt: GroupRuntime, rules: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"name": rt.group.name, "file": rt.file, "rules": rules,
-            "interval": d.interval(rt), "limit": rt.group.limit,
-            "evaluationTime": rt.last_duration or 0.0, "lastEvaluation": rfc3339(rt.last_at)}
+    out = {"name": rt.group.name, "file": rt.file, "rules": rules,
+           "interval": d.interval(rt), "limit": rt.group.limit,
+           "evaluationTime": rt.last_duration or 0.0, "lastEvaluation": rfc3339(rt.last_at)}
+    source = generated_from(d.rules, rt)
+    if source is not None:
+        # ours: a group generated from an SLO says where the SLO is written, on the group and
+        # on each of its rules (a client may list rules without their groups)
+        out["source"] = source
+        for r in rules:
+            r["source"] = source
+    return out
+
+
+def generated_from(rs: RuleSet, rt: GroupRuntime) -> str | None:
+    """`file:line` of the SLO a group was generated from; None for a group written out."""
+    pf = rs.files.get(rt.file)
+    line = pf.sources.get(rt.group.name) if pf is not None else None
+    return None if line is None else f"{rt.file}:{line}"
 
 
 def _flag(request: web.Request, name: str) -> bool:
@@ -357,6 +388,17 @@ def _builtin_group(d: Daemon, with_alerts: bool) -> dict[str, Any]:
             "lastEvaluation": rfc3339(None)}
 
 
+async def slos(request: web.Request) -> web.Response:
+    """Each SLO with its error budget at `time` (default now): see `watchdog.slo_api`."""
+    d = request.app[DAEMON]
+    q = request.query
+    at = parse_time(q["time"], "time") if "time" in q else d.clock()
+    data = await slo_api.budgets(d.rules, d.ctx.source, at,
+                                 concurrency=d.settings.evaluation_concurrency,
+                                 service=q.get("service"), name=q.get("name"))
+    return success(data)
+
+
 async def alerts(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
     active = sorted((a for a in d.alerts() if a.state != "inactive"),
@@ -377,13 +419,22 @@ async def status(request: web.Request) -> web.Response:
             "problems": [{"file": p.file, "line": p.line, "message": p.message,
                           "warning": p.warning} for p in st.problems],
         })
+    replicas, holders = d.replica_status()
     groups = [{
         "name": rt.group.name, "file": rt.file, "interval": d.interval(rt),
+        "replica": holders.get(key),
         "rules": len(rt.rules), "lastEvaluation": rfc3339(rt.last_at),
         "evaluationTime": rt.last_duration, "lastError": redact(rt.last_error),
         "alerts": {s: sum(1 for a in rt.alerts() if a.state == s)
                    for s in ("pending", "firing")},
-    } for rt in d.runtimes.values()]
+    } for key, rt in d.runtimes.items()]
+    for r in replicas:
+        last = r.get("lastSeen")
+        r["lastSeen"] = rfc3339(last) if isinstance(last, float) else None
+        started = r.get("startedAt")
+        r["startedAt"] = rfc3339(started) if isinstance(started, float) else None
+        keys = r.get("groups")
+        r["groups"] = [runtime_name(d, k) for k in keys] if isinstance(keys, list) else []
     errors = [{"group": e.group, "file": e.file, "rule": e.rule, "error": redact(e.error),
                "since": rfc3339(e.since), "last": rfc3339(e.last), "count": e.count}
               for e in d.recent_errors()]
@@ -399,7 +450,19 @@ async def status(request: web.Request) -> web.Response:
         "files": files, "groups": groups, "lastErrors": errors,
         "lastReload": reload_json(d.last_reload) if d.last_reload is not None else None,
         "plugins": d.plugins,
+        "replica": d.settings.replica_id, "replicas": replicas,
     })
+
+
+def runtime_name(d: Any, key: str) -> str:
+    """A lease name as the status shows it: the group's name (with its file when the name is
+    not unique), or the role."""
+    rt = d.runtimes.get(key)
+    if rt is None:
+        return key
+    if sum(1 for o in d.runtimes.values() if o.group.name == rt.group.name) > 1:
+        return f"{rt.file}:{rt.group.name}"
+    return str(rt.group.name)
 
 
 def reload_json(r: ReloadReport) -> dict[str, Any]:
@@ -436,7 +499,7 @@ async def index(request: web.Request) -> web.Response:
         return await status_page(request)
     return web.json_response({"name": "metrics-watchdog", "version": __version__, "endpoints": [
         "/status", "/healthz", "/readyz", "/metrics", "/api/v1/rules", "/api/v1/alerts",
-        "/api/v1/status", "POST /-/reload"]})
+        "/api/v1/slos", "/api/v1/status", "POST /-/reload"]})
 
 
 def build_app(d: Daemon) -> web.Application:
@@ -447,15 +510,20 @@ def build_app(d: Daemon) -> web.Application:
     app[DAEMON] = d
     app.router.add_get("/", index)
     app.router.add_get("/status", status_page)
+    app.router.add_get("/static/{name}", static_asset)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/rules", rules)
     app.router.add_get("/api/v1/alerts", alerts)
+    app.router.add_get("/api/v1/slos", slos)
     app.router.add_get("/api/v1/status", status)
     app.router.add_post("/-/reload", reload)
     app.router.add_put("/-/reload", reload)  # Prometheus accepts both
     app.add_routes(d.ctx.routes)
     app.add_routes(prom_compat.routes(d))  # /-/healthy, /-/ready, /api/v1/status/buildinfo
     app.add_routes(am_api.routes(d))  # Alertmanager's /api/v2 for amtool and Grafana
+    app.add_routes(query_proxy.routes(d))  # Prometheus's query API, for Grafana and the console
+    # the console's rule detail, action list and backtest
+    app.add_routes(console_api.ConsoleApi(d, lambda: d.ctx.source, d.clock).routes())
     return app

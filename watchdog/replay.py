@@ -5,7 +5,7 @@ Shell: fetches data. Each distinct (expression, time offset) a group needs is fe
 each step, so the values are those `run` would have seen. Then each rule is worked through the
 whole range at once instead of step by step:
 
-* which series trip at each step is read off the range result with `evaluate.judge`, the
+* which series trip at each step is read off the range result with `evaluate.trips`, the
   comparison `run` makes, into one key per step (the tripping series and their tiers);
 * `state.walk` drives the one state machine, `state.step`, over those keys, and steps it only
   where something can change (the key changes, a `for` / `keep_firing_for` / retention timer
@@ -26,13 +26,21 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from watchdog.engine import GroupRuntime, RuleRuntime, TickResult, tick
-from watchdog.evaluate import Context, Outcome, Query, Sample, evaluate, judge, plan
+from watchdog.evaluate import Context, Outcome, Query, Sample, evaluate, plan, trips
 from watchdog.interlocks import History
 from watchdog.labels import fingerprint, format_labels, without_name
 from watchdog.model import AlertingRule, Group
@@ -75,6 +83,7 @@ class Fetch:
     end: float
     step: float
     pushdown: str | None = None
+    window: float = 0.0  # a query that is itself a range query (a `judge`): not sliced here
 
 
 @dataclass(frozen=True)
@@ -278,7 +287,8 @@ def _plan_group(file: str, group: Group, start: float, end: float, every: float
         def ranged(q: Query | None, push: str | None = None) -> Fetch | None:
             if q is None:
                 return None
-            return Fetch(q.expr, round((times[0] - q.at) * 1000), start, end, every, push)
+            return Fetch(q.expr, round((times[0] - q.at) * 1000), start, end, every, push,
+                         q.window)
 
         main = ranged(p.main, pushdown(r.rule))
         assert main is not None
@@ -396,13 +406,13 @@ def _keys(rp: _RulePlan, g: _GroupPlan, ctx: Context, tables: Mapping[Fetch, Ans
             key: Hashable = tuple(j for j, _ in rows)
         elif rule.baseline is None:
             key = tuple((j, v[0]) for j, x in rows
-                        if (v := judge(rule, x, None, tiers)) is not None)
+                        if (v := trips(rule, x, None, tiers)) is not None)
         else:
             bases = {base_fp[j]: x for j, x in base.at.get(base_ms[k], none)} \
                 if base is not None else deploy
             key = tuple((j, v[0]) for j, x in rows
                         if (b := bases.get(main_fp[j])) is not None
-                        and (v := judge(rule, x, b, tiers)) is not None)
+                        and (v := trips(rule, x, b, tiers)) is not None)
         keys[k] = (k, key) if per_step else key
     return keys
 
@@ -444,10 +454,17 @@ def _rule_events(rp: _RulePlan, g: _GroupPlan, ctx: Context, tables: Mapping[Fet
 
 async def replay(rules: RuleSet, source: RangeSource, start: float, end: float,
                  step: float | None, default_interval: float, ctx: Context,
-                 concurrency: int = 16) -> ReplayReport:
+                 concurrency: int = 16, on_tick: TickHook | None = None) -> ReplayReport:
+    """The transitions `run` would have made over [start, end] and the actions it would have
+    run. With `on_tick`, or a rule that asks range queries of its own (a `judge`), tick by
+    tick (`replay_steps`)."""
     groups = [g for g in (_plan_group(file, group, start, end,
                                       step or group.interval_or(default_interval))
                           for file, group in rules.groups()) if g is not None]
+    if on_tick is not None or any(f.window for g in groups for r in g.rules
+                                  for f in r.fetches()):
+        return await replay_steps(rules, source, start, end, step, default_interval, ctx,
+                                  concurrency, on_tick)
     out: list[ReplayLine] = []
     errors: dict[str, str] = {}
     actions = rules.actions
@@ -465,7 +482,9 @@ async def replay(rules: RuleSet, source: RangeSource, start: float, end: float,
                 timeline += [(e.at, ri, n, e) for n, e in enumerate(events)]
             # in the order `run` would have met them: step by step, rule by rule
             timeline.sort(key=lambda x: x[:3])
-            _report(g, timeline, actions, history, out)
+            rules_by_name = {r.rule.alert: r.rule for r in g.runtime.rules}
+            for *_, ev in timeline:
+                _emit(ev, rules_by_name, actions, history, out)
     finally:
         fetcher.cancel()
     out.sort(key=lambda line: (line.ts, line.order))
@@ -539,27 +558,53 @@ async def walk_steps(rules: RuleSet, source: RangeSource, start: float, end: flo
 
 
 
-def _report(g: _GroupPlan, timeline: list[tuple[float, int, int, Event]],
-            actions: Mapping[str, Any], history: History, out: list[ReplayLine]) -> None:
-    rules_by_name = {r.rule.alert: r.rule for r in g.runtime.rules}
-    for _, _, _, ev in timeline:
-        if ev.kind not in ("pending", "firing", "resolved"):
-            continue
-        a = ev.alert
-        labels = dict(a.labels)
-        out.append(ReplayLine(ev.at, len(out), {
-            "ts": ev.at, "rule": a.rule, "group": a.group, "labels": labels,
-            "state": ev.kind, "value": None if ev.kind == "resolved" else _num(a.value),
-        }))
-        rule = rules_by_name.get(a.rule)
-        if ev.kind == "firing" and rule is not None:
-            for name in rule.actions:
-                if name in actions and history.check_and_record(
-                        name, actions[name], ev.at, fingerprint=a.fingerprint,
-                        incident_id=a.incident_id).allowed:
-                    out.append(ReplayLine(ev.at, len(out), {
-                        "ts": ev.at, "rule": a.rule, "labels": labels, "action": name,
-                        "state": "would_run"}))
+def _emit(ev: Event, rules_by_name: Mapping[str, AlertingRule], actions: Mapping[str, Any],
+          history: History, out: list[ReplayLine]) -> None:
+    """One transition as replay reports it, and the actions it would have run through the
+    daemon's interlocks (`history`), in the order `run` would have met them."""
+    if ev.kind not in ("pending", "firing", "resolved"):
+        return
+    a = ev.alert
+    labels = dict(a.labels)
+    out.append(ReplayLine(ev.at, len(out), {
+        "ts": ev.at, "rule": a.rule, "group": a.group, "labels": labels,
+        "state": ev.kind, "value": None if ev.kind == "resolved" else _num(a.value),
+    }))
+    rule = rules_by_name.get(a.rule)
+    if ev.kind == "firing" and rule is not None:
+        for name in rule.actions:
+            if name in actions and history.check_and_record(
+                    name, actions[name], ev.at, fingerprint=a.fingerprint,
+                    incident_id=a.incident_id).allowed:
+                out.append(ReplayLine(ev.at, len(out), {
+                    "ts": ev.at, "rule": a.rule, "labels": labels, "action": name,
+                    "state": "would_run"}))
+
+
+TickHook = Callable[[float, GroupRuntime, TickResult], None]
+
+
+async def replay_steps(rules: RuleSet, source: RangeSource, start: float, end: float,
+                       step: float | None, default_interval: float, ctx: Context,
+                       concurrency: int = 16, on_tick: TickHook | None = None) -> ReplayReport:
+    """`replay` tick by tick (`walk_steps`): for `on_tick(at, group, result)`, which sees each
+    tick's outcome (the console's backtest reads from it when a pending alert went away, which
+    the state machine does without an event), and for rules whose queries are range queries
+    (a `judge`)."""
+    out: list[ReplayLine] = []
+    errors: dict[str, str] = {}
+    history = History()
+    async for at, rt, result in walk_steps(rules, source, start, end, step, default_interval,
+                                           ctx, concurrency):
+        if on_tick is not None:
+            on_tick(at, rt, result)
+        for key, err in result.errors.items():
+            errors.setdefault(f"{rt.group.name}/{key}", err)
+        rules_by_name = {r.rule.alert: r.rule for r in rt.rules}
+        for ev in result.events:
+            _emit(ev, rules_by_name, rules.actions, history, out)
+    out.sort(key=lambda line: (line.ts, line.order))
+    return ReplayReport(out, errors)
 
 
 def write_jsonl(lines: Sequence[ReplayLine], fh: TextIO) -> None:

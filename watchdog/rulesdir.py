@@ -235,7 +235,7 @@ def build(raw: Mapping[str, bytes | OSError], previous: RuleSet | None = None) -
         problems = tuple(sorted(pf.problems + extra[name], key=lambda p: p.line))
         ok = pf.ok and not extra[name]
         if ok:
-            rs.files[name] = _slimmed(pf)
+            rs.files[name] = pf
             rs.digests[name] = digests[name]
             rs.status[name] = FileStatus(name, digests[name], True, problems)
         else:
@@ -246,27 +246,6 @@ def build(raw: Mapping[str, bytes | OSError], previous: RuleSet | None = None) -
                 rs.digests[name] = previous.digests[name]
             rs.status[name] = FileStatus(name, digests[name], False, problems, prev_ok)
     return rs
-
-
-def _slimmed(pf: ParsedFile) -> ParsedFile:
-    """An accepted file as the rule set keeps it: the model, and of the document and its line
-    map only what the cross-file checks above read when the file comes back unchanged at the
-    next reload (names of actions and receivers, a rule's `actions`, a route's receivers).
-    The rest — every rule's expression, labels and annotations, twice over — was ~2 MiB per
-    1,000 rules kept for nothing (bench/daemon.py --memory)."""
-    data = pf.data if isinstance(pf.data, dict) else {}
-    slim: dict[str, Any] = {k: data[k] for k in ("actions", "receivers", "routes") if k in data}
-    groups = data.get("groups")
-    if isinstance(groups, list):
-        slim["groups"] = [
-            {"rules": [{k: r[k] for k in ("record", "alert", "actions") if k in r}
-                       if isinstance(r, dict) else r for _, r in _items(g.get("rules"))]}
-            if isinstance(g, dict) else g for g in groups]
-    elif "groups" in data:
-        slim["groups"] = groups
-    lines = {path: line for path, line in pf.lines.items()
-             if not path or path[0] != "groups" or len(path) <= 4 or path[4] == "actions"}
-    return ParsedFile(pf.name, pf.model, pf.problems, lines, slim)
 
 
 def _items(value: object) -> list[tuple[int, Any]]:

@@ -9,21 +9,28 @@ runs and returns; the sequences run in their own tasks.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import structlog
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from watchdog.actions.deploys import DeployTracker
+from watchdog.actions.deploys import DeployTracker, verdict_doc
 from watchdog.actions.errors import CommandError
 from watchdog.actions.http import routes
 from watchdog.actions.runner import ActionRunner
 from watchdog.actions.store import ActionStore, RunRow, StepRow
 from watchdog.actions.timing import Waker
-from watchdog.model import Duration
+from watchdog.deploy_report import MAX_DAYS
+from watchdog.model import Duration, ReportQuery
+from watchdog.rulefile import check_promql
 from watchdog.state import Event
 from watchdog.storage import Tx
+
+log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
     from watchdog.handlers import CommandFn, DaemonContext
@@ -45,10 +52,14 @@ class RunRequest(_Request):
 
 
 class DeployRequest(_Request):
+    id: str | None = Field(None, min_length=1)  # client-chosen: makes the POST idempotent
     service: str = Field(min_length=1)
     version: str = Field(min_length=1)
     labels: dict[str, str] = Field(default_factory=dict)
     window: Duration | None = None  # default 30m
+    on_fail: list[str] = Field(default_factory=list)  # actions to run when the verdict is fail
+    report: list[ReportQuery] = Field(default_factory=list, max_length=20)
+    report_days: float | None = Field(None, ge=0, le=MAX_DAYS)  # default 7; 0: no report
 
 
 def _parse(model: type[_M], body: Any) -> _M:
@@ -84,7 +95,7 @@ def run_doc(run: RunRow, steps: Sequence[StepRow] | None = None) -> dict[str, An
 class ActionsHandler:
     def __init__(self, ctx: DaemonContext) -> None:
         self.ctx = ctx
-        self.store = ActionStore(ctx.storage)
+        self.store = ActionStore(ctx.storage, ctx.leases.replica_id, ctx.leases.ttl)
         self.waker = Waker(ctx.clock)
         self.counter = Counter("watchdog_actions_total",
                                "Action runs by outcome: succeeded, failed, resolved (stopped "
@@ -92,10 +103,13 @@ class ActionsHandler:
                                "held one back (already_ran, cooldown, rate_limited).",
                                ["action", "outcome"], registry=ctx.registry)
         self.runner = ActionRunner(ctx, self.store, self.waker, self.counter)
-        self.deploys = DeployTracker(ctx, self.store, self.waker)
+        self.deploys = DeployTracker(ctx, self.store, self.waker,
+                                     actions=lambda: self.runner.index.actions,
+                                     on_fail=self._run_on_fail)
         self.started = False
         self._resume_pending = False
         self._have_rules = False
+        self._claims: asyncio.Task[None] | None = None
         ctx.routes.extend(routes(self))
         if ctx.rules is not None:
             self._set_rules(ctx.rules)
@@ -122,6 +136,11 @@ class ActionsHandler:
     async def stop(self) -> None:
         self.started = False
         self._resume_pending = False
+        if self._claims is not None:
+            self._claims.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._claims
+            self._claims = None
         await self.runner.stop(self.ctx.settings.shutdown_timeout)
         await self.deploys.stop()
 
@@ -133,12 +152,31 @@ class ActionsHandler:
 
     async def _resume(self) -> None:
         await self.runner.start()
-        await self.runner.reconcile(self.ctx.alerts.alerts())
+        if self.ctx.leases.shared:
+            # Runs whose replica died are taken over by claim, every LEASE_TTL/3. (Missing
+            # runs are not reconciled here: each group's holder creates its runs.)
+            self._claims = asyncio.create_task(self._claim_loop(), name="action-claims")
+        else:
+            await self.runner.reconcile(self.ctx.alerts.alerts())
+
+    async def _claim_loop(self) -> None:
+        every = max(0.2, self.ctx.leases.ttl / 3)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.runner.take_over()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.error("action claims: cannot renew or take over",
+                          error=f"{type(e).__name__}: {e}")
 
     def _set_rules(self, rules: RuleSet) -> None:
         self._have_rules = True
         self.runner.set_rules(rules)
         self.deploys.set_rules([(g, r) for _, g in rules.groups() for r in g.alerting_rules])
+        self.deploys.set_reports([q for _, pf in sorted(rules.files.items())
+                                  if pf.model is not None for q in pf.model.reports])
 
     async def on_events(self, tx: Tx, events: Sequence[Event], at: float) -> None:
         # Every tick is a chance for waits and windows to notice a passed deadline or a change
@@ -191,11 +229,61 @@ class ActionsHandler:
         return await self.run_action(name, body)
 
     async def deploy(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The MQTT form of `mark_deploy`: the marker's answer."""
+        return (await self.mark_deploy(body))[1]
+
+    async def mark_deploy(self, body: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """(created, answer): a repeated POST with the same client-chosen id is not created
+        again."""
         self.require_started()
         req = _parse(DeployRequest, body)
         if req.window is not None and req.window <= 0:
             raise CommandError("window must be positive")
-        return await self.deploys.mark(req.service, req.version, req.labels, req.window)
+        for i, q in enumerate(req.report):
+            if (err := check_promql(q.query)) is not None:
+                raise CommandError(f"report.{i}.query: invalid PromQL: {err}", 422)
+        return await self.deploys.mark(req.service, req.version, req.labels, req.window,
+                                       req.on_fail, req.id, report=req.report,
+                                       report_days=req.report_days)
+
+    async def report(self, deploy_id: str, days: float | None, post: bool = False
+                     ) -> dict[str, Any]:
+        """`GET|POST /api/v1/deploys/{id}/report`."""
+        self.require_started()
+        return await self.deploys.report(deploy_id, days, post=post)
+
+    def read_tokens(self) -> list[str]:
+        s = self.ctx.settings
+        if s.api_read_token is None or not s.api_read_token.get_secret_value():
+            return []
+        return [t.get_secret_value() for t in (s.api_read_token, s.api_token)
+                if t is not None and t.get_secret_value()]
+
+    async def verdict(self, deploy_id: str) -> dict[str, Any]:
+        """`GET /api/v1/deploys/{id}`."""
+        async with self.ctx.storage.transaction() as tx:
+            d = await tx.deploys.get(deploy_id)
+            if d is None:
+                raise CommandError(f"no deploy with id {deploy_id}", 404)
+            return verdict_doc(d, await tx.deploys.alerts(d.id),
+                               await tx.deploys.baselines_of(d.id))
+
+    async def newest_deploy(self, service: str, version: str | None = None
+                            ) -> dict[str, Any] | None:
+        """The verdict of the newest marker of a service (and version): the Flagger gate."""
+        async with self.ctx.storage.transaction() as tx:
+            rows = await tx.deploys.list(service=service, version=version or None, limit=1)
+        return await self.verdict(rows[0].id) if rows else None
+
+    async def _run_on_fail(self, tx: Tx, name: str, labels: Mapping[str, str]) -> str:
+        """A failed verdict's `on_fail` action, through the manual trigger (its interlocks and
+        DRY_RUN apply), committed with the verdict."""
+        if name not in self.runner.index.actions:
+            return "skipped: no such action in the rules folder any more"
+        verdict, run = await self.runner.trigger_manual(name, labels, tx=tx)
+        if run is None:
+            return f"held back ({verdict.reason}: {verdict.detail})"
+        return f"run {run.id}" + (" (dry run)" if run.dry_run else "")
 
     async def runs(self, *, action: str | None = None, status: str | None = None,
                    limit: int = 100) -> list[dict[str, Any]]:

@@ -48,7 +48,7 @@ from watchdog.labels import without_name
 from watchdog.model import Action, AlertingRule, Group, Step
 from watchdog.rulesdir import RuleSet
 from watchdog.state import Alert
-from watchdog.storage import Tx
+from watchdog.storage import LeaseLost, Tx
 
 log = structlog.get_logger(__name__)
 
@@ -96,6 +96,8 @@ class ActionRunner:
         self.index = RuleIndex()
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._driving: set[str] = set()  # run ids with a task here (their claims are renewed)
+        self._took_over = False
         self._kube: KubeClient | None = None
         self.env = StepEnv(session=ctx.session, environ=os.environ,
                            external_url=ctx.settings.external_url, mqtt=ctx.mqtt,
@@ -107,12 +109,34 @@ class ActionRunner:
         self.index = RuleIndex.of(rs)
 
     async def start(self) -> None:
-        """Resume what a previous process left: running sequences and pending verifications."""
+        """Resume what a previous process left: running sequences and pending verifications.
+        With several replicas, runs are taken over by claim instead (`take_over`)."""
+        if self.ctx.leases.shared:
+            await self.take_over()
+            return
         for run in reversed(await self.store.runs(status=["running"], limit=100_000)):
             log.info("action.resume", action=run.action, run_id=run.id, step=run.next_step)
             self._spawn(self._drive(run), run.id)
         for run in await self.store.pending_verifications():
             self._spawn(self._verify(run), run.id)
+
+    async def take_over(self) -> int:
+        """Several replicas: renew this replica's claims, and drive the runs whose replica is
+        gone (claim expired) from where they stopped — a step that was in flight there is
+        marked interrupted, never repeated. How many were taken."""
+        await self.store.renew_claims(sorted(self._driving))
+        # The first time, also the runs an earlier process of this replica id claimed: the
+        # replica-id lock (`Coordination.identify`) says that process is gone.
+        taken = await self.store.take_expired(own=not self._took_over)
+        self._took_over = True
+        for run in taken:
+            log.info("action.resume", action=run.action, run_id=run.id, step=run.next_step,
+                     detail="taken over from a replica whose claim ran out")
+            if run.status == "running":
+                self._spawn(self._drive(run), run.id)
+            elif run.verification == "pending" and run.verify_at is not None:
+                self._spawn(self._verify(run), run.id)
+        return len(taken)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Let steps in flight finish (up to `timeout`), leave waits as persisted."""
@@ -127,13 +151,18 @@ class ActionRunner:
     def _spawn(self, coro: Any, run_id: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(self._guard(coro, run_id))
         self._tasks.add(task)
+        self._driving.add(run_id)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._driving.discard(run_id))
 
     async def _guard(self, coro: Any, run_id: str) -> None:
         try:
             await coro
         except Stopping:
             log.info("action.suspended", run_id=run_id)
+        except LeaseLost as e:
+            # Frozen or cut off past the claim: another replica drives the run now.
+            log.warning("action.claim_lost", run_id=run_id, error=str(e))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -157,11 +186,17 @@ class ActionRunner:
                                   alert=alert)
 
     async def trigger_manual(self, name: str, labels: Mapping[str, str], *, force: bool = False,
-                             dry_run: bool = False) -> tuple[Verdict, RunRow | None]:
+                             dry_run: bool = False, tx: Tx | None = None
+                             ) -> tuple[Verdict, RunRow | None]:
+        """A person's (or a pipeline's) trigger. With `tx` the run commits with the caller's
+        decision (a deploy verdict's `on_fail`) and starts only after that commit."""
         action = self.index.actions[name]
         dry = effective_dry_run(self.global_dry_run, False, dry_run)
-        async with self.ctx.storage.transaction() as tx:
+        if tx is not None:
             return await self._create(tx, name, action, labels, dry=dry, trigger="manual",
+                                      force=force)
+        async with self.ctx.storage.transaction() as own:
+            return await self._create(own, name, action, labels, dry=dry, trigger="manual",
                                       force=force)
 
     async def reconcile(self, alerts: Sequence[Alert]) -> int:
@@ -375,6 +410,7 @@ class ActionRunner:
                           "the start"
                 extra["value_after"] = after
         async with self.ctx.storage.transaction() as tx:
+            await self.store.claim(tx, run.id)
             await tx.runs.update(run.id, **fields)
             if kind is not None:
                 await self._emit(kind, run, step=step if kind == "failed" else None,
@@ -406,6 +442,7 @@ class ActionRunner:
         else:
             detail = f"{run.rule} {change} {since} after {run.action}"
         async with self.ctx.storage.transaction() as tx:
+            await self.store.claim(tx, run.id)
             await tx.runs.update(run.id, verification=outcome, value_after=after)
             await self._emit(outcome, run, detail=detail,
                              extra={"value_before": run.value_before, "value_after": after},

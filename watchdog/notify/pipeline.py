@@ -31,7 +31,14 @@ from dataclasses import dataclass, field
 from watchdog.handlers import ActionEvent, AlertView
 from watchdog.labels import fingerprint, format_labels, matches
 from watchdog.model import InhibitRule, Receiver, Route
-from watchdog.notify.message import ActionNote, AlertDoc, Kind, Notification, alert_doc
+from watchdog.notify.message import (
+    ActionNote,
+    AlertDoc,
+    Kind,
+    Notification,
+    ReportDoc,
+    alert_doc,
+)
 from watchdog.notify.message import generator_url as make_generator_url
 from watchdog.notify.outbox import Entry, Outbox
 from watchdog.notify.receivers import integration_of
@@ -94,6 +101,44 @@ def inhibited(target: Mapping[str, str], sources: Iterable[Mapping[str, str]],
     return False
 
 
+_SourcesByKey = dict[tuple[str, ...], set[frozenset[tuple[str, str]]]]
+
+
+class Inhibitor:
+    """`inhibited` for many targets against one set of sources, in O(sources + targets) per rule
+    instead of O(sources × targets): each rule indexes its matching sources by their `equal`
+    labels once (1,000 firing alerts with 3 rules took 6 s per flush the quadratic way).
+    Agrees with `inhibited` — a property test holds the two together."""
+
+    __slots__ = ("_index",)
+
+    def __init__(self, sources: Iterable[Mapping[str, str]], rules: Sequence[InhibitRule]) -> None:
+        srcs = [(s, frozenset(s.items())) for s in sources]
+        # per rule: the equal-label values of its sources -> the distinct label sets having them
+        self._index: list[tuple[InhibitRule, _SourcesByKey]] = []
+        for rule in rules:
+            by_key: _SourcesByKey = {}
+            for src, items in srcs:
+                if matches(src, rule.source_match, rule.source_match_re):
+                    by_key.setdefault(tuple(src.get(k, "") for k in rule.equal), set()).add(items)
+            self._index.append((rule, by_key))
+
+    def __call__(self, target: Mapping[str, str]) -> bool:
+        items: frozenset[tuple[str, str]] | None = None
+        for rule, by_key in self._index:
+            if not by_key or not matches(target, rule.target_match, rule.target_match_re):
+                continue
+            found = by_key.get(tuple(target.get(k, "") for k in rule.equal))
+            if not found:
+                continue
+            if items is None:
+                items = frozenset(target.items())
+            # an alert never inhibits itself: some other label set must be among the sources
+            if len(found) > 1 or items not in found:
+                return True
+        return False
+
+
 @dataclass
 class Pipeline:
     outbox: Outbox
@@ -150,6 +195,21 @@ class Pipeline:
             if a.state in ("firing", "inactive") and a.incident_id not in self.tracked:
                 self.tracked[a.incident_id] = self._track(a)
         self.changes += 1
+
+    def sync(self, alerts: Iterable[Alert]) -> None:
+        """Alerts of groups another replica evaluates, as read from the store: the same input
+        as their events would have been (a new incident tracked, a known one updated)."""
+        for a in alerts:
+            if a.state == "pending":
+                continue
+            t = self.tracked.get(a.incident_id)
+            if t is None:
+                self.tracked[a.incident_id] = self._track(a)
+            elif t.alert == a:
+                continue
+            else:
+                t.alert = a
+            self.changes += 1
 
     def observe(self, events: Sequence[Event]) -> None:
         for e in events:
@@ -230,12 +290,13 @@ class Pipeline:
         """Firing alerts muted now, with the reason (silence id or "inhibited")."""
         firing = [t.alert for t in self.tracked.values() if t.alert.state == "firing"]
         out: dict[str, str] = {}
-        sources = [a.labels for a in firing]
+        inhibits = (Inhibitor([a.labels for a in firing], self.inhibit_rules)
+                    if self.inhibit_rules else None)
         for a in firing:
             s = self.silences.muted(a.labels, at)
             if s is not None:
                 out[a.fingerprint] = f"silenced by {s.id}"
-            elif self.inhibit_rules and inhibited(a.labels, sources, self.inhibit_rules):
+            elif inhibits is not None and inhibits(a.labels):
                 out[a.fingerprint] = "inhibited"
         return out
 
@@ -250,11 +311,7 @@ class Pipeline:
         and it must not decide the same notification again. If the transaction rolls back,
         the caller reloads the persisted log (`reload_log`)."""
         self._refresh()
-        retention = self._retention()
-        for inc in [inc for inc, t in self.tracked.items()
-                    if t.alert.state == "inactive" and t.alert.resolved_at is not None
-                    and at - t.alert.resolved_at > retention]:
-            del self.tracked[inc]
+        self.expire(at)
 
         muted = self.suppressed(at)
         # Between its intervals a group can only have news (a new incident, its all-clear) after
@@ -322,6 +379,14 @@ class Pipeline:
             else:
                 await tx.escalations.add(k, at)
         return await self.outbox.enqueue(entries, tx) if entries else 0
+
+    def expire(self, at: float) -> None:
+        """Forget incidents resolved longer ago than anything could still say about them."""
+        retention = self._retention()
+        for inc in [inc for inc, t in self.tracked.items()
+                    if t.alert.state == "inactive" and t.alert.resolved_at is not None
+                    and at - t.alert.resolved_at > retention]:
+            del self.tracked[inc]
 
     async def reload_log(self, tx: Tx) -> None:
         """After a transaction that flushed was rolled back: memory back to what is stored."""
@@ -491,6 +556,10 @@ class Pipeline:
     # ---- actions and acks ---------------------------------------------------------------
 
     async def notify_action(self, tx: Tx, ev: ActionEvent, at: float) -> int:
+        if ev.page:
+            return await self.page(tx, ev, at)
+        if ev.kind == "report":
+            return await self.report(tx, ev, at)
         t = self.note_action(ev)
         if t is not None:
             await self._save_note(tx, t)
@@ -518,6 +587,65 @@ class Pipeline:
                 dedup = (f"action:{ev.run_id}:{ev.step or ''}:{ev.kind}:{receiver}"
                          if ev.run_id else None)
                 entries.append(Entry(n, dedup_key=dedup))
+        if not entries:
+            return 0
+        return await self.outbox.enqueue(entries, tx)
+
+    async def page(self, tx: Tx, ev: ActionEvent, at: float) -> int:
+        """Something that is not a rule's alert but must page (a deploy that failed its
+        verification): one firing alert with `severity: critical` (whatever the event's labels
+        say) to every route its labels match, at once — no group_wait, a decision already
+        waited its window — and never resolved by us (the person paged closes it). The
+        outbox's dedup key (the event's `run_id` per receiver) makes it one page, however
+        often the decision is retried. Silences apply; Alertmanager receivers and digest
+        routes get none (they take only the rules' alerts)."""
+        labels = {**ev.labels, "severity": "critical"}
+        labels.setdefault("alertname", ev.rule or ev.action)
+        if self.silences.muted(labels, at) is not None:
+            return 0
+        key = ev.run_id or fingerprint(labels)
+        annotations = {"summary": ev.detail.split("\n", 1)[0][:300], "description": ev.detail}
+        doc = AlertDoc(fingerprint=fingerprint(labels), rule=labels["alertname"],
+                       group=ev.action, labels=labels, annotations=annotations,
+                       status="firing", starts_at=ev.at, fired_at=ev.at, severity="critical",
+                       incident_id=key)
+        entries = []
+        for rid, route in self.routes:
+            if route.digest is not None or not matches(labels, route.match, route.match_re):
+                continue
+            for receiver in dict.fromkeys(route.receivers):
+                if self._integration(receiver) == "alertmanager":
+                    continue
+                n = Notification(kind="firing", receiver=receiver,
+                                 group_key=f"{rid}:page:{key}", created_at=at,
+                                 group_labels={"alertname": labels["alertname"]},
+                                 alerts=(doc,), external_url=self.external_url)
+                entries.append(Entry(n, dedup_key=f"page:{key}:{receiver}"))
+        if not entries:
+            return 0
+        return await self.outbox.enqueue(entries, tx)
+
+    async def report(self, tx: Tx, ev: ActionEvent, at: float) -> int:
+        """A deploy report (`ev.extra["report"]`) as one chat message per receiver of every
+        route its labels match, at once, deduplicated by the event's `run_id` per receiver:
+        posted once however often the caller retries. Silences apply; PagerDuty and
+        Alertmanager receivers and digest routes get none (a report is not an alert)."""
+        doc = ReportDoc.model_validate(ev.extra.get("report", {}))
+        labels = dict(ev.labels)
+        if self.silences.muted(labels, at) is not None:
+            return 0
+        entries = []
+        for rid, route in self.routes:
+            if route.digest is not None or not matches(labels, route.match, route.match_re):
+                continue
+            for receiver in dict.fromkeys(route.receivers):
+                if self._integration(receiver) in ("alertmanager", "pagerduty"):
+                    continue
+                n = Notification(kind="report", receiver=receiver,
+                                 group_key=f"{rid}:report:{doc.id}", created_at=at,
+                                 external_url=self.external_url, report=doc,
+                                 action_labels=labels)
+                entries.append(Entry(n, dedup_key=f"report:{ev.run_id}:{receiver}"))
         if not entries:
             return 0
         return await self.outbox.enqueue(entries, tx)

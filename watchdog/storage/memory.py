@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from watchdog.interlocks import PastRun
 from watchdog.storage import ports
-from watchdog.storage.ports import DuplicateRun, StorageError
+from watchdog.storage.ports import Coordination, DuplicateRun, StorageError
 from watchdog.storage.records import (
     RUN_UPDATABLE,
     AckRecord,
@@ -46,6 +46,7 @@ from watchdog.storage.records import (
     StoredRule,
 )
 from watchdog.storage.schema import SCHEMA_VERSION
+from watchdog.storage.solo import SoloCoordination
 from watchdog.storage.sql import alert_from_json, alert_to_json, run_callbacks
 
 K = TypeVar("K")
@@ -127,10 +128,17 @@ class _Deploy:
     window_end: float
     status: str
     summary: str
+    on_fail: str = "[]"
+    decided_at: float | None = None
+    report: str = "[]"
+    report_days: float | None = None
+    reported_at: float | None = None
 
     def out(self) -> DeployRow:
         return DeployRow(self.id, self.service, self.version, json.loads(self.labels), self.at,
-                         self.window_end, self.status, self.summary)
+                         self.window_end, self.status, self.summary,
+                         tuple(json.loads(self.on_fail)), self.decided_at,
+                         tuple(json.loads(self.report)), self.report_days, self.reported_at)
 
 
 @dataclass(frozen=True)
@@ -229,13 +237,20 @@ class _Repo:
 
 
 class MemAlerts(_Repo):
-    async def load(self) -> dict[str, StoredGroup]:
+    async def load(self, keys: Sequence[str] | None = None) -> dict[str, StoredGroup]:
         t = self.t
-        groups = {key: StoredGroup(last, {}) for key, last in t.alert_groups.items()}
+        wanted = None if keys is None else set(keys)
+        groups = {key: StoredGroup(last, {}) for key, last in t.alert_groups.items()
+                  if wanted is None or key in wanted}
         for (gkey, rkey, fp), (sig, data) in t.alert_instances.items():
+            if wanted is not None and gkey not in wanted:
+                continue
             g = groups.setdefault(gkey, StoredGroup(None, {}))
             g.rules.setdefault(rkey, StoredRule(sig, {})).alerts[fp] = alert_from_json(data)
         return groups
+
+    async def versions(self) -> dict[str, float | None]:
+        return dict(self.t.alert_groups)
 
     async def save(self, changes: Sequence[GroupChanges]) -> None:
         t, w = self.t, self.w
@@ -515,6 +530,17 @@ class MemRuns(_Repo):
         return [r.out() for r in sorted(self.t.runs.values(), key=_by_time)
                 if r.incident_id == incident_id]
 
+    async def claim(self, run_id: str, replica: str, ttl: float) -> bool:
+        return True  # one process owns this store
+
+    async def renew_claims(self, replica: str, ttl: float, ids: Sequence[str]
+                           ) -> builtins.list[str]:
+        return list(ids)
+
+    async def take_expired(self, replica: str, ttl: float, limit: int = 100, *,
+                           own: bool = False) -> builtins.list[str]:
+        return []
+
 
 class MemSteps(_Repo):
     async def list(self, run_id: str) -> list[StepRow]:
@@ -551,7 +577,9 @@ class MemDeploys(_Repo):
             raise Conflict(f"deploy {d.id!r} exists already")
         self.w.put(t.deploys, d.id, _Deploy(d.id, d.service, d.version, _j(d.labels),
                                             float(d.at), float(d.window_end), d.status,
-                                            d.summary))
+                                            d.summary, _j(list(d.on_fail)),
+                                            _f(d.decided_at), _j(list(d.report)),
+                                            _f(d.report_days), _f(d.reported_at)))
 
     async def finish(self, deploy_id: str, status: str, summary: str) -> None:
         t = self.t
@@ -559,9 +587,39 @@ class MemDeploys(_Repo):
         if d is not None:
             self.w.put(t.deploys, deploy_id, replace(d, status=status, summary=summary))
 
-    async def list(self, *, status: str | None = None, limit: int = 100
+    async def decide(self, deploy_id: str, status: str, summary: str, at: float) -> bool:
+        t = self.t
+        d = t.deploys.get(deploy_id)
+        if d is None or d.status != "open":
+            return False
+        self.w.put(t.deploys, deploy_id, replace(d, status=status, summary=summary,
+                                                 decided_at=float(at)))
+        return True
+
+    async def mark_reported(self, deploy_id: str, at: float) -> bool:
+        t = self.t
+        d = t.deploys.get(deploy_id)
+        if d is None or d.reported_at is not None or d.report_days is None:
+            return False
+        self.w.put(t.deploys, deploy_id, replace(d, reported_at=float(at)))
+        return True
+
+    async def unreported(self, limit: int = 1000) -> builtins.list[DeployRow]:
+        rows = sorted((d for d in self.t.deploys.values()
+                       if d.report_days is not None and d.reported_at is None),
+                      key=lambda d: (d.at, d.id))
+        return [d.out() for d in _limit(rows, limit)]
+
+    async def get(self, deploy_id: str) -> DeployRow | None:
+        d = self.t.deploys.get(deploy_id)
+        return d.out() if d is not None else None
+
+    async def list(self, *, status: str | None = None, limit: int = 100,
+                   service: str | None = None, version: str | None = None
                    ) -> builtins.list[DeployRow]:
-        rows = [d for d in self.t.deploys.values() if not status or d.status == status]
+        rows = [d for d in self.t.deploys.values()
+                if (not status or d.status == status) and (not service or d.service == service)
+                and (not version or d.version == version)]
         rows.sort(key=lambda d: d.id)  # ORDER BY at DESC, id
         rows.sort(key=lambda d: d.at, reverse=True)
         return [d.out() for d in _limit(rows, limit)]
@@ -739,12 +797,16 @@ class MemoryTx:
     def on_commit(self, fn: Callable[[], object]) -> None:
         self.callbacks.append(fn)
 
+    async def fence(self, leases: Sequence[ports.Lease]) -> None:
+        """One process owns this store: nothing else can hold a lease."""
+
 
 class MemoryStorage:
     kind = "memory"
     schema_version = SCHEMA_VERSION
 
     def __init__(self) -> None:
+        self.coordination: Coordination = SoloCoordination()
         self._tables = _Tables()
         self._lock = asyncio.Lock()
         self._owner: asyncio.Task[Any] | None = None

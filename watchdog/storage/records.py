@@ -182,8 +182,13 @@ class DeployRow:
     labels: dict[str, str]
     at: float
     window_end: float
-    status: str
+    status: str  # "open" | "passed" | "failed"
     summary: str
+    on_fail: tuple[str, ...] = ()  # actions to run when the verdict is "failed"
+    decided_at: float | None = None  # when the verdict was decided (None while open)
+    report: tuple[dict[str, Any], ...] = ()  # report queries the marker declared
+    report_days: float | None = None  # the report's N days before and after; None: no report
+    reported_at: float | None = None  # when the report was posted (once)
 
 
 # ---- incidents ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Literal
 
 Dialect = Literal["sqlite", "postgresql"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 5
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS alert_instances (
@@ -180,6 +180,56 @@ CREATE INDEX IF NOT EXISTS incidents_by_resolution ON incidents (resolved_at);
 CREATE INDEX IF NOT EXISTS action_runs_by_incident ON action_runs (incident_id);
 """
 
+# Version 3: deploy verdicts (CONTRACT §10). A marker keeps the actions to run when it fails and
+# when its verdict was decided; `status` stays "open" | "passed" | "failed" (the API says
+# open | pass | fail). Columns added with defaults, so the rows of version 2 read as they were:
+# no on_fail actions, decided at their window's end if they were decided at all.
+_V3 = """
+ALTER TABLE deploy_markers ADD COLUMN on_fail {TEXT} NOT NULL DEFAULT '[]';
+ALTER TABLE deploy_markers ADD COLUMN decided_at {REAL};
+UPDATE deploy_markers SET decided_at = window_end WHERE status <> 'open';
+CREATE INDEX IF NOT EXISTS deploy_markers_by_service ON deploy_markers (service, at)
+"""
+
+# Version 4: many replicas on one database (CONTRACT §7). `replicas` is each process's
+# heartbeat and the group keys it knows; `leases` hands each rule group (and the singleton
+# roles) to one replica at a time, with a fencing token that grows by one at every change of
+# holder; `action_runs.claimed_by`/`claim_until` say which replica drives a run, until when.
+# Times are the database's clock (Unix seconds), never a replica's. Self-contained: it only
+# adds tables and columns, so it can be renumbered when merged beside another migration.
+_V4 = """
+CREATE TABLE IF NOT EXISTS replicas (
+    id {TEXT} PRIMARY KEY,
+    instance {TEXT} NOT NULL,
+    started_at {REAL} NOT NULL,
+    last_seen {REAL} NOT NULL,
+    keys {TEXT} NOT NULL DEFAULT '[]',
+    keys_digest {TEXT} NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name {TEXT} PRIMARY KEY,
+    holder {TEXT},
+    token BIGINT NOT NULL DEFAULT 0,
+    expires_at {REAL} NOT NULL,
+    acquired_at {REAL},
+    renewed_at {REAL},
+    prev_holder {TEXT},
+    prev_renewed_at {REAL}
+);
+ALTER TABLE action_runs ADD COLUMN claimed_by {TEXT};
+ALTER TABLE action_runs ADD COLUMN claim_until {REAL};
+CREATE INDEX IF NOT EXISTS action_runs_claims ON action_runs (claim_until)
+"""
+
+# Version 5: deploy reports (CONTRACT §10). A marker keeps the report queries it declared, how
+# many days before and after it the report compares (NULL: no report is posted, as for every
+# marker set before this version) and when the report was posted (once).
+_V5 = """
+ALTER TABLE deploy_markers ADD COLUMN report {TEXT} NOT NULL DEFAULT '[]';
+ALTER TABLE deploy_markers ADD COLUMN report_days {REAL};
+ALTER TABLE deploy_markers ADD COLUMN reported_at {REAL}
+"""
+
 _TYPES: dict[Dialect, dict[str, str]] = {
     # SQLite's REAL is a double; PostgreSQL's REAL is a float4, hence DOUBLE PRECISION there.
     # Text compares bytewise on both (PostgreSQL's default collation follows the server's
@@ -195,7 +245,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
 META = "CREATE TABLE IF NOT EXISTS schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 # MIGRATIONS[n] takes a database from version n-1 to n.
-_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
+_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 
 
 def statements(sql: str) -> list[str]:

@@ -18,7 +18,7 @@ from watchdog.notify import message as m
 from watchdog.notify.message import AlertDoc, Notification
 from watchdog.notify.receivers import DeliveryError, SendContext
 from watchdog.notify.receivers.http import post_json
-from watchdog.notify.secrets import Redactor, SecretError, resolve
+from watchdog.notify.secrets import Redactor, SecretError, expand_env, resolve, url_secrets
 
 MAX_SUMMARY = 1024  # PagerDuty truncates longer summaries; we do it ourselves with an ellipsis
 MAX_DEDUP = 255
@@ -122,8 +122,8 @@ def render(n: Notification, routing_key: str) -> list[dict[str, Any]]:
     never leaves a stale incident open if delivery stops half-way."""
     if n.kind == "action":
         return [change_event(n, routing_key)] if n.action is not None else []
-    if n.kind == "digest":
-        return []  # a daily summary is not a page (routes do not send PagerDuty digests)
+    if n.kind in ("digest", "report"):
+        return []  # a summary is not a page (routes do not send PagerDuty digests or reports)
     docs = sorted(n.alerts, key=lambda a: (a.status == "firing", a.fingerprint))
     return [e for a in docs
             for e in (resolves(a, routing_key) if a.status == "resolved"
@@ -147,10 +147,13 @@ class PagerDutyNotifier:
         try:
             key = resolve(self.cfg.routing_key, self.cfg.routing_key_file,
                           "pagerduty routing_key")
+            # `${VAR}` in every receiver field (CONTRACT §3): a self-hosted events proxy's URL
+            # may carry credentials of its own, so they are redacted like the key.
+            base = expand_env(self.cfg.url)
         except SecretError as e:
             raise DeliveryError(str(e), retryable=False) from None
-        ctx.redact = Redactor([key])
-        url = change_url(self.cfg.url) if n.kind == "action" else self.cfg.url
+        ctx.redact = Redactor([key, *url_secrets(base)])
+        url = change_url(base) if n.kind == "action" else base
         # One request per alert: retrying the whole notification re-sends the ones already
         # accepted, which PagerDuty deduplicates by dedup_key.
         for body in render(n, key):
