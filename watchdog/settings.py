@@ -117,7 +117,11 @@ class Settings(BaseSettings):
     rules_dir: Path = Path("./rules")
     rules_poll_interval: float = 5.0
     evaluation_interval: float = 30.0
-    evaluation_concurrency: int = Field(16, ge=1)
+    # Per group. 16 let the groups of a big rule set queue up ~20 queries each at Prometheus at
+    # once: at 3,500 rules every 5s queries took 0.54s on average and iterations were missed;
+    # with 4, 0.15s and none (bench/README.md, --find-max). Prometheus itself runs a group's
+    # rules one at a time.
+    evaluation_concurrency: int = Field(4, ge=1)
     http_listen: str = "0.0.0.0:8080"
     data_dir: Path = Path("./data")
     state_url: str | None = None  # default: sqlite in data_dir
