@@ -1,9 +1,10 @@
 """`watchdog replay`: evaluate the rules over a past range with the parts of `watchdog run`.
 
-Shell: fetches data. Each distinct (expression, time offset) a group needs is fetched once with
-`query_range` over the whole range — Prometheus computes a range query as the instant query at
-each step, so the values are those `run` would have seen. Then each rule is worked through the
-whole range at once instead of step by step:
+Shell: fetches data. Each expression is fetched with `query_range` over the whole range —
+Prometheus computes a range query as the instant query at each step, so the values are those
+`run` would have seen — once for all the rules and offsets that need it (`merge`), up to
+`concurrency` queries at a time across groups. Then each rule is worked through the whole range
+at once instead of step by step:
 
 * which series trip at each step is read off the range result with `evaluate.trips`, the
   comparison `run` makes, into one key per step (the tripping series and their tiers);
@@ -19,6 +20,8 @@ not a hit either way. If Prometheus refuses the pushed query, the plain one is u
 
 Actions and notifications are never executed here; an action is only reported as `would_run`,
 through the daemon's interlocks. Output order is by time, then group, rule and event.
+`replay_steps` / `walk_steps` tick `engine.tick` at every step instead: for an `on_tick` hook,
+for `judge` rules (range queries of their own), and as the reference the tests hold `replay` to.
 """
 
 from __future__ import annotations
