@@ -133,7 +133,7 @@ async def replay(rules: RuleSet, source: RangeSource, start: float, end: float,
             }))
             rule = rules_by_name.get(a.rule)
             if ev.kind == "firing" and rule is not None:
-                for name in rule.actions:
+                for name in rule.actions_for(a.severity):
                     if name in actions and history.check_and_record(
                             name, actions[name], ev.at, fingerprint=a.fingerprint,
                             incident_id=a.incident_id).allowed:

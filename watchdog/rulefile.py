@@ -630,6 +630,16 @@ def _document_problems(name: str, data: dict[Any, Any], lines: dict[Path_, int]
                               "evaluates alerting rules only", warning=True)
                 continue
             yield from _rule_problems(name, lines, rpath, r)
+    actions = data.get("actions")
+    for aname, spec in actions.items() if isinstance(actions, dict) else ():
+        lock = spec.get("lock") if isinstance(spec, dict) else None
+        if isinstance(lock, str):
+            try:
+                compile_template(lock)
+            except TemplateError as e:
+                apath = aname if isinstance(aname, str | int) else str(aname)
+                yield Problem(name, line_for(lines, ("actions", apath, "lock")),
+                              f"lock: invalid template in action {aname!r}: {e}")
     seen_receivers: dict[str, int] = {}
     for i, recv in _items(data.get("receivers")):
         rname = _str_key(recv.get("name")) if isinstance(recv, dict) else None
@@ -682,6 +692,14 @@ def _rule_problems(name: str, lines: dict[Path_, int], rpath: Path_, rule: dict[
         if err is not None:
             yield Problem(name, line_for(lines, path),
                           f"{path[-1]}: invalid PromQL in rule {alert!r}: {err}")
+    acts = rule.get("actions")
+    if isinstance(acts, list) and acts and isinstance(rule.get("severities"), dict):
+        tiers = list(rule["severities"])
+        yield Problem(name, line_for(lines, (*rpath, "actions")),
+                      f"rule {alert!r} has severities but a plain list of actions: they run "
+                      f"once, when it starts firing (at its lowest firing tier), never when it "
+                      f"gets worse; to act per tier write actions: {{{tiers[0]}: [...], ...}}",
+                      warning=True)
     for kind in ("labels", "annotations"):
         templates = rule.get(kind)
         if not isinstance(templates, dict):

@@ -97,7 +97,7 @@ def notifications(rule: AlertingRule, group: Group, *, now: float, extra: dict[s
                   value: float | None, external_url: str, state: str) -> list[Notification]:
     a = sample_alert(rule, group, now=now, extra=extra, value=value, external_url=external_url)
     url = generator_url(external_url, rule.expr)
-    notes = tuple(ActionNote(action=name, kind="started", at=now - 55.0) for name in rule.actions)
+    notes = tuple(ActionNote(action=name, kind="started", at=now - 55.0) for name in rule.action_names)
     out = []
     if state in ("firing", "both"):
         out.append(Notification(kind="firing", receiver="preview", group_key="preview",
