@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     npv.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     npv.add_argument("--external-url", default="",
                      help="EXTERNAL_URL for links (default: $WATCHDOG_EXTERNAL_URL)")
+    npv.add_argument("--dry-run", action="store_true",
+                     help="as with DRY_RUN=true: actions would_run (also $WATCHDOG_DRY_RUN)")
+    npv.add_argument("--paused-for", type=_duration, metavar="D",
+                     help="as while actions are paused for D (maintenance mode)")
+    npv.add_argument("--paused-reason", metavar="TEXT", help="the pause's reason")
+    npv.add_argument("--paused-by", metavar="NAME", help="who paused")
 
     from watchdog.actions.client import add_action_parser
     from watchdog.incidents.client import add_incidents_parser
