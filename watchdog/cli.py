@@ -95,9 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     npv.add_argument("--paused-by", metavar="NAME", help="who paused")
 
     from watchdog.actions.client import add_action_parser
+    from watchdog.actions.pause_client import add_pause_parser
     from watchdog.incidents.client import add_incidents_parser
 
     add_action_parser(sub)
+    add_pause_parser(sub)
     add_incidents_parser(sub)
     return p
 
@@ -177,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from watchdog.actions.client import main as action_main
 
         return action_main(args)
+    if args.command == "pause":
+        from watchdog.actions.pause_client import main as pause_main
+
+        return pause_main(args)
     if args.command == "incidents":
         from watchdog.incidents.client import main as incidents_main
 

@@ -142,12 +142,18 @@ class History:
 
     def check_and_record(self, name: str, action: Action, at: float, *,
                          fingerprint: str | None = None, incident_id: str | None = None,
-                         lock_key: str | None = None) -> Verdict:
+                         lock_key: str | None = None, same_incident_shares: bool = True
+                         ) -> Verdict:
+        """`same_incident_shares`: a lock held by a run of the same incident does not hold
+        this one back (the daemon serialises the runs of one incident instead)."""
         verdict = decide(name, action, at, self.runs, fingerprint=fingerprint,
                          incident_id=incident_id)
         key = lock_key or default_lock_key(name, fingerprint)
         if verdict.allowed:
             held = self.locks.get(key)
+            if held is not None and same_incident_shares and incident_id is not None \
+                    and self._incident_of.get(held.run_id) == incident_id:
+                held = None
             if held is not None:
                 inc = self._incident_of.get(held.run_id)
                 held = Holder(held.run_id, held.action, held.at, False,
