@@ -437,7 +437,10 @@ class ActionRunner:
             if row is not None and row.status != "running":
                 continue  # finished before a restart: never again
             now = self.ctx.clock()
-            paused = None if dry else await self.pause_notice()
+            # A run created while paused is a dry run whose detail is the pause notice; a
+            # real run reaching a step while paused has that step skipped as would_run.
+            paused = (run.detail or None) if run.dry_run else (
+                None if dry else await self.pause_notice())
             if dry or paused is not None:
                 paused_any = paused_any or paused is not None
                 what = f"would run step {label}: {_summary(step)}"
