@@ -438,7 +438,12 @@ def _node_get(node: yaml.Node, key: str) -> yaml.Node | None:
 
 def _rules_root(node: yaml.Node) -> yaml.Node | None:
     """The node holding `groups` (and our other keys): the document itself, or a Prometheus
-    Operator PrometheusRule manifest's `spec`."""
+    Operator PrometheusRule manifest's `spec`; None for a document without rules (an empty
+    PrometheusRule, a promtool test file)."""
+    if _node_get(node, "rule_files") is not None and _node_get(node, "tests") is not None:
+        # A promtool unit-test file kept beside the rules (`watchdog test` runs it): it holds
+        # no rules, and the folder's loader passes it by instead of refusing its keys.
+        return None
     kind = _node_get(node, "kind")
     api = _node_get(node, "apiVersion")
     if not isinstance(kind, yaml.ScalarNode) or not isinstance(api, yaml.ScalarNode):
