@@ -10,7 +10,8 @@ can undo twice and see kubectl's "undo the undo". Also Argo Rollouts' `Rollout` 
 merge PATCH, the `status` subresource, its ReplicaSets with `rollout.argoproj.io/revision`),
 Flagger's `Canary` (GET) and the API server's Service proxy to a flagger-loadtester
 (`POST .../services/NAME:PORT/proxy/rollback/open`). `fail_next` makes the next writes (PATCH,
-POST) answer an error, optionally after applying them, as a proxy that loses the answer would. It must not grow cleverness the real API lacks:
+POST) answer an error, optionally after applying them, as a proxy that loses the answer would.
+It must not grow cleverness the real API lacks:
 anything it does not model answers 404 or 415, never a silent success.
 """
 
