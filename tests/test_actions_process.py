@@ -357,3 +357,69 @@ routes:
         assert len(done) == 1 and not done[0]["dryRun"]
     finally:
         wd.stop()
+
+
+async def test_pause_through_the_cli_and_mqtt_commands(tmp_path: Path) -> None:
+    """`watchdog pause` talks to the running daemon over HTTP with the token; the MQTT commands
+    `pause` / `resume` take the same JSON (a real Mosquitto)."""
+    import os
+    import subprocess
+    import sys
+
+    from test_notify_mqtt import MOSQUITTO, Broker, Subscriber
+
+    if MOSQUITTO is None:
+        pytest.skip("needs mosquitto (Debian package mosquitto; scripts/setup)")
+    broker = Broker(tmp_path)
+    broker.start()
+    wd = WatchdogProcess(tmp_path, {"WATCHDOG_MQTT_URL": broker.url,
+                                    "WATCHDOG_MQTT_COMMANDS": "true"})
+    (wd.rules / "r.yml").write_text("groups: []\n")
+    wd.start()
+    try:
+        wd.wait_up()
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")},
+               "WATCHDOG_API_TOKEN": TOKEN}
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "watchdog", "pause", "--url", wd.url,
+                                   *args], capture_output=True, text=True, timeout=60, env=env)
+
+        done = cli("--for", "2h", "--reason", "quarterly failover test", "--by", "dana")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("actions paused until ")
+        assert done.stdout.strip().endswith("by dana (quarterly failover test)")
+        assert cli("--status").stdout == done.stdout
+        state = wd.get_json("/api/v1/pause", token=None)["data"]
+        assert state["paused"] and state["by"] == "dana"
+        assert cli("--for", "2h").returncode == 2  # no reason: refused before asking
+        bad = subprocess.run([sys.executable, "-m", "watchdog", "pause", "--url", wd.url,
+                              "--off"], capture_output=True, text=True, timeout=60,
+                             env={k: v for k, v in env.items() if k != "WATCHDOG_API_TOKEN"})
+        assert bad.returncode == 1 and "HTTP 401" in bad.stderr
+        assert TOKEN not in bad.stderr + bad.stdout
+        off = cli("--off")
+        assert off.returncode == 0 and off.stdout.strip() == "actions resumed"
+        assert cli("--off").stdout.strip() == "actions were not paused"
+
+        async with Subscriber(broker.port) as sub:
+            await until(lambda: sub.on("watchdog/status"), "the bus", wd)
+            await sub.client.publish("watchdog/commands/pause", json.dumps(
+                {"for": "30m", "reason": "broker says so", "request_id": "p1"}), qos=1)
+            [reply] = await sub.wait("watchdog/responses/pause")
+            doc = json.loads(reply)
+            assert doc["ok"] is True and doc["request_id"] == "p1", doc
+            assert doc["result"]["notice"].endswith("by mqtt (broker says so)")
+            assert wd.get_json("/api/v1/status", token=None)["data"]["actionsPaused"][
+                "reason"] == "broker says so"
+            await sub.client.publish("watchdog/commands/pause", b'{"for": "1h"}', qos=1)
+            replies = await sub.wait("watchdog/responses/pause", 2)
+            assert json.loads(replies[1])["ok"] is False and "reason" in json.loads(
+                replies[1])["error"]
+            await sub.client.publish("watchdog/commands/resume", b"{}", qos=1)
+            [resumed] = await sub.wait("watchdog/responses/resume")
+            assert json.loads(resumed)["result"] == {"paused": False, "resumed": True}
+        assert wd.get_json("/api/v1/pause", token=None)["data"] == {"paused": False}
+    finally:
+        wd.stop()
+        broker.stop()
