@@ -120,8 +120,9 @@ class ActionsHandler:
         self.waker = Waker(ctx.clock)
         self.counter = Counter("watchdog_actions_total",
                                "Action runs by outcome: succeeded, failed, resolved (stopped "
-                               "early), dry_run, verified, not_helped, or the interlock that "
-                               "held one back (already_ran, cooldown, rate_limited).",
+                               "early), superseded (a later run of the incident took over), "
+                               "dry_run, verified, not_helped, or the interlock that held one "
+                               "back (already_ran, cooldown, rate_limited, locked).",
                                ["action", "outcome"], registry=ctx.registry)
         self.runner = ActionRunner(ctx, self.store, self.waker, self.counter)
         self.deploys = DeployTracker(ctx, self.store, self.waker)
