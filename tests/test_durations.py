@@ -19,7 +19,10 @@ def test_parse_rejects(text: object) -> None:
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
-    (0, "0s"), (90, "1m30s"), (5400, "1h30m"), (86400 * 8, "1w1d"), (0.25, "250ms"),
+    (0, "0s"), (90, "1m30s"), (5400, "1h30m"), (0.25, "250ms"),
+    # read back from Prometheus 2.x's /api/v1/status/config: weeks and years only when exact
+    (86400 * 8, "8d"), (86400 * 14, "2w"), (86400 * 379, "379d"), (86400 * 15, "15d"),
+    (86400 * 365, "1y"), (86400 * 730 + 3600, "730d1h"),
 ])
 def test_format(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text

@@ -11,9 +11,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 from fakes_chat import FakeChat, FakeTime, Harness, make_alert, running_harness
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from storage_support import sqlite_storage
 
 from watchdog.handlers import ActionEvent
+from watchdog.model import InhibitRule
+from watchdog.notify.pipeline import Inhibitor, inhibited
 from watchdog.state import Event
 from watchdog.storage.records import LogEntry
 
@@ -572,3 +576,28 @@ async def test_a_group_that_went_quiet_waits_its_group_wait_again(h: Harness, ch
     assert len(slack_to(chat, "team")) == 2  # a new group again: gathered for group_wait
     await h.tick(30)
     assert kinds(chat, "team") == ["🟠 FIRING", "✅ RESOLVED", "🟠 FIRING"]
+
+
+_label_sets = st.lists(st.dictionaries(st.sampled_from(["alertname", "severity", "service", "env"]),
+                                       st.sampled_from(["a", "b", "critical", "warning", ""]),
+                                       max_size=4), max_size=12)
+_rules = st.lists(st.builds(
+    InhibitRule,
+    source_match=st.dictionaries(st.sampled_from(["severity", "alertname"]),
+                                 st.sampled_from(["critical", "a"]), max_size=1),
+    target_match=st.dictionaries(st.sampled_from(["severity", "service"]),
+                                 st.sampled_from(["warning", "b"]), max_size=1),
+    equal=st.lists(st.sampled_from(["service", "env", "missing"]), max_size=2, unique=True)),
+    max_size=3)
+
+
+@given(_label_sets, _rules)
+@settings(max_examples=300, deadline=None)
+def test_indexed_inhibitor_agrees_with_alertmanagers_rule(sets: list[dict[str, str]],
+                                                          rules: list[InhibitRule]) -> None:
+    """The index that made inhibition linear decides exactly what the pairwise definition does,
+    self-inhibition and empty `equal` values included."""
+    distinct = list({tuple(sorted(d.items())): d for d in sets}.values())
+    index = Inhibitor(distinct, rules)
+    for target in distinct:
+        assert index(target) == inhibited(target, distinct, rules), (target, distinct, rules)

@@ -517,3 +517,32 @@ async def test_email_unreadable_ca_file_is_permanent(tmp_path: Path, chat: FakeC
     assert row["status"] == "failed" and permanent == 1, row
     assert f"cannot load ca_file {tmp_path / name}" in row["last_error"], row
     assert srv.logins == [] and srv.received == []
+
+
+async def test_pagerduty_url_expands_env_like_every_receiver_field(
+        tmp_path: Path, chat: FakeChat, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CONTRACT §3: `${VAR}` in receiver fields expands; the PagerDuty `url` (a self-hosted
+    events proxy, say) used to be posted to literally, `${PD_BASE}` and all."""
+    monkeypatch.setenv("PD_BASE", chat.url)
+    monkeypatch.setenv("PD_KEY", "k" * 32)
+    rules = """
+receivers:
+  - name: oncall
+    pagerduty: {routing_key: "${PD_KEY}", url: "${PD_BASE}/v2/enqueue"}
+routes:
+  - {receivers: [oncall], group_by: [alertname], group_wait: 0s, send_resolved: true}
+"""
+    h, db, s = await run_harness(tmp_path, chat, rules)
+    try:
+        a = make_alert(at=h.clock(), service="checkout")
+        await h.fire(a)
+        await h.tick(0)
+        await h.resolve(a)
+        await h.tick(300)
+    finally:
+        await h.stop()
+        await s.close()
+        await db.close()
+    assert chat.rejected == []
+    events = [e["event_action"] for e in chat.accepted["pagerduty"]]
+    assert events == ["trigger", "resolve"]

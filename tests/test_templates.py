@@ -75,6 +75,9 @@ def with_value(value: float) -> TemplateData:
         ("{{ 1_000 }}|{{ 0x1p-2 }}|{{ -0.0 }}|{{ 'a' }}|{{ '\\n' }}", "1000|0.25|-0|97|10"),
         ("{{ true }}|{{ false }}", "true|false"),
         ('{{ "a\\tb\\u00e9\\x41\\101\\"" }}', 'a\tbéAA"'),
+        # byte escapes are UTF-8 bytes (checked with promtool 2.x: "\xc3\xa9\303\251" is "éé");
+        # a byte that is not UTF-8 is written as U+FFFD, as Go's JSON encoder writes it
+        ('{{ "\\xc3\\xa9\\303\\251" }}|{{ "a\\xffb" }}', "éé|a\ufffdb"),
         ("{{ `raw \\n {{ }}` }}", "raw \\n {{ }}"),
         ("{{ `a\r\nb` }}", "a\nb"),  # Go drops carriage returns from raw strings
         # trim markers and comments
@@ -501,7 +504,8 @@ def test_path_prefix_is_empty_without_external_url() -> None:
         ("{{ 1i }}", 'template: 1:3: complex numbers are not supported: "1i"'),
         ('{{ "\\q" }}', "template: 1:3: invalid syntax"),
         ('{{ "\\u12" }}', "template: 1:3: invalid syntax"),
-        ('{{ "\\xff" }}', "template: 1:3: byte escapes above \\x7f are not supported"),
+        ("{{ '\\xff' }}", "template: 1:3: byte escapes above \\x7f are not supported"),
+        ('{{ "\\777" }}', "template: 1:3: invalid syntax"),
         ("{{ ´ }}", "template: 1:3: unrecognized character in action: U+00B4 '´'"),
         ("{{ @ }}", 'template: 1:3: unexpected "@" in command'),
         ("{{ ,}}", 'template: 1:3: unexpected "," in command'),

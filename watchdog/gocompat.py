@@ -251,6 +251,10 @@ def format_duration(seconds: float) -> str:
         out.append("-")
         ms = -ms
     for unit, factor in _UNITS_MS:
+        # Like model.Duration.String: years and weeks only when they divide what is left
+        # exactly, "as it is often easier to read 90d than 12w6d" (8d, not 1w1d).
+        if unit in ("y", "w") and ms % factor:
+            continue
         if ms >= factor:
             out.append(f"{ms // factor}{unit}")
             ms %= factor

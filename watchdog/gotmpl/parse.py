@@ -443,18 +443,31 @@ def _unquote(text: str, parser: Parser, tok: Tok) -> str:
     if quote == "`":
         return body.replace("\r", "")  # Go drops carriage returns in raw strings
     out: list[str] = []
+    # Go inserts \xNN and \NNN as raw bytes, so "\xc3\xa9" is "é": consecutive byte escapes
+    # are gathered and decoded as UTF-8 (an invalid sequence becomes U+FFFD, as Go's JSON
+    # encoder would write it in the API).
+    pending = bytearray()
+
+    def flush() -> None:
+        if pending:
+            out.append(pending.decode("utf-8", "replace"))
+            pending.clear()
+
     i = 0
     while i < len(body):
         c = body[i]
         i += 1
         if c != "\\":
+            flush()
             out.append(c)
             continue
         e = body[i]
         i += 1
         if e in _ESCAPES:
+            flush()
             out.append(_ESCAPES[e])
         elif e == quote:
+            flush()
             out.append(e)
         elif e in "xuU" or e in "01234567":
             size = {"x": 2, "u": 4, "U": 8}.get(e, 3)
@@ -466,14 +479,20 @@ def _unquote(text: str, parser: Parser, tok: Tok) -> str:
                 raise parser.error("invalid syntax", tok)
             code = int(digits, base)
             i = start + size
-            if e in "x01234567" and code > 0x7F:
-                # Go would insert a raw byte; a Python str cannot hold invalid UTF-8.
-                raise parser.error("byte escapes above \\x7f are not supported", tok)
+            if e in "x01234567":
+                if code > 0xFF:  # \777 is not a byte
+                    raise parser.error("invalid syntax", tok)
+                if code > 0x7F and quote == "'":
+                    raise parser.error("byte escapes above \\x7f are not supported", tok)
+                pending.append(code)
+                continue
             if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
                 raise parser.error("invalid syntax", tok)
+            flush()
             out.append(chr(code))
         else:
             raise parser.error("invalid syntax", tok)
+    flush()
     return "".join(out)
 
 

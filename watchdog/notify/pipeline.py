@@ -94,6 +94,44 @@ def inhibited(target: Mapping[str, str], sources: Iterable[Mapping[str, str]],
     return False
 
 
+_SourcesByKey = dict[tuple[str, ...], set[frozenset[tuple[str, str]]]]
+
+
+class Inhibitor:
+    """`inhibited` for many targets against one set of sources, in O(sources + targets) per rule
+    instead of O(sources × targets): each rule indexes its matching sources by their `equal`
+    labels once (1,000 firing alerts with 3 rules took 6 s per flush the quadratic way).
+    Agrees with `inhibited` — a property test holds the two together."""
+
+    __slots__ = ("_index",)
+
+    def __init__(self, sources: Iterable[Mapping[str, str]], rules: Sequence[InhibitRule]) -> None:
+        srcs = [(s, frozenset(s.items())) for s in sources]
+        # per rule: the equal-label values of its sources -> the distinct label sets having them
+        self._index: list[tuple[InhibitRule, _SourcesByKey]] = []
+        for rule in rules:
+            by_key: _SourcesByKey = {}
+            for src, items in srcs:
+                if matches(src, rule.source_match, rule.source_match_re):
+                    by_key.setdefault(tuple(src.get(k, "") for k in rule.equal), set()).add(items)
+            self._index.append((rule, by_key))
+
+    def __call__(self, target: Mapping[str, str]) -> bool:
+        items: frozenset[tuple[str, str]] | None = None
+        for rule, by_key in self._index:
+            if not by_key or not matches(target, rule.target_match, rule.target_match_re):
+                continue
+            found = by_key.get(tuple(target.get(k, "") for k in rule.equal))
+            if not found:
+                continue
+            if items is None:
+                items = frozenset(target.items())
+            # an alert never inhibits itself: some other label set must be among the sources
+            if len(found) > 1 or items not in found:
+                return True
+        return False
+
+
 @dataclass
 class Pipeline:
     outbox: Outbox
@@ -230,12 +268,13 @@ class Pipeline:
         """Firing alerts muted now, with the reason (silence id or "inhibited")."""
         firing = [t.alert for t in self.tracked.values() if t.alert.state == "firing"]
         out: dict[str, str] = {}
-        sources = [a.labels for a in firing]
+        inhibits = (Inhibitor([a.labels for a in firing], self.inhibit_rules)
+                    if self.inhibit_rules else None)
         for a in firing:
             s = self.silences.muted(a.labels, at)
             if s is not None:
                 out[a.fingerprint] = f"silenced by {s.id}"
-            elif self.inhibit_rules and inhibited(a.labels, sources, self.inhibit_rules):
+            elif inhibits is not None and inhibits(a.labels):
                 out[a.fingerprint] = "inhibited"
         return out
 

@@ -19,7 +19,7 @@ from watchdog.notify import message as m
 from watchdog.notify.message import AlertDoc, Notification
 from watchdog.notify.receivers import DeliveryError, SendContext
 from watchdog.notify.receivers.http import post_json
-from watchdog.notify.secrets import Redactor, SecretError, resolve
+from watchdog.notify.secrets import Redactor, SecretError, expand_env, resolve, url_secrets
 
 MAX_SUMMARY = 1024  # PagerDuty truncates longer summaries; we do it ourselves with an ellipsis
 MAX_DEDUP = 255
@@ -182,11 +182,14 @@ class PagerDutyNotifier:
         try:
             key = resolve(self.cfg.routing_key, self.cfg.routing_key_file,
                           "pagerduty routing_key")
+            # `${VAR}` in every receiver field (CONTRACT §3): a self-hosted events proxy's URL
+            # may carry credentials of its own, so they are redacted like the key.
+            base = expand_env(self.cfg.url)
         except SecretError as e:
             raise DeliveryError(str(e), retryable=False) from None
-        ctx.redact = Redactor([key])
+        ctx.redact = Redactor([key, *url_secrets(base)])
         paging = n.action is not None and n.action.page
-        url = change_url(self.cfg.url) if n.kind == "action" and not paging else self.cfg.url
+        url = change_url(base) if n.kind == "action" and not paging else base
         # One request per alert: retrying the whole notification re-sends the ones already
         # accepted, which PagerDuty deduplicates by dedup_key.
         for body in render(n, key):
