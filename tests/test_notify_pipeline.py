@@ -578,6 +578,41 @@ async def test_a_group_that_went_quiet_waits_its_group_wait_again(h: Harness, ch
     assert kinds(chat, "team") == ["🟠 FIRING", "✅ RESOLVED", "🟠 FIRING"]
 
 
+def _page(h: Harness, run_id: str = "deploy-d1", **labels: str) -> ActionEvent:
+    return ActionEvent(kind="failed", action="deploy", at=h.clock(),
+                       labels={"alertname": "DeployVerificationFailed", "service": "checkout",
+                               "version": "v2", "deploy_id": "d1", **labels},
+                       detail="deploy checkout v2: FAIL — ErrorRate fired", run_id=run_id,
+                       page=True)
+
+
+async def test_a_page_is_a_critical_firing_alert_on_every_matching_route(
+        h: Harness, chat: FakeChat) -> None:
+    await h.handler.on_action_event(_page(h, severity="info"))
+    await h.handler.on_action_event(_page(h))  # decided again after a crash: one page
+    await h.drain()
+    [trigger] = chat.accepted["pagerduty"]
+    assert trigger["event_action"] == "trigger" and trigger["dedup_key"] == "deploy-d1"
+    assert trigger["payload"]["severity"] == "critical"  # whatever the labels said
+    assert trigger["payload"]["summary"].startswith("[DeployVerificationFailed] deploy "
+                                                    "checkout v2: FAIL")
+    assert chat.accepted["pd_change"] == []
+    [msg] = slack_to(chat, "team")
+    assert msg["text"].startswith("🔴") and "DeployVerificationFailed" in msg["text"]
+    # No escalation or repeat machinery: the page is told once per receiver.
+    await h.tick(20 * 60)
+    assert len(chat.accepted["pagerduty"]) == 1 and len(slack_to(chat, "team")) == 1
+
+
+async def test_a_silenced_page_is_not_sent(h: Harness, chat: FakeChat) -> None:
+    await h.handler.api.silence({
+        "matchers": [{"name": "alertname", "value": "DeployVerificationFailed"}],
+        "endsAt": h.clock() + 3600, "createdBy": "bob", "comment": "known bad deploy"})
+    await h.handler.on_action_event(_page(h))
+    await h.drain()
+    assert chat.accepted["pagerduty"] == [] and chat.accepted["slack"] == []
+
+
 _label_sets = st.lists(st.dictionaries(st.sampled_from(["alertname", "severity", "service", "env"]),
                                        st.sampled_from(["a", "b", "critical", "warning", ""]),
                                        max_size=4), max_size=12)

@@ -16,6 +16,7 @@ import contextlib
 import math
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -932,6 +933,37 @@ async def test_deploys_list_finish_and_order(storage: Storage) -> None:
         assert await tx.deploys.list(status="passed") == []
 
 
+async def test_a_deploy_verdict_is_decided_once(storage: Storage) -> None:
+    """`decide` sets the verdict of an open marker only: the first decision stands (a window's
+    end and a firing alert, or two replicas, cannot both decide)."""
+    marker = replace(deploy("d", 100.0), on_fail=("rollback", "page-owner"))
+    async with storage.transaction() as tx:
+        await tx.deploys.insert(marker)
+        await tx.deploys.insert(deploy("e", 200.0))
+    async with storage.transaction() as tx:
+        got = await tx.deploys.get("d")
+        assert got == marker and got.on_fail == ("rollback", "page-owner")
+        assert await tx.deploys.get("missing") is None
+        assert await tx.deploys.decide("d", "failed", "HighErrors fired", 150.0) is True
+        assert await tx.deploys.decide("d", "passed", "no alerts", 1900.0) is False
+        assert await tx.deploys.decide("missing", "passed", "", 1.0) is False
+    async with storage.transaction() as tx:
+        got = await tx.deploys.get("d")
+        assert got is not None
+        assert (got.status, got.summary, got.decided_at) == ("failed", "HighErrors fired", 150.0)
+        assert [d.id for d in await tx.deploys.list(service="checkout")] == ["e", "d"]
+        assert [d.id for d in await tx.deploys.list(version="v-d")] == ["d"]
+        assert await tx.deploys.list(service="other") == []
+    # A decision rolled back leaves the marker open, to be decided again.
+    with pytest.raises(RuntimeError):
+        async with storage.transaction() as tx:
+            assert await tx.deploys.decide("e", "passed", "ok", 2000.0)
+            raise RuntimeError("crash before commit")
+    async with storage.transaction() as tx:
+        got = await tx.deploys.get("e")
+        assert got is not None and (got.status, got.decided_at) == ("open", None)
+
+
 async def test_a_deploy_id_is_unique(storage: Storage) -> None:
     async with storage.transaction() as tx:
         await tx.deploys.insert(deploy("d", 1.0))
@@ -1334,7 +1366,43 @@ async def test_a_version_1_store_migrates_to_version_2_with_its_rows(sql_url: st
     assert await _recorded_version(sql_url) == str(SCHEMA_VERSION)
 
 
-# ---- actions, continued (schema 3): target locks, attempts, pause ----------------------------
+async def test_a_version_2_store_migrates_to_version_3_with_its_deploys(sql_url: str) -> None:
+    """Schema 3 added deploy verdicts (on_fail actions, when decided) to the markers of
+    schema 2: an open marker stays open with no on_fail; a decided one reads as decided at
+    its window's end."""
+    dialect = "sqlite" if sql_url.startswith("sqlite:") else "postgresql"
+    stmts = [*migration(1, dialect), *migration(2, dialect),
+             "CREATE TABLE schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+             "INSERT INTO schema_meta VALUES ('version', '2')",
+             "INSERT INTO deploy_markers VALUES ('d1', 'checkout', 'v1', '{}', 100.0, 200.0, "
+             "'passed', 'PASS')",
+             "INSERT INTO deploy_markers VALUES ('d2', 'checkout', 'v2', '{}', 300.0, 400.0, "
+             "'open', '')"]
+    if dialect == "sqlite":
+        with sqlite3.connect(sql_url.removeprefix("sqlite:///")) as db:
+            for stmt in stmts:
+                db.execute(stmt)
+    else:
+        conn = await asyncpg.connect(sql_url)
+        try:
+            for stmt in stmts:
+                await conn.execute(stmt)
+        finally:
+            await conn.close()
+    s = await open_storage(sql_url)
+    try:
+        d1 = await read(s, lambda tx: tx.deploys.get("d1"))
+        d2 = await read(s, lambda tx: tx.deploys.get("d2"))
+        assert d1 is not None and (d1.status, d1.decided_at, d1.on_fail) == ("passed", 200.0, ())
+        assert d2 is not None and (d2.status, d2.decided_at, d2.on_fail) == ("open", None, ())
+        async with s.transaction() as tx:
+            assert await tx.deploys.decide("d2", "failed", "FAIL", 350.0)
+    finally:
+        await s.close()
+    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION)
+
+
+# ---- actions, continued (schema 4): target locks, attempts, pause ----------------------------
 
 
 async def test_a_lock_names_its_holder_and_whether_its_incident_is_open(storage: Storage) -> None:
@@ -1442,12 +1510,12 @@ async def test_the_pause_is_one_record_set_replaced_and_cleared(storage: Storage
     assert await read(storage, lambda tx: tx.pause.get()) is None
 
 
-async def test_a_version_2_store_migrates_to_version_3_with_its_runs(sql_url: str) -> None:
-    """Schema 3 added target locks, attempts, the pause and three run columns."""
+async def test_a_version_3_store_migrates_to_version_4_with_its_runs(sql_url: str) -> None:
+    """Schema 4 added target locks, attempts, the pause and three run columns."""
     dialect = "sqlite" if sql_url.startswith("sqlite:") else "postgresql"
-    stmts = [*migration(1, dialect), *migration(2, dialect),
+    stmts = [*migration(1, dialect), *migration(2, dialect), *migration(3, dialect),
              "CREATE TABLE schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-             "INSERT INTO schema_meta VALUES ('version', '2')",
+             "INSERT INTO schema_meta VALUES ('version', '3')",
              "INSERT INTO action_runs (id, action, trigger, labels, dry_run, spec, status, "
              "created_at) VALUES ('old', 'rollback', 'manual', '{}', 0, '{}', 'succeeded', 10.0)"]
     if dialect == "sqlite":
@@ -1473,4 +1541,4 @@ async def test_a_version_2_store_migrates_to_version_3_with_its_runs(sql_url: st
         assert held is not None and held.run_id == "old"
     finally:
         await s.close()
-    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION) == "3"
+    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION) == "4"

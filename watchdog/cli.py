@@ -95,12 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     npv.add_argument("--paused-by", metavar="NAME", help="who paused")
 
     from watchdog.actions.client import add_action_parser
+    from watchdog.actions.deploy_client import add_deploy_parser
     from watchdog.actions.pause_client import add_pause_parser
     from watchdog.incidents.client import add_incidents_parser
+    from watchdog.remote import add_parsers as add_remote_parsers
 
     add_action_parser(sub)
     add_pause_parser(sub)
+    add_deploy_parser(sub)
     add_incidents_parser(sub)
+    add_remote_parsers(sub)  # silence add|query|expire, ack, runs
     return p
 
 
@@ -183,10 +187,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from watchdog.actions.pause_client import main as pause_main
 
         return pause_main(args)
+    if args.command == "deploy":
+        from watchdog.actions.deploy_client import main as deploy_main
+
+        return deploy_main(args)
     if args.command == "incidents":
         from watchdog.incidents.client import main as incidents_main
 
         return incidents_main(args)
+    if args.command in ("silence", "ack", "runs"):
+        from watchdog.remote import main as remote_main
+
+        return remote_main(args)
     if args.command == "run":
         from watchdog.daemon import run_daemon
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import sys
 import time
@@ -31,6 +32,7 @@ import structlog
 import yaml
 from aiohttp import web
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from watchdog import __version__
 from watchdog.app.evaluation import Evaluator, Inflight, RuleError
@@ -46,7 +48,8 @@ from watchdog.handlers import DaemonContext, EventHandler
 from watchdog.http_api import build_app
 from watchdog.logs import configure as configure_logging
 from watchdog.logs import redact_url
-from watchdog.metrics import InstrumentedSource, Metrics
+from watchdog.metrics import ActionEventCounter, InstrumentedSource, Metrics
+from watchdog.query_proxy import Forwarder
 from watchdog.rulesdir import RuleSet
 from watchdog.settings import Settings
 from watchdog.source import PrometheusConfig, PrometheusSource, Source
@@ -129,6 +132,13 @@ class Daemon:
         self._sentry = False
         self._signals: list[signal.Signals] = []
 
+    @property
+    def forwarder(self) -> Forwarder | None:
+        """Prometheus's query API for `watchdog.query_proxy` (None for a test's fake source)."""
+        inner = getattr(self, "source", None)
+        inner = getattr(inner, "inner", inner)
+        return inner if callable(getattr(inner, "forward", None)) else None
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Daemon:
@@ -169,6 +179,7 @@ class Daemon:
                                  source=self.source, alerts=self.live, clock=self.clock,
                                  registry=self.metrics.registry)
         self._register_state_metrics()
+        self.ctx.action_sinks.append(ActionEventCounter(self.metrics.registry))
         wired = wire(self.ctx, self._extra_handlers, subsystems=self._plugins_enabled)
         self.handlers, self._mqtt = wired.handlers, wired.mqtt
         self.plugins.update(wired.parts)
@@ -597,10 +608,26 @@ def load_settings(config: Path | None) -> Settings:
         settings = Settings.load(config)
     except ValidationError as e:
         raise StartupError("\n".join(settings_errors(e))) from None
+    except SettingsError as e:
+        # pydantic-settings could not decode a value (a dict or list setting is JSON in the
+        # environment); its own message names the field and "EnvSettingsSource"
+        raise StartupError(undecodable_setting(str(e))) from None
     except (OSError, yaml.YAMLError, ValueError) as e:
         raise StartupError(f"--config {config}: {e}") from None
     check_settings(settings)
     return settings
+
+
+def undecodable_setting(message: str) -> str:
+    m = re.search(r'field "(\w+)" from source "(\w+)"', message)
+    if m is None:
+        return message
+    name = f"WATCHDOG_{m.group(1).upper()}"
+    where = {"EnvSettingsSource": "env", "SecretsSettingsSource": "secrets dir"}.get(
+        m.group(2), m.group(2))
+    example = ('{"cluster": "eu-1", "env": "prod"}, or one label per variable: '
+               f"{name}__CLUSTER=eu-1" if m.group(1) == "external_labels" else "JSON")
+    return f"invalid setting {name} ({where}): not valid JSON; expected e.g. {example}"
 
 
 def run_daemon(config: Path | None = None) -> int:
@@ -612,6 +639,8 @@ def run_daemon(config: Path | None = None) -> int:
             print(f"watchdog: {line}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    for line in Settings.unknown(config):
+        log.warning(line)
     return asyncio.run(_serve(settings))
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from watchdog.evaluate import Context, Outcome, Query, Sample, evaluate, plan
 from watchdog.model import AlertingRule, Group
-from watchdog.source import Source
+from watchdog.source import QueryError, RangeSeries, Source
 from watchdog.state import Alert, Event, step
 
 HISTORY = 20  # evaluations remembered per rule: enough to answer "why did/didn't it fire?"
@@ -115,6 +115,8 @@ async def run_queries(source: Source, queries: Sequence[Query], concurrency: int
     async def one(q: Query) -> list[Sample] | BaseException:
         async with sem:
             try:
+                if q.window > 0:
+                    return await _range(source, q)
                 return await source.query(q.expr, q.at)
             except asyncio.CancelledError:
                 raise
@@ -124,6 +126,15 @@ async def run_queries(source: Source, queries: Sequence[Query], concurrency: int
     results = await asyncio.gather(*(one(q) for q in unique))
     done.update(zip(unique, results, strict=True))
     return done
+
+
+async def _range(source: Source, q: Query) -> list[Sample]:
+    """A judge's range query, its points flattened into Samples (series by series)."""
+    query_range = getattr(source, "query_range", None)
+    if query_range is None:
+        raise QueryError(f"{q.expr!r}: this data source cannot run range queries")
+    series: list[RangeSeries] = await query_range(q.expr, q.at - q.window, q.at, q.step)
+    return [Sample(s.labels, v) for s in series for _, v in s.points]
 
 
 async def tick(rt: GroupRuntime, at: float, source: Source, ctx: Context,

@@ -12,9 +12,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from watchdog.gocompat import format_float
 from watchdog.gotmpl import TemplateData, expand
 from watchdog.labels import fingerprint, without_name
-from watchdog.model import AlertingRule, Comparison, Group
+from watchdog.model import AlertingRule, Comparison, Group, Judge
+from watchdog.stats import Alternative, mann_whitney_u, median
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ class Sample:
 class Query:
     expr: str
     at: float  # the instant the query is evaluated at (Unix seconds)
+    # A range query (a judge's samples) when window > 0: every `step` from at - window to at;
+    # its result is flattened into Samples, one per point, in series order.
+    window: float = 0.0
+    step: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -74,8 +80,11 @@ class Outcome:
 
 
 def plan(rule: AlertingRule, group: Group, at: float) -> Plan:
-    """The instant queries one evaluation of `rule` at `at` needs."""
+    """The queries one evaluation of `rule` at `at` needs."""
     t = at - group.query_offset
+    if rule.judge is not None:
+        j = rule.judge
+        return Plan(Query(j.canary, t, j.window, j.step), Query(j.control, t, j.window, j.step))
     baseline: Query | None = None
     if rule.baseline is not None:
         if rule.baseline.offset is not None:
@@ -101,6 +110,11 @@ def evaluate(rule: AlertingRule, group: Group, plan_: Plan, results: QueryResult
             return Outcome(None, str(r) or type(r).__name__)
     main = results[plan_.main]
     assert not isinstance(main, BaseException)
+    if rule.judge is not None:
+        assert plan_.baseline is not None
+        control = results[plan_.baseline]
+        assert not isinstance(control, BaseException)
+        return _judge(rule, group, rule.judge, main, control, ctx)
     if plan_.guard is not None and not results[plan_.guard]:
         # `when` guard not met (e.g. too little traffic to judge): the rule trips on nothing.
         return Outcome([], samples=len(main))
@@ -168,14 +182,81 @@ def tier_comparison(rule: AlertingRule, severity: str | None) -> Comparison | No
     return rule.threshold
 
 
+def _series(samples: Sequence[Sample]) -> dict[str, tuple[dict[str, str], list[float]]]:
+    """A range query's flattened points, by series (labels without `__name__`); NaN points
+    (no data at a step) are left out."""
+    out: dict[str, tuple[dict[str, str], list[float]]] = {}
+    for s in samples:
+        labels = without_name(s.labels)
+        entry = out.setdefault(fingerprint(labels), (labels, []))
+        if not math.isnan(s.value):
+            entry[1].append(s.value)
+    return out
+
+
+def judge_series(j: Judge, canary: Sequence[float], control: Sequence[float]
+                 ) -> tuple[bool, dict[str, float]]:
+    """Whether the canary is significantly worse than control, and the figures: effect (the
+    relative difference of the medians, worse positive), p_value, both medians and sample
+    counts. Too few samples on either side is never significant."""
+    figures: dict[str, float] = {"canary_samples": len(canary), "control_samples": len(control)}
+    if len(canary) < j.min_samples or len(control) < j.min_samples:
+        return False, figures
+    alternative: Alternative = {"increase": "greater", "decrease": "less",
+                                "either": "two-sided"}[j.direction]  # type: ignore[assignment]
+    test = mann_whitney_u(canary, control, alternative)
+    m_canary, m_control = median(canary), median(control)
+    diff = m_canary - m_control
+    if j.direction == "decrease":
+        diff = -diff
+    elif j.direction == "either":
+        diff = abs(diff)
+    if m_control != 0:
+        effect = diff / abs(m_control)
+    else:
+        effect = 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    figures.update(effect=effect, p_value=test.p_value, u=test.u, canary_median=m_canary,
+                   control_median=m_control)
+    return test.p_value < j.alpha and effect >= j.min_effect and effect > 0, figures
+
+
+def _judge(rule: AlertingRule, group: Group, j: Judge, canary: Sequence[Sample],
+           control: Sequence[Sample], ctx: Context) -> Outcome:
+    """Canary and control series with the same labels are compared (one series each, the
+    usual case, compare whatever their labels). A hit's value is the effect size; its
+    templates see the figures as `$labels.p_value`, `$labels.canary_median`, ... (they are
+    not labels of the alert)."""
+    c_series, k_series = _series(canary), _series(control)
+    if len(c_series) == 1 and len(k_series) == 1:
+        (c_labels, c_values), = c_series.values()
+        (k_labels, k_values), = k_series.values()
+        common = {k: v for k, v in c_labels.items() if k_labels.get(k) == v}
+        pairs = [(common, c_values, k_values)]
+    else:
+        pairs = [(labels, values, k_series[fp][1]) for fp, (labels, values) in c_series.items()
+                 if fp in k_series]
+    tripped: list[tuple[Sample, str | None, float | None, float | None]] = []
+    extras: list[Mapping[str, str]] = []
+    for labels, c_values, k_values in pairs:
+        worse, figures = judge_series(j, c_values, k_values)
+        if not worse:
+            continue
+        tripped.append((Sample(labels, figures["effect"]), None, figures["control_median"],
+                        None))
+        extras.append({k: format_float(v, "g", -1) if isinstance(v, float) else str(v)
+                       for k, v in figures.items()})
+    return _hits(rule, group, tripped, ctx, len(canary) + len(control), extras)
+
+
 def _hits(rule: AlertingRule, group: Group,
           tripped: list[tuple[Sample, str | None, float | None, float | None]],
-          ctx: Context, samples: int) -> Outcome:
+          ctx: Context, samples: int, extras: Sequence[Mapping[str, str]] = ()) -> Outcome:
     hits: list[Hit] = []
     seen: set[str] = set()
     rule_labels = {**group.labels, **rule.labels}
-    for s, tier, base, compared in tripped:
-        data = TemplateData(labels=dict(s.labels), value=s.value,
+    for i, (s, tier, base, compared) in enumerate(tripped):
+        shown = {**extras[i], **s.labels} if i < len(extras) else dict(s.labels)
+        data = TemplateData(labels=shown, value=s.value,
                             external_labels=ctx.external_labels, external_url=ctx.external_url)
         labels = without_name(s.labels)
         for k, tmpl in rule_labels.items():

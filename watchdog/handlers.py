@@ -49,6 +49,10 @@ class ActionEvent:
     detail: str = ""
     run_id: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Notify as a page, not as an action's progress: a firing notification with
+    # `severity: critical` to every route its labels match (a PagerDuty trigger rather than a
+    # change event), deduplicated by `run_id`. `labels["alertname"]` names it.
+    page: bool = False
 
 
 class ActionEventSink(Protocol):

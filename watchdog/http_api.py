@@ -22,7 +22,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 
-from watchdog import __version__, am_api, prom_compat
+from watchdog import __version__, am_api, prom_compat, query_proxy
+from watchdog.actions.http import SELF_AUTHENTICATED
 from watchdog.app.evaluation import RuleError
 from watchdog.app.health import BUILTIN_GROUP, DATASOURCE_DOWN
 from watchdog.app.rules import ReloadReport
@@ -53,6 +54,8 @@ class Daemon(Protocol):
 
     @property
     def clock(self) -> Callable[[], float]: ...
+    @property
+    def forwarder(self) -> query_proxy.Forwarder | None: ...
     @property
     def handlers(self) -> Sequence[object]: ...
     @property
@@ -155,10 +158,22 @@ def _needs_read_token(path: str) -> bool:
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[DAEMON].settings
     write_token, read_token = settings.api_token, settings.api_read_token
-    if request.method in READ_METHODS:
-        if (read_token is None or not read_token.get_secret_value()
-                or not _needs_read_token(request.path) or request.method == "OPTIONS"):
+    if (request.method, request.path) in SELF_AUTHENTICATED:
+        return await handler(request)  # writes nothing; checks the read token itself
+    if request.method in READ_METHODS or query_proxy.is_read(request.method, request.path):
+        if request.method == "OPTIONS" or not _needs_read_token(request.path):
             return await handler(request)
+        if read_token is None or not read_token.get_secret_value():
+            if not (query_proxy.is_proxied(request.path)
+                    and query_proxy.lends_credentials(settings)):
+                return await handler(request)
+            # open reads, but the query would go out with the watchdog's Prometheus
+            # credentials: only a holder of the API token may borrow them
+            if write_token is None or not write_token.get_secret_value():
+                return api_error(403, "the query API forwards the watchdog's Prometheus "
+                                      "credentials: set WATCHDOG_API_READ_TOKEN (or "
+                                      "WATCHDOG_API_TOKEN) and send it as a bearer token")
+            read_token = write_token
         given = bearer_token(request)
         if given is None:
             return api_error(401, "this endpoint needs 'Authorization: Bearer <API_READ_TOKEN>' "
@@ -469,4 +484,5 @@ def build_app(d: Daemon) -> web.Application:
     app.add_routes(d.ctx.routes)
     app.add_routes(prom_compat.routes(d))  # /-/healthy, /-/ready, /api/v1/status/buildinfo
     app.add_routes(am_api.routes(d))  # Alertmanager's /api/v2 for amtool and Grafana
+    app.add_routes(query_proxy.routes(d))  # Prometheus's query API, for Grafana and the console
     return app

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -21,6 +21,10 @@ from prometheus_client.registry import Collector
 
 from watchdog.evaluate import Sample
 from watchdog.source import Source
+
+if TYPE_CHECKING:
+    from watchdog.handlers import ActionEvent
+    from watchdog.storage import Tx
 
 # Evaluation of a group is dominated by Prometheus round-trips: milliseconds when healthy, the
 # query timeout (10s default) when not. These buckets cover both ends.
@@ -88,6 +92,31 @@ class _StateGauge(Collector):
         for values, v in self._read():
             family.add_metric(values, v)
         return [family]
+
+
+class ActionEventCounter:
+    """Counts what the action subsystem reports (`ActionEventSink`): deploy markers and their
+    verdicts by service, action runs by action and event. For Grafana annotations and change
+    failure rates from Prometheus; the durable record is /api/v1/deploys and
+    /api/v1/actions/runs. An event whose transaction is rolled back afterwards was still
+    counted: these are for charts, not for accounting."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.deploys = Counter(
+            "watchdog_deploys_total",
+            "Deploy markers by service: started (a marker was set), succeeded (its verification "
+            "window passed), failed.", ["service", "event"], registry=registry)
+        self.actions = Counter(
+            "watchdog_action_events_total",
+            "Action runs by action and event: started, succeeded, failed, would_run, verified, "
+            "not_helped.", ["action", "event"], registry=registry)
+
+    async def on_action_event(self, event: ActionEvent, tx: Tx | None = None) -> None:
+        if event.action == "deploy":
+            service = str(event.extra.get("service") or event.labels.get("service", ""))
+            self.deploys.labels(service=service, event=event.kind).inc()
+        else:
+            self.actions.labels(action=event.action, event=event.kind).inc()
 
 
 class InstrumentedSource:

@@ -157,6 +157,33 @@ class Baseline(_Strict):
         return self
 
 
+class Judge(_Strict):
+    """A canary judge (CONTRACT §10, Kayenta's approach): samples of `canary` and `control`
+    over `window` (a range query each, one sample per `step`), compared with a nonparametric
+    test. The rule trips when the canary is worse in `direction` with p < `alpha`, each side has
+    at least `min_samples` samples, and the effect — the relative difference of the medians,
+    oriented so that worse is positive — is at least `min_effect`."""
+
+    canary: str
+    control: str
+    window: Duration = 600.0
+    # One sample per step: Prometheus's default scrape interval, so 10m gives 41 samples a side.
+    step: Duration = 15.0
+    test: Literal["mann_whitney"] = "mann_whitney"
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    direction: Literal["increase", "decrease", "either"] = "increase"
+    min_samples: int = Field(20, ge=1)
+    min_effect: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Judge:
+        if self.window <= 0:
+            raise ValueError("judge window must be positive")
+        if not 0 < self.step <= self.window:
+            raise ValueError("judge step must be positive and at most the window")
+        return self
+
+
 class AlertingRule(_Strict):
     alert: str
     expr: str
@@ -175,6 +202,17 @@ class AlertingRule(_Strict):
     actions: list[str] | dict[str, list[str]] = Field(default_factory=list)
     on_resolved: list[str] = Field(default_factory=list)
     dry_run: bool = False
+    judge: Judge | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _judge_expr(cls, v: Any) -> Any:
+        # A judge's queries are its own; `expr` (what /api/v1/rules shows) defaults to the
+        # canary's.
+        if isinstance(v, dict) and "expr" not in v and isinstance(v.get("judge"), dict) \
+                and isinstance(v["judge"].get("canary"), str):
+            return {**v, "expr": v["judge"]["canary"]}
+        return v
 
     @field_validator("alert")
     @classmethod
@@ -231,6 +269,10 @@ class AlertingRule(_Strict):
             if unknown:
                 raise ValueError(f"actions: tier {unknown[0]!r} is not one of the rule's "
                                  f"severities ({', '.join(self.severities)})")
+        if self.judge is not None and (self.threshold is not None or self.baseline is not None
+                                       or self.severities is not None):
+            raise ValueError("a judge decides by itself: it takes no threshold, severities "
+                             "or baseline")
         return self
 
     @property

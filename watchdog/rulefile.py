@@ -690,13 +690,17 @@ def _rule_problems(name: str, lines: dict[Path_, int], rpath: Path_, rule: dict[
     baseline = rule.get("baseline")
     if isinstance(baseline, dict):
         exprs.append(((*rpath, "baseline", "expr"), baseline.get("expr")))
+    judge = rule.get("judge")
+    if isinstance(judge, dict):
+        exprs += [((*rpath, "judge", k), judge.get(k)) for k in ("canary", "control")]
     for path, expr in exprs:
         if not isinstance(expr, str) or not expr.strip():
             continue  # missing, empty or not text: the schema check says so
         err = check_promql(expr)
         if err is not None:
             yield Problem(name, line_for(lines, path),
-                          f"{path[-1]}: invalid PromQL in rule {alert!r}: {err}")
+                          f"{'judge.' if path[-2] == 'judge' else ''}{path[-1]}: invalid "
+                          f"PromQL in rule {alert!r}: {err}")
     acts = rule.get("actions")
     if isinstance(acts, list) and acts and isinstance(rule.get("severities"), dict):
         tiers = list(rule["severities"])

@@ -8,8 +8,11 @@ settings.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -42,6 +45,9 @@ class _YamlSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
 
+    def unknown(self) -> list[str]:
+        return [k for k in self._data if k not in self.settings_cls.model_fields]
+
 
 def url_has_credentials(url: str) -> bool:
     try:
@@ -65,6 +71,33 @@ def prometheus_auth_conflict(url: str, field: str, bearer: bool = False) -> str 
         return ("cannot be combined with WATCHDOG_PROMETHEUS_BEARER_TOKEN_FILE: configure "
                 "either basic auth or a bearer token")
     return None
+
+
+# WATCHDOG_* names that are not settings but are ours: the clients' (`watchdog incidents`,
+# `silence`, ...) daemon URL, the test suite's PostgreSQL, and what a `command` action step
+# finds in its environment (WATCHDOG_ALERT_NAME, WATCHDOG_LABEL_<name>, ...).
+_NOT_SETTINGS = frozenset({"URL", "SECRETS_DIR", "TEST_POSTGRES_URL", "ACTION", "TRIGGER",
+                           "RUN_ID"})
+_NOT_SETTINGS_PREFIXES = ("ALERT_", "LABEL_")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def unknown_settings(names: Iterable[str], known: Iterable[str], where: str,
+                     prefix: str = "WATCHDOG_") -> list[str]:
+    """One line per name that no setting reads — a typo would otherwise be ignored silently,
+    and the default used — with the closest setting's name when one is close."""
+    known_upper = sorted({k.upper() for k in known})
+    out = []
+    for name in names:
+        bare = name.upper().removeprefix(prefix)
+        base = bare.split("__", 1)[0]  # EXTERNAL_LABELS__ENV sets one key of a dict setting
+        if (base in known_upper or bare in _NOT_SETTINGS
+                or bare.startswith(_NOT_SETTINGS_PREFIXES)):
+            continue
+        close = difflib.get_close_matches(base, known_upper, n=1, cutoff=0.75)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+        out.append(f"{where}: {name} is not a setting{hint}; ignored")
+    return out
 
 
 class Settings(BaseSettings):
@@ -107,6 +140,8 @@ class Settings(BaseSettings):
     kubeconfig: str | None = None
     shutdown_timeout: float = 5.0
     incident_retention: float = Field(90 * 86400.0, gt=0)  # resolved incidents kept this long
+    # the most of one answer of Prometheus's query API forwarded through /api/v1/query & co.
+    query_proxy_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
 
     @field_validator("prometheus_timeout", "evaluation_interval", "rules_poll_interval",
                      "outage_tolerance", "for_grace_period", "resend_delay", "shutdown_timeout",
@@ -137,6 +172,18 @@ class Settings(BaseSettings):
                 raise ValueError(problem)
         return v
 
+    @field_validator("external_labels", mode="before")
+    @classmethod
+    def _labels(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            for k, val in v.items():
+                if not isinstance(k, str) or not _LABEL_NAME.match(k):
+                    raise ValueError(f"{k!r} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+                if not isinstance(val, str):
+                    raise ValueError(f"the value of {k!r} must be a string, got "
+                                     f"{type(val).__name__}: quote it")
+        return v
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:
@@ -145,6 +192,19 @@ class Settings(BaseSettings):
     @property
     def state_path(self) -> str:
         return self.state_url or f"sqlite:///{(self.data_dir / 'watchdog.db').as_posix()}"
+
+    @classmethod
+    def unknown(cls, config: Path | None = None,
+                environ: Mapping[str, str] | None = None) -> list[str]:
+        """Warnings for WATCHDOG_* variables and `--config` keys that no setting reads."""
+        env = os.environ if environ is None else environ
+        out = unknown_settings(sorted(k for k in env if k.upper().startswith("WATCHDOG_")),
+                               cls.model_fields, "environment")
+        if config is not None:
+            keys = _YamlSource(cls, config).unknown()
+            out += unknown_settings([k.upper() for k in keys], cls.model_fields, str(config),
+                                    prefix="")
+        return out
 
     @classmethod
     def load(cls, config: Path | None = None, **overrides: Any) -> Settings:

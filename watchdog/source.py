@@ -42,6 +42,19 @@ class RangeSource(Source, Protocol):
 
 
 @dataclass(frozen=True)
+class Forwarded:
+    """Prometheus's answer to a forwarded API request, as it came: status, body, type."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+
+class AnswerTooLarge(QueryError):
+    """A forwarded answer longer than the caller's bound; it was not read to the end."""
+
+
+@dataclass(frozen=True)
 class PrometheusConfig:
     url: str = "http://localhost:9090"
     timeout: float = 10.0
@@ -146,6 +159,39 @@ class PrometheusSource:
                     for r in data["result"]]
         except (TypeError, ValueError, KeyError, IndexError) as e:
             raise QueryError(f"{self._shown}/api/v1/query_range: malformed result: {e}") from None
+
+    async def forward(self, method: str, path: str, params: Sequence[tuple[str, str]],
+                      max_bytes: int) -> Forwarded:
+        """`path` of Prometheus's API with `params` (a GET's query string, a POST's form), as
+        the caller asked, with our credentials; the answer is passed back untouched, whatever
+        its status (Prometheus's 400/422/503 errors are the caller's to read), but never more
+        than `max_bytes` of it is read."""
+        endpoint = f"{self._base}{path}"
+        shown = f"{self._shown}{path}"
+        headers = self._headers()
+        kwargs: dict[str, Any] = ({"params": list(params)} if method == "GET"
+                                  else {"data": list(params)})
+        try:
+            async with self._session.request(method, endpoint, headers=headers,
+                                             timeout=self._timeout, ssl=self._ssl,
+                                             **kwargs) as resp:
+                if (resp.content_length or 0) > max_bytes:
+                    raise AnswerTooLarge(f"{shown}: the answer is {resp.content_length:,} bytes "
+                                         f"(the limit is {max_bytes:,})")
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(65536):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise AnswerTooLarge(f"{shown}: the answer is longer than "
+                                             f"{max_bytes:,} bytes")
+                    chunks.append(chunk)
+                return Forwarded(resp.status, b"".join(chunks),
+                                 resp.headers.get("Content-Type", "application/json"))
+        except TimeoutError:
+            raise QueryError(f"{shown}: timed out after {self._cfg.timeout:g}s") from None
+        except aiohttp.ClientError as e:
+            raise QueryError(f"{shown}: {type(e).__name__}: {redact_url(str(e))}") from None
 
     async def buildinfo(self) -> dict[str, Any]:
         """A cheap call that proves Prometheus answers (for /readyz)."""

@@ -1,11 +1,24 @@
-"""Deploy markers: `POST /api/v1/deploys` (or the MQTT "deploy" command) captures the baselines of
-`baseline: {deploy: true}` rules and opens a verification window — the runbooks' "30-minute
-stability window" — at whose end a pass/fail summary is notified.
+"""Deploy markers and their verdicts: `POST /api/v1/deploys` (or the MQTT "deploy" command)
+captures the baselines of `baseline: {deploy: true}` rules and opens a verification window — the
+runbooks' "30-minute stability window" — whose verdict a CD pipeline gates on
+(`GET /api/v1/deploys/{id}`: open → pass | fail).
 
-Shell: queries Prometheus, writes the store, emits `ActionEvent`s (kind "started" when the marker
-is set, "succeeded" for a pass, "failed" for a fail; action "deploy"). It must not evaluate
-rules: the captured values go to the engine through `deploy_baselines()`, which the daemon
-passes into `evaluate.Context` on every tick.
+The verdict, and when it is decided:
+- **fail** as soon as an alert concerning the marker fires inside the window (decided in the
+  evaluation's own transaction), or when one is still firing at the window's end (one that
+  began before the marker included: the service is not stable);
+- **pass** at the window's end otherwise.
+A verdict is decided once (`DeployRepo.decide` changes only an open marker), in one storage
+transaction with everything it causes: the notification (a fail is a page — `severity:
+critical`, a PagerDuty trigger — a pass an ordinary action message) and the runs of the
+marker's `on_fail` actions. Nothing is sent or executed before that commit; a crash before it
+leaves the marker open, to be decided again by the next process.
+
+Shell: queries Prometheus (baselines at the marker, the before/after lines of a pass), writes
+the store, emits `ActionEvent`s (kind "started" when the marker is set, "succeeded" for a pass,
+"failed" for a fail; action "deploy"). It must not evaluate rules: the captured values go to the
+engine through `deploy_baselines()`, which the daemon passes into `evaluate.Context` on every
+tick; and it never queries Prometheus inside a transaction.
 
 Which series and alerts a marker concerns: those whose labels include the marker's `labels`, or
 `{service: <service>}` when it gives none — the label the example rules and the runbooks use.
@@ -16,12 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Literal
 
 import structlog
 
+from watchdog.actions.errors import CommandError
 from watchdog.actions.store import ActionStore, DeployRow
 from watchdog.actions.timing import Stopping, Waker
 from watchdog.durations import format_duration
@@ -35,21 +50,60 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_WINDOW = 30 * 60.0  # USE-CASES: "watch a 30-minute stability window"
 MAX_SUMMARY_LINES = 10  # a summary is a chat message, not a report
+FAILED_ALERT = "DeployVerificationFailed"  # the alertname a failed verdict pages with
+# A client-chosen marker id (an Argo Rollouts / Flagger template names it before it exists):
+# safe in a URL path and a label value.
+DEPLOY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+API_STATUS = {"open": "open", "passed": "pass", "failed": "fail"}
+
+# Runs one `on_fail` action inside the verdict's transaction: (tx, action, labels) -> what
+# happened, for the summary ("run <id>" or why it was held back).
+OnFailTrigger = Callable[[Tx, str, Mapping[str, str]], Awaitable[str]]
 
 
 def concerns(labels: Mapping[str, str], match: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in match.items())
 
 
+def api_status(stored: str) -> str:
+    return API_STATUS.get(stored, stored)
+
+
+def verdict_doc(d: DeployRow, alerts: Sequence[tuple[str, dict[str, str], float | None, float]],
+                baselines: Sequence[tuple[str, dict[str, str], float]]) -> dict[str, Any]:
+    """`GET /api/v1/deploys/{id}`: the marker and its verdict (times in Unix seconds, like the
+    marker's POST answer)."""
+    by_rule: dict[str, list[dict[str, Any]]] = {}
+    for rule, labels, value in baselines:
+        by_rule.setdefault(rule, []).append({"labels": labels, "value": value})
+    return {
+        "id": d.id, "service": d.service, "version": d.version, "labels": d.labels,
+        "status": api_status(d.status), "at": d.at, "window": d.window_end - d.at,
+        "window_end": d.window_end, "decided_at": d.decided_at, "summary": d.summary,
+        "on_fail": list(d.on_fail),
+        "alerts": [{"rule": rule, "labels": labels, "value": _finite(value), "at": at}
+                   for rule, labels, value, at in alerts],
+        "baselines": by_rule,
+    }
+
+
+def _finite(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
+
+
 class DeployTracker:
-    def __init__(self, ctx: DaemonContext, store: ActionStore, waker: Waker) -> None:
+    def __init__(self, ctx: DaemonContext, store: ActionStore, waker: Waker, *,
+                 actions: Callable[[], Collection[str]] = frozenset,
+                 on_fail: OnFailTrigger | None = None) -> None:
         self.ctx = ctx
         self.store = store
         self.waker = waker
         self.rules: list[tuple[Group, AlertingRule]] = []  # those with baseline: {deploy: true}
+        self._actions = actions
+        self._on_fail = on_fail
         self._baselines: dict[str, dict[str, float]] = {}
         self._open: dict[str, DeployRow] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def set_rules(self, rules: Sequence[tuple[Group, AlertingRule]]) -> None:
         self.rules = [(g, r) for g, r in rules if r.baseline is not None and r.baseline.deploy]
@@ -64,27 +118,65 @@ class DeployTracker:
             self._spawn(d)
 
     async def stop(self) -> None:
-        for t in list(self._tasks):
+        tasks = list(self._tasks.values())
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _spawn(self, d: DeployRow) -> None:
         task = asyncio.create_task(self._window(d))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[d.id] = task
+        task.add_done_callback(lambda t: self._forget(d.id, t))
+
+    def _forget(self, deploy_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(deploy_id) is task:
+            del self._tasks[deploy_id]
+
+    def _closed(self, deploy_id: str) -> None:
+        """After the verdict committed: the window has nothing left to decide."""
+        self._open.pop(deploy_id, None)
+        task = self._tasks.pop(deploy_id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
 
     # ---- marking ----------------------------------------------------------------------------
 
     async def mark(self, service: str, version: str, labels: Mapping[str, str],
-                   window: float | None) -> dict[str, Any]:
+                   window: float | None, on_fail: Sequence[str] = (),
+                   deploy_id: str | None = None) -> tuple[bool, dict[str, Any]]:
+        """(created, the marker's answer). A client-chosen `deploy_id` makes the call
+        idempotent: the same id for the same service and version answers the marker that
+        exists (created = False); for another deploy it is a conflict."""
+        if deploy_id is not None:
+            if not DEPLOY_ID.match(deploy_id):
+                raise CommandError("id: 1-128 letters, digits, '.', '_' or '-', starting with a "
+                                   "letter or digit")
+            async with self.ctx.storage.transaction() as tx:
+                have = await tx.deploys.get(deploy_id)
+            if have is not None:
+                if (have.service, have.version) != (service, version):
+                    raise CommandError(f"deploy {deploy_id} exists for {have.service} "
+                                       f"{have.version}", 409)
+                return False, self._answer(have, {}, {})
+        known = self._actions()
+        unknown = [n for n in on_fail if n not in known]
+        if unknown:
+            raise CommandError(f"on_fail: no action named {', '.join(map(repr, unknown))} "
+                               "in the rules folder", 422)
         at = self.ctx.clock()
         match = dict(labels) or {"service": service}
-        d = DeployRow(id=uuid.uuid4().hex, service=service, version=version, labels=match,
-                      at=at, window_end=at + (DEFAULT_WINDOW if window is None else window),
-                      status="open", summary="")
+        d = DeployRow(id=deploy_id or uuid.uuid4().hex, service=service, version=version,
+                      labels=match, at=at,
+                      window_end=at + (DEFAULT_WINDOW if window is None else window),
+                      status="open", summary="", on_fail=tuple(dict.fromkeys(on_fail)))
         captured, errors = await self._capture(match, at)
         # The marker and its baselines are stored before anyone is told about them.
-        await self.store.insert_deploy(d, captured)
+        try:
+            await self.store.insert_deploy(d, captured)
+        except Exception:
+            if deploy_id is not None:  # the same id from two callers at once: one wins
+                raise CommandError(f"deploy {deploy_id} exists", 409) from None
+            raise
         for rule, fp, value, _ in captured:
             self._baselines.setdefault(rule, {})[fp] = value
         self._open[d.id] = d
@@ -97,10 +189,16 @@ class DeployTracker:
         if errors:
             detail += f"; {len(errors)} rules could not be queried"
         log.info("deploy.marked", deploy_id=d.id, service=service, version=version,
-                 series=len(captured), errors=errors)
+                 series=len(captured), errors=errors, on_fail=list(d.on_fail))
         await self._emit("started", d, detail)
-        return {"id": d.id, "service": service, "version": version, "labels": match, "at": at,
-                "window_end": d.window_end, "baselines": per_rule, "errors": errors}
+        return True, self._answer(d, per_rule, errors)
+
+    @staticmethod
+    def _answer(d: DeployRow, per_rule: Mapping[str, int], errors: Mapping[str, str]
+                ) -> dict[str, Any]:
+        return {"id": d.id, "service": d.service, "version": d.version, "labels": d.labels,
+                "at": d.at, "window_end": d.window_end, "status": api_status(d.status),
+                "on_fail": list(d.on_fail), "baselines": dict(per_rule), "errors": dict(errors)}
 
     async def _capture(self, match: Mapping[str, str], at: float
                        ) -> tuple[list[tuple[str, str, float, dict[str, str]]], dict[str, str]]:
@@ -121,14 +219,27 @@ class DeployTracker:
     # ---- the window -------------------------------------------------------------------------
 
     async def observe(self, tx: Tx, events: Sequence[Event]) -> None:
-        """Inside the evaluation's transaction: alerts that fired within an open window."""
+        """Inside the evaluation's transaction: an alert that fires within an open window is
+        recorded, and fails the deploy in that same transaction."""
         for ev in events:
             if ev.kind != "firing":
                 continue
             for d in list(self._open.values()):
-                if d.at <= ev.at <= d.window_end and concerns(ev.alert.labels, d.labels):
-                    await tx.deploys.record_alert(d.id, ev.alert.rule, ev.alert.fingerprint,
-                                                  ev.alert.labels, ev.alert.value, ev.at)
+                if not (d.at <= ev.at <= d.window_end and concerns(ev.alert.labels, d.labels)):
+                    continue
+                await tx.deploys.record_alert(d.id, ev.alert.rule, ev.alert.fingerprint,
+                                              ev.alert.labels, ev.alert.value, ev.at)
+                shown = {k: v for k, v in ev.alert.labels.items() if k != "alertname"}
+                value = "" if ev.alert.value is None else f" = {ev.alert.value:.4g}"
+                base = ev.alert.baseline
+                if base is not None and ev.alert.value is not None:
+                    value += f" (baseline {base:.4g}"
+                    value += f", {(ev.alert.value - base) / abs(base):+.0%})" if base else ")"
+                summary = (f"deploy {d.service} {d.version}: FAIL — {ev.alert.rule}"
+                           f"{format_labels(shown)}{value} fired "
+                           f"{format_duration(max(0.0, round(ev.at - d.at)))} into the "
+                           f"{format_duration(d.window_end - d.at)} window")
+                await self.decide(tx, d, "failed", summary, ev.at, alerts=1)
 
     async def _window(self, d: DeployRow) -> None:
         try:
@@ -138,35 +249,59 @@ class DeployTracker:
         try:
             await self.close(d)
         except Exception:
+            # Left open in the store: the next start (or another replica) decides it.
             log.exception("deploy.close_failed", deploy_id=d.id)
 
     async def close(self, d: DeployRow) -> None:
-        fired = await self.store.deploy_alerts(d.id)
-        seen = {(rule, fingerprint(lb)) for rule, lb, _, _ in fired}
-        for a in self.ctx.alerts.alerts():
-            # Firing at the end counts even if it started before the marker: not stable.
-            if a.state == "firing" and concerns(a.labels, d.labels) and \
-                    (a.rule, fingerprint(a.labels)) not in seen:
-                fired.append((a.rule, dict(a.labels), a.value, a.fired_at or a.active_at))
+        """The window ended: pass, unless an alert concerning the marker is firing now."""
+        firing = [a for a in self.ctx.alerts.alerts()
+                  if a.state == "firing" and concerns(a.labels, d.labels)]
         window = format_duration(d.window_end - d.at)
-        lines = [f"{rule}{format_labels({k: v for k, v in lb.items() if k != 'alertname'})}"
-                 + ("" if v is None else f" = {v:.4g}") for rule, lb, v, _ in fired]
-        comparison = await self._comparison(d)
-        if fired:
-            status = "failed"
-            summary = (f"deploy {d.service} {d.version}: FAIL — {len(fired)} alerts fired in the "
-                       f"{window} window: " + "; ".join(lines[:MAX_SUMMARY_LINES]))
-        else:
-            status = "passed"
-            summary = f"deploy {d.service} {d.version}: PASS — no alerts in the {window} window"
-        if comparison:
-            summary += "; " + "; ".join(comparison[:MAX_SUMMARY_LINES])
-        await self.store.finish_deploy(d.id, status, summary)
-        self._open.pop(d.id, None)
-        log.info("deploy.verified", deploy_id=d.id, status=status, summary=summary)
-        await self._emit("succeeded" if status == "passed" else "failed", d, summary,
-                         {"result": "pass" if status == "passed" else "fail",
-                          "alerts": len(fired)})
+        comparison = await self._comparison(d)  # Prometheus, before the transaction
+        at = self.ctx.clock()
+        async with self.ctx.storage.transaction() as tx:
+            fired = await tx.deploys.alerts(d.id)
+            seen = {(rule, fingerprint(lb)) for rule, lb, _, _ in fired}
+            for a in firing:
+                if (a.rule, fingerprint(a.labels)) not in seen:
+                    # Firing at the end counts even if it started before the marker.
+                    fired.append((a.rule, dict(a.labels), a.value, a.fired_at or a.active_at))
+            lines = [f"{rule}{format_labels({k: v for k, v in lb.items() if k != 'alertname'})}"
+                     + ("" if v is None else f" = {v:.4g}") for rule, lb, v, _ in fired]
+            if fired:
+                status: Literal["passed", "failed"] = "failed"
+                summary = (f"deploy {d.service} {d.version}: FAIL — {len(fired)} alerts fired "
+                           f"in the {window} window: " + "; ".join(lines[:MAX_SUMMARY_LINES]))
+            else:
+                status = "passed"
+                summary = f"deploy {d.service} {d.version}: PASS — no alerts in the {window} window"
+            if comparison:
+                summary += "; " + "; ".join(comparison[:MAX_SUMMARY_LINES])
+            decided = await self.decide(tx, d, status, summary, at, alerts=len(fired))
+        if not decided:
+            self._open.pop(d.id, None)  # decided before (an alert, another replica)
+
+    async def decide(self, tx: Tx, d: DeployRow, status: Literal["passed", "failed"],
+                     summary: str, at: float, *, alerts: int) -> bool:
+        """Record the verdict, its notification and the `on_fail` runs, all through `tx`;
+        False (and nothing written) when the marker was decided already."""
+        if not await tx.deploys.decide(d.id, status, summary, at):
+            return False
+        runs: list[str] = []
+        if status == "failed" and d.on_fail and self._on_fail is not None:
+            labels = {**d.labels, "service": d.service, "version": d.version,
+                      "deploy_id": d.id}
+            for name in d.on_fail:
+                runs.append(f"{name}: {await self._on_fail(tx, name, labels)}")
+        detail = summary + (f"; on_fail: {', '.join(runs)}" if runs else "")
+        if detail != summary:
+            await tx.deploys.finish(d.id, status, detail)
+        await self._emit("succeeded" if status == "passed" else "failed", d, detail,
+                         {"result": api_status(status), "alerts": alerts}, tx=tx,
+                         page=status == "failed")
+        tx.on_commit(lambda: self._closed(d.id))
+        log.info("deploy.verified", deploy_id=d.id, status=status, summary=detail)
+        return True
 
     async def _comparison(self, d: DeployRow) -> list[str]:
         """Baseline at the marker against now, per captured series: "the week before and
@@ -195,12 +330,20 @@ class DeployTracker:
         return out
 
     async def _emit(self, kind: Literal["started", "succeeded", "failed"], d: DeployRow,
-                    detail: str, extra: Mapping[str, Any] | None = None) -> None:
-        event = ActionEvent(kind=kind, action="deploy", at=self.ctx.clock(),
-                            labels={**d.labels, "service": d.service, "version": d.version},
+                    detail: str, extra: Mapping[str, Any] | None = None, *,
+                    tx: Tx | None = None, page: bool = False) -> None:
+        labels = {**d.labels, "service": d.service, "version": d.version}
+        if page:
+            labels.update(alertname=FAILED_ALERT, deploy_id=d.id)
+        event = ActionEvent(kind=kind, action="deploy", at=self.ctx.clock(), labels=labels,
                             detail=detail, run_id=f"deploy-{d.id}",
                             extra={"deploy_id": d.id, "service": d.service,
-                                   "version": d.version, **(extra or {})})
+                                   "version": d.version, **(extra or {})}, page=page)
+        if tx is not None:
+            # Inside the verdict's transaction: a failure to record the notification must
+            # roll the verdict back with it, so it is decided (and told) again.
+            await self.ctx.emit_action_event(event, tx)
+            return
         try:
             await self.ctx.emit_action_event(event)
         except Exception:

@@ -18,7 +18,7 @@ import structlog
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from watchdog.actions.deploys import DeployTracker
+from watchdog.actions.deploys import DeployTracker, verdict_doc
 from watchdog.actions.errors import CommandError
 from watchdog.actions.http import routes
 from watchdog.actions.runner import ActionRunner, Trigger
@@ -63,10 +63,12 @@ MAX_PAUSE = 7 * 86400.0
 
 
 class DeployRequest(_Request):
+    id: str | None = Field(None, min_length=1)  # client-chosen: makes the POST idempotent
     service: str = Field(min_length=1)
     version: str = Field(min_length=1)
     labels: dict[str, str] = Field(default_factory=dict)
     window: Duration | None = None  # default 30m
+    on_fail: list[str] = Field(default_factory=list)  # actions to run when the verdict is fail
 
 
 def _parse(model: type[_M], body: Any) -> _M:
@@ -125,7 +127,9 @@ class ActionsHandler:
                                "back (already_ran, cooldown, rate_limited, locked).",
                                ["action", "outcome"], registry=ctx.registry)
         self.runner = ActionRunner(ctx, self.store, self.waker, self.counter)
-        self.deploys = DeployTracker(ctx, self.store, self.waker)
+        self.deploys = DeployTracker(ctx, self.store, self.waker,
+                                     actions=lambda: self.runner.index.actions,
+                                     on_fail=self._run_on_fail)
         self.started = False
         self._resume_pending = False
         self._have_rules = False
@@ -250,11 +254,51 @@ class ActionsHandler:
         return await self.run_action(name, body)
 
     async def deploy(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The MQTT form of `mark_deploy`: the marker's answer."""
+        return (await self.mark_deploy(body))[1]
+
+    async def mark_deploy(self, body: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """(created, answer): a repeated POST with the same client-chosen id is not created
+        again."""
         self.require_started()
         req = _parse(DeployRequest, body)
         if req.window is not None and req.window <= 0:
             raise CommandError("window must be positive")
-        return await self.deploys.mark(req.service, req.version, req.labels, req.window)
+        return await self.deploys.mark(req.service, req.version, req.labels, req.window,
+                                       req.on_fail, req.id)
+
+    def read_tokens(self) -> list[str]:
+        s = self.ctx.settings
+        if s.api_read_token is None or not s.api_read_token.get_secret_value():
+            return []
+        return [t.get_secret_value() for t in (s.api_read_token, s.api_token)
+                if t is not None and t.get_secret_value()]
+
+    async def verdict(self, deploy_id: str) -> dict[str, Any]:
+        """`GET /api/v1/deploys/{id}`."""
+        async with self.ctx.storage.transaction() as tx:
+            d = await tx.deploys.get(deploy_id)
+            if d is None:
+                raise CommandError(f"no deploy with id {deploy_id}", 404)
+            return verdict_doc(d, await tx.deploys.alerts(d.id),
+                               await tx.deploys.baselines_of(d.id))
+
+    async def newest_deploy(self, service: str, version: str | None = None
+                            ) -> dict[str, Any] | None:
+        """The verdict of the newest marker of a service (and version): the Flagger gate."""
+        async with self.ctx.storage.transaction() as tx:
+            rows = await tx.deploys.list(service=service, version=version or None, limit=1)
+        return await self.verdict(rows[0].id) if rows else None
+
+    async def _run_on_fail(self, tx: Tx, name: str, labels: Mapping[str, str]) -> str:
+        """A failed verdict's `on_fail` action, through the manual trigger (its interlocks and
+        DRY_RUN apply), committed with the verdict."""
+        if name not in self.runner.index.actions:
+            return "skipped: no such action in the rules folder any more"
+        verdict, run = await self.runner.trigger_manual(name, labels, tx=tx)
+        if run is None:
+            return f"held back ({verdict.reason}: {verdict.detail})"
+        return f"run {run.id}" + (" (dry run)" if run.dry_run else "")
 
     async def runs(self, *, action: str | None = None, status: str | None = None,
                    limit: int = 100) -> list[dict[str, Any]]:

@@ -257,11 +257,17 @@ class ActionRunner:
                                   origin=Origin.of_alert(alert), tier=tier)
 
     async def trigger_manual(self, name: str, labels: Mapping[str, str], *, force: bool = False,
-                             dry_run: bool = False) -> tuple[Verdict, RunRow | None]:
+                             dry_run: bool = False, tx: Tx | None = None
+                             ) -> tuple[Verdict, RunRow | None]:
+        """A person's (or a pipeline's) trigger. With `tx` the run commits with the caller's
+        decision (a deploy verdict's `on_fail`) and starts only after that commit."""
         action = self.index.actions[name]
         dry = effective_dry_run(self.global_dry_run, False, dry_run)
-        async with self.ctx.storage.transaction() as tx:
+        if tx is not None:
             return await self._create(tx, name, action, labels, dry=dry, trigger="manual",
+                                      force=force)
+        async with self.ctx.storage.transaction() as own:
+            return await self._create(own, name, action, labels, dry=dry, trigger="manual",
                                       force=force)
 
     def names_for(self, rule: AlertingRule, alert: Alert) -> list[str]:

@@ -167,9 +167,12 @@ class ActionStore:
         async with self.storage.transaction() as tx:
             await tx.deploys.finish(deploy_id, status, summary)
 
-    async def deploys(self, *, status: str | None = None, limit: int = 100) -> list[DeployRow]:
+    async def deploys(self, *, status: str | None = None, limit: int = 100,
+                      service: str | None = None, version: str | None = None
+                      ) -> list[DeployRow]:
         async with self.storage.transaction() as tx:
-            return await tx.deploys.list(status=status, limit=limit)
+            return await tx.deploys.list(status=status, limit=limit, service=service,
+                                         version=version)
 
     async def baselines(self) -> dict[str, dict[str, float]]:
         async with self.storage.transaction() as tx:

@@ -67,8 +67,12 @@ class RuntimeAlerts:
 @dataclass
 class RecordingSink:
     events: list[ActionEvent] = field(default_factory=list)
+    fail_next: bool = False  # the next event raises, as a sink whose write failed would
 
     async def on_action_event(self, event: ActionEvent, tx: Tx | None = None) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("the sink could not record the event")
         # Recorded as the real sinks act: only once the caller's transaction committed.
         if tx is None:
             self.events.append(event)

@@ -530,6 +530,8 @@ class Pipeline:
     # ---- actions and acks ---------------------------------------------------------------
 
     async def notify_action(self, tx: Tx, ev: ActionEvent, at: float) -> int:
+        if ev.page:
+            return await self.page(tx, ev, at)
         t = self.note_action(ev)
         if t is not None:
             await self._save_note(tx, t)
@@ -562,6 +564,40 @@ class Pipeline:
                 dedup = (f"action:{ev.run_id}:{ev.step or ''}:{ev.kind}:{receiver}"
                          + (":page" if page else "") if ev.run_id else None)
                 entries.append(Entry(n, dedup_key=dedup))
+        if not entries:
+            return 0
+        return await self.outbox.enqueue(entries, tx)
+
+    async def page(self, tx: Tx, ev: ActionEvent, at: float) -> int:
+        """Something that is not a rule's alert but must page (a deploy that failed its
+        verification): one firing alert with `severity: critical` (whatever the event's labels
+        say) to every route its labels match, at once — no group_wait, a decision already
+        waited its window — and never resolved by us (the person paged closes it). The
+        outbox's dedup key (the event's `run_id` per receiver) makes it one page, however
+        often the decision is retried. Silences apply; Alertmanager receivers and digest
+        routes get none (they take only the rules' alerts)."""
+        labels = {**ev.labels, "severity": "critical"}
+        labels.setdefault("alertname", ev.rule or ev.action)
+        if self.silences.muted(labels, at) is not None:
+            return 0
+        key = ev.run_id or fingerprint(labels)
+        annotations = {"summary": ev.detail.split("\n", 1)[0][:300], "description": ev.detail}
+        doc = AlertDoc(fingerprint=fingerprint(labels), rule=labels["alertname"],
+                       group=ev.action, labels=labels, annotations=annotations,
+                       status="firing", starts_at=ev.at, fired_at=ev.at, severity="critical",
+                       incident_id=key)
+        entries = []
+        for rid, route in self.routes:
+            if route.digest is not None or not matches(labels, route.match, route.match_re):
+                continue
+            for receiver in dict.fromkeys(route.receivers):
+                if self._integration(receiver) == "alertmanager":
+                    continue
+                n = Notification(kind="firing", receiver=receiver,
+                                 group_key=f"{rid}:page:{key}", created_at=at,
+                                 group_labels={"alertname": labels["alertname"]},
+                                 alerts=(doc,), external_url=self.external_url)
+                entries.append(Entry(n, dedup_key=f"page:{key}:{receiver}"))
         if not entries:
             return 0
         return await self.outbox.enqueue(entries, tx)

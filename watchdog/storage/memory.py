@@ -134,10 +134,13 @@ class _Deploy:
     window_end: float
     status: str
     summary: str
+    on_fail: str = "[]"
+    decided_at: float | None = None
 
     def out(self) -> DeployRow:
         return DeployRow(self.id, self.service, self.version, json.loads(self.labels), self.at,
-                         self.window_end, self.status, self.summary)
+                         self.window_end, self.status, self.summary,
+                         tuple(json.loads(self.on_fail)), self.decided_at)
 
 
 @dataclass(frozen=True)
@@ -601,7 +604,8 @@ class MemDeploys(_Repo):
             raise Conflict(f"deploy {d.id!r} exists already")
         self.w.put(t.deploys, d.id, _Deploy(d.id, d.service, d.version, _j(d.labels),
                                             float(d.at), float(d.window_end), d.status,
-                                            d.summary))
+                                            d.summary, _j(list(d.on_fail)),
+                                            _f(d.decided_at)))
 
     async def finish(self, deploy_id: str, status: str, summary: str) -> None:
         t = self.t
@@ -609,9 +613,25 @@ class MemDeploys(_Repo):
         if d is not None:
             self.w.put(t.deploys, deploy_id, replace(d, status=status, summary=summary))
 
-    async def list(self, *, status: str | None = None, limit: int = 100
+    async def decide(self, deploy_id: str, status: str, summary: str, at: float) -> bool:
+        t = self.t
+        d = t.deploys.get(deploy_id)
+        if d is None or d.status != "open":
+            return False
+        self.w.put(t.deploys, deploy_id, replace(d, status=status, summary=summary,
+                                                 decided_at=float(at)))
+        return True
+
+    async def get(self, deploy_id: str) -> DeployRow | None:
+        d = self.t.deploys.get(deploy_id)
+        return d.out() if d is not None else None
+
+    async def list(self, *, status: str | None = None, limit: int = 100,
+                   service: str | None = None, version: str | None = None
                    ) -> builtins.list[DeployRow]:
-        rows = [d for d in self.t.deploys.values() if not status or d.status == status]
+        rows = [d for d in self.t.deploys.values()
+                if (not status or d.status == status) and (not service or d.service == service)
+                and (not version or d.version == version)]
         rows.sort(key=lambda d: d.id)  # ORDER BY at DESC, id
         rows.sort(key=lambda d: d.at, reverse=True)
         return [d.out() for d in _limit(rows, limit)]

@@ -208,9 +208,16 @@ class DeployRepo(Protocol):
 
     async def finish(self, deploy_id: str, status: str, summary: str) -> None: ...
 
-    async def list(self, *, status: str | None = None, limit: int = 100
+    async def decide(self, deploy_id: str, status: str, summary: str, at: float) -> bool:
+        """Set the verdict of a marker that is still open; whether this call decided it (a
+        marker already decided, by this process or another replica, keeps its verdict)."""
+
+    async def get(self, deploy_id: str) -> DeployRow | None: ...
+
+    async def list(self, *, status: str | None = None, limit: int = 100,
+                   service: str | None = None, version: str | None = None
                    ) -> builtins.list[DeployRow]:
-        """Newest first."""
+        """Newest first (at, then id)."""
 
     async def save_baselines(self, deploy_id: str, at: float,
                              rows: Sequence[tuple[str, str, float, Mapping[str, str]]]) -> None:

@@ -222,8 +222,10 @@ class DeployRow:
     labels: dict[str, str]
     at: float
     window_end: float
-    status: str
+    status: str  # "open" | "passed" | "failed"
     summary: str
+    on_fail: tuple[str, ...] = ()  # actions to run when the verdict is "failed"
+    decided_at: float | None = None  # when the verdict was decided (None while open)
 
 
 # ---- incidents ---------------------------------------------------------------------------------

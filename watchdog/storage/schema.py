@@ -15,7 +15,7 @@ from typing import Literal
 
 Dialect = Literal["sqlite", "postgresql"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS alert_instances (
@@ -180,14 +180,25 @@ CREATE INDEX IF NOT EXISTS incidents_by_resolution ON incidents (resolved_at);
 CREATE INDEX IF NOT EXISTS action_runs_by_incident ON action_runs (incident_id);
 """
 
-# Version 3: actions, continued (CONTRACT §9). `action_locks` holds one row per target lock key:
+# Version 3: deploy verdicts (CONTRACT §10). A marker keeps the actions to run when it fails and
+# when its verdict was decided; `status` stays "open" | "passed" | "failed" (the API says
+# open | pass | fail). Columns added with defaults, so the rows of version 2 read as they were:
+# no on_fail actions, decided at their window's end if they were decided at all.
+_V3 = """
+ALTER TABLE deploy_markers ADD COLUMN on_fail {TEXT} NOT NULL DEFAULT '[]';
+ALTER TABLE deploy_markers ADD COLUMN decided_at {REAL};
+UPDATE deploy_markers SET decided_at = window_end WHERE status <> 'open';
+CREATE INDEX IF NOT EXISTS deploy_markers_by_service ON deploy_markers (service, at)
+"""
+
+# Version 4: actions, continued (CONTRACT §9). `action_locks` holds one row per target lock key:
 # the run holding it and since when; a run takes it in the transaction that creates the run, after
 # touching the row (`UPDATE ... SET lock_key = lock_key`), which on PostgreSQL makes a second
 # replica claiming the same key wait for this transaction and then see its holder. A run held back
 # by a lock is a row of `action_runs` too (status `locked`, `deferred_to` the holder), so the run
 # list shows it. `action_attempts`: every try of a retried step. `action_pause`: maintenance mode,
 # at most one row.
-_V3 = """
+_V4 = """
 ALTER TABLE action_runs ADD COLUMN lock_key {TEXT};
 ALTER TABLE action_runs ADD COLUMN deferred_to {TEXT};
 ALTER TABLE action_runs ADD COLUMN tier {TEXT};
@@ -230,7 +241,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
 META = "CREATE TABLE IF NOT EXISTS schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 # MIGRATIONS[n] takes a database from version n-1 to n.
-_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
+_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 
 def statements(sql: str) -> list[str]:

@@ -553,32 +553,54 @@ class SqlPause:
         return await self.c.execute("DELETE FROM action_pause WHERE id = 1") > 0
 
 
+_DEPLOY_COLS = "id, service, version, labels, at, window_end, status, summary, on_fail, decided_at"
+
+
+def _deploy(r: Row) -> DeployRow:
+    return DeployRow(r[0], r[1], r[2], json.loads(r[3]), float(r[4]), float(r[5]), r[6], r[7],
+                     tuple(json.loads(r[8])), _f(r[9]))
+
+
 class SqlDeploys:
     def __init__(self, c: Conn) -> None:
         self.c = c
 
     async def insert(self, d: DeployRow) -> None:
         await self.c.execute(
-            "INSERT INTO deploy_markers (id, service, version, labels, at, window_end, status, "
-            "summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO deploy_markers ({_DEPLOY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (d.id, d.service, d.version, json.dumps(d.labels), float(d.at),
-             float(d.window_end), d.status, d.summary))
+             float(d.window_end), d.status, d.summary, json.dumps(list(d.on_fail)),
+             _f(d.decided_at)))
 
     async def finish(self, deploy_id: str, status: str, summary: str) -> None:
         await self.c.execute("UPDATE deploy_markers SET status = ?, summary = ? WHERE id = ?",
                              (status, summary, deploy_id))
 
-    async def list(self, *, status: str | None = None, limit: int = 100
+    async def decide(self, deploy_id: str, status: str, summary: str, at: float) -> bool:
+        n = await self.c.execute(
+            "UPDATE deploy_markers SET status = ?, summary = ?, decided_at = ? "
+            "WHERE id = ? AND status = 'open'", (status, summary, float(at), deploy_id))
+        return n > 0
+
+    async def get(self, deploy_id: str) -> DeployRow | None:
+        r = await fetchone(self.c, f"SELECT {_DEPLOY_COLS} FROM deploy_markers WHERE id = ?",
+                           (deploy_id,))
+        return _deploy(r) if r else None
+
+    async def list(self, *, status: str | None = None, limit: int = 100,
+                   service: str | None = None, version: str | None = None
                    ) -> builtins.list[DeployRow]:
-        sql = ("SELECT id, service, version, labels, at, window_end, status, summary "
-               "FROM deploy_markers")
+        where: list[str] = []
         args: list[Any] = []
-        if status:
-            sql += " WHERE status = ?"
-            args.append(status)
+        for col, value in (("status", status), ("service", service), ("version", version)):
+            if value:
+                where.append(f"{col} = ?")
+                args.append(value)
+        sql = f"SELECT {_DEPLOY_COLS} FROM deploy_markers"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY at DESC, id LIMIT ?"
-        return [DeployRow(r[0], r[1], r[2], json.loads(r[3]), float(r[4]), float(r[5]), r[6],
-                          r[7]) for r in await self.c.fetchall(sql, (*args, int(limit)))]
+        return [_deploy(r) for r in await self.c.fetchall(sql, (*args, int(limit)))]
 
     async def save_baselines(self, deploy_id: str, at: float,
                              rows: Sequence[tuple[str, str, float, Mapping[str, str]]]) -> None:
