@@ -1402,7 +1402,7 @@ async def test_a_version_2_store_migrates_to_version_3_with_its_deploys(sql_url:
     assert await _recorded_version(sql_url) == str(SCHEMA_VERSION)
 
 
-# ---- actions, continued (schema 4): target locks, attempts, pause ----------------------------
+# ---- actions, continued (schema 5): target locks, attempts, pause ----------------------------
 
 
 async def test_a_lock_names_its_holder_and_whether_its_incident_is_open(storage: Storage) -> None:
@@ -1510,12 +1510,13 @@ async def test_the_pause_is_one_record_set_replaced_and_cleared(storage: Storage
     assert await read(storage, lambda tx: tx.pause.get()) is None
 
 
-async def test_a_version_3_store_migrates_to_version_4_with_its_runs(sql_url: str) -> None:
-    """Schema 4 added target locks, attempts, the pause and three run columns."""
+async def test_a_version_4_store_migrates_to_version_5_with_its_runs(sql_url: str) -> None:
+    """Schema 5 added target locks, attempts, the pause and three run columns."""
     dialect = "sqlite" if sql_url.startswith("sqlite:") else "postgresql"
     stmts = [*migration(1, dialect), *migration(2, dialect), *migration(3, dialect),
+             *migration(4, dialect),
              "CREATE TABLE schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-             "INSERT INTO schema_meta VALUES ('version', '3')",
+             "INSERT INTO schema_meta VALUES ('version', '4')",
              "INSERT INTO action_runs (id, action, trigger, labels, dry_run, spec, status, "
              "created_at) VALUES ('old', 'rollback', 'manual', '{}', 0, '{}', 'succeeded', 10.0)"]
     if dialect == "sqlite":
@@ -1541,4 +1542,4 @@ async def test_a_version_3_store_migrates_to_version_4_with_its_runs(sql_url: st
         assert held is not None and held.run_id == "old"
     finally:
         await s.close()
-    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION) == "4"
+    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION) == "5"

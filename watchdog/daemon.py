@@ -38,23 +38,26 @@ from watchdog import __version__
 from watchdog.app.evaluation import Evaluator, Inflight, RuleError
 from watchdog.app.health import BUILTIN_GROUP, BUILTIN_KEY, DATASOURCE_DOWN, DatasourceHealth
 from watchdog.app.live import Live
+from watchdog.app.replicas import Coordinator
 from watchdog.app.rules import ReloadReport, RuleManager, RulesDirMissing
 from watchdog.app.scheduling import GroupScheduler, group_offset, slot_at_or_before
 from watchdog.app.wiring import wire
 from watchdog.engine import GroupRuntime, TickResult
 from watchdog.evaluate import Context
 from watchdog.gocompat import rfc3339
-from watchdog.handlers import DaemonContext, EventHandler
+from watchdog.handlers import LEADER, DaemonContext, EventHandler
 from watchdog.http_api import build_app
 from watchdog.logs import configure as configure_logging
 from watchdog.logs import redact_url
 from watchdog.metrics import ActionEventCounter, InstrumentedSource, Metrics
 from watchdog.query_proxy import Forwarder
+from watchdog.reload import mirror, restore, takeover
 from watchdog.rulesdir import RuleSet
 from watchdog.settings import Settings
 from watchdog.source import PrometheusConfig, PrometheusSource, Source
 from watchdog.state import Alert
-from watchdog.storage import Storage, StorageError, check_url, open_storage
+from watchdog.storage import Lease, Storage, StorageError, check_url, open_storage
+from watchdog.storage.ports import Acquired
 
 __all__ = ["BUILTIN_GROUP", "BUILTIN_KEY", "DATASOURCE_DOWN", "Daemon", "ReloadReport",
            "RuleError", "StartupError", "group_offset", "load_settings", "parse_listen",
@@ -65,6 +68,11 @@ log = structlog.get_logger("watchdog.daemon")
 POLL_JOB = "__poll_rules__"
 HEARTBEAT_JOB = "__sentry_heartbeat__"
 HEARTBEAT_EVERY = 60.0  # Sentry cron monitors have a one-minute resolution
+# How often a replica reads the state of the groups other replicas evaluate (shared store):
+# the staleness of its /api/v1/alerts for those groups, and what the notifier adds to their
+# notifications' latency.
+MIRROR_EVERY = 1.0
+_UNSEEN = object()
 SENTRY_MONITOR = "metrics-watchdog"
 
 
@@ -99,6 +107,7 @@ class Daemon:
     ctx: DaemonContext
     evaluator: Evaluator
     rule_manager: RuleManager
+    coordinator: Coordinator
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time,
                  source: Source | None = None, handlers: Sequence[EventHandler] = (),
@@ -131,6 +140,7 @@ class Daemon:
         self._mqtt: Any = None
         self._sentry = False
         self._signals: list[signal.Signals] = []
+        self._mirrored: dict[str, object] = {}  # group key -> stored version last mirrored
 
     @property
     def forwarder(self) -> Forwarder | None:
@@ -175,9 +185,14 @@ class Daemon:
         self._session = aiohttp.ClientSession()
         inner = self._source_override or PrometheusSource(self._session, prometheus_config(s))
         self.source = InstrumentedSource(inner, self.metrics)
+        self.coordinator = Coordinator(
+            self.storage, replica_id=s.replica_id, ttl=s.lease_ttl, names=self._lease_names,
+            registry=self.metrics.registry, on_acquire=self._acquired,
+            on_release=self._releasing, on_lost=self._lease_lost)
+        shared = self.coordinator.shared
         self.ctx = DaemonContext(settings=s, storage=self.storage, session=self._session,
                                  source=self.source, alerts=self.live, clock=self.clock,
-                                 registry=self.metrics.registry)
+                                 registry=self.metrics.registry, leases=self.coordinator)
         self._register_state_metrics()
         self.ctx.action_sinks.append(ActionEventCounter(self.metrics.registry))
         wired = wire(self.ctx, self._extra_handlers, subsystems=self._plugins_enabled)
@@ -188,13 +203,14 @@ class Daemon:
             health=self.health, handlers=self.handlers,
             concurrency=s.evaluation_concurrency, external_url=s.external_url,
             external_labels=s.external_labels, sentry_tags=self._sentry_tags,
-            inflight=self.inflight)
+            inflight=self.inflight, leases=self.coordinator)
         self.rule_manager = RuleManager(
             rules_dir=s.rules_dir, live=self.live, storage=self.storage,
             evaluator=self.evaluator, metrics=self.metrics, handlers=self.handlers,
             clock=self.clock, outage_tolerance=s.outage_tolerance,
             grace_period=s.for_grace_period, inflight=self.inflight,
-            on_groups=self._sync_jobs, on_rules=self._rules_to_handlers)
+            on_groups=self._sync_jobs, on_rules=self._rules_to_handlers,
+            held=(lambda k: self.coordinator.held(k) is not None) if shared else None)
         try:
             events = await self.rule_manager.load_at_start()
         except RulesDirMissing as e:
@@ -207,6 +223,13 @@ class Daemon:
             self._started_handlers.append(h)
         await self._rules_to_handlers(self.live.rules)
         await self.evaluator.commit([], events, self.clock())
+        try:
+            await self.coordinator.start()
+        except StorageError as e:
+            raise StartupError(redact_url(str(e))) from None
+        if shared:
+            await self.refresh_mirror()
+            self._spawn(self._mirror_loop())
         await self._start_http()
         if self._install_signals:
             self._add_signal_handlers()
@@ -219,6 +242,7 @@ class Daemon:
             self.groups.start(self._intervals(), periodic)
         self.started_at = self.clock()
         log.info("watchdog started", version=__version__, http=self.http_url,
+                 replica=s.replica_id, shared=shared,
                  groups=len(self.runtimes), rules=sum(len(r.rules) for r in self.runtimes.values()),
                  prometheus=self.datasource_url, state=redact_url(s.state_path))
 
@@ -265,6 +289,9 @@ class Daemon:
                 t.cancel()
         self.groups.shutdown()
         await self._stop_handlers(left)
+        if hasattr(self, "coordinator"):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.coordinator.stop(), timeout=left(0.5))
         await self._close(left)
         self._state = "stopped"
         self._stopped.set()
@@ -389,6 +416,132 @@ class Daemon:
         for k in [k for k in self.groups.last_slot if k not in self.runtimes]:
             self.groups.forget(k)
         self.groups.sync(self._intervals())
+        for k in [k for k in self._mirrored if k not in self.runtimes and k != BUILTIN_KEY]:
+            del self._mirrored[k]
+        if hasattr(self, "coordinator") and self.coordinator.shared:
+            self._spawn(self._cycle_logged())  # new groups get their holders now
+
+    # -- replicas (shared store) -------------------------------------------------------------
+
+    def _lease_names(self) -> list[str]:
+        return [*self.runtimes, BUILTIN_KEY, LEADER]
+
+    def _runtime(self, key: str) -> GroupRuntime | None:
+        return self.health.runtime if key == BUILTIN_KEY else self.runtimes.get(key)
+
+    async def _cycle_logged(self) -> None:
+        try:
+            await self.coordinator.cycle()
+        except Exception as e:
+            log.error("replica cycle failed", error=f"{type(e).__name__}: {e}")
+
+    async def _acquired(self, lease: Lease, got: Acquired) -> bool:
+        """A lease this replica just took: a group's saved state becomes its runtime's (under
+        the new lease's fence) before it is evaluated; the leader role goes to the handlers."""
+        name = lease.name
+        if name == LEADER:
+            # The notifier starts from the store: first the other groups' current state
+            # (this process may just have woken from a freeze with an old picture of them).
+            await self.refresh_mirror()
+            self._tell_handlers(name, lease)
+            return True
+        rt = self._runtime(name)
+        if rt is None:
+            return False
+        async with self.evaluator.lock(name):
+            async with self.storage.transaction() as tx:
+                stored = (await tx.alerts.load([name])).get(name)
+            at = self.clock()
+            if got.restarted:
+                # An earlier process of this replica held it: a restart, restored the way
+                # Prometheus restores (the downtime does not count as pending time).
+                restored = restore({name: rt}, {name: stored} if stored is not None else {},
+                                   at, outage_tolerance=self.settings.outage_tolerance,
+                                   grace_period=self.settings.for_grace_period)
+            else:
+                restored = takeover(rt, stored, at,
+                                    outage_tolerance=self.settings.outage_tolerance)
+            ok = await self.evaluator.commit(restored.changes, restored.events, at,
+                                             group=rt.group.name, fences=[lease])
+            self._mirrored.pop(name, None)
+        if ok and got.prev_holder is not None:
+            log.info("group taken over", group=rt.group.name, file=rt.file,
+                     previous=got.prev_holder, alerts=len(rt.alerts()))
+        return ok
+
+    async def _releasing(self, names: Sequence[str]) -> None:
+        """Leases about to go to another replica: in-flight evaluations finish first."""
+        for name in names:
+            if name == LEADER:
+                self._tell_handlers(name, None)
+                continue
+            async with self.evaluator.lock(name):
+                self._mirrored.pop(name, None)
+
+    def _lease_lost(self, name: str) -> None:
+        self._mirrored.pop(name, None)
+        if name == LEADER:
+            self._tell_handlers(name, None)
+
+    def _tell_handlers(self, name: str, lease: Lease | None) -> None:
+        for h in self.handlers:
+            fn = getattr(h, "lease_changed", None)
+            if fn is not None:
+                try:
+                    fn(name, lease)
+                except Exception:
+                    log.exception("handler failed on a lease change", handler=type(h).__name__)
+
+    async def refresh_mirror(self) -> int:
+        """The groups other replicas evaluate, as the store has them (only those whose
+        stored version moved); the handlers hear of alerts that changed. How many groups were
+        read."""
+        async with self.storage.transaction() as tx:
+            versions = await tx.alerts.versions()
+        keys = [*self.runtimes, BUILTIN_KEY]
+        stale = [k for k in keys if self.coordinator.held(k) is None
+                 and self._mirrored.get(k, _UNSEEN) != versions.get(k)]
+        if not stale:
+            return 0
+        async with self.storage.transaction() as tx:
+            stored = await tx.alerts.load(stale)
+        changed = []
+        for k in stale:
+            rt = self._runtime(k)
+            if rt is None:
+                continue
+            async with self.evaluator.lock(k):
+                if self.coordinator.held(k) is not None:
+                    continue  # taken over meanwhile: its state is its own now
+                changed += mirror(rt, stored.get(k))
+                self._mirrored[k] = versions.get(k)
+        if changed:
+            for h in self.handlers:
+                fn = getattr(h, "on_mirrored", None)
+                if fn is not None:
+                    try:
+                        await fn(changed)
+                    except Exception:
+                        log.exception("handler failed on mirrored alerts",
+                                      handler=type(h).__name__)
+        return len(stale)
+
+    async def _mirror_loop(self) -> None:
+        while True:
+            await asyncio.sleep(MIRROR_EVERY)
+            try:
+                await self.refresh_mirror()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.error("cannot read the other replicas' groups",
+                          error=f"{type(e).__name__}: {e}")
+
+    def replica_status(self) -> tuple[list[dict[str, object]], dict[str, str | None]]:
+        """(`replicas` of /api/v1/status, group key -> the replica evaluating it)."""
+        if not hasattr(self, "coordinator"):
+            return [], {}
+        return self.coordinator.status([*self.runtimes], self.clock())
 
     @property
     def scheduler(self) -> Any:

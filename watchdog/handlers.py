@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from watchdog.rulesdir import RuleSet
 from watchdog.state import Alert, Event
+from watchdog.storage.ports import Lease
 
 if TYPE_CHECKING:
     import aiohttp
@@ -26,6 +27,38 @@ if TYPE_CHECKING:
     from watchdog.settings import Settings
     from watchdog.source import Source
     from watchdog.storage import Storage, Tx
+
+
+LEADER = "~leader"  # the lease of the one replica that decides and delivers notifications
+
+
+class LeaseView(Protocol):
+    """Which leases this replica holds (`watchdog.app.replicas.Coordinator`). On a store one
+    process owns, every name is held (`shared` is false and fences are no-ops)."""
+
+    shared: bool
+    replica_id: str
+    ttl: float
+
+    def held(self, name: str) -> Lease | None: ...
+
+    def lost(self, name: str, detail: str = "") -> None:
+        """A fenced write found the lease gone: stop acting on it."""
+
+
+class SoloLeases:
+    """Every lease held: for daemons and tests on a store one process owns."""
+
+    shared = False
+
+    def __init__(self, replica_id: str = "solo", ttl: float = 15.0) -> None:
+        self.replica_id, self.ttl = replica_id, ttl
+
+    def held(self, name: str) -> Lease | None:
+        return Lease(name, self.replica_id, 0)
+
+    def lost(self, name: str, detail: str = "") -> None:
+        pass
 
 
 class AlertView(Protocol):
@@ -101,6 +134,7 @@ class DaemonContext:
     action_sinks: list[ActionEventSink] = field(default_factory=list)
     mqtt: MqttPublisher | None = None
     rules: RuleSet | None = None
+    leases: LeaseView = field(default_factory=SoloLeases)
 
     async def emit_action_event(self, event: ActionEvent, tx: Tx | None = None) -> None:
         for sink in self.action_sinks:

@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 
-from watchdog import __version__, am_api, prom_compat, query_proxy
+from watchdog import __version__, am_api, console_api, prom_compat, query_proxy
 from watchdog.actions.http import SELF_AUTHENTICATED
 from watchdog.app.evaluation import RuleError
 from watchdog.app.health import BUILTIN_GROUP, DATASOURCE_DOWN
@@ -37,7 +37,7 @@ from watchdog.pause import notice as pause_notice
 from watchdog.rulesdir import FileStatus, RuleSet
 from watchdog.settings import Settings
 from watchdog.state import Alert
-from watchdog.status_page import status_page, wants_json
+from watchdog.status_page import static_asset, status_page, wants_json
 from watchdog.webinput import MAX_BODY_BYTES, BadInput, bearer_token
 
 log = structlog.get_logger("watchdog.http")
@@ -83,6 +83,7 @@ class Daemon(Protocol):
     def readiness(self) -> tuple[bool, str]: ...
     def healthy(self) -> bool: ...
     def recent_errors(self) -> list[RuleError]: ...
+    def replica_status(self) -> tuple[list[dict[str, object]], dict[str, str | None]]: ...
     async def reload(self, trigger: str = "manual") -> ReloadReport: ...
 
 
@@ -394,13 +395,22 @@ async def status(request: web.Request) -> web.Response:
             "problems": [{"file": p.file, "line": p.line, "message": p.message,
                           "warning": p.warning} for p in st.problems],
         })
+    replicas, holders = d.replica_status()
     groups = [{
         "name": rt.group.name, "file": rt.file, "interval": d.interval(rt),
+        "replica": holders.get(key),
         "rules": len(rt.rules), "lastEvaluation": rfc3339(rt.last_at),
         "evaluationTime": rt.last_duration, "lastError": redact(rt.last_error),
         "alerts": {s: sum(1 for a in rt.alerts() if a.state == s)
                    for s in ("pending", "firing")},
-    } for rt in d.runtimes.values()]
+    } for key, rt in d.runtimes.items()]
+    for r in replicas:
+        last = r.get("lastSeen")
+        r["lastSeen"] = rfc3339(last) if isinstance(last, float) else None
+        started = r.get("startedAt")
+        r["startedAt"] = rfc3339(started) if isinstance(started, float) else None
+        keys = r.get("groups")
+        r["groups"] = [runtime_name(d, k) for k in keys] if isinstance(keys, list) else []
     errors = [{"group": e.group, "file": e.file, "rule": e.rule, "error": redact(e.error),
                "since": rfc3339(e.since), "last": rfc3339(e.last), "count": e.count}
               for e in d.recent_errors()]
@@ -425,7 +435,19 @@ async def status(request: web.Request) -> web.Response:
         "files": files, "groups": groups, "lastErrors": errors,
         "lastReload": reload_json(d.last_reload) if d.last_reload is not None else None,
         "plugins": d.plugins,
+        "replica": d.settings.replica_id, "replicas": replicas,
     })
+
+
+def runtime_name(d: Any, key: str) -> str:
+    """A lease name as the status shows it: the group's name (with its file when the name is
+    not unique), or the role."""
+    rt = d.runtimes.get(key)
+    if rt is None:
+        return key
+    if sum(1 for o in d.runtimes.values() if o.group.name == rt.group.name) > 1:
+        return f"{rt.file}:{rt.group.name}"
+    return str(rt.group.name)
 
 
 def reload_json(r: ReloadReport) -> dict[str, Any]:
@@ -473,6 +495,7 @@ def build_app(d: Daemon) -> web.Application:
     app[DAEMON] = d
     app.router.add_get("/", index)
     app.router.add_get("/status", status_page)
+    app.router.add_get("/static/{name}", static_asset)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -485,4 +508,6 @@ def build_app(d: Daemon) -> web.Application:
     app.add_routes(prom_compat.routes(d))  # /-/healthy, /-/ready, /api/v1/status/buildinfo
     app.add_routes(am_api.routes(d))  # Alertmanager's /api/v2 for amtool and Grafana
     app.add_routes(query_proxy.routes(d))  # Prometheus's query API, for Grafana and the console
+    # the console's rule detail, action list and backtest
+    app.add_routes(console_api.ConsoleApi(d, lambda: d.ctx.source, d.clock).routes())
     return app

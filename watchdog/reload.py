@@ -187,3 +187,60 @@ def restore(runtimes: Mapping[str, GroupRuntime], stored: Mapping[str, StoredGro
         if changes:
             out.changes.append(changes)
     return out
+
+
+def takeover(rt: GroupRuntime, stored: StoredGroup | None, ts: float, *,
+             outage_tolerance: float) -> Restored:
+    """A group whose lease this replica just took (CONTRACT §7): its saved alerts become the
+    runtime's. A lease move is not a restart: the previous holder evaluated the group until its
+    last renewal, at most LEASE_TTL plus an interval ago, so pending alerts keep their activeAt
+    — their `for` progress, their incident ids, and what was notified about them, carry over
+    unchanged. Alerts of rules that changed (another rule version on the previous holder) or
+    that were not seen within the outage tolerance are resolved, as at a restart."""
+    out = Restored()
+    changes = GroupChanges(rt.key)
+    saved = stored.rules if stored is not None else {}
+    rules = {r.key: r for r in rt.rules}
+    for each in rt.rules:
+        each.alerts = {}
+    for rkey, sr in saved.items():
+        r = rules.get(rkey)
+        if r is None or sr.sig != rule_sig(r.rule):
+            out.events.extend(resolve(sr.alerts.values(), ts))
+            changes.drop_rules.append(rkey)
+            continue
+        alerts: dict[str, Alert] = {}
+        for fp, a in sr.alerts.items():
+            down_at = a.last_seen_at if a.last_seen_at is not None else a.active_at
+            if a.state == "firing" and stored is not None and stored.last_eval_at is not None:
+                down_at = max(down_at, stored.last_eval_at)
+            if a.state != "inactive" and ts - down_at > outage_tolerance:
+                if a.state == "firing":
+                    ev = resolve([a], ts)
+                    out.events.extend(ev)
+                    alerts[fp] = ev[0].alert
+                    changes.upserts.append((rkey, sr.sig, ev[0].alert))
+                else:
+                    changes.deletes.append((rkey, fp))
+                continue
+            alerts[fp] = a
+        r.alerts = alerts
+    if stored is not None:
+        rt.last_at = stored.last_eval_at
+    if changes:
+        out.changes.append(changes)
+    return out
+
+
+def mirror(rt: GroupRuntime, stored: StoredGroup | None) -> list[Alert]:
+    """A group another replica evaluates, as saved: its alerts become the runtime's (for the
+    API, the notifier, and "still firing?" of action waits). Rules whose saved version differs
+    from this replica's are left empty. Returns the alerts that are new or changed."""
+    saved = stored.rules if stored is not None else {}
+    changed: list[Alert] = []
+    for r in rt.rules:
+        sr = saved.get(r.key)
+        new = dict(sr.alerts) if sr is not None and sr.sig == rule_sig(r.rule) else {}
+        changed.extend(a for fp, a in new.items() if r.alerts.get(fp) != a)
+        r.alerts = new
+    return changed

@@ -15,7 +15,7 @@ import heapq
 import itertools
 import json
 import math
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -117,14 +117,21 @@ class ReplayReport:
     errors: dict[str, str]  # "group/rule" -> first error (a failed query changes no state)
 
 
+TickHook = Callable[[float, GroupRuntime, TickResult], None]
+
+
 async def replay(rules: RuleSet, source: RangeSource, start: float, end: float,
                  step: float | None, default_interval: float, ctx: Context,
-                 concurrency: int = 16) -> ReplayReport:
+                 concurrency: int = 16, on_tick: TickHook | None = None) -> ReplayReport:
+    """`on_tick(at, group, result)` sees each tick's outcome (the console's backtest reads
+    from it when a pending alert went away, which the state machine does without an event)."""
     out: list[ReplayLine] = []
     errors: dict[str, str] = {}
     transitions: list[tuple[float, int, Event, AlertingRule]] = []
-    async for _, rt, result in walk(rules, source, start, end, step, default_interval, ctx,
+    async for at, rt, result in walk(rules, source, start, end, step, default_interval, ctx,
                                     concurrency):
+        if on_tick is not None:
+            on_tick(at, rt, result)
         for key, err in result.errors.items():
             errors.setdefault(f"{rt.group.name}/{key}", err)
         rules_by_name = {r.rule.alert: r.rule for r in rt.rules}

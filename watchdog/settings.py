@@ -12,6 +12,7 @@ import difflib
 import math
 import os
 import re
+import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -142,10 +143,14 @@ class Settings(BaseSettings):
     incident_retention: float = Field(90 * 86400.0, gt=0)  # resolved incidents kept this long
     # the most of one answer of Prometheus's query API forwarded through /api/v1/query & co.
     query_proxy_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # Many replicas on one PostgreSQL (README "Many replicas"): this one's name, and how long
+    # a replica's leases outlive its last renewal.
+    replica_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
+    lease_ttl: float = Field(15.0, ge=1.0, le=3600.0)
 
     @field_validator("prometheus_timeout", "evaluation_interval", "rules_poll_interval",
                      "outage_tolerance", "for_grace_period", "resend_delay", "shutdown_timeout",
-                     "incident_retention", mode="before")
+                     "incident_retention", "lease_ttl", mode="before")
     @classmethod
     def _durations(cls, v: Any) -> Any:
         # "30s" as Prometheus spells it, or a bare number of seconds

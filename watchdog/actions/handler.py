@@ -11,6 +11,8 @@ runs and returns; the sequences run in their own tasks.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,6 +31,8 @@ from watchdog.pause import active, notice
 from watchdog.state import Event
 from watchdog.storage import Tx
 from watchdog.webinput import BadInput, parse_duration_value, parse_time
+
+log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
     from watchdog.handlers import CommandFn, DaemonContext
@@ -118,7 +122,7 @@ def pause_doc(p: PauseRecord | None, now: float) -> dict[str, Any]:
 class ActionsHandler:
     def __init__(self, ctx: DaemonContext) -> None:
         self.ctx = ctx
-        self.store = ActionStore(ctx.storage)
+        self.store = ActionStore(ctx.storage, ctx.leases.replica_id, ctx.leases.ttl)
         self.waker = Waker(ctx.clock)
         self.counter = Counter("watchdog_actions_total",
                                "Action runs by outcome: succeeded, failed, resolved (stopped "
@@ -133,6 +137,7 @@ class ActionsHandler:
         self.started = False
         self._resume_pending = False
         self._have_rules = False
+        self._claims: asyncio.Task[None] | None = None
         ctx.routes.extend(routes(self))
         if ctx.rules is not None:
             self._set_rules(ctx.rules)
@@ -160,6 +165,11 @@ class ActionsHandler:
     async def stop(self) -> None:
         self.started = False
         self._resume_pending = False
+        if self._claims is not None:
+            self._claims.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._claims
+            self._claims = None
         await self.runner.stop(self.ctx.settings.shutdown_timeout)
         await self.deploys.stop()
 
@@ -171,7 +181,24 @@ class ActionsHandler:
 
     async def _resume(self) -> None:
         await self.runner.start()
-        await self.runner.reconcile(self.ctx.alerts.alerts())
+        if self.ctx.leases.shared:
+            # Runs whose replica died are taken over by claim, every LEASE_TTL/3. (Missing
+            # runs are not reconciled here: each group's holder creates its runs.)
+            self._claims = asyncio.create_task(self._claim_loop(), name="action-claims")
+        else:
+            await self.runner.reconcile(self.ctx.alerts.alerts())
+
+    async def _claim_loop(self) -> None:
+        every = max(0.2, self.ctx.leases.ttl / 3)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.runner.take_over()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.error("action claims: cannot renew or take over",
+                          error=f"{type(e).__name__}: {e}")
 
     def _set_rules(self, rules: RuleSet) -> None:
         self._have_rules = True

@@ -79,7 +79,7 @@ from watchdog.model import Action, AlertingRule, Escalate, Group, Step
 from watchdog.pause import current_notice
 from watchdog.rulesdir import RuleSet
 from watchdog.state import Alert
-from watchdog.storage import Tx
+from watchdog.storage import LeaseLost, Tx
 
 log = structlog.get_logger(__name__)
 
@@ -155,6 +155,8 @@ class ActionRunner:
         self.index = RuleIndex()
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._driving: set[str] = set()  # run ids with a task here (their claims are renewed)
+        self._took_over = False
         self._kube: KubeClient | None = None
         # incident id -> its runs in the order they were created, with their trigger: the
         # first one executes, the others wait their turn (see the module docstring).
@@ -169,12 +171,34 @@ class ActionRunner:
         self.index = RuleIndex.of(rs)
 
     async def start(self) -> None:
-        """Resume what a previous process left: running sequences and pending verifications."""
+        """Resume what a previous process left: running sequences and pending verifications.
+        With several replicas, runs are taken over by claim instead (`take_over`)."""
+        if self.ctx.leases.shared:
+            await self.take_over()
+            return
         for run in reversed(await self.store.runs(status=["running"], limit=100_000)):
             log.info("action.resume", action=run.action, run_id=run.id, step=run.next_step)
             self._start_run(run)
         for run in await self.store.pending_verifications():
             self._spawn(self._verify(run), run.id)
+
+    async def take_over(self) -> int:
+        """Several replicas: renew this replica's claims, and drive the runs whose replica is
+        gone (claim expired) from where they stopped — a step that was in flight there is
+        marked interrupted, never repeated. How many were taken."""
+        await self.store.renew_claims(sorted(self._driving))
+        # The first time, also the runs an earlier process of this replica id claimed: the
+        # replica-id lock (`Coordination.identify`) says that process is gone.
+        taken = await self.store.take_expired(own=not self._took_over)
+        self._took_over = True
+        for run in sorted(taken, key=lambda r: (r.created_at, r.id)):
+            log.info("action.resume", action=run.action, run_id=run.id, step=run.next_step,
+                     detail="taken over from a replica whose claim ran out")
+            if run.status == "running":
+                self._start_run(run)  # in its incident's order, like a local resume
+            elif run.verification == "pending" and run.verify_at is not None:
+                self._spawn(self._verify(run), run.id)
+        return len(taken)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Let steps in flight finish (up to `timeout`), leave waits as persisted."""
@@ -190,13 +214,18 @@ class ActionRunner:
     def _spawn(self, coro: Any, run_id: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(self._guard(coro, run_id))
         self._tasks.add(task)
+        self._driving.add(run_id)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._driving.discard(run_id))
 
     async def _guard(self, coro: Any, run_id: str) -> None:
         try:
             await coro
         except Stopping:
             log.info("action.suspended", run_id=run_id)
+        except LeaseLost as e:
+            # Frozen or cut off past the claim: another replica drives the run now.
+            log.warning("action.claim_lost", run_id=run_id, error=str(e))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -633,6 +662,7 @@ class ActionRunner:
         if escalate is not None and escalate.page:
             extra["page"] = True
         async with self.ctx.storage.transaction() as tx:
+            await self.store.claim(tx, run.id)
             await tx.runs.update(run.id, **fields)
             if kind is not None:
                 await self._emit(kind, run, step=step if kind == "failed" else None,
@@ -688,6 +718,7 @@ class ActionRunner:
         if escalate is not None and escalate.page:
             extra["page"] = True
         async with self.ctx.storage.transaction() as tx:
+            await self.store.claim(tx, run.id)
             await tx.runs.update(run.id, verification=outcome, value_after=after)
             await self._emit(outcome, run, detail=detail, extra=extra, tx=tx)
             if escalate is not None and escalate.action is not None:

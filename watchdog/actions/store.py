@@ -22,7 +22,7 @@ from pydantic.fields import FieldInfo
 from watchdog.durations import parse_duration
 from watchdog.interlocks import PastRun
 from watchdog.model import Action
-from watchdog.storage import DuplicateRun, Storage, Tx
+from watchdog.storage import DuplicateRun, LeaseLost, Storage, Tx
 from watchdog.storage.records import AttemptRow, DeployRow, PauseRecord, RunRow, StepRow
 
 __all__ = ["ActionStore", "AttemptRow", "DeployRow", "DuplicateRun", "PauseRecord", "RunRow",
@@ -73,8 +73,33 @@ def load_action(text: str) -> Action:
 
 
 class ActionStore:
-    def __init__(self, storage: Storage) -> None:
+    """`replica`/`ttl`: several replicas share the store (PostgreSQL). A run is driven by the
+    replica that claims it: the claim is taken with the run, renewed while the replica lives,
+    and checked inside the transaction of every step's start and end — a replica whose claim
+    ran out (dead, frozen, partitioned) raises `LeaseLost` there and executes nothing more;
+    another replica takes the run over after `ttl`."""
+
+    def __init__(self, storage: Storage, replica: str = "solo", ttl: float = 15.0) -> None:
         self.storage = storage
+        self.replica = replica
+        self.ttl = ttl
+
+    async def claim(self, tx: Tx, run_id: str) -> None:
+        """Inside `tx`: the run is still this replica's (and stays so for another `ttl`)."""
+        if not await tx.runs.claim(run_id, self.replica, self.ttl):
+            raise LeaseLost(f"run {run_id}", "its claim ran out; another replica drives it")
+
+    async def renew_claims(self, ids: Sequence[str]) -> list[str]:
+        async with self.storage.transaction() as tx:
+            return await tx.runs.renew_claims(self.replica, self.ttl, ids)
+
+    async def take_expired(self, *, own: bool = False) -> list[RunRow]:
+        """Runs whose driver is gone (their claim ran out; `own`: or an earlier process of
+        this replica id claimed them), now this replica's."""
+        async with self.storage.transaction() as tx:
+            ids = await tx.runs.take_expired(self.replica, self.ttl, own=own)
+            runs = [await tx.runs.get(i) for i in ids]
+        return [r for r in runs if r is not None]
 
     # ---- runs -------------------------------------------------------------------------------
 
@@ -82,9 +107,11 @@ class ActionStore:
         """Raises `DuplicateRun` when the action already ran for the incident."""
         if tx is not None:
             await tx.runs.insert(run)
+            await self.claim(tx, run.id)
             return
         async with self.storage.transaction() as own:
             await own.runs.insert(run)
+            await self.claim(own, run.id)
 
     async def update_run(self, run_id: str, **fields: Any) -> None:
         async with self.storage.transaction() as tx:
@@ -122,6 +149,7 @@ class ActionStore:
     async def start_step(self, run_id: str, idx: int, kind: str, at: float,
                          deadline: float | None = None, status: str = "running") -> None:
         async with self.storage.transaction() as tx:
+            await self.claim(tx, run_id)
             await tx.steps.start(run_id, idx, kind, at, deadline, status)
 
     async def finish_step(self, run_id: str, idx: int, status: str, at: float, detail: str,
@@ -129,10 +157,12 @@ class ActionStore:
         """The step's outcome and the run's progress in one transaction: after a crash either
         both are on disk or neither is."""
         async with self.storage.transaction() as tx:
+            await self.claim(tx, run_id)
             await tx.steps.finish(run_id, idx, status, at, detail, output, next_step=next_step)
 
     async def add_attempt(self, a: AttemptRow) -> None:
         async with self.storage.transaction() as tx:
+            await self.claim(tx, a.run_id)
             await tx.steps.add_attempt(a)
 
     async def attempts(self, run_id: str) -> list[AttemptRow]:

@@ -17,16 +17,16 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from watchdog.app.health import DatasourceHealth
+from watchdog.app.health import BUILTIN_KEY, DatasourceHealth
 from watchdog.app.live import Live
 from watchdog.engine import GroupRuntime, TickResult, tick
 from watchdog.evaluate import Context
-from watchdog.handlers import EventHandler
+from watchdog.handlers import EventHandler, LeaseView, SoloLeases
 from watchdog.metrics import Metrics
 from watchdog.reload import rule_sig
 from watchdog.source import Source
 from watchdog.state import Alert, Event
-from watchdog.storage import Storage
+from watchdog.storage import Lease, LeaseLost, Storage
 from watchdog.storage.records import GroupChanges
 
 log = structlog.get_logger("watchdog.daemon")
@@ -78,7 +78,8 @@ class Evaluator:
     def __init__(self, *, live: Live, storage: Storage, source: Source, metrics: Metrics,
                  health: DatasourceHealth, handlers: Sequence[EventHandler],
                  concurrency: int, external_url: str, external_labels: Mapping[str, str],
-                 sentry_tags: SentryTags, inflight: Inflight) -> None:
+                 sentry_tags: SentryTags, inflight: Inflight,
+                 leases: LeaseView | None = None) -> None:
         self.live = live
         self.storage = storage
         self.source = source
@@ -90,6 +91,7 @@ class Evaluator:
         self.external_labels = external_labels
         self.sentry_tags = sentry_tags
         self.inflight = inflight
+        self.leases: LeaseView = leases or SoloLeases()
         self.rule_errors: dict[tuple[str, str], RuleError] = {}
         self.stopped = False
         self._locks: dict[str, asyncio.Lock] = {}
@@ -129,9 +131,14 @@ class Evaluator:
                 rt = self.live.runtimes.get(key)
                 if rt is None or self.stopped:
                     return None
-                return await self._evaluate(rt, at)
+                # Another replica's group (or one this replica is still taking over): its
+                # holder evaluates it; this replica only mirrors its state.
+                lease = self.leases.held(key)
+                if lease is None:
+                    return None
+                return await self._evaluate(rt, at, lease)
 
-    async def _evaluate(self, rt: GroupRuntime, at: float) -> TickResult | None:
+    async def _evaluate(self, rt: GroupRuntime, at: float, lease: Lease) -> TickResult | None:
         name = rt.group.name
         try:
             # apply=False: the runtime (what the API shows and the handlers read) takes the new
@@ -149,8 +156,12 @@ class Evaluator:
         changes = [changes_of(rt, res.alerts, at)]
         events = list(res.events)
         applied: list[tuple[GroupRuntime, TickResult]] = [(rt, res)]
+        fences = [lease]
         async with contextlib.AsyncExitStack() as stack:
-            if self.health.observe(res, at):
+            builtin = self.leases.held(BUILTIN_KEY)
+            # The built-in alert is stepped by the holder of its own lease only, so two
+            # replicas whose Prometheus is down do not both announce it.
+            if self.health.observe(res, at) and builtin is not None:
                 # Held to the commit: two groups must not step the built-in alert at once.
                 await stack.enter_async_context(self._health_lock)
                 b = self.health.runtime
@@ -158,24 +169,30 @@ class Evaluator:
                 events.extend(b_res.events)
                 changes.append(changes_of(b, b_res.alerts, at))
                 applied.append((b, b_res))
+                fences.append(builtin)
             if self.health.up is not None:
                 self.metrics.datasource_up.set(1 if self.health.up else 0)
-            if await self.commit(changes, events, at, group=name):
+            if await self.commit(changes, events, at, group=name, fences=fences):
                 for target, result in applied:
                     result.apply(target)
         return res
 
     async def commit(self, changes: Sequence[GroupChanges], events: Sequence[Event],
-                     at: float, group: str | None = None) -> bool:
+                     at: float, group: str | None = None, fences: Sequence[Lease] = ()
+                     ) -> bool:
         """One decision, one transaction: the alert state that changed, and everything the
         handlers write for its events (notifications, action runs), commit together before any
-        of it is sent or executed. A group whose alerts did not change opens no transaction."""
+        of it is sent or executed. A group whose alerts did not change opens no transaction.
+        `fences`: the leases this decision is made under; checked inside the transaction, so a
+        replica that lost one (frozen, partitioned) writes, sends and runs nothing."""
         changes = [c for c in changes if c or c.at is not None]
         if not changes and not events:
             return True
-        log_events(events)
         try:
             async with self.storage.transaction() as tx:
+                if self.leases.shared:
+                    await tx.fence(fences)
+                log_events(events)
                 if changes:
                     await tx.alerts.save(changes)
                 for h in self.handlers if events else ():
@@ -186,6 +203,12 @@ class Evaluator:
                         # work; a database error fails the commit below anyway.
                         with self.sentry_tags(handler=type(h).__name__):
                             log.exception("event handler failed", handler=type(h).__name__)
+        except LeaseLost as e:
+            log.warning("evaluation discarded: the lease is gone", group=group, lease=e.name,
+                        error=str(e))
+            self.leases.lost(e.name, str(e))
+            await self._resync_handlers()
+            return False
         except Exception:
             with self.sentry_tags(group=group or ""):
                 log.exception("cannot persist the evaluation", group=group)

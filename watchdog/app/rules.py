@@ -24,7 +24,7 @@ from watchdog.app.live import Live
 from watchdog.engine import GroupRuntime
 from watchdog.handlers import EventHandler
 from watchdog.metrics import Metrics
-from watchdog.reload import carry_over, group_key, restore
+from watchdog.reload import Carried, carry_over, group_key, restore
 from watchdog.rulesdir import FileStatus, RuleSet, build, digest_of, folder_digest, read_files
 from watchdog.state import Event
 from watchdog.storage import Storage
@@ -58,7 +58,8 @@ class RuleManager:
                  metrics: Metrics, handlers: Sequence[EventHandler], clock: Callable[[], float],
                  outage_tolerance: float, grace_period: float, inflight: Inflight,
                  on_groups: Callable[[], None],
-                 on_rules: Callable[[RuleSet], Awaitable[None]]) -> None:
+                 on_rules: Callable[[RuleSet], Awaitable[None]],
+                 held: Callable[[str], bool] | None = None) -> None:
         self.rules_dir = rules_dir
         self.live = live
         self.storage = storage
@@ -71,6 +72,9 @@ class RuleManager:
         self.inflight = inflight
         self.on_groups = on_groups
         self.on_rules = on_rules
+        # Several replicas share the store: alert state is read and written by each group's
+        # lease holder only (`watchdog.app.replicas`); None: this process holds every group.
+        self.held = held
         self.last_reload: ReloadReport | None = None
         self.digest: str | None = None
         self._saved: dict[str, str] = {}  # path -> digest of the accepted version stored
@@ -97,6 +101,14 @@ class RuleManager:
             rs = await asyncio.to_thread(build, raw, last_good)
         ts = self.clock()
         runtimes = {group_key(f, g): GroupRuntime.new(f, g) for f, g in rs.groups()}
+        if self.held is not None:
+            # Shared store: nothing is restored (or resolved) here. Each group's state is
+            # loaded when this replica takes its lease, and mirrored from the store meanwhile.
+            self.live.runtimes, self.live.rules = runtimes, rs
+            self.digest, self.live.rules_loaded = digest, True
+            await self._save_files(raw, rs)
+            self._log_problems(rs, "startup")
+            return []
         async with self.storage.transaction() as tx:
             stored = await tx.alerts.load()
         # The built-in group is restored like the others (it is one).
@@ -156,6 +168,8 @@ class RuleManager:
                 for k in touched:
                     await stack.enter_async_context(self.evaluator.lock(k))
                 carried = carry_over(self.live.runtimes, groups, at)
+                if self.held is not None:
+                    self._only_held(carried)
                 try:
                     # Before the swap: cancelled or failed here, the old rules simply go on.
                     async with self.storage.transaction() as tx:
@@ -184,6 +198,18 @@ class RuleManager:
                      removed=len(carried.removed), changed=len(carried.changed),
                      rejected=len(rs.rejected), resolved=len(carried.events))
         return report, list(carried.events), at
+
+    def _only_held(self, carried: Carried) -> None:
+        """Shared store: what a reload resolves and deletes, only for the groups this replica
+        holds; the holder of each other group does that in its own reload."""
+        assert self.held is not None
+        held = self.held
+        carried.changes = [c for c in carried.changes if held(c.group_key)]
+        others = {(a.rule, a.fingerprint, a.incident_id)
+                  for k, rt in self.live.runtimes.items() if not held(k) for a in rt.alerts()}
+        carried.events = [e for e in carried.events
+                          if (e.alert.rule, e.alert.fingerprint, e.alert.incident_id)
+                          not in others]
 
     async def _save_files(self, raw: Mapping[str, bytes | OSError], rs: RuleSet) -> None:
         new: dict[str, tuple[str, bytes]] = {}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from watchdog.gocompat import rfc3339 as go_time
-from watchdog.handlers import ActionEvent, DaemonContext
+from watchdog.handlers import LEADER, ActionEvent, DaemonContext
 from watchdog.model import SEVERITY_RANK
 from watchdog.state import Alert, Event
 from watchdog.storage import Tx
@@ -117,7 +118,11 @@ class IncidentsHandler:
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.adopt(self.ctx.clock())
+        # Several replicas: alert state is loaded group by group as leases are taken, not at
+        # start, so there is nothing to adopt (and closing what is not live here would close
+        # other replicas' incidents).
+        if not self.ctx.leases.shared:
+            await self.adopt(self.ctx.clock())
         if self.tick is not None:
             self._task = asyncio.create_task(self._loop(self.tick), name="incidents")
 
@@ -197,9 +202,19 @@ class IncidentsHandler:
         whose alert is gone from the live state without a `resolved` (none should be)."""
         retention = self.ctx.settings.incident_retention
         seen = {a.incident_id for a in self.ctx.alerts.alerts()}
+        leases = self.ctx.leases
+        lead = leases.held(LEADER)
+        # Several replicas: the leader's view of the others' groups is a mirror read every
+        # second, so an incident opened elsewhere just now may not be in it yet.
+        recent = now - 4 * leases.ttl if leases.shared else math.inf
         async with self.ctx.storage.transaction() as tx:
+            if lead is None:
+                return 0
+            if leases.shared:
+                await tx.fence([lead])
             for i in await tx.incidents.list(state="open", limit=None):
-                if i.id not in seen and i.id not in self.pending and i.fired_at is not None:
+                if (i.id not in seen and i.id not in self.pending and i.fired_at is not None
+                        and i.fired_at < recent):
                     log.warning("incident without its alert: closed", incident=i.id,
                                 rule=i.rule)
                     await tx.incidents.resolve([(i.id, now)])

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from watchdog.handlers import ActionEvent, CommandFn, DaemonContext
+from watchdog.handlers import LEADER, ActionEvent, CommandFn, DaemonContext
 from watchdog.notify import digest
 from watchdog.notify.api import Api
 from watchdog.notify.message import Notification
@@ -28,7 +28,7 @@ from watchdog.notify.receivers import integration_of
 from watchdog.notify.silences import Matcher, SilenceStore
 from watchdog.rulesdir import RuleSet
 from watchdog.state import Alert, Event
-from watchdog.storage import Tx
+from watchdog.storage import Lease, LeaseLost, Tx
 
 if TYPE_CHECKING:
     from watchdog.model import Receiver
@@ -47,10 +47,16 @@ class NotifyHandler:
         self.tick = tick
         self._receivers: dict[str, Receiver] | None = None
         self.silences = SilenceStore(ctx.storage)
+        # Several replicas on one store: one of them — the holder of the leader lease — decides
+        # notifications (routing and grouping span every rule group) and delivers them; the
+        # others observe, so that whichever takes the lease next starts from the store's log.
+        self.shared = ctx.leases.shared
+        self._leader: Lease | None = None if self.shared else Lease(LEADER, "solo", 0)
         self.outbox = Outbox(
             ctx.storage, ctx.session, clock=ctx.clock, registry=ctx.registry,
             receivers=lambda: self._receivers, mqtt=lambda: ctx.mqtt, sleep=sleep,
-            timeout=timeout, resend=max(s.evaluation_interval, s.resend_delay), rng=rng)
+            timeout=timeout, resend=max(s.evaluation_interval, s.resend_delay), rng=rng,
+            lease=(lambda: self._leader) if self.shared else None, on_lost=self._lost)
         self.pipeline = Pipeline(
             self.outbox, self.silences, external_url=s.external_url,
             generator_base=s.external_url or s.prometheus_url, resend_delay=s.resend_delay,
@@ -63,6 +69,7 @@ class NotifyHandler:
         self._dirty = False
         self._pruned_at: float | None = None
         self._digested: dict[str, float] = {}  # route id -> end of the last period enqueued
+        self._lead_task: asyncio.Task[None] | None = None
         ctx.routes.extend(self.api.routes())
         ctx.action_sinks.append(self)
 
@@ -85,6 +92,10 @@ class NotifyHandler:
             self._task = asyncio.create_task(self._loop(self.tick), name="notify-pipeline")
 
     async def stop(self) -> None:
+        if self._lead_task is not None:
+            self._lead_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lead_task
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -99,7 +110,74 @@ class NotifyHandler:
         if self._started:
             await self._start_workers()
 
+    # ---- the leader lease (several replicas) --------------------------------------------------
+
+    def lease_changed(self, name: str, lease: Lease | None) -> None:
+        """The daemon's coordinator took or gave up a lease; only the leader's matters here."""
+        if name != LEADER or not self.shared:
+            return
+        if self._lead_task is not None:
+            self._lead_task.cancel()
+        self._leader = None
+        if lease is not None:
+            self._lead_task = asyncio.create_task(self._take_lead(lease), name="notify-lead")
+        else:
+            self._lead_task = asyncio.create_task(self._give_up_lead(), name="notify-unlead")
+
+    async def _take_lead(self, lease: Lease) -> None:
+        """Become the notifier: what the previous one sent, and the silences and acks, as the
+        store has them now; then decide and deliver."""
+        try:
+            await self.silences.load(replace=True)
+            async with self.ctx.storage.transaction() as tx, self._lock:
+                await self.pipeline.reload_log(tx)
+                # What this replica tracked as a follower may be older than the store (it may
+                # have been frozen): the alerts are taken afresh from the live view.
+                self.pipeline.tracked.clear()
+                self.pipeline.groups.clear()
+                self.pipeline.seed(self.ctx.alerts.alerts())
+            self._leader = lease
+            log.info("notifications: this replica decides and delivers them now",
+                     replica=self.ctx.leases.replica_id)
+            if self._started and self._receivers is not None:
+                await self._start_workers()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("cannot take the notifier role; another cycle will try again")
+            self.ctx.leases.lost(LEADER, "the notifier could not load its state")
+
+    async def _give_up_lead(self) -> None:
+        await self.outbox.stop()
+        self._workers_started = False
+
+    def _lost(self, e: LeaseLost) -> None:
+        self.ctx.leases.lost(e.name, str(e))
+
+    async def _fenced(self, tx: Tx) -> bool:
+        """Inside `tx`: whether this replica decides notifications now (and, shared, that the
+        leader lease is still ours with the same token: else it is given up here)."""
+        lead = self._leader
+        if lead is None:
+            return False
+        if not self.shared:
+            return True
+        try:
+            await tx.fence([lead])
+        except LeaseLost as e:
+            self._leader = None
+            self._lost(e)
+            return False
+        return True
+
+    async def on_mirrored(self, alerts: Sequence[Alert]) -> None:
+        """Alerts of groups other replicas evaluate changed in the store."""
+        async with self._lock:
+            self.pipeline.sync(alerts)
+
     async def _start_workers(self) -> None:
+        if self._leader is None:
+            return
         if not self._workers_started:
             self._workers_started = True
             await self.outbox.start()  # resumes what a previous process left pending
@@ -113,7 +191,8 @@ class NotifyHandler:
         tx.on_commit(lambda: self._stream(events))
         async with self._lock:
             self.pipeline.observe(events)
-            await self._flush(tx, at)
+            if await self._fenced(tx):
+                await self._flush(tx, at)
 
     async def on_action_event(self, event: ActionEvent, tx: Tx | None = None) -> None:
         if tx is None:
@@ -132,6 +211,8 @@ class NotifyHandler:
     async def flush(self, at: float | None = None) -> int:
         """Send what is due now (the timer; tests call it with the time)."""
         async with self.ctx.storage.transaction() as tx, self._lock:
+            if not await self._fenced(tx):
+                return 0
             return await self._flush(tx, self.ctx.clock() if at is None else at)
 
     async def _flush(self, tx: Tx, at: float) -> int:
@@ -159,6 +240,8 @@ class NotifyHandler:
                          if r in self.pipeline.receivers and integration_of(
                              self.pipeline.receivers[r]) not in ("pagerduty", "alertmanager")]
             async with self.ctx.storage.transaction() as tx:
+                if not await self._fenced(tx):
+                    return sent
                 doc = digest.build(route, await tx.incidents.list(since=start, limit=None),
                                    start, end)
                 entries = [Entry(Notification(
@@ -197,12 +280,22 @@ class NotifyHandler:
         while True:
             try:
                 now = self.ctx.clock()
+                if self.shared:
+                    # Silences and acks made through another replica; the staleness of what
+                    # this one mutes is one tick.
+                    await self.silences.load(replace=True)
+                    if self._leader is None:
+                        async with self._lock:
+                            self.pipeline.expire(now)  # a follower only keeps what matters
                 await self.flush(now)
                 await self.send_digests(now)
+                if self.shared and self._leader is not None and self._workers_started:
+                    await self.outbox.start()  # rows other replicas wrote (action notices)
                 if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY:
                     self._pruned_at = now
                     async with self.ctx.storage.transaction() as tx, self._lock:
-                        await self.pipeline.prune(tx, now)
+                        if await self._fenced(tx):
+                            await self.pipeline.prune(tx, now)
             except asyncio.CancelledError:
                 raise
             except Exception as e:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
+import time
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ from watchdog.notify.receivers import (
     integration_of,
 )
 from watchdog.pause import current_notice
-from watchdog.storage import Storage, Tx
+from watchdog.storage import Lease, LeaseLost, Storage, Tx
 from watchdog.storage.records import OutboxEntry, OutboxRecord, OutboxRow
 
 if TYPE_CHECKING:
@@ -58,6 +60,9 @@ BACKOFF_CAP = 300.0
 RETRY_AFTER_CAP = 3600.0  # a bogus Retry-After must not park notifications for days
 MAX_AGE = 24 * 3600.0  # a notification a day late helps nobody; give up, loudly
 KEEP_FINISHED = 7 * 86400.0
+# Several replicas: a send re-checks the leader lease first when the last check is older than
+# this (real time), so a process frozen between its check and its send finds out.
+FENCE_FRESH = 0.5
 
 
 Row = OutboxRow
@@ -128,13 +133,20 @@ class Outbox:
                  sleep: Sleep = asyncio.sleep, timeout: float = 10.0, resend: float = 60.0,
                  rng: random.Random | None = None, max_age: float = MAX_AGE,
                  backoff_base: float = BACKOFF_BASE, backoff_cap: float = BACKOFF_CAP,
-                 notifier_factory: Callable[[Receiver], Notifier] = build_notifier) -> None:
+                 notifier_factory: Callable[[Receiver], Notifier] = build_notifier,
+                 lease: Callable[[], Lease | None] | None = None,
+                 on_lost: Callable[[LeaseLost], None] = lambda e: None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.storage, self.session, self.clock, self.sleep = storage, session, clock, sleep
         self.receivers, self.mqtt = receivers, mqtt
         self.timeout, self.resend, self.max_age = timeout, resend, max_age
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.rng = rng or random.Random()
         self.notifier_factory = notifier_factory
+        # Several replicas share the store: only the holder of the leader lease delivers, and
+        # every row it takes is taken under that lease's fence (see `_next`).
+        self.lease, self.on_lost, self.monotonic = lease, on_lost, monotonic
+        self._fenced_at = -math.inf
         self.metrics = _Metrics(registry)
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
@@ -212,9 +224,26 @@ class Outbox:
         for r in list(self._wake):
             self._kick(r)
 
+    async def _fence(self, tx: Tx) -> None:
+        if self.lease is None:
+            return
+        lease = self.lease()
+        if lease is None:
+            raise LeaseLost("~leader", "this replica does not deliver notifications now")
+        await tx.fence([lease])
+        self._fenced_at = self.monotonic()
+
     async def _next(self, receiver: str) -> Row | None:
         async with self.storage.transaction() as tx:
+            await self._fence(tx)
             return await tx.outbox.next(receiver)
+
+    async def _still_leading(self) -> None:
+        """Right before a send: the leader lease, again if the last check is not fresh (the
+        process may have been frozen since: the row may be another replica's to send now)."""
+        if self.lease is not None and self.monotonic() - self._fenced_at > FENCE_FRESH:
+            async with self.storage.transaction() as tx:
+                await self._fence(tx)
 
     async def _wait(self, receiver: str, delay: float | None) -> None:
         wake = self._wake.setdefault(receiver, asyncio.Event())
@@ -235,6 +264,12 @@ class Outbox:
                 await self._work_loop(receiver)
             except asyncio.CancelledError:
                 raise
+            except LeaseLost as e:
+                # Another replica delivers now; it resumes from the store what is pending.
+                log.warning("notification delivery stopped: not the leader any more",
+                            receiver=receiver, error=str(e))
+                self.on_lost(e)
+                return
             except Exception as e:  # e.g. the database is locked for longer than its timeout
                 log.error("notification worker error; retrying", receiver=receiver,
                           error=type(e).__name__)
@@ -279,6 +314,7 @@ class Outbox:
                                                                self.sleep)
         ctx = SendContext(now=self.clock(), session=self.session, timeout=self.timeout,
                           pace=bucket.acquire, mqtt=self.mqtt(), settings_resend=self.resend)
+        await self._still_leading()
         try:
             try:
                 await notifier.send(n, ctx)

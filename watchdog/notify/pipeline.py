@@ -189,6 +189,21 @@ class Pipeline:
                 self.tracked[a.incident_id] = self._track(a)
         self.changes += 1
 
+    def sync(self, alerts: Iterable[Alert]) -> None:
+        """Alerts of groups another replica evaluates, as read from the store: the same input
+        as their events would have been (a new incident tracked, a known one updated)."""
+        for a in alerts:
+            if a.state == "pending":
+                continue
+            t = self.tracked.get(a.incident_id)
+            if t is None:
+                self.tracked[a.incident_id] = self._track(a)
+            elif t.alert == a:
+                continue
+            else:
+                t.alert = a
+            self.changes += 1
+
     def observe(self, events: Sequence[Event]) -> None:
         for e in events:
             a = e.alert
@@ -289,11 +304,7 @@ class Pipeline:
         and it must not decide the same notification again. If the transaction rolls back,
         the caller reloads the persisted log (`reload_log`)."""
         self._refresh()
-        retention = self._retention()
-        for inc in [inc for inc, t in self.tracked.items()
-                    if t.alert.state == "inactive" and t.alert.resolved_at is not None
-                    and at - t.alert.resolved_at > retention]:
-            del self.tracked[inc]
+        self.expire(at)
 
         muted = self.suppressed(at)
         # Between its intervals a group can only have news (a new incident, its all-clear) after
@@ -361,6 +372,14 @@ class Pipeline:
             else:
                 await tx.escalations.add(k, at)
         return await self.outbox.enqueue(entries, tx) if entries else 0
+
+    def expire(self, at: float) -> None:
+        """Forget incidents resolved longer ago than anything could still say about them."""
+        retention = self._retention()
+        for inc in [inc for inc, t in self.tracked.items()
+                    if t.alert.state == "inactive" and t.alert.resolved_at is not None
+                    and at - t.alert.resolved_at > retention]:
+            del self.tracked[inc]
 
     async def reload_log(self, tx: Tx) -> None:
         """After a transaction that flushed was rolled back: memory back to what is stored."""

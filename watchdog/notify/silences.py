@@ -170,10 +170,14 @@ class SilenceStore:
     silences: dict[str, Silence] = field(default_factory=dict)
     acks: dict[str, Ack] = field(default_factory=dict)
 
-    async def load(self) -> None:
+    async def load(self, *, replace: bool = False) -> None:
+        """Read what is stored; `replace`: forget what is no longer there (several replicas
+        share the store: another one may have expired, pruned or added some)."""
         async with self.storage.transaction() as tx:
             silences = await tx.silences.load()
             acks = await tx.acks.load()
+        if replace:
+            self.silences, self.acks = {}, {}
         for r in silences:
             ms = tuple(Matcher(x["name"], x["value"], x.get("isRegex", False),
                                x.get("isEqual", True)) for x in r.matchers)

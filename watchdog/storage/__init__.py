@@ -9,9 +9,17 @@ Nothing outside this package writes SQL or imports a database driver (import-lin
 
 from __future__ import annotations
 
-from watchdog.storage.ports import DuplicateRun, Storage, StorageError, Tx
+from watchdog.storage.ports import (
+    DuplicateRun,
+    Lease,
+    LeaseLost,
+    Storage,
+    StorageError,
+    Tx,
+)
 
-__all__ = ["DuplicateRun", "Storage", "StorageError", "Tx", "check_url", "open_storage"]
+__all__ = ["DuplicateRun", "Lease", "LeaseLost", "Storage", "StorageError", "Tx", "check_url",
+           "open_storage"]
 
 
 def check_url(url: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from watchdog.interlocks import PastRun
 from watchdog.storage import ports
-from watchdog.storage.ports import DuplicateRun, StorageError
+from watchdog.storage.ports import Coordination, DuplicateRun, StorageError
 from watchdog.storage.records import (
     RUN_UPDATABLE,
     AckRecord,
@@ -49,6 +49,7 @@ from watchdog.storage.records import (
     StoredRule,
 )
 from watchdog.storage.schema import SCHEMA_VERSION
+from watchdog.storage.solo import SoloCoordination
 from watchdog.storage.sql import alert_from_json, alert_to_json, run_callbacks
 
 K = TypeVar("K")
@@ -242,13 +243,20 @@ class _Repo:
 
 
 class MemAlerts(_Repo):
-    async def load(self) -> dict[str, StoredGroup]:
+    async def load(self, keys: Sequence[str] | None = None) -> dict[str, StoredGroup]:
         t = self.t
-        groups = {key: StoredGroup(last, {}) for key, last in t.alert_groups.items()}
+        wanted = None if keys is None else set(keys)
+        groups = {key: StoredGroup(last, {}) for key, last in t.alert_groups.items()
+                  if wanted is None or key in wanted}
         for (gkey, rkey, fp), (sig, data) in t.alert_instances.items():
+            if wanted is not None and gkey not in wanted:
+                continue
             g = groups.setdefault(gkey, StoredGroup(None, {}))
             g.rules.setdefault(rkey, StoredRule(sig, {})).alerts[fp] = alert_from_json(data)
         return groups
+
+    async def versions(self) -> dict[str, float | None]:
+        return dict(self.t.alert_groups)
 
     async def save(self, changes: Sequence[GroupChanges]) -> None:
         t, w = self.t, self.w
@@ -528,6 +536,17 @@ class MemRuns(_Repo):
     async def for_incident(self, incident_id: str) -> builtins.list[RunRow]:
         return [r.out() for r in sorted(self.t.runs.values(), key=_by_time)
                 if r.incident_id == incident_id]
+
+    async def claim(self, run_id: str, replica: str, ttl: float) -> bool:
+        return True  # one process owns this store
+
+    async def renew_claims(self, replica: str, ttl: float, ids: Sequence[str]
+                           ) -> builtins.list[str]:
+        return list(ids)
+
+    async def take_expired(self, replica: str, ttl: float, limit: int = 100, *,
+                           own: bool = False) -> builtins.list[str]:
+        return []
 
 
 class _MemAttempts(_Repo):
@@ -811,12 +830,16 @@ class MemoryTx:
     def on_commit(self, fn: Callable[[], object]) -> None:
         self.callbacks.append(fn)
 
+    async def fence(self, leases: Sequence[ports.Lease]) -> None:
+        """One process owns this store: nothing else can hold a lease."""
+
 
 class MemoryStorage:
     kind = "memory"
     schema_version = SCHEMA_VERSION
 
     def __init__(self) -> None:
+        self.coordination: Coordination = SoloCoordination()
         self._tables = _Tables()
         self._lock = asyncio.Lock()
         self._owner: asyncio.Task[Any] | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from watchdog.interlocks import PastRun
@@ -48,9 +49,92 @@ class DuplicateRun(Exception):
     """The action already has a run for this incident (the database's unique index said so)."""
 
 
+class LeaseLost(Exception):
+    """A fenced write found its lease (or its action run's claim) no longer held by this
+    replica with the same token: another replica holds it now. The transaction rolls back."""
+
+    def __init__(self, name: str, detail: str = "") -> None:
+        super().__init__(f"lease {name!r} is no longer held" + (f": {detail}" if detail else ""))
+        self.name = name
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease as its holder knows it: the fencing token is what every fenced write checks."""
+
+    name: str
+    holder: str
+    token: int
+
+
+@dataclass(frozen=True)
+class Acquired:
+    lease: Lease
+    prev_holder: str | None  # the replica whose lease expired (None: it was free or released)
+    gap: float | None  # seconds from the previous holder's last renewal to this takeover
+    restarted: bool = False  # it was this replica's: an earlier process under the same id
+
+
+@dataclass(frozen=True)
+class ReplicaRecord:
+    id: str
+    instance: str  # one per process: a second process with the same REPLICA_ID differs here
+    started_at: float
+    last_seen: float
+    age: float  # seconds since last_seen, by the database's clock
+    keys_digest: str
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    name: str
+    holder: str | None
+    token: int
+    expires_at: float
+    remaining: float  # seconds until it expires, by the database's clock (negative: expired)
+
+
+class Coordination(Protocol):
+    """Replicas and leases (CONTRACT §7). On a store one process owns (SQLite, memory) that
+    process trivially holds every lease; on PostgreSQL leases are rows with fencing tokens and
+    every time is the database's clock, so the replicas' own clocks never matter."""
+
+    shared: bool  # True: several processes may use this store at once
+
+    async def identify(self, replica: str) -> bool:
+        """Claim the replica id for this process: false while another live process has it."""
+
+    async def beat(self, replica: str, instance: str, ttl: float, keys: Sequence[str] | None
+                   ) -> list[ReplicaRecord]:
+        """Record this replica alive now (and, when not None, the lease names it can hold);
+        returns every replica known, with its age. Raises `StorageError` when another process
+        seen within `ttl` records itself under the same replica id."""
+
+    async def keys_of(self, replicas: Sequence[str]) -> dict[str, frozenset[str]]:
+        """The lease names each of those replicas can hold."""
+
+    async def acquire(self, names: Sequence[str], replica: str, ttl: float) -> list[Acquired]:
+        """Take each lease that is free, expired or already this replica's (token + 1 when
+        the holder changes or it had expired); returns the ones taken."""
+
+    async def renew(self, leases: Sequence[Lease], ttl: float) -> list[Lease]:
+        """Extend the ones still held with the same token and unexpired; returns them."""
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        """Give them up now (only where still held with the same token)."""
+
+    async def leases(self) -> list[LeaseRecord]: ...
+
+    async def leave(self, replica: str, instance: str) -> None:
+        """A clean shutdown: this replica is gone (its leases were released before)."""
+
+
 class AlertRepo(Protocol):
-    async def load(self) -> dict[str, StoredGroup]:
-        """Everything saved, by group key."""
+    async def load(self, keys: Sequence[str] | None = None) -> dict[str, StoredGroup]:
+        """Everything saved, by group key (only those groups when `keys` is given)."""
+
+    async def versions(self) -> dict[str, float | None]:
+        """Each stored group's last recorded evaluation (it changes whenever its alerts do)."""
 
     async def save(self, changes: Sequence[GroupChanges]) -> None:
         """Apply `changes` (upserts, deletes, dropped rules and groups, last evaluation)."""
@@ -162,6 +246,24 @@ class RunRepo(Protocol):
 
     async def for_incident(self, incident_id: str) -> builtins.list[RunRow]:
         """Every run started for the incident (any action), oldest first."""
+
+    async def claim(self, run_id: str, replica: str, ttl: float) -> bool:
+        """Claim (or extend the claim on) the run for `ttl` seconds: true when it was unclaimed
+        or this replica's unexpired claim; false when another replica's, or this one's expired
+        (then the run is retaken elsewhere and this replica must stop driving it). Always true
+        on a store one process owns."""
+
+    async def renew_claims(self, replica: str, ttl: float, ids: Sequence[str]
+                           ) -> builtins.list[str]:
+        """Extend this replica's unexpired claims on those runs (the ones it drives); the ids
+        still claimed."""
+
+    async def take_expired(self, replica: str, ttl: float, limit: int = 100, *,
+                           own: bool = False) -> builtins.list[str]:
+        """Claim unfinished runs (running, or a verification pending) whose claim expired or
+        that have none — with `own`, also those claimed under this replica id (by an earlier
+        process of it, known dead); their ids (skipping rows another replica is claiming right
+        now)."""
 
 
 class StepRepo(Protocol):
@@ -330,10 +432,16 @@ class Tx(Protocol):
         """Run `fn` after the transaction committed (never if it rolled back). Callbacks run
         in order; one that raises is logged and does not stop the others."""
 
+    async def fence(self, leases: Sequence[Lease]) -> None:
+        """Raise `LeaseLost` unless each lease is still held by its holder with its token and
+        unexpired — and keep it so until this transaction ends (a takeover waits for it). A
+        no-op on a store one process owns."""
+
 
 class Storage(Protocol):
     kind: str  # "sqlite" | "postgresql" | "memory"
     schema_version: int
+    coordination: Coordination
 
     def transaction(self) -> AbstractAsyncContextManager[Tx]: ...
 

@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from watchdog.storage.ports import StorageError
+from watchdog.storage.leases import PgCoordination
+from watchdog.storage.ports import Coordination, StorageError
 from watchdog.storage.schema import META, SCHEMA_VERSION, migration, too_new
 from watchdog.storage.sql import Row, SqlTx
 
@@ -89,6 +90,7 @@ class PostgresStorage:
     def __init__(self, pool: Any, url: str) -> None:
         self.pool = pool
         self.url = shown(url)
+        self.coordination: Coordination = PgCoordination(pool)
         self._cache: dict[str, str] = {}
 
     @classmethod
@@ -129,7 +131,7 @@ class PostgresStorage:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlTx]:
         async with self.pool.acquire() as conn:
-            tx = SqlTx(_Conn(conn, self._cache))
+            tx = SqlTx(_Conn(conn, self._cache), shared=True)
             try:
                 async with conn.transaction():
                     yield tx
@@ -139,5 +141,7 @@ class PostgresStorage:
             tx.committed()
 
     async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.coordination.close()  # type: ignore[attr-defined]
         with contextlib.suppress(Exception):
             await self.pool.close()

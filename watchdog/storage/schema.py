@@ -15,7 +15,7 @@ from typing import Literal
 
 Dialect = Literal["sqlite", "postgresql"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS alert_instances (
@@ -191,14 +191,44 @@ UPDATE deploy_markers SET decided_at = window_end WHERE status <> 'open';
 CREATE INDEX IF NOT EXISTS deploy_markers_by_service ON deploy_markers (service, at)
 """
 
-# Version 4: actions, continued (CONTRACT §9). `action_locks` holds one row per target lock key:
+# Version 4: many replicas on one database (CONTRACT §7). `replicas` is each process's
+# heartbeat and the group keys it knows; `leases` hands each rule group (and the singleton
+# roles) to one replica at a time, with a fencing token that grows by one at every change of
+# holder; `action_runs.claimed_by`/`claim_until` say which replica drives a run, until when.
+# Times are the database's clock (Unix seconds), never a replica's. Self-contained: it only
+# adds tables and columns, so it can be renumbered when merged beside another migration.
+_V4 = """
+CREATE TABLE IF NOT EXISTS replicas (
+    id {TEXT} PRIMARY KEY,
+    instance {TEXT} NOT NULL,
+    started_at {REAL} NOT NULL,
+    last_seen {REAL} NOT NULL,
+    keys {TEXT} NOT NULL DEFAULT '[]',
+    keys_digest {TEXT} NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name {TEXT} PRIMARY KEY,
+    holder {TEXT},
+    token BIGINT NOT NULL DEFAULT 0,
+    expires_at {REAL} NOT NULL,
+    acquired_at {REAL},
+    renewed_at {REAL},
+    prev_holder {TEXT},
+    prev_renewed_at {REAL}
+);
+ALTER TABLE action_runs ADD COLUMN claimed_by {TEXT};
+ALTER TABLE action_runs ADD COLUMN claim_until {REAL};
+CREATE INDEX IF NOT EXISTS action_runs_claims ON action_runs (claim_until)
+"""
+
+# Version 5: actions, continued (CONTRACT §9). `action_locks` holds one row per target lock key:
 # the run holding it and since when; a run takes it in the transaction that creates the run, after
 # touching the row (`UPDATE ... SET lock_key = lock_key`), which on PostgreSQL makes a second
 # replica claiming the same key wait for this transaction and then see its holder. A run held back
 # by a lock is a row of `action_runs` too (status `locked`, `deferred_to` the holder), so the run
 # list shows it. `action_attempts`: every try of a retried step. `action_pause`: maintenance mode,
 # at most one row.
-_V4 = """
+_V5 = """
 ALTER TABLE action_runs ADD COLUMN lock_key {TEXT};
 ALTER TABLE action_runs ADD COLUMN deferred_to {TEXT};
 ALTER TABLE action_runs ADD COLUMN tier {TEXT};
@@ -241,7 +271,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
 META = "CREATE TABLE IF NOT EXISTS schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 # MIGRATIONS[n] takes a database from version n-1 to n.
-_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 
 
 def statements(sql: str) -> list[str]:

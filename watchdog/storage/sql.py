@@ -21,7 +21,7 @@ import structlog
 
 from watchdog.interlocks import PastRun
 from watchdog.state import Alert
-from watchdog.storage.ports import DuplicateRun
+from watchdog.storage.ports import DuplicateRun, Lease, LeaseLost
 from watchdog.storage.records import (
     RUN_UPDATABLE,
     AckRecord,
@@ -94,16 +94,36 @@ class SqlAlerts:
     def __init__(self, c: Conn) -> None:
         self.c = c
 
-    async def load(self) -> dict[str, StoredGroup]:
+    async def load(self, keys: Sequence[str] | None = None) -> dict[str, StoredGroup]:
         groups: dict[str, StoredGroup] = {}
-        for key, last in await self.c.fetchall("SELECT group_key, last_eval_at FROM alert_groups"):
-            groups[key] = StoredGroup(_f(last), {})
-        for gkey, rkey, fp, sig, data in await self.c.fetchall(
-                "SELECT group_key, rule_key, fingerprint, rule_sig, data FROM alert_instances"):
+        rows: list[Row] = []
+        if keys is None:
+            for key, last in await self.c.fetchall(
+                    "SELECT group_key, last_eval_at FROM alert_groups"):
+                groups[key] = StoredGroup(_f(last), {})
+            rows = await self.c.fetchall("SELECT group_key, rule_key, fingerprint, rule_sig, "
+                                         "data FROM alert_instances")
+        else:
+            wanted = list(dict.fromkeys(keys))
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start:start + _IN_CHUNK]
+                marks = ", ".join("?" for _ in chunk)
+                for key, last in await self.c.fetchall(
+                        f"SELECT group_key, last_eval_at FROM alert_groups "
+                        f"WHERE group_key IN ({marks})", chunk):
+                    groups[key] = StoredGroup(_f(last), {})
+                rows += await self.c.fetchall(
+                    "SELECT group_key, rule_key, fingerprint, rule_sig, data FROM "
+                    f"alert_instances WHERE group_key IN ({marks})", chunk)
+        for gkey, rkey, fp, sig, data in rows:
             g = groups.setdefault(gkey, StoredGroup(None, {}))
             rule = g.rules.setdefault(rkey, StoredRule(sig, {}))
             rule.alerts[fp] = alert_from_json(data)
         return groups
+
+    async def versions(self) -> dict[str, float | None]:
+        return {k: _f(v) for k, v in await self.c.fetchall(
+            "SELECT group_key, last_eval_at FROM alert_groups")}
 
     async def save(self, changes: Sequence[GroupChanges]) -> None:
         for ch in changes:
@@ -387,9 +407,16 @@ def _run(r: Row) -> RunRow:
 _FLOAT_FIELDS = frozenset({"finished_at", "verify_at", "value_after"})
 
 
+# The database's clock, in Unix seconds: leases and claims never trust a replica's clock.
+# clock_timestamp(), not now(): now() is the transaction's start, and a fence checked late in
+# a long transaction must see the time it is checked at.
+PG_NOW = "extract(epoch from clock_timestamp())::float8"
+
+
 class SqlRuns:
-    def __init__(self, c: Conn) -> None:
+    def __init__(self, c: Conn, shared: bool = False) -> None:
         self.c = c
+        self.shared = shared
 
     async def insert(self, run: RunRow) -> None:
         # ON CONFLICT DO NOTHING rather than catching an IntegrityError: a failed statement
@@ -457,6 +484,42 @@ class SqlRuns:
         return [_run(r) for r in await self.c.fetchall(
             f"SELECT {_RUN_COLS} FROM action_runs WHERE incident_id = ? "
             "ORDER BY created_at, id", (incident_id,))]
+
+    # Claims exist only where several replicas share the store (PostgreSQL): elsewhere the one
+    # process drives every run.
+
+    async def claim(self, run_id: str, replica: str, ttl: float) -> bool:
+        if not self.shared:
+            return True
+        n = await self.c.execute(
+            f"UPDATE action_runs SET claimed_by = ?, claim_until = {PG_NOW} + ?::float8 "
+            f"WHERE id = ? AND (claimed_by IS NULL OR (claimed_by = ? AND claim_until > "
+            f"{PG_NOW}))", (replica, float(ttl), run_id, replica))
+        return n > 0
+
+    async def renew_claims(self, replica: str, ttl: float, ids: Sequence[str]
+                           ) -> builtins.list[str]:
+        if not self.shared:
+            return list(ids)
+        if not ids:
+            return []
+        return [r[0] for r in await self.c.fetchall(
+            f"UPDATE action_runs SET claim_until = {PG_NOW} + ?::float8 "
+            f"WHERE claimed_by = ? AND claim_until > {PG_NOW} AND id = ANY(?::text[]) "
+            "RETURNING id", (float(ttl), replica, list(ids)))]
+
+    async def take_expired(self, replica: str, ttl: float, limit: int = 100, *,
+                           own: bool = False) -> builtins.list[str]:
+        if not self.shared:
+            return []
+        # SKIP LOCKED: two replicas reaping at once each take different runs, neither waits.
+        return [r[0] for r in await self.c.fetchall(
+            f"UPDATE action_runs SET claimed_by = ?, claim_until = {PG_NOW} + ?::float8 "
+            "WHERE id IN (SELECT id FROM action_runs WHERE "
+            "(status = 'running' OR verification = 'pending') AND "
+            f"(claim_until IS NULL OR claim_until <= {PG_NOW} OR (? AND claimed_by = ?)) "
+            "ORDER BY created_at, id LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING id",
+            (replica, float(ttl), bool(own), replica, int(limit)))]
 
 
 class SqlSteps:
@@ -805,9 +868,11 @@ class _Guarded:
 
 
 class SqlTx:
-    """`ports.Tx` over one backend connection inside one transaction."""
+    """`ports.Tx` over one backend connection inside one transaction. `shared`: several
+    replicas use this database (PostgreSQL), so leases and claims are real."""
 
-    def __init__(self, conn: Conn) -> None:
+    def __init__(self, conn: Conn, shared: bool = False) -> None:
+        self.shared = shared
         self._conn = c = _Guarded(conn)
         self.alerts = SqlAlerts(c)
         self.rule_files = SqlRuleFiles(c)
@@ -817,7 +882,7 @@ class SqlTx:
         self.action_notes = SqlActionNotes(c)
         self.silences = SqlSilences(c)
         self.acks = SqlAcks(c)
-        self.runs = SqlRuns(c)
+        self.runs = SqlRuns(c, shared)
         self.steps = SqlSteps(c)
         self.deploys = SqlDeploys(c)
         self.incidents = SqlIncidents(c)
@@ -827,6 +892,23 @@ class SqlTx:
 
     def on_commit(self, fn: Callable[[], object]) -> None:
         self.callbacks.append(fn)
+
+    async def fence(self, leases: Sequence[Lease]) -> None:
+        if not self.shared or not leases:
+            return
+        # FOR SHARE: a takeover (an UPDATE of the row) waits until this transaction ends, so
+        # a lease checked here cannot change hands before what this transaction writes commits.
+        rows = await self._conn.fetchall(
+            f"SELECT name, holder, token, expires_at > {PG_NOW} FROM leases "
+            "WHERE name = ANY(?::text[]) FOR SHARE", ([x.name for x in leases],))
+        found = {r[0]: (r[1], int(r[2]), bool(r[3])) for r in rows}
+        for x in leases:
+            holder, token, live = found.get(x.name, (None, -1, False))
+            if holder != x.holder or token != x.token:
+                raise LeaseLost(x.name, f"now held by {holder or 'nobody'} (token {token}, "
+                                        f"ours {x.token})")
+            if not live:
+                raise LeaseLost(x.name, "expired")
 
     def close(self) -> None:
         self._conn.open = False

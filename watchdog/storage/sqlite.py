@@ -23,8 +23,9 @@ from typing import Any
 
 import aiosqlite
 
-from watchdog.storage.ports import StorageError
+from watchdog.storage.ports import Coordination, StorageError
 from watchdog.storage.schema import META, SCHEMA_VERSION, migration, too_new
+from watchdog.storage.solo import SoloCoordination
 from watchdog.storage.sql import Row, SqlTx
 
 
@@ -62,6 +63,7 @@ class SqliteStorage:
     def __init__(self, db: aiosqlite.Connection, path: str, lock_fd: int | None) -> None:
         self.db = db
         self.path = path
+        self.coordination: Coordination = SoloCoordination()
         self._lock = asyncio.Lock()
         self._owner: asyncio.Task[object] | None = None
         self._lock_fd = lock_fd

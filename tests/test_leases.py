@@ -1,0 +1,203 @@
+"""Leases, heartbeats and action-run claims (`watchdog.storage.leases`, `SqlTx.fence`,
+`SqlRuns.claim`) against a real PostgreSQL, and the trivial single-process versions on SQLite
+and memory.
+
+Time passing is simulated by moving a row's `expires_at`/`claim_until` into the past with SQL
+(the leases run on the database's clock, which a test cannot inject), never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from storage_support import storage_at
+from test_storage_contract import run_row
+
+from watchdog.app.replicas import owner
+from watchdog.storage import Lease, LeaseLost, Storage, open_storage
+from watchdog.storage.leases import ReplicaIdInUse
+
+TTL = 15.0
+
+
+@pytest.fixture
+async def pg(postgres_url: str) -> AsyncIterator[tuple[Storage, asyncpg.Connection]]:
+    async with storage_at(postgres_url) as s:
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            yield s, conn
+        finally:
+            await conn.close()
+
+
+async def expire(conn: asyncpg.Connection, name: str) -> None:
+    """As if LEASE_TTL passed without a renewal."""
+    await conn.execute("UPDATE leases SET expires_at = expires_at - 1000, "
+                       "renewed_at = renewed_at - 1000 WHERE name = $1", name)
+
+
+async def test_a_free_lease_is_taken_once_and_renewed_by_its_holder_only(
+        pg: tuple[Storage, asyncpg.Connection]) -> None:
+    s, _ = pg
+    c = s.coordination
+    assert c.shared
+    [a] = await c.acquire(["g1"], "r1", TTL)
+    assert a.lease == Lease("g1", "r1", 1) and a.prev_holder is None
+    assert await c.acquire(["g1"], "r2", TTL) == []  # held and unexpired
+    assert await c.renew([a.lease], TTL) == [a.lease]
+    assert await c.renew([Lease("g1", "r2", 1)], TTL) == []
+    [rec] = await c.leases()
+    assert rec.holder == "r1" and rec.token == 1 and 0 < rec.remaining <= TTL
+
+
+async def test_an_expired_lease_moves_with_a_new_token_and_the_old_holder_is_fenced(
+        pg: tuple[Storage, asyncpg.Connection]) -> None:
+    s, conn = pg
+    c = s.coordination
+    [a] = await c.acquire(["g1"], "r1", TTL)
+    async with s.transaction() as tx:
+        await tx.fence([a.lease])  # held: passes
+    await expire(conn, "g1")
+    async with s.transaction() as tx:
+        with pytest.raises(LeaseLost, match="expired"):
+            await tx.fence([a.lease])
+    [b] = await c.acquire(["g1"], "r2", TTL)
+    assert b.lease == Lease("g1", "r2", 2)
+    assert b.prev_holder == "r1" and b.gap is not None and b.gap >= 1000  # a failover
+    assert await c.renew([a.lease], TTL) == []  # the old holder cannot renew
+    with pytest.raises(LeaseLost, match="r2"):
+        async with s.transaction() as tx:
+            await tx.fence([a.lease])
+            await tx.rule_files.save({"x.yml": ("d", b"x")})  # never committed
+    async with s.transaction() as tx:
+        assert await tx.rule_files.load() == {}
+        await tx.fence([b.lease])
+
+
+async def test_a_released_lease_is_taken_at_once_without_counting_a_failover(
+        pg: tuple[Storage, asyncpg.Connection]) -> None:
+    s, _ = pg
+    c = s.coordination
+    [a] = await c.acquire(["g1"], "r1", TTL)
+    await c.release([a.lease])
+    [b] = await c.acquire(["g1"], "r2", TTL)
+    assert b.lease.token == 2 and b.prev_holder is None and b.gap is None
+    await c.release([a.lease])  # a stale release changes nothing
+    assert (await c.leases())[0].holder == "r2"
+
+
+async def test_a_restart_under_the_same_replica_id_gets_a_new_token(
+        pg: tuple[Storage, asyncpg.Connection]) -> None:
+    s, _ = pg
+    c = s.coordination
+    [a] = await c.acquire(["g1"], "r1", TTL)
+    [b] = await c.acquire(["g1"], "r1", TTL)
+    assert b.lease.token == a.lease.token + 1  # whatever the old process writes is refused
+    async with s.transaction() as tx:
+        with pytest.raises(LeaseLost):
+            await tx.fence([a.lease])
+
+
+async def test_a_takeover_waits_for_a_fenced_transaction_in_flight(
+        pg: tuple[Storage, asyncpg.Connection]) -> None:
+    """The fence holds the lease row (FOR SHARE) to the end of the transaction: the lease
+    cannot change hands between the check and the commit of what was checked."""
+    s, _ = pg
+    c = s.coordination
+    [a] = await c.acquire(["g1"], "r1", TTL)
+    order: list[str] = []
+    fenced = asyncio.Event()
+    go = asyncio.Event()
+
+    async def writer() -> None:
+        async with s.transaction() as tx:
+            await tx.fence([a.lease])
+            fenced.set()
+            await go.wait()
+            order.append("committed")
+
+    task = asyncio.create_task(writer())
+    await fenced.wait()
+    takeover = asyncio.create_task(c.acquire(["g1"], "r2", TTL))
+    await asyncio.sleep(0.3)
+    if not takeover.done():  # r1's unexpired lease: the takeover looks after the commit
+        order.append("waiting")
+    go.set()
+    await task
+    got = await takeover
+    assert order == ["waiting", "committed"]
+    assert got == []  # still r1's, unexpired
+
+
+async def test_heartbeats_refuse_a_second_live_process_under_one_replica_id(
+        pg: tuple[Storage, asyncpg.Connection]) -> None:
+    s, conn = pg
+    c = s.coordination
+    rows = await c.beat("r1", "proc-a", TTL, ["g1", "g2"])
+    assert [(r.id, r.instance) for r in rows] == [("r1", "proc-a")] and rows[0].age < 1
+    assert await c.keys_of(["r1"]) == {"r1": frozenset({"g1", "g2"})}
+    with pytest.raises(ReplicaIdInUse, match="REPLICA_ID"):
+        await c.beat("r1", "proc-b", TTL, ["g1"])
+    await conn.execute("UPDATE replicas SET last_seen = last_seen - 1000")
+    rows = await c.beat("r1", "proc-b", TTL, ["g3"])  # the first one is gone: taken over
+    assert rows[0].instance == "proc-b"
+    assert (await c.keys_of(["r1"]))["r1"] == frozenset({"g3"})
+    await c.beat("r1", "proc-b", TTL, None)  # a plain heartbeat keeps the names
+    assert (await c.keys_of(["r1"]))["r1"] == frozenset({"g3"})
+    await c.leave("r1", "proc-b")
+    assert await c.keys_of(["r1"]) == {}
+
+
+async def test_run_claims_move_only_when_they_expire(
+        pg: tuple[Storage, asyncpg.Connection]) -> None:
+    s, conn = pg
+    async with s.transaction() as tx:
+        await tx.runs.insert(run_row("run1"))
+        assert await tx.runs.claim("run1", "r1", TTL)
+    async with s.transaction() as tx:
+        assert not await tx.runs.claim("run1", "r2", TTL)
+        assert await tx.runs.take_expired("r2", TTL) == []
+        assert await tx.runs.renew_claims("r1", TTL, ["run1"]) == ["run1"]
+        assert await tx.runs.take_expired("r1", TTL, own=True) == ["run1"]  # a restart of r1
+    await conn.execute("UPDATE action_runs SET claim_until = claim_until - 1000")
+    async with s.transaction() as tx:
+        assert await tx.runs.renew_claims("r1", TTL, ["run1"]) == []  # too late
+        assert await tx.runs.take_expired("r2", TTL) == ["run1"]
+        assert not await tx.runs.claim("run1", "r1", TTL)  # the old driver stops here
+        assert await tx.runs.claim("run1", "r2", TTL)
+    async with s.transaction() as tx:
+        await tx.runs.update("run1", status="succeeded")
+    await conn.execute("UPDATE action_runs SET claim_until = claim_until - 1000")
+    async with s.transaction() as tx:
+        assert await tx.runs.take_expired("r3", TTL) == []  # finished runs stay put
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+async def test_one_process_stores_hold_every_lease(kind: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}" if kind == "sqlite" else "memory://"
+    s = await open_storage(url)
+    try:
+        c = s.coordination
+        assert not c.shared
+        [a] = await c.acquire(["g1"], "me", TTL)
+        assert await c.renew([a.lease], TTL) == [a.lease]
+        async with s.transaction() as tx:
+            await tx.fence([Lease("g1", "someone-else", 99)])  # nothing else can write here
+            assert await tx.runs.claim("any", "me", TTL)
+            assert await tx.runs.take_expired("me", TTL) == []
+    finally:
+        await s.close()
+
+
+def test_rendezvous_moves_only_the_names_of_the_replica_that_left() -> None:
+    names = [f"group-{i}" for i in range(300)]
+    three = {n: owner(n, ["a", "b", "c"]) for n in names}
+    two = {n: owner(n, ["a", "b"]) for n in names}
+    assert all(two[n] == three[n] for n in names if three[n] != "c")
+    counts = {r: sum(1 for v in three.values() if v == r) for r in "abc"}
+    assert all(60 <= n <= 140 for n in counts.values()), counts
+    assert owner("x", []) is None
