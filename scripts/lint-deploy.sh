@@ -7,7 +7,9 @@
 #      .dockerignore lets it through — there is no Docker engine here to try a build.
 #   2. Kustomize: every kustomization's files exist; each is rendered with `kubectl kustomize`
 #      when kubectl is on PATH, else with a small built-in renderer for the subset the repo
-#      uses (resources, configMapGenerator without name hash, images).
+#      uses (resources, configMapGenerator without name hash, images, and `patches` given as
+#      files of strategic-merge patches with the list keys Kubernetes uses for containers,
+#      env, volumes, volumeMounts and ports).
 #   3. Kubernetes schemas, offline: every rendered object (and every *.example.yaml under
 #      deploy/) against the JSON schemas bundled in the PyPI package kubernetes-validate, strict
 #      (unknown fields are errors), for the oldest and the newest Kubernetes version below.
@@ -16,8 +18,11 @@
 #      a schema is an error, never silently skipped.
 #   4. Consistency: references between objects (Service -> Pod labels and ports,
 #      ServiceMonitor -> Service, volumes -> ConfigMap/PVC/Secret, RoleBinding -> Role and
-#      ServiceAccount), the restrictive securityContext, probes, least RBAC, one replica with
-#      Recreate for the SQLite state.
+#      ServiceAccount), the restrictive securityContext, probes, least RBAC, and the state:
+#      one replica with Recreate for a SQLite file (deploy/base), or for several replicas on
+#      PostgreSQL (deploy/overlays/ha) replicas >= 2, RollingUpdate with maxUnavailable 0, a
+#      PodDisruptionBudget that selects the Pods and allows an eviction, STATE_URL from a
+#      Secret, REPLICA_ID from the Pod's name, LEASE_TTL, no state volume.
 #   5. The example rules under deploy/ with `watchdog check` (skipped, saying so, while the CLI
 #      cannot run).
 #   6. deploy/grafana-dashboard.json: valid JSON, panel layout, and every PromQL expression
@@ -355,7 +360,47 @@ def check_dockerfile() -> None:
 
 # ------------------------------------------------------------------ Kustomize ----------------
 
-RENDERER_KEYS = {"apiVersion", "kind", "resources", "configMapGenerator", "images"}
+RENDERER_KEYS = {"apiVersion", "kind", "resources", "configMapGenerator", "images", "patches"}
+# The merge keys Kubernetes declares for the lists an overlay here patches (patchMergeKey in
+# the API types); any other list present on both sides is refused rather than guessed.
+MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
+              "volumeMounts": "mountPath", "ports": "containerPort"}
+
+
+class UnsupportedPatch(Exception):
+    pass
+
+
+def strategic_merge(base: dict, patch: dict) -> dict:
+    """A strategic-merge patch, the subset kustomize applies that the overlays here use:
+    maps merge, `null` removes a key, keyed lists merge item by item (`$patch: delete`
+    removes one), other lists are replaced when the base has none."""
+    out = dict(base)
+    for key, value in patch.items():
+        if key == "$patch":
+            continue
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = strategic_merge(out[key], value)
+        elif isinstance(value, list) and out.get(key):
+            mk = MERGE_KEYS.get(key)
+            if mk is None:
+                raise UnsupportedPatch(f"list {key!r} has no merge key known to this renderer")
+            items = list(out[key])
+            for item in value:
+                idx = next((i for i, b in enumerate(items) if b.get(mk) == item.get(mk)), None)
+                if item.get("$patch") == "delete":
+                    if idx is not None:
+                        del items[idx]
+                elif idx is None:
+                    items.append({k: v for k, v in item.items() if v is not None})
+                else:
+                    items[idx] = strategic_merge(items[idx], item)
+            out[key] = items
+        else:
+            out[key] = value
+    return out
 
 
 def kustomization_file(d: Path) -> Path | None:
@@ -389,6 +434,11 @@ def check_kustomization(d: Path) -> None:
         for f in g.get("envs", []):
             if not (d / f).is_file():
                 fail(f"{rel}: {g.get('name')}: envs file {f!r} does not exist")
+    for pt in k.get("patches", []):
+        if "path" in pt:
+            seen.append(pt["path"])
+            if not (d / pt["path"]).is_file():
+                fail(f"{rel}: patch {pt['path']!r} does not exist")
     # A manifest next to the kustomization is either listed or an *.example.yaml: none is
     # forgotten by accident.
     for f in sorted(d.glob("*.y*ml")):
@@ -409,7 +459,17 @@ def check_kustomization(d: Path) -> None:
 def render_kustomization(d: Path, out: Path) -> None:
     """The subset of kustomize this repository uses, for machines without kubectl. Refuses
     anything else rather than render it wrongly."""
+    out.write_text(yaml.safe_dump_all(render_docs(d), sort_keys=False))
+    done()
+
+
+def render_docs(d: Path) -> list[dict]:
+    """The objects of one kustomization (a resource folder is rendered the same way, so an
+    overlay gets its base's objects)."""
     kf = kustomization_file(d)
+    if kf is None:
+        fail(f"{show(d)}: no kustomization.yaml")
+        done()
     assert kf is not None
     k = yaml.safe_load(kf.read_text()) or {}
     unsupported = set(k) - RENDERER_KEYS
@@ -420,12 +480,7 @@ def render_kustomization(d: Path, out: Path) -> None:
     docs: list[dict] = []
     for r in k.get("resources", []):
         p = d / r
-        if p.is_dir():
-            sub = out.with_name(out.stem + "." + p.name + ".yaml")
-            render_kustomization(p, sub)
-            docs += load_yaml_docs(sub)
-        else:
-            docs += load_yaml_docs(p)
+        docs += render_docs(p) if p.is_dir() else load_yaml_docs(p)
     for g in k.get("configMapGenerator", []):
         opts = g.get("options", {})
         if not opts.get("disableNameSuffixHash"):
@@ -440,6 +495,26 @@ def render_kustomization(d: Path, out: Path) -> None:
         if "labels" in opts:
             meta["labels"] = opts["labels"]
         docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data})
+    for pt in k.get("patches", []):
+        if set(pt) != {"path"}:
+            fail(f"{show(kf)}: the built-in renderer supports `patches` given by `path` only; "
+                 "install kubectl")
+            done()
+        for patch in load_yaml_docs(d / pt["path"]):
+            pid = (patch.get("kind"), patch.get("metadata", {}).get("name"))
+            idx = [i for i, doc in enumerate(docs)
+                   if (doc.get("kind"), doc.get("metadata", {}).get("name")) == pid]
+            if len(idx) != 1:
+                fail(f"{show(d / pt['path'])}: patch target {pid} matches {len(idx)} objects")
+                done()
+            if patch.get("$patch") == "delete":
+                del docs[idx[0]]
+                continue
+            try:
+                docs[idx[0]] = strategic_merge(docs[idx[0]], patch)
+            except UnsupportedPatch as e:
+                fail(f"{show(d / pt['path'])}: {e}; install kubectl")
+                done()
     for img in k.get("images", []):
         for doc in docs:
             spec = doc.get("spec", {}).get("template", {}).get("spec", {})
@@ -447,8 +522,7 @@ def render_kustomization(d: Path, out: Path) -> None:
                 name, _, tag = c["image"].partition(":")
                 if name == img["name"]:
                     c["image"] = f"{img.get('newName', name)}:{img.get('newTag', tag)}"
-    out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    done()
+    return docs
 
 
 # ------------------------------------------------------------------ schemas ------------------
@@ -518,13 +592,72 @@ def check_container(where: str, c: dict, pod: dict, volumes: dict) -> None:
             fail(f"{where}: volumeMount {m['name']!r} has no volume")
 
 
-def check_watchdog_container(where: str, c: dict, dep: dict) -> None:
+def is_replicated(c: dict, dep: dict) -> bool:
+    """Meant for several replicas on PostgreSQL (the HA overlay): more than one replica, or the
+    state from a Secret rather than the SQLite literal. Everything else is the SQLite shape."""
+    env = {e["name"]: e for e in c.get("env", [])}
+    return dep["spec"].get("replicas", 1) != 1 or "valueFrom" in env.get("WATCHDOG_STATE_URL", {})
+
+
+def check_replicated(where: str, c: dict, dep: dict, pdbs: dict[str, dict]) -> None:
+    """Several replicas share the groups through leases in PostgreSQL (README, "Many
+    replicas"): the state URL is a credential from a Secret and never SQLite (two processes on
+    one SQLite file are refused at start), each replica names itself after its Pod, updates hand
+    groups over (RollingUpdate, never below the running count), a drain evicts one at a time."""
+    spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
+    replicas = spec.get("replicas", 1)
+    if replicas < 2:
+        fail(f"{where}: a replicated (PostgreSQL) watchdog runs at least 2 replicas, has {replicas}")
+    strategy = spec.get("strategy", {})
+    if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+        fail(f"{where}: strategy must be RollingUpdate with several replicas (Recreate stops all)")
+    elif str(strategy.get("rollingUpdate", {}).get("maxUnavailable", "25%")) not in ("0", "0%"):
+        fail(f"{where}: rollingUpdate.maxUnavailable must be 0 (a new replica joins before an "
+             "old one leaves)")
+    env = {e["name"]: e for e in c.get("env", [])}
+    state = env.get("WATCHDOG_STATE_URL", {})
+    if "value" in state:
+        fail(f"{where}: WATCHDOG_STATE_URL must come from a secretKeyRef (it holds the database "
+             "password), never a literal")
+    elif "secretKeyRef" not in state.get("valueFrom", {}):
+        fail(f"{where}: WATCHDOG_STATE_URL must come from a secretKeyRef")
+    if str(state.get("value", "")).startswith("sqlite"):
+        fail(f"{where}: several replicas need PostgreSQL, not SQLite")
+    rid = env.get("WATCHDOG_REPLICA_ID", {}).get("valueFrom", {}).get("fieldRef", {})
+    if rid.get("fieldPath") != "metadata.name":
+        fail(f"{where}: WATCHDOG_REPLICA_ID must be the Pod's name (fieldRef metadata.name)")
+    if "WATCHDOG_LEASE_TTL" not in env:
+        fail(f"{where}: WATCHDOG_LEASE_TTL not set (the failover time should be a decision)")
+    if any("persistentVolumeClaim" in v for v in pod.get("volumes", [])):
+        fail(f"{where}: no state volume with PostgreSQL (a ReadWriteOnce claim would keep "
+             "replicas on other nodes from starting)")
+    labels = spec["template"]["metadata"].get("labels", {})
+    mine = [p for p in pdbs.values()
+            if _labels_match(p["spec"].get("selector", {}).get("matchLabels", {}), labels)]
+    if not mine:
+        fail(f"{where}: no PodDisruptionBudget selects its Pods")
+    for p in mine:
+        ps = p["spec"]
+        if "minAvailable" in ps and not (isinstance(ps["minAvailable"], int)
+                                         and 1 <= ps["minAvailable"] < replicas):
+            fail(f"{where}: PodDisruptionBudget {p['metadata']['name']}: minAvailable must be "
+                 f"at least 1 and below the {replicas} replicas (else no drain can proceed)")
+        if "maxUnavailable" in ps and ps["maxUnavailable"] in (0, "0", "0%"):
+            fail(f"{where}: PodDisruptionBudget {p['metadata']['name']}: maxUnavailable 0 "
+                 "blocks every drain")
+
+
+def check_watchdog_container(where: str, c: dict, dep: dict, pdbs: dict[str, dict]) -> None:
     spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    if spec.get("replicas") != 1:
-        fail(f"{where}: the watchdog must run as exactly 1 replica")
-    if spec.get("strategy", {}).get("type") != "Recreate":
-        fail(f"{where}: strategy must be Recreate (one SQLite writer at a time)")
+    replicated = is_replicated(c, dep)
+    if replicated:
+        check_replicated(where, c, dep, pdbs)
+    else:
+        if spec.get("replicas") != 1:
+            fail(f"{where}: the watchdog on SQLite must run as exactly 1 replica")
+        if spec.get("strategy", {}).get("type") != "Recreate":
+            fail(f"{where}: strategy must be Recreate (one SQLite writer at a time)")
     if pod.get("enableServiceLinks") is not False:
         fail(f"{where}: enableServiceLinks must be false (service env variables named WATCHDOG_*)")
     env = {e["name"]: e for e in c.get("env", [])}
@@ -558,7 +691,8 @@ def check_watchdog_container(where: str, c: dict, dep: dict) -> None:
         if "configMap" not in volumes.get(rules["name"], {}):
             fail(f"{where}: the rules folder should be a ConfigMap volume")
     state = env.get("WATCHDOG_STATE_URL", {}).get("value", "")
-    if not state.startswith("sqlite:////var/lib/watchdog/") or "/var/lib/watchdog" not in mounts:
+    if not replicated and (not state.startswith("sqlite:////var/lib/watchdog/")
+                           or "/var/lib/watchdog" not in mounts):
         fail(f"{where}: the state must be a SQLite file on the volume at /var/lib/watchdog")
     if "/tmp" not in mounts:
         fail(f"{where}: /tmp needs an emptyDir (read-only root filesystem)")
@@ -592,7 +726,8 @@ def check_policy(name: str, rendered: Path) -> None:
         for c in pod["containers"]:
             check_container(f"{where}: container {c['name']}", c, pod, volumes)
             if "metrics-watchdog" in c["image"]:
-                check_watchdog_container(f"{where}: container {c['name']}", c, dep)
+                check_watchdog_container(f"{where}: container {c['name']}", c, dep,
+                                         by_kind.get("PodDisruptionBudget", {}))
         for v in volumes.values():
             if "configMap" in v and v["configMap"]["name"] not in names("ConfigMap"):
                 fail(f"{where}: volume {v['name']}: ConfigMap {v['configMap']['name']} is not in the output")
@@ -945,7 +1080,7 @@ if [[ "$kz" =~ ^v([0-9]+)\. ]] && ((BASH_REMATCH[1] >= 4)); then
   say "2. Kustomize: rendering with kubectl kustomize (kustomize $kz)"
 else
   say "2. Kustomize: no kubectl with kustomize v4+${kz:+ (found $kz)}, rendering with the" \
-      "built-in renderer (resources, configMapGenerator without name hash, images)"
+      "built-in renderer (resources, configMapGenerator without name hash, images, patches)"
 fi
 
 rendered=()

@@ -56,6 +56,7 @@ pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 XSS_IMG = '<img src=x onerror="window.__xss=1;alert(1)">'
 XSS_SCRIPT = "</script><script>window.__xss=2;alert(2)</script>"
 STEP = 30.0  # seconds between backfilled samples
+REPLICA = "console-replica-7"  # REPLICA_ID, shown on the Status view
 
 RULES = """
 groups:
@@ -182,7 +183,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, prometheus_binary: str,
     flags = Flags()
     flags_url = flags.start()
     wd = WatchdogProcess(tmp, env={"WATCHDOG_PROMETHEUS_URL": prom.url,
-                                   "WATCHDOG_API_READ_TOKEN": READ_TOKEN})
+                                   "WATCHDOG_API_READ_TOKEN": READ_TOKEN,
+                                   "WATCHDOG_REPLICA_ID": REPLICA})
     (wd.rules / "rules.yml").write_text(RULES.replace("FLAGS_URL", flags_url))
     wd.start()
     e = Env(wd, prom, flags, now)
@@ -491,4 +493,20 @@ def test_the_other_views(console: Console, env: Env, view: str) -> None:
     else:
         expect(main).to_contain_text("rules.yml")
         expect(main.locator(".badge", has_text="loaded")).to_be_visible()
+        # the replicas table: this one process (SQLite: no roles), live, both groups, started
+        replicas = main.locator("#replicas table.replicas tbody tr")
+        expect(replicas).to_have_count(1)
+        expect(replicas.locator(".replica-id")).to_have_text(REPLICA)
+        expect(replicas.locator(".badge", has_text="live")).to_be_visible()
+        expect(replicas.locator(".badge", has_text="this one")).to_be_visible()
+        expect(replicas).to_contain_text("2 groups")
+        expect(replicas).not_to_contain_text("never")  # last seen and started are known
+        status = env.api("/api/v1/status")
+        assert [r["id"] for r in status["replicas"]] == [REPLICA]
+        # each group names its replica (the fold is open at both sizes with two groups)
+        groups = main.locator("#replicas table.groups tbody tr")
+        expect(groups).to_have_count(len(status["groups"]))
+        for g in status["groups"]:
+            assert g["replica"] == REPLICA
+            expect(groups.filter(has_text=g["name"])).to_contain_text(REPLICA)
     console.shot(view)

@@ -933,6 +933,36 @@ async def test_deploys_list_finish_and_order(storage: Storage) -> None:
         assert await tx.deploys.list(status="passed") == []
 
 
+async def test_a_deploy_report_is_posted_once(storage: Storage) -> None:
+    """A marker with a report keeps its declared queries and days; `mark_reported` records the
+    posting once (two replicas at the window's end: one posts), and `unreported` lists those
+    still due, oldest first. A marker without a report is never due."""
+    queries = ({"name": "p95", "query": "latency", "target": "> 10% faster"},)
+    async with storage.transaction() as tx:
+        await tx.deploys.insert(replace(deploy("late", 300.0), report=queries, report_days=7.0))
+        await tx.deploys.insert(replace(deploy("early", 100.0), report_days=1.0))
+        await tx.deploys.insert(deploy("none", 50.0))
+    async with storage.transaction() as tx:
+        got = await tx.deploys.get("late")
+        assert got is not None and got.report == queries and got.report_days == 7.0
+        assert got.reported_at is None
+        assert [d.id for d in await tx.deploys.unreported()] == ["early", "late"]
+        assert [d.id for d in await tx.deploys.unreported(limit=1)] == ["early"]
+        assert await tx.deploys.mark_reported("early", 86_500.0)
+        assert not await tx.deploys.mark_reported("early", 86_600.0)
+        assert not await tx.deploys.mark_reported("none", 86_600.0)
+        assert not await tx.deploys.mark_reported("missing", 86_600.0)
+    async with storage.transaction() as tx:
+        early = await tx.deploys.get("early")
+        assert early is not None and early.reported_at == 86_500.0
+        assert [d.id for d in await tx.deploys.unreported()] == ["late"]
+    with pytest.raises(RuntimeError):
+        async with storage.transaction() as tx:
+            assert await tx.deploys.mark_reported("late", 1.0)
+            raise RuntimeError("rolled back: the report is due again")
+    assert [d.id for d in await read(storage, lambda tx: tx.deploys.unreported())] == ["late"]
+
+
 async def test_a_deploy_verdict_is_decided_once(storage: Storage) -> None:
     """`decide` sets the verdict of an open marker only: the first decision stands (a window's
     end and a firing alert, or two replicas, cannot both decide)."""
@@ -1402,7 +1432,39 @@ async def test_a_version_2_store_migrates_to_version_3_with_its_deploys(sql_url:
     assert await _recorded_version(sql_url) == str(SCHEMA_VERSION)
 
 
-# ---- actions, continued (schema 5): target locks, attempts, pause ----------------------------
+async def test_a_version_4_store_migrates_to_version_5_with_its_deploys(sql_url: str) -> None:
+    """Schema 5 added deploy reports: a marker set before it has no report queries and no
+    report days, so no report becomes due for it; its verdict is kept."""
+    dialect = "sqlite" if sql_url.startswith("sqlite:") else "postgresql"
+    stmts = [*(stmt for v in (1, 2, 3, 4) for stmt in migration(v, dialect)),
+             "CREATE TABLE schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+             "INSERT INTO schema_meta VALUES ('version', '4')",
+             "INSERT INTO deploy_markers VALUES ('d1', 'checkout', 'v1', '{}', 100.0, 200.0, "
+             "'failed', 'FAIL', '[\"rollback\"]', 150.0)"]
+    if dialect == "sqlite":
+        with sqlite3.connect(sql_url.removeprefix("sqlite:///")) as db:
+            for stmt in stmts:
+                db.execute(stmt)
+    else:
+        conn = await asyncpg.connect(sql_url)
+        try:
+            for stmt in stmts:
+                await conn.execute(stmt)
+        finally:
+            await conn.close()
+    s = await open_storage(sql_url)
+    try:
+        d1 = await read(s, lambda tx: tx.deploys.get("d1"))
+        assert d1 is not None
+        assert (d1.status, d1.decided_at, d1.on_fail) == ("failed", 150.0, ("rollback",))
+        assert (d1.report, d1.report_days, d1.reported_at) == ((), None, None)
+        assert await read(s, lambda tx: tx.deploys.unreported()) == []
+    finally:
+        await s.close()
+    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION)
+
+
+# ---- actions, continued (schema 6): target locks, attempts, pause ----------------------------
 
 
 async def test_a_lock_names_its_holder_and_whether_its_incident_is_open(storage: Storage) -> None:
@@ -1510,13 +1572,12 @@ async def test_the_pause_is_one_record_set_replaced_and_cleared(storage: Storage
     assert await read(storage, lambda tx: tx.pause.get()) is None
 
 
-async def test_a_version_4_store_migrates_to_version_5_with_its_runs(sql_url: str) -> None:
-    """Schema 5 added target locks, attempts, the pause and three run columns."""
+async def test_a_version_5_store_migrates_to_version_6_with_its_runs(sql_url: str) -> None:
+    """Schema 6 added target locks, attempts, the pause and three run columns."""
     dialect = "sqlite" if sql_url.startswith("sqlite:") else "postgresql"
-    stmts = [*migration(1, dialect), *migration(2, dialect), *migration(3, dialect),
-             *migration(4, dialect),
+    stmts = [*(stmt for v in (1, 2, 3, 4, 5) for stmt in migration(v, dialect)),
              "CREATE TABLE schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-             "INSERT INTO schema_meta VALUES ('version', '4')",
+             "INSERT INTO schema_meta VALUES ('version', '5')",
              "INSERT INTO action_runs (id, action, trigger, labels, dry_run, spec, status, "
              "created_at) VALUES ('old', 'rollback', 'manual', '{}', 0, '{}', 'succeeded', 10.0)"]
     if dialect == "sqlite":
@@ -1542,4 +1603,4 @@ async def test_a_version_4_store_migrates_to_version_5_with_its_runs(sql_url: st
         assert held is not None and held.run_id == "old"
     finally:
         await s.close()
-    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION) == "5"
+    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION) == "6"

@@ -73,7 +73,8 @@ class AlertView(Protocol):
 class ActionEvent:
     """Something an action did, to be notified like an alert event."""
 
-    kind: Literal["started", "succeeded", "failed", "would_run", "verified", "not_helped"]
+    kind: Literal["started", "succeeded", "failed", "would_run", "verified", "not_helped",
+                  "report"]  # report: extra["report"] is a deploy report, posted to chat
     action: str
     at: float
     labels: Mapping[str, str]

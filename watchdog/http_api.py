@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 
-from watchdog import __version__, am_api, console_api, prom_compat, query_proxy
+from watchdog import __version__, am_api, console_api, prom_compat, query_proxy, slo_api
 from watchdog.actions.http import SELF_AUTHENTICATED
 from watchdog.app.evaluation import RuleError
 from watchdog.app.health import BUILTIN_GROUP, DATASOURCE_DOWN
@@ -38,7 +38,7 @@ from watchdog.rulesdir import FileStatus, RuleSet
 from watchdog.settings import Settings
 from watchdog.state import Alert
 from watchdog.status_page import static_asset, status_page, wants_json
-from watchdog.webinput import MAX_BODY_BYTES, BadInput, bearer_token
+from watchdog.webinput import MAX_BODY_BYTES, BadInput, bearer_token, parse_time
 
 log = structlog.get_logger("watchdog.http")
 
@@ -316,9 +316,24 @@ def rule_json(r: RuleRuntime, with_alerts: bool = True) -> dict[str, Any]:
 
 
 def group_json(d: Daemon, rt: GroupRuntime, rules: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"name": rt.group.name, "file": rt.file, "rules": rules,
-            "interval": d.interval(rt), "limit": rt.group.limit,
-            "evaluationTime": rt.last_duration or 0.0, "lastEvaluation": rfc3339(rt.last_at)}
+    out = {"name": rt.group.name, "file": rt.file, "rules": rules,
+           "interval": d.interval(rt), "limit": rt.group.limit,
+           "evaluationTime": rt.last_duration or 0.0, "lastEvaluation": rfc3339(rt.last_at)}
+    source = generated_from(d.rules, rt)
+    if source is not None:
+        # ours: a group generated from an SLO says where the SLO is written, on the group and
+        # on each of its rules (a client may list rules without their groups)
+        out["source"] = source
+        for r in rules:
+            r["source"] = source
+    return out
+
+
+def generated_from(rs: RuleSet, rt: GroupRuntime) -> str | None:
+    """`file:line` of the SLO a group was generated from; None for a group written out."""
+    pf = rs.files.get(rt.file)
+    line = pf.sources.get(rt.group.name) if pf is not None else None
+    return None if line is None else f"{rt.file}:{line}"
 
 
 def _flag(request: web.Request, name: str) -> bool:
@@ -373,6 +388,17 @@ def _builtin_group(d: Daemon, with_alerts: bool) -> dict[str, Any]:
     return {"name": BUILTIN_GROUP, "file": "<built-in>", "rules": [rule],
             "interval": d.settings.evaluation_interval, "limit": 0, "evaluationTime": 0.0,
             "lastEvaluation": rfc3339(None)}
+
+
+async def slos(request: web.Request) -> web.Response:
+    """Each SLO with its error budget at `time` (default now): see `watchdog.slo_api`."""
+    d = request.app[DAEMON]
+    q = request.query
+    at = parse_time(q["time"], "time") if "time" in q else d.clock()
+    data = await slo_api.budgets(d.rules, d.ctx.source, at,
+                                 concurrency=d.settings.evaluation_concurrency,
+                                 service=q.get("service"), name=q.get("name"))
+    return success(data)
 
 
 async def alerts(request: web.Request) -> web.Response:
@@ -484,7 +510,7 @@ async def index(request: web.Request) -> web.Response:
         return await status_page(request)
     return web.json_response({"name": "metrics-watchdog", "version": __version__, "endpoints": [
         "/status", "/healthz", "/readyz", "/metrics", "/api/v1/rules", "/api/v1/alerts",
-        "/api/v1/status", "POST /-/reload"]})
+        "/api/v1/slos", "/api/v1/status", "POST /-/reload"]})
 
 
 def build_app(d: Daemon) -> web.Application:
@@ -501,6 +527,7 @@ def build_app(d: Daemon) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/rules", rules)
     app.router.add_get("/api/v1/alerts", alerts)
+    app.router.add_get("/api/v1/slos", slos)
     app.router.add_get("/api/v1/status", status)
     app.router.add_post("/-/reload", reload)
     app.router.add_put("/-/reload", reload)  # Prometheus accepts both

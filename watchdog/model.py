@@ -730,6 +730,233 @@ class InhibitRule(_Strict):
     equal: list[str] = Field(default_factory=list)
 
 
+# ---- deploy reports (CONTRACT §10) ------------------------------------------------------------
+
+_DECREASE = frozenset({"faster", "lower", "less", "fewer", "smaller", "cheaper", "down"})
+_INCREASE = frozenset({"slower", "higher", "more", "greater", "larger", "up"})
+_TARGET = re.compile(r"^\s*(>=|<=|>|<)\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*([A-Za-z]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What a report item must show after the deploy: its `stat` changed in the `better`
+    direction by more than (`strict`) or at least `min_improvement` percent — negative for
+    "no worse than": "< 5% slower" is lower-is-better with at least −5%."""
+
+    better: Literal["lower", "higher"]
+    min_improvement: float
+    strict: bool
+    text: str
+
+    def met(self, change_pct: float) -> bool:
+        improvement = -change_pct if self.better == "lower" else change_pct
+        if self.strict:
+            return improvement > self.min_improvement
+        return improvement >= self.min_improvement
+
+    @classmethod
+    def parse(cls, text: str) -> Goal:
+        """"> 10% faster", ">= 5% higher", "< 5% slower" (at most 5% worse), "< 2% lower"."""
+        m = _TARGET.match(text)
+        word = m.group(3).lower() if m else ""
+        if m is None or word not in _DECREASE | _INCREASE:
+            raise ValueError(f"not a target: {text!r} (e.g. \"> 10% faster\", \"< 5% slower\", "
+                             "\">= 2% higher\")")
+        op, pct = m.group(1), float(m.group(2))
+        down = word in _DECREASE
+        if op.startswith(">"):  # a change of at least pct in the word's direction
+            return cls("lower" if down else "higher", pct, op == ">", text.strip())
+        # "< pct slower": the change in that (worse) direction stays below pct
+        return cls("higher" if down else "lower", -pct, op == "<", text.strip())
+
+
+def _percent(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError("expected a percentage like 10%")
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v.strip().removesuffix("%"))
+        except ValueError:
+            pass
+    raise ValueError(f"expected a percentage like 10%, got {v!r}")
+
+
+Percent = Annotated[float, BeforeValidator(_percent), Field(allow_inf_nan=False)]
+
+
+class ReportQuery(_Strict):
+    """A query a deploy report compares before and after the deploy (a marker's `report`, or
+    a rule file's `reports:`). The target is either text ("> 10% faster") or `better` with an
+    optional `min_change` (a percentage; negative allows that much worse)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    query: str = Field(min_length=1)
+    target: str | None = None
+    better: Literal["lower", "higher"] | None = None
+    min_change: Percent | None = None
+    stat: Literal["mean", "p95"] = "mean"  # which figure the target is about
+    service: str | None = None  # in a rule file: only markers of this service (default: all)
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str | None) -> str | None:
+        if v is not None:
+            Goal.parse(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ReportQuery:
+        if self.target is not None and (self.better is not None or self.min_change is not None):
+            raise ValueError("give either target or better/min_change, not both")
+        if self.min_change is not None and self.better is None:
+            raise ValueError("min_change needs better: lower or higher")
+        return self
+
+    @property
+    def goal(self) -> Goal | None:
+        if self.target is not None:
+            return Goal.parse(self.target)
+        if self.better is None:
+            return None
+        pct = self.min_change or 0.0
+        text = (f"{self.better} by at least {pct:g}%" if pct >= 0
+                else f"{self.better}, or at most {-pct:g}% worse")
+        return Goal(self.better, pct, False, text)
+
+
+# ---- SLOs (CONTRACT §10; Sloth's spec, see watchdog.slo) -------------------------------------
+
+# Sloth's names for a service and an SLO: they become label values, the generated group's name
+# and the text of the default annotations, so nothing a template or a matcher could misread.
+_SLO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _slo_name(v: str) -> str:
+    if not _SLO_NAME.match(v):
+        raise ValueError(f"expected letters, digits, '_', '.' or '-' (starting with a letter or "
+                         f"digit), got {v!r}")
+    return v
+
+
+SloName = Annotated[str, AfterValidator(_slo_name)]
+
+
+def _string_values(v: Any) -> Any:
+    # Label values are strings, as in a rule's labels (`tier: 1`).
+    if isinstance(v, dict):
+        return {k: (str(x).lower() if isinstance(x, bool) else str(x))
+                if isinstance(x, int | float | bool) else x for k, x in v.items()}
+    return v
+
+
+StrMap = Annotated[dict[str, str], BeforeValidator(_string_values)]
+LabelMap = Annotated[dict[str, str], BeforeValidator(_string_values),
+                     AfterValidator(check_label_names)]
+
+
+class SloAlertTier(_Strict):
+    """Sloth's `page_alert` / `ticket_alert`: what the tier adds, or `disable: true`."""
+
+    labels: LabelMap = Field(default_factory=dict)
+    annotations: StrMap = Field(default_factory=dict)
+    disable: bool = False
+
+
+class SloAlerting(_Strict):
+    name: str | None = None  # the alertname of both tiers (Sloth's); default <Service><Name>
+    labels: LabelMap = Field(default_factory=dict)
+    annotations: StrMap = Field(default_factory=dict)
+    page_alert: SloAlertTier = Field(default_factory=SloAlertTier)
+    ticket_alert: SloAlertTier = Field(default_factory=SloAlertTier)
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("alert name must not be empty")
+        return v
+
+
+class SliEvents(_Strict):
+    error_query: str
+    total_query: str
+
+
+class Sli(_Strict):
+    """The SLI as two queries with Sloth's `{{.window}}` in their range selectors: the bad
+    events and all events. Written flat (`sli: {error_query, total_query}`) or as Sloth
+    writes it (`sli: {events: {error_query, total_query}}`)."""
+
+    events: SliEvents | None = None
+    error_query: str | None = None
+    total_query: str | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Sli:
+        flat = (self.error_query, self.total_query)
+        if self.events is not None and any(q is not None for q in flat):
+            raise ValueError("write the queries either under events or directly, not both")
+        if self.events is None and None in flat:
+            raise ValueError("sli needs error_query and total_query (or events: {error_query, "
+                             "total_query})")
+        return self
+
+    @property
+    def queries(self) -> SliEvents:
+        if self.events is not None:
+            return self.events
+        assert self.error_query is not None and self.total_query is not None
+        return SliEvents(error_query=self.error_query, total_query=self.total_query)
+
+
+class Slo(_Strict):
+    """One SLO (Sloth's `slos[]` item plus its `service`): generates the multiwindow,
+    multi-burn-rate alerts (`watchdog.slo`)."""
+
+    service: SloName
+    name: SloName
+    objective: float  # a percentage: 99.9
+    description: str = ""
+    time_window: Duration = 30 * 86400.0  # the SLO period: what the error budget is over
+    interval: PromDuration | None = None  # ours: the generated group's evaluation interval
+    labels: LabelMap = Field(default_factory=dict)
+    sli: Sli
+    alerting: SloAlerting = Field(default_factory=SloAlerting)
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _percentage(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int | float | str):
+            raise ValueError(f"expected a percentage like 99.9, got {_type_name(v)}")
+        try:
+            x = float(v)
+        except ValueError:
+            raise ValueError(f"expected a percentage like 99.9, got {v!r}") from None
+        if not 0.0 < x < 100.0:  # NaN fails this too
+            raise ValueError(f"objective must be a percentage above 0 and below 100 (e.g. "
+                             f"99.9), got {v!r}")
+        return x
+
+    @field_validator("time_window")
+    @classmethod
+    def _window(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("time_window must be positive (e.g. 30d)")
+        return v
+
+    @property
+    def error_budget(self) -> float:
+        """The error budget as a ratio, computed as Sloth computes it (100 − objective) / 100,
+        so a threshold matches Sloth's to the last digit."""
+        return (100.0 - self.objective) / 100.0
+
+    @property
+    def slo_id(self) -> str:
+        return f"{self.service}-{self.name}"
+
+
 class RuleFileModel(_Strict):
     """One YAML file of the rules folder; every top-level key is optional."""
 
@@ -738,8 +965,11 @@ class RuleFileModel(_Strict):
     receivers: list[Receiver] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
     inhibit_rules: list[InhibitRule] = Field(default_factory=list)
+    slos: list[Slo] = Field(default_factory=list)
+    reports: list[ReportQuery] = Field(default_factory=list)
 
-    @field_validator("groups", "receivers", "routes", "inhibit_rules", mode="before")
+    @field_validator("groups", "receivers", "routes", "inhibit_rules", "slos", "reports",
+                     mode="before")
     @classmethod
     def _null_list(cls, v: Any) -> Any:
         return [] if v is None else v

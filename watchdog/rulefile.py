@@ -21,6 +21,8 @@ from pydantic import ValidationError
 
 from watchdog.gotmpl import TemplateError, compile_template
 from watchdog.model import RuleFileModel
+from watchdog.slo import generate as generate_slo_group
+from watchdog.slo import group_name_of, query_problems, render
 
 Path_ = tuple[str | int, ...]
 
@@ -77,6 +79,8 @@ class ParsedFile:
     problems: list[Problem] = field(default_factory=list)
     lines: dict[Path_, int] = field(default_factory=dict)
     data: Any = None  # the document as loaded (references are checked on it, model or not)
+    # Groups generated from `slos:` -> the line of the SLO they come from (shown as `source`)
+    sources: dict[str, int] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Problem]:
@@ -580,7 +584,20 @@ def parse_rule_file(text: str, name: str) -> ParsedFile:
     except ValidationError as e:
         problems.extend(_pydantic_problems(name, e, lines))
         return ParsedFile(name, None, sorted(problems, key=lambda p: p.line), lines, data)
-    return ParsedFile(name, model, problems, lines, data)
+    sources: dict[str, int] = {}
+    if model.slos and not any(not p.warning for p in problems):
+        generated = []
+        for i, slo in enumerate(model.slos):
+            group = generate_slo_group(slo)
+            line = line_for(lines, ("slos", i))
+            for rule in group.alerting_rules:
+                if (err := promql_limit_error(rule.expr)) is not None:
+                    problems.append(Problem(name, line, f"slo {slo.slo_id!r}: the generated "
+                                            f"alert {rule.alert!r}: {err}"))
+            generated.append(group)
+            sources[group.name] = line
+        model = model.model_copy(update={"groups": [*model.groups, *generated]})
+    return ParsedFile(name, model, problems, lines, data, sources)
 
 
 def _too_large(size: int) -> str:
@@ -635,6 +652,12 @@ def _document_problems(name: str, data: dict[Any, Any], lines: dict[Path_, int]
                               "evaluates alerting rules only", warning=True)
                 continue
             yield from _rule_problems(name, lines, rpath, r)
+    yield from _slo_problems(name, data, lines, seen_groups)
+    for i, rep in _items(data.get("reports")):
+        query = rep.get("query") if isinstance(rep, dict) else None
+        if isinstance(query, str) and query.strip() and (err := check_promql(query)):
+            yield Problem(name, line_for(lines, ("reports", i, "query")),
+                          f"reports[{i}].query: invalid PromQL: {err}")
     actions = data.get("actions")
     for aname, spec in actions.items() if isinstance(actions, dict) else ():
         lock = spec.get("lock") if isinstance(spec, dict) else None
@@ -655,6 +678,50 @@ def _document_problems(name: str, data: dict[Any, Any], lines: dict[Path_, int]
             yield Problem(name, line, f"receiver {rname!r} is defined twice "
                                       f"(first on line {seen_receivers[rname]})")
         seen_receivers.setdefault(rname, line)
+
+
+def _slo_problems(name: str, data: dict[Any, Any], lines: dict[Path_, int],
+                  groups: dict[str, int]) -> Iterator[Problem]:
+    """An SLO's queries (the `{{.window}}` placeholder, PromQL once rendered) and its generated
+    group's name, which must not clash with a group of the file or another SLO's; the rest
+    (objective, names, labels) is the schema's."""
+    seen = dict(groups)
+    for i, slo in _items(data.get("slos")):
+        if not isinstance(slo, dict):
+            continue
+        spath: Path_ = ("slos", i)
+        service, slo_name = slo.get("service"), slo.get("name")
+        objective = slo.get("objective")
+        if (isinstance(objective, int | float) and not isinstance(objective, bool)
+                and 0 < objective < 1):
+            yield Problem(name, line_for(lines, (*spath, "objective")),
+                          f"objective {objective} is a percentage ({objective}%); for "
+                          f"{objective * 100:g}% write {objective * 100:g}", warning=True)
+        if isinstance(service, str) and isinstance(slo_name, str):
+            gname = group_name_of(service, slo_name)
+            line = line_for(lines, spath)
+            if gname in seen:
+                yield Problem(name, line, f"slo {service}/{slo_name}: its group {gname!r} is "
+                                          f"already defined in this file (line {seen[gname]})")
+            else:
+                seen[gname] = line
+        sli = slo.get("sli")
+        if not isinstance(sli, dict):
+            continue
+        events = sli.get("events")
+        base: Path_ = (*spath, "sli", "events") if isinstance(events, dict) else (*spath, "sli")
+        holder = events if isinstance(events, dict) else sli
+        for key in ("error_query", "total_query"):
+            query = holder.get(key)
+            if not isinstance(query, str) or not query.strip():
+                continue  # the schema says it is missing or not text
+            line = line_for(lines, (*base, key))
+            where = ".".join(str(p) for p in base[2:])
+            for why in query_problems(query):
+                yield Problem(name, line, f"{where}.{key}: {why}")
+            if (err := check_promql(render(query, "5m"))) is not None:
+                yield Problem(name, line, f"{where}.{key}: invalid PromQL (with {{{{.window}}}} "
+                                          f"= 5m): {err}")
 
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")

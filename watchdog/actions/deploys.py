@@ -23,6 +23,12 @@ tick; and it never queries Prometheus inside a transaction.
 Which series and alerts a marker concerns: those whose labels include the marker's `labels`, or
 `{service: <service>}` when it gives none — the label the example rules and the runbooks use.
 A later marker replaces the baseline of each series it captures; other series keep theirs.
+
+Reports (`watchdog.actions.reports`): a marker with `report_days` (7 by default) has its report
+— the days before against the days after — posted to chat once, when its after-window is over:
+`mark_reported` and the notification commit in one transaction (decided once, like a verdict;
+a crash before the commit leaves it due for the next process). `GET .../report` computes it at
+any time; `POST .../report` also posts it then.
 """
 
 from __future__ import annotations
@@ -37,18 +43,22 @@ from typing import Any, Literal
 import structlog
 
 from watchdog.actions.errors import CommandError
+from watchdog.actions.reports import ReportMaker, days_of
 from watchdog.actions.store import ActionStore, DeployRow
 from watchdog.actions.timing import Stopping, Waker
+from watchdog.deploy_report import DAY
 from watchdog.durations import format_duration
 from watchdog.handlers import ActionEvent, DaemonContext
 from watchdog.labels import fingerprint, format_labels, without_name
-from watchdog.model import AlertingRule, Group
+from watchdog.model import AlertingRule, Group, ReportQuery
 from watchdog.state import Event
 from watchdog.storage import Tx
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_WINDOW = 30 * 60.0  # USE-CASES: "watch a 30-minute stability window"
+DEFAULT_REPORT_DAYS = 7.0  # "a week-before/after report"
+REPORT_RECHECK = 300.0  # due reports are looked for at least this often (and on every tick)
 MAX_SUMMARY_LINES = 10  # a summary is a chat message, not a report
 FAILED_ALERT = "DeployVerificationFailed"  # the alertname a failed verdict pages with
 # A client-chosen marker id (an Argo Rollouts / Flagger template names it before it exists):
@@ -104,9 +114,17 @@ class DeployTracker:
         self._baselines: dict[str, dict[str, float]] = {}
         self._open: dict[str, DeployRow] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._declared: list[ReportQuery] = []
+        self.reports = ReportMaker(ctx.source, declared=lambda: self._declared,
+                                   watched=lambda: self.rules)
+        self._report_loop: asyncio.Task[None] | None = None
 
     def set_rules(self, rules: Sequence[tuple[Group, AlertingRule]]) -> None:
         self.rules = [(g, r) for g, r in rules if r.baseline is not None and r.baseline.deploy]
+
+    def set_reports(self, declared: Sequence[ReportQuery]) -> None:
+        """The rules folder's `reports:` queries."""
+        self._declared = list(declared)
 
     def baselines(self) -> Mapping[str, Mapping[str, float]]:
         return self._baselines
@@ -116,9 +134,13 @@ class DeployTracker:
         for d in await self.store.deploys(status="open", limit=10_000):
             self._open[d.id] = d
             self._spawn(d)
+        self._report_loop = asyncio.create_task(self._reports_due(), name="deploy-reports")
 
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
+        if self._report_loop is not None:
+            tasks.append(self._report_loop)
+            self._report_loop = None
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -143,7 +165,8 @@ class DeployTracker:
 
     async def mark(self, service: str, version: str, labels: Mapping[str, str],
                    window: float | None, on_fail: Sequence[str] = (),
-                   deploy_id: str | None = None) -> tuple[bool, dict[str, Any]]:
+                   deploy_id: str | None = None, *, report: Sequence[ReportQuery] = (),
+                   report_days: float | None = None) -> tuple[bool, dict[str, Any]]:
         """(created, the marker's answer). A client-chosen `deploy_id` makes the call
         idempotent: the same id for the same service and version answers the marker that
         exists (created = False); for another deploy it is a conflict."""
@@ -168,7 +191,11 @@ class DeployTracker:
         d = DeployRow(id=deploy_id or uuid.uuid4().hex, service=service, version=version,
                       labels=match, at=at,
                       window_end=at + (DEFAULT_WINDOW if window is None else window),
-                      status="open", summary="", on_fail=tuple(dict.fromkeys(on_fail)))
+                      status="open", summary="", on_fail=tuple(dict.fromkeys(on_fail)),
+                      report=tuple(q.model_dump(exclude_none=True, exclude={"service"})
+                                   for q in report),
+                      report_days=(DEFAULT_REPORT_DAYS if report_days is None
+                                   else report_days or None))
         captured, errors = await self._capture(match, at)
         # The marker and its baselines are stored before anyone is told about them.
         try:
@@ -198,7 +225,9 @@ class DeployTracker:
                 ) -> dict[str, Any]:
         return {"id": d.id, "service": d.service, "version": d.version, "labels": d.labels,
                 "at": d.at, "window_end": d.window_end, "status": api_status(d.status),
-                "on_fail": list(d.on_fail), "baselines": dict(per_rule), "errors": dict(errors)}
+                "on_fail": list(d.on_fail), "baselines": dict(per_rule), "errors": dict(errors),
+                "report": list(d.report), "report_days": d.report_days,
+                "report_at": None if d.report_days is None else d.at + d.report_days * DAY}
 
     async def _capture(self, match: Mapping[str, str], at: float
                        ) -> tuple[list[tuple[str, str, float, dict[str, str]]], dict[str, str]]:
@@ -348,3 +377,74 @@ class DeployTracker:
             await self.ctx.emit_action_event(event)
         except Exception:
             log.exception("deploy.emit_failed", deploy_id=d.id)
+
+    # ---- reports ----------------------------------------------------------------------------
+
+    async def report(self, deploy_id: str, days: float | None = None, *,
+                     post: bool = False) -> dict[str, Any]:
+        """`GET /api/v1/deploys/{id}/report` (computed now); with `post`, also posted to chat
+        now (the POST: on demand, whether or not the scheduled one was posted)."""
+        async with self.ctx.storage.transaction() as tx:
+            d = await tx.deploys.get(deploy_id)
+        if d is None:
+            raise CommandError(f"no deploy with id {deploy_id}", 404)
+        now = self.ctx.clock()
+        doc = await self.reports.build(d, days_of(d, days), now)
+        if post:
+            async with self.ctx.storage.transaction() as tx:
+                await self._emit_report(tx, d, doc, f"report-{d.id}-{now:.3f}")
+        return doc
+
+    async def post_due_reports(self) -> float | None:
+        """Post every report whose after-window is over and that nobody posted yet; the time
+        the next one is due (None: none is)."""
+        next_due: float | None = None
+        for d in await self.store.unreported(limit=1000):
+            if d.report_days is None:
+                continue
+            due = d.at + d.report_days * DAY
+            if due > self.ctx.clock():
+                next_due = due if next_due is None else min(next_due, due)
+                continue
+            try:
+                await self._post_scheduled(d)
+            except Exception:  # left due: the next look (or another replica) posts it
+                log.exception("deploy.report_failed", deploy_id=d.id)
+        return next_due
+
+    async def _post_scheduled(self, d: DeployRow) -> None:
+        assert d.report_days is not None
+        doc = await self.reports.build(d, d.report_days, self.ctx.clock())  # before the tx
+        async with self.ctx.storage.transaction() as tx:
+            at = self.ctx.clock()
+            if not await tx.deploys.mark_reported(d.id, at):
+                return  # posted by another replica meanwhile
+            doc["reported_at"] = at
+            await self._emit_report(tx, d, doc, f"report-{d.id}")
+        log.info("deploy.reported", deploy_id=d.id, items=len(doc["items"]),
+                 errors=len(doc["errors"]))
+
+    async def _emit_report(self, tx: Tx, d: DeployRow, doc: Mapping[str, Any],
+                           run_id: str) -> None:
+        met = [x["verdict"] for x in doc["items"] if x["verdict"] is not None]
+        detail = (f"deploy report {d.service} {d.version}: {doc['days']:g} days before and after"
+                  + (f"; targets met {met.count('met')} of {len(met)}" if met else ""))
+        event = ActionEvent(kind="report", action="deploy", at=self.ctx.clock(),
+                            labels={**d.labels, "service": d.service, "version": d.version},
+                            detail=detail, run_id=run_id,
+                            extra={"deploy_id": d.id, "report": dict(doc)})
+        await self.ctx.emit_action_event(event, tx)
+
+    async def _reports_due(self) -> None:
+        while True:
+            try:
+                next_due = await self.post_due_reports()
+            except Exception:
+                log.exception("deploy.reports_failed")
+                next_due = None
+            deadline = self.ctx.clock() + REPORT_RECHECK
+            try:
+                await self.waker.sleep_until(deadline if next_due is None
+                                             else min(deadline, next_due))
+            except Stopping:
+                return

@@ -26,8 +26,10 @@ from watchdog.actions.http import routes
 from watchdog.actions.runner import ActionRunner, Trigger
 from watchdog.actions.store import ActionStore, AttemptRow, PauseRecord, RunRow, StepRow
 from watchdog.actions.timing import Waker
-from watchdog.model import AlertingRule, Duration
+from watchdog.deploy_report import MAX_DAYS
+from watchdog.model import AlertingRule, Duration, ReportQuery
 from watchdog.pause import active, notice
+from watchdog.rulefile import check_promql
 from watchdog.state import Event
 from watchdog.storage import Tx
 from watchdog.webinput import BadInput, parse_duration_value, parse_time
@@ -73,6 +75,8 @@ class DeployRequest(_Request):
     labels: dict[str, str] = Field(default_factory=dict)
     window: Duration | None = None  # default 30m
     on_fail: list[str] = Field(default_factory=list)  # actions to run when the verdict is fail
+    report: list[ReportQuery] = Field(default_factory=list, max_length=20)
+    report_days: float | None = Field(None, ge=0, le=MAX_DAYS)  # default 7; 0: no report
 
 
 def _parse(model: type[_M], body: Any) -> _M:
@@ -204,6 +208,8 @@ class ActionsHandler:
         self._have_rules = True
         self.runner.set_rules(rules)
         self.deploys.set_rules([(g, r) for _, g in rules.groups() for r in g.alerting_rules])
+        self.deploys.set_reports([q for _, pf in sorted(rules.files.items())
+                                  if pf.model is not None for q in pf.model.reports])
 
     async def on_events(self, tx: Tx, events: Sequence[Event], at: float) -> None:
         # Every tick is a chance for waits and windows to notice a passed deadline or a change
@@ -291,8 +297,18 @@ class ActionsHandler:
         req = _parse(DeployRequest, body)
         if req.window is not None and req.window <= 0:
             raise CommandError("window must be positive")
+        for i, q in enumerate(req.report):
+            if (err := check_promql(q.query)) is not None:
+                raise CommandError(f"report.{i}.query: invalid PromQL: {err}", 422)
         return await self.deploys.mark(req.service, req.version, req.labels, req.window,
-                                       req.on_fail, req.id)
+                                       req.on_fail, req.id, report=req.report,
+                                       report_days=req.report_days)
+
+    async def report(self, deploy_id: str, days: float | None, post: bool = False
+                     ) -> dict[str, Any]:
+        """`GET|POST /api/v1/deploys/{id}/report`."""
+        self.require_started()
+        return await self.deploys.report(deploy_id, days, post=post)
 
     def read_tokens(self) -> list[str]:
         s = self.ctx.settings

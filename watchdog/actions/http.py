@@ -8,6 +8,8 @@
 verdict), and the gates a CD tool polls: `GET /api/v1/deploys/{id}/gate[?want=fail]` and
 `POST /api/v1/deploys/gate` (Flagger's webhook payload) answer 200 only when the verdict is the
 one wanted (pass by default), 409 while it is open, 412 when it is the other one;
+`GET /api/v1/deploys/{id}/report[?days=N]` compares the N days before and after the deploy, and
+`POST` of the same path also posts it to chat.
 `POST /api/v1/pause` `{until | for, reason, by?}`, `DELETE /api/v1/pause`, `GET /api/v1/pause`
 (maintenance mode).
 
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 from watchdog.actions.errors import CommandError
+from watchdog.deploy_report import MAX_DAYS
 from watchdog.webinput import BadInput, bearer_token, read_json
 
 if TYPE_CHECKING:
@@ -55,6 +58,8 @@ class ActionsHandler(Protocol):
     async def run_action(self, name: str, body: Any) -> dict[str, Any]: ...
     async def mark_deploy(self, body: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]: ...
     async def verdict(self, deploy_id: str) -> dict[str, Any]: ...
+    async def report(self, deploy_id: str, days: float | None, post: bool = False
+                     ) -> dict[str, Any]: ...
     async def newest_deploy(self, service: str, version: str | None = None
                             ) -> dict[str, Any] | None: ...
     def read_tokens(self) -> Sequence[str]:
@@ -143,6 +148,11 @@ def routes(h: ActionsHandler) -> list[web.RouteDef]:
             doc = newest
         return gate_answer(doc, want)
 
+    async def report(request: web.Request) -> web.Response:
+        doc = await h.report(request.match_info["id"], _days(request),
+                             post=request.method == "POST")
+        return web.json_response({"status": "success", "data": doc})
+
     async def runs(request: web.Request) -> web.Response:
         h.require_started()
         data = await h.runs(action=request.query.get("action"),
@@ -190,10 +200,25 @@ def routes(h: ActionsHandler) -> list[web.RouteDef]:
         web.post(GATE_PATH, _guarded(flagger_gate)),
         web.get("/api/v1/deploys/{id}", _guarded(verdict)),
         web.get("/api/v1/deploys/{id}/gate", _guarded(gate)),
+        web.get("/api/v1/deploys/{id}/report", _guarded(report)),
+        web.post("/api/v1/deploys/{id}/report", _guarded(report)),
     ]
 
 
 API_VERDICT = {"open": "open", "passed": "pass", "failed": "fail"}
+
+
+def _days(request: web.Request) -> float | None:
+    text = request.query.get("days")
+    if text is None:
+        return None
+    try:
+        days = float(text)
+    except ValueError:
+        raise CommandError(f"days: expected a number of days, got {text[:20]!r}") from None
+    if not 0 < days <= MAX_DAYS:  # NaN fails this too
+        raise CommandError(f"days: expected more than 0 and at most {MAX_DAYS:g}")
+    return days
 
 
 def _want(text: str) -> str:

@@ -204,6 +204,10 @@ class ActionStore:
             return await tx.deploys.list(status=status, limit=limit, service=service,
                                          version=version)
 
+    async def unreported(self, limit: int = 1000) -> list[DeployRow]:
+        async with self.storage.transaction() as tx:
+            return await tx.deploys.unreported(limit)
+
     async def baselines(self) -> dict[str, dict[str, float]]:
         async with self.storage.transaction() as tx:
             return await tx.deploys.baselines()

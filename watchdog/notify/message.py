@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from watchdog.durations import format_duration
 from watchdog.state import Alert
 
-Kind = Literal["firing", "resolved", "repeated", "escalated", "action", "digest"]
+Kind = Literal["firing", "resolved", "repeated", "escalated", "action", "digest", "report"]
 Status = Literal["firing", "resolved"]
 
 
@@ -113,6 +113,40 @@ class DigestDoc(_Doc):
         return sum(self.actions.values())
 
 
+class ReportFigures(_Doc):
+    mean: float
+    p95: float
+    samples: int
+
+
+class ReportItem(_Doc):
+    """One row of a deploy report (`watchdog.deploy_report.item_doc`)."""
+
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    before: ReportFigures | None = None
+    after: ReportFigures | None = None
+    change: dict[str, float | None] = Field(default_factory=dict)  # "mean", "p95": percent
+    target: str | None = None
+    stat: str = "mean"
+    verdict: str | None = None  # met | missed | no data; None without a target
+
+
+class ReportDoc(_Doc):
+    """A deploy's N days before against N days after: what `GET /api/v1/deploys/{id}/report`
+    answers, as a chat message."""
+
+    id: str
+    service: str
+    version: str
+    at: float
+    days: float
+    complete: bool = True
+    items: tuple[ReportItem, ...] = ()
+    errors: tuple[dict[str, str], ...] = ()
+    truncated: bool = False
+
+
 class Notification(_Doc):
     kind: Kind
     receiver: str
@@ -127,6 +161,7 @@ class Notification(_Doc):
     action: ActionNote | None = None
     action_labels: dict[str, str] = Field(default_factory=dict)
     digest: DigestDoc | None = None
+    report: ReportDoc | None = None
     # "actions paused until … by … (reason)" while maintenance mode holds when it is written
     paused: str | None = None
 
@@ -162,6 +197,8 @@ class Notification(_Doc):
             return self.action.action
         if self.kind == "digest":
             return "daily digest"
+        if self.kind == "report" and self.report is not None:
+            return f"deploy report {self.report.service} {self.report.version}"
         names = sorted({a.alertname for a in self.alerts})
         if not names:
             return self.group_labels.get("alertname", "alerts")
@@ -358,6 +395,61 @@ def digest_item(x: DigestItem, tz: str) -> str:
     if labels:
         parts.append(labels)
     return " · ".join(parts)
+
+
+VERDICT_MARK = {"met": "✅", "missed": "❌", "no data": "❔"}
+LISTED_REPORT_ITEMS = 20  # rows in one message; the API has them all
+
+
+def _figure(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.1f}%"
+
+
+def report_title(r: ReportDoc) -> str:
+    """`checkout v2.3.1: 7 days before and after the deploy of 2027-01-15 08:00 UTC`."""
+    days = f"{r.days:g} day{'' if r.days == 1 else 's'}"
+    when = _local(r.at, "UTC", "%Y-%m-%d %H:%M UTC")
+    so_far = "" if r.complete else " (after-window still running: so far)"
+    return f"{r.service} {r.version}: {days} before and after the deploy of {when}{so_far}"
+
+
+def report_line(x: ReportItem) -> str:
+    """`✅ p95 latency: mean 0.21 → 0.18 (-14.3%), p95 0.25 → 0.2 (-20.0%) · target > 10%
+    faster: met`."""
+    labels = ", ".join(f"{k}={v}" for k, v in key_labels(x.labels, 4))
+    head = f"{VERDICT_MARK.get(x.verdict or '', '•')} {x.name}" + (f" {{{labels}}}" if labels
+                                                                  else "")
+    if x.before is None or x.after is None:
+        figures = ("no data " + ("before" if x.before is None else "after")
+                   + " the deploy")
+    else:
+        figures = ", ".join(
+            f"{k} {_figure(getattr(x.before, k))} → {_figure(getattr(x.after, k))} "
+            f"({_pct(x.change.get(k))})" for k in ("mean", "p95"))
+    line = f"{head}: {figures}"
+    if x.target is not None:
+        line += f" · target {x.target} ({x.stat}): {x.verdict}"
+    return line
+
+
+def report_lines(r: ReportDoc) -> list[str]:
+    """The report as plain text lines: the title, a verdict count, one line per row."""
+    lines = [report_title(r)]
+    judged = [x for x in r.items if x.verdict is not None]
+    if judged:
+        met = sum(1 for x in judged if x.verdict == "met")
+        lines.append(f"Targets met: {met} of {len(judged)}")
+    if not r.items:
+        lines.append("Nothing to compare: no report queries, and no rule watches this deploy.")
+    lines += [report_line(x) for x in r.items[:LISTED_REPORT_ITEMS]]
+    if len(r.items) > LISTED_REPORT_ITEMS or r.truncated:
+        lines.append(f"…more rows: GET /api/v1/deploys/{r.id}/report")
+    lines += [f"⚠️ {e.get('name', '?')}: {e.get('error', '')}" for e in r.errors[:5]]
+    return lines
 
 
 def truncate(text: str, limit: int) -> str:

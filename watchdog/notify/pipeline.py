@@ -31,7 +31,14 @@ from dataclasses import dataclass, field
 from watchdog.handlers import ActionEvent, AlertView
 from watchdog.labels import fingerprint, format_labels, matches
 from watchdog.model import InhibitRule, Receiver, Route
-from watchdog.notify.message import ActionNote, AlertDoc, Kind, Notification, alert_doc
+from watchdog.notify.message import (
+    ActionNote,
+    AlertDoc,
+    Kind,
+    Notification,
+    ReportDoc,
+    alert_doc,
+)
 from watchdog.notify.message import generator_url as make_generator_url
 from watchdog.notify.outbox import Entry, Outbox
 from watchdog.notify.receivers import integration_of
@@ -551,6 +558,8 @@ class Pipeline:
     async def notify_action(self, tx: Tx, ev: ActionEvent, at: float) -> int:
         if ev.page:
             return await self.page(tx, ev, at)
+        if ev.kind == "report":
+            return await self.report(tx, ev, at)
         t = self.note_action(ev)
         if t is not None:
             await self._save_note(tx, t)
@@ -617,6 +626,31 @@ class Pipeline:
                                  group_labels={"alertname": labels["alertname"]},
                                  alerts=(doc,), external_url=self.external_url)
                 entries.append(Entry(n, dedup_key=f"page:{key}:{receiver}"))
+        if not entries:
+            return 0
+        return await self.outbox.enqueue(entries, tx)
+
+    async def report(self, tx: Tx, ev: ActionEvent, at: float) -> int:
+        """A deploy report (`ev.extra["report"]`) as one chat message per receiver of every
+        route its labels match, at once, deduplicated by the event's `run_id` per receiver:
+        posted once however often the caller retries. Silences apply; PagerDuty and
+        Alertmanager receivers and digest routes get none (a report is not an alert)."""
+        doc = ReportDoc.model_validate(ev.extra.get("report", {}))
+        labels = dict(ev.labels)
+        if self.silences.muted(labels, at) is not None:
+            return 0
+        entries = []
+        for rid, route in self.routes:
+            if route.digest is not None or not matches(labels, route.match, route.match_re):
+                continue
+            for receiver in dict.fromkeys(route.receivers):
+                if self._integration(receiver) in ("alertmanager", "pagerduty"):
+                    continue
+                n = Notification(kind="report", receiver=receiver,
+                                 group_key=f"{rid}:report:{doc.id}", created_at=at,
+                                 external_url=self.external_url, report=doc,
+                                 action_labels=labels)
+                entries.append(Entry(n, dedup_key=f"report:{ev.run_id}:{receiver}"))
         if not entries:
             return 0
         return await self.outbox.enqueue(entries, tx)

@@ -1045,13 +1045,42 @@ function drawBacktest(box, d) {
   add(box, fold("Actions that would have run", acts.length, table(["action", "rule", "labels", "at"], acts) || empty("none")));
 }
 
+// The replicas sharing the groups (README, "Many replicas"): who is live, what each holds, and
+// each group's holder. One process on SQLite shows as a single replica holding everything.
+var ROLE_NAMES = {"~leader": "leader (notifies)", "<builtin>": "self-alerts"};
+function replicaTables(st) {
+  var out = el("div");
+  var reps = (st.replicas || []).slice().sort(function (x, y) { return x.id < y.id ? -1 : x.id > y.id ? 1 : 0; });
+  add(out, table(["replica", "state", "holds", "last seen", "started"], reps.map(function (r) {
+    var groups = (r.groups || []).filter(function (g) { return !ROLE_NAMES[g]; });
+    var roles = (r.groups || []).filter(function (g) { return ROLE_NAMES[g]; });
+    var row = [add(el("span"), el("span", "mono replica-id", r.id), r.self ? [" ", badge("this one", "grey")] : null),
+      badge(r.live ? "live" : "down", r.live ? "ok" : "bad"),
+      add(el("span"), roles.map(function (g) { return [badge(ROLE_NAMES[g], ""), " "]; }),
+        groups.length + " group" + (groups.length === 1 ? "" : "s")),
+      when(r.lastSeen), when(r.startedAt || (r.self ? st.startedAt : null))];
+    row.cls = r.live ? "" : "dim";
+    return row;
+  }), "stack replicas") || empty("no replica has reported yet"));
+  var groups = (st.groups || []).slice().sort(function (x, y) { return x.name < y.name ? -1 : x.name > y.name ? 1 : 0; });
+  if (groups.length) {
+    add(out, fold("Rule groups and their replica", groups.length, table(["group", "file", "replica", "last evaluation", "took"], groups.map(function (g) {
+      return [el("b", null, g.name), el("span", "mono small", g.file),
+        g.replica ? el("span", "mono", g.replica) : el("span", "muted", "none (moving)"),
+        when(g.lastEvaluation), secs(g.evaluationTime)];
+    }), "stack groups")));
+  }
+  return out;
+}
+
 views.status = function (root) {
   var ready = section("Readiness"), files = section("Rule files"), failed = section("Failed notifications");
-  var a = el("div"), b = el("div"), c = el("div");
-  add(ready, a); add(files, b); add(failed, c);
-  add(root, add(el("div", "two"), ready, failed), files);
+  var reps = section("Replicas", "replicas");
+  var a = el("div"), b = el("div"), c = el("div"), d = el("div");
+  add(ready, a); add(files, b); add(failed, c); add(reps, d);
+  add(root, add(el("div", "two"), ready, failed), reps, files);
   function update() {
-    clear(a); clear(b); clear(c);
+    clear(a); clear(b); clear(c); clear(d);
     var rz = S.readyz && S.readyz.body;
     if (rz && rz.checks) {
       var dl = el("dl", "kv");
@@ -1060,7 +1089,8 @@ views.status = function (root) {
     }
     var st = data("status");
     if (st) {
-      add(a, el("p", "muted small", "version " + st.version + " · started " + (toDate(st.startedAt) ? iso(toDate(st.startedAt)) : "?") + " · rules in " + st.rulesDir));
+      add(d, replicaTables(st));
+      add(a, el("p", "muted small", "version " + st.version + " · started " + (toDate(st.startedAt) ? iso(toDate(st.startedAt)) : "?") + " · rules in " + st.rulesDir + (st.replica ? " · replica " + st.replica : "")));
       add(b, table(["file", "status", "problems"], st.files.map(function (f) {
         return [el("span", "mono", f.path), badge(f.status), add(el("div"), f.errors.map(function (e) { return el("div", "err small", e); }), f.warnings.map(function (w) { return el("div", "wrn small", w); }))];
       })) || empty("no rule files"));

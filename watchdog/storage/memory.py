@@ -137,11 +137,15 @@ class _Deploy:
     summary: str
     on_fail: str = "[]"
     decided_at: float | None = None
+    report: str = "[]"
+    report_days: float | None = None
+    reported_at: float | None = None
 
     def out(self) -> DeployRow:
         return DeployRow(self.id, self.service, self.version, json.loads(self.labels), self.at,
                          self.window_end, self.status, self.summary,
-                         tuple(json.loads(self.on_fail)), self.decided_at)
+                         tuple(json.loads(self.on_fail)), self.decided_at,
+                         tuple(json.loads(self.report)), self.report_days, self.reported_at)
 
 
 @dataclass(frozen=True)
@@ -624,7 +628,8 @@ class MemDeploys(_Repo):
         self.w.put(t.deploys, d.id, _Deploy(d.id, d.service, d.version, _j(d.labels),
                                             float(d.at), float(d.window_end), d.status,
                                             d.summary, _j(list(d.on_fail)),
-                                            _f(d.decided_at)))
+                                            _f(d.decided_at), _j(list(d.report)),
+                                            _f(d.report_days), _f(d.reported_at)))
 
     async def finish(self, deploy_id: str, status: str, summary: str) -> None:
         t = self.t
@@ -640,6 +645,20 @@ class MemDeploys(_Repo):
         self.w.put(t.deploys, deploy_id, replace(d, status=status, summary=summary,
                                                  decided_at=float(at)))
         return True
+
+    async def mark_reported(self, deploy_id: str, at: float) -> bool:
+        t = self.t
+        d = t.deploys.get(deploy_id)
+        if d is None or d.reported_at is not None or d.report_days is None:
+            return False
+        self.w.put(t.deploys, deploy_id, replace(d, reported_at=float(at)))
+        return True
+
+    async def unreported(self, limit: int = 1000) -> builtins.list[DeployRow]:
+        rows = sorted((d for d in self.t.deploys.values()
+                       if d.report_days is not None and d.reported_at is None),
+                      key=lambda d: (d.at, d.id))
+        return [d.out() for d in _limit(rows, limit)]
 
     async def get(self, deploy_id: str) -> DeployRow | None:
         d = self.t.deploys.get(deploy_id)

@@ -316,6 +316,14 @@ class DeployRepo(Protocol):
 
     async def get(self, deploy_id: str) -> DeployRow | None: ...
 
+    async def mark_reported(self, deploy_id: str, at: float) -> bool:
+        """Record that the marker's report was posted; whether this call did (a report is
+        posted once, whichever process or replica gets there first). False for a marker
+        without a report."""
+
+    async def unreported(self, limit: int = 1000) -> builtins.list[DeployRow]:
+        """Markers with a report not posted yet, oldest first."""
+
     async def list(self, *, status: str | None = None, limit: int = 100,
                    service: str | None = None, version: str | None = None
                    ) -> builtins.list[DeployRow]:

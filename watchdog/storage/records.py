@@ -226,6 +226,9 @@ class DeployRow:
     summary: str
     on_fail: tuple[str, ...] = ()  # actions to run when the verdict is "failed"
     decided_at: float | None = None  # when the verdict was decided (None while open)
+    report: tuple[dict[str, Any], ...] = ()  # report queries the marker declared
+    report_days: float | None = None  # the report's N days before and after; None: no report
+    reported_at: float | None = None  # when the report was posted (once)
 
 
 # ---- incidents ---------------------------------------------------------------------------------

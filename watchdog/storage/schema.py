@@ -15,7 +15,7 @@ from typing import Literal
 
 Dialect = Literal["sqlite", "postgresql"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS alert_instances (
@@ -221,14 +221,23 @@ ALTER TABLE action_runs ADD COLUMN claim_until {REAL};
 CREATE INDEX IF NOT EXISTS action_runs_claims ON action_runs (claim_until)
 """
 
-# Version 5: actions, continued (CONTRACT §9). `action_locks` holds one row per target lock key:
+# Version 5: deploy reports (CONTRACT §10). A marker keeps the report queries it declared, how
+# many days before and after it the report compares (NULL: no report is posted, as for every
+# marker set before this version) and when the report was posted (once).
+_V5 = """
+ALTER TABLE deploy_markers ADD COLUMN report {TEXT} NOT NULL DEFAULT '[]';
+ALTER TABLE deploy_markers ADD COLUMN report_days {REAL};
+ALTER TABLE deploy_markers ADD COLUMN reported_at {REAL}
+"""
+
+# Version 6: actions, continued (CONTRACT §9). `action_locks` holds one row per target lock key:
 # the run holding it and since when; a run takes it in the transaction that creates the run, after
 # touching the row (`UPDATE ... SET lock_key = lock_key`), which on PostgreSQL makes a second
 # replica claiming the same key wait for this transaction and then see its holder. A run held back
 # by a lock is a row of `action_runs` too (status `locked`, `deferred_to` the holder), so the run
 # list shows it. `action_attempts`: every try of a retried step. `action_pause`: maintenance mode,
 # at most one row.
-_V5 = """
+_V6 = """
 ALTER TABLE action_runs ADD COLUMN lock_key {TEXT};
 ALTER TABLE action_runs ADD COLUMN deferred_to {TEXT};
 ALTER TABLE action_runs ADD COLUMN tier {TEXT};
@@ -271,7 +280,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
 META = "CREATE TABLE IF NOT EXISTS schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 # MIGRATIONS[n] takes a database from version n-1 to n.
-_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
+_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
 
 
 def statements(sql: str) -> list[str]:

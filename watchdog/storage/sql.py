@@ -616,12 +616,14 @@ class SqlPause:
         return await self.c.execute("DELETE FROM action_pause WHERE id = 1") > 0
 
 
-_DEPLOY_COLS = "id, service, version, labels, at, window_end, status, summary, on_fail, decided_at"
+_DEPLOY_COLS = ("id, service, version, labels, at, window_end, status, summary, on_fail, "
+                "decided_at, report, report_days, reported_at")
 
 
 def _deploy(r: Row) -> DeployRow:
     return DeployRow(r[0], r[1], r[2], json.loads(r[3]), float(r[4]), float(r[5]), r[6], r[7],
-                     tuple(json.loads(r[8])), _f(r[9]))
+                     tuple(json.loads(r[8])), _f(r[9]), tuple(json.loads(r[10])), _f(r[11]),
+                     _f(r[12]))
 
 
 class SqlDeploys:
@@ -630,10 +632,12 @@ class SqlDeploys:
 
     async def insert(self, d: DeployRow) -> None:
         await self.c.execute(
-            f"INSERT INTO deploy_markers ({_DEPLOY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO deploy_markers ({_DEPLOY_COLS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (d.id, d.service, d.version, json.dumps(d.labels), float(d.at),
              float(d.window_end), d.status, d.summary, json.dumps(list(d.on_fail)),
-             _f(d.decided_at)))
+             _f(d.decided_at), json.dumps(list(d.report)), _f(d.report_days),
+             _f(d.reported_at)))
 
     async def finish(self, deploy_id: str, status: str, summary: str) -> None:
         await self.c.execute("UPDATE deploy_markers SET status = ?, summary = ? WHERE id = ?",
@@ -644,6 +648,17 @@ class SqlDeploys:
             "UPDATE deploy_markers SET status = ?, summary = ?, decided_at = ? "
             "WHERE id = ? AND status = 'open'", (status, summary, float(at), deploy_id))
         return n > 0
+
+    async def mark_reported(self, deploy_id: str, at: float) -> bool:
+        n = await self.c.execute(
+            "UPDATE deploy_markers SET reported_at = ? WHERE id = ? AND reported_at IS NULL "
+            "AND report_days IS NOT NULL", (float(at), deploy_id))
+        return n > 0
+
+    async def unreported(self, limit: int = 1000) -> builtins.list[DeployRow]:
+        return [_deploy(r) for r in await self.c.fetchall(
+            f"SELECT {_DEPLOY_COLS} FROM deploy_markers WHERE report_days IS NOT NULL "
+            "AND reported_at IS NULL ORDER BY at, id LIMIT ?", (int(limit),))]
 
     async def get(self, deploy_id: str) -> DeployRow | None:
         r = await fetchone(self.c, f"SELECT {_DEPLOY_COLS} FROM deploy_markers WHERE id = ?",

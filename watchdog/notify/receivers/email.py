@@ -39,6 +39,8 @@ def _plain(n: Notification) -> str:
         if n.digest.more:
             lines.append(f"…and {n.digest.more} more")
         lines.append("")
+    if n.report is not None:
+        lines += [*m.report_lines(n.report), ""]
     if n.action is not None:
         lines.append(m.action_line(n.action))
         if n.action_labels:
@@ -84,6 +86,8 @@ def _html(n: Notification) -> str:
         more = f"<p>…and {d.more} more</p>" if d.more else ""
         action = ("<p>" + "<br>".join(e(line) for line in m.digest_summary(d)) + "</p>"
                   + (f"<ul>{items}</ul>" if items else "") + more)
+    if n.report is not None:
+        action = "<p>" + "<br>".join(e(line) for line in m.report_lines(n.report)) + "</p>"
     paused = f"<p><i>⏸ {e(n.paused)}</i></p>" if n.paused else ""
     return (f'<html><body><div style="border-left:6px solid {colour(n)};padding-left:12px">'
             f"<h2>{e(headline(n))}</h2>{paused}{action}{''.join(rows)}</div></body></html>")

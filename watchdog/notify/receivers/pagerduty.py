@@ -157,8 +157,8 @@ def render(n: Notification, routing_key: str) -> list[dict[str, Any]]:
         return [page_event(n, routing_key)]
     if n.kind == "action":
         return [change_event(n, routing_key)] if n.action is not None else []
-    if n.kind == "digest":
-        return []  # a daily summary is not a page (routes do not send PagerDuty digests)
+    if n.kind in ("digest", "report"):
+        return []  # a summary is not a page (routes do not send PagerDuty digests or reports)
     docs = sorted(n.alerts, key=lambda a: (a.status == "firing", a.fingerprint))
     return [e for a in docs
             for e in (resolves(a, routing_key) if a.status == "resolved"

@@ -49,6 +49,9 @@ def severity_of(a: AlertDoc) -> str:
 def colour(n: Notification) -> str:
     if n.kind == "digest":
         return BLUE
+    if n.kind == "report" and n.report is not None:
+        verdicts = {x.verdict for x in n.report.items}
+        return RED if "missed" in verdicts else GREEN if "met" in verdicts else BLUE
     if n.kind == "action" and n.action is not None:
         return {"failed": RED, "succeeded": GREEN, "verified": GREEN,
                 "not_helped": AMBER}.get(n.action.kind, GREY)
@@ -63,7 +66,7 @@ def colour(n: Notification) -> str:
 
 
 def emoji(n: Notification) -> str:
-    if n.kind == "digest":
+    if n.kind in ("digest", "report"):
         return "📋"
     if n.kind == "action" and n.action is not None:
         return {"started": "⚙️", "succeeded": "✅", "failed": "❌", "would_run": "🧪",
@@ -84,6 +87,8 @@ def headline(n: Notification) -> str:
         count = n.digest.count
         return (f"{emoji(n)} DIGEST · {count} incident{'' if count == 1 else 's'} · "
                 f"{m.digest_period(n.digest)}")
+    if n.kind == "report" and n.report is not None:
+        return f"{emoji(n)} REPORT · {n.report.service} {n.report.version} · {n.report.days:g}d"
     if n.kind == "action" and n.action is not None:
         verb = m.ACTION_VERB.get(n.action.kind, n.action.kind)
         step = f" / {n.action.step}" if n.action.step else ""
@@ -199,6 +204,21 @@ def _digest_blocks(n: Notification) -> list[dict[str, Any]]:
     return blocks
 
 
+def _report_blocks(n: Notification) -> list[dict[str, Any]]:
+    assert n.report is not None
+    blocks = []
+    chunk: list[str] = []
+    for line in m.report_lines(n.report):  # one section per ~3,000 characters
+        line = escape(line)
+        if chunk and len("\n".join([*chunk, line])) > MAX_SECTION:
+            blocks.append(_text_block("\n".join(chunk)))
+            chunk = []
+        chunk.append(line)
+    if chunk:
+        blocks.append(_text_block("\n".join(chunk)))
+    return blocks
+
+
 def render(n: Notification, now: float | None = None) -> dict[str, Any]:
     """The incoming-webhook JSON for a notification (`now` only for "firing for 12m")."""
     at = n.created_at if now is None else now
@@ -223,6 +243,8 @@ def render(n: Notification, now: float | None = None) -> dict[str, Any]:
                                "it resolves or is acknowledged."))
     elif n.kind == "digest" and n.digest is not None:
         blocks.extend(_digest_blocks(n))
+    elif n.kind == "report" and n.report is not None:
+        blocks.extend(_report_blocks(n))
 
     if n.kind == "action" and n.action is not None:
         text = f"*{escape(m.action_line(n.action))}*"
@@ -237,7 +259,7 @@ def render(n: Notification, now: float | None = None) -> dict[str, Any]:
     alerts = sorted(n.alerts, key=lambda a: (a.status != "firing",
                                              -SEVERITY_RANK.get(severity_of(a), 0),
                                              a.starts_at, a.fingerprint))
-    if n.kind not in ("action", "digest"):
+    if n.kind not in ("action", "digest", "report"):
         if len(alerts) <= DETAILED:
             for i, a in enumerate(alerts):
                 if i:

@@ -49,6 +49,8 @@ def render(n: Notification) -> dict[str, Any]:
         body["watchdog"]["action_labels"] = n.action_labels
     if n.digest is not None:
         body["watchdog"]["digest"] = n.digest.model_dump()
+    if n.report is not None:
+        body["watchdog"]["report"] = n.report.model_dump()
     if n.paused is not None:
         body["watchdog"]["paused"] = n.paused
     return body
