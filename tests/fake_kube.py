@@ -6,7 +6,12 @@ It implements what `kubectl rollout undo`, `kubectl scale` and `kubectl set imag
 Deployment, LIST ReplicaSets by label selector, PATCH a Deployment (JSON patch, merge patch,
 strategic merge patch for containers) and its `scale` subresource — plus the controller's
 reaction to a template change (new or re-numbered ReplicaSet, revision annotations), so a test
-can undo twice and see kubectl's "undo the undo". It must not grow cleverness the real API lacks:
+can undo twice and see kubectl's "undo the undo". Also Argo Rollouts' `Rollout` (GET, JSON and
+merge PATCH, the `status` subresource, its ReplicaSets with `rollout.argoproj.io/revision`),
+Flagger's `Canary` (GET) and the API server's Service proxy to a flagger-loadtester
+(`POST .../services/NAME:PORT/proxy/rollback/open`). `fail_next` makes the next writes (PATCH,
+POST) answer an error, optionally after applying them, as a proxy that loses the answer would.
+It must not grow cleverness the real API lacks:
 anything it does not model answers 404 or 415, never a silent success.
 """
 
@@ -23,6 +28,8 @@ from aiohttp import web
 
 REVISION = "deployment.kubernetes.io/revision"
 HASH = "pod-template-hash"
+ARGO_REVISION = "rollout.argoproj.io/revision"
+ARGO_HASH = "rollouts-pod-template-hash"
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,12 @@ class FakeKube:
     deployments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     replicasets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
+    rollouts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    canaries: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    status_subresource: bool = True  # a Rollout CRD with `subresources: {status: {}}`
+    gates: list[tuple[str, str, Any]] = field(default_factory=list)  # (ns/svc:port, path, body)
+    # the next requests' answers: (status, apply the PATCH first, Retry-After)
+    fail_next: list[tuple[int, bool, str | None]] = field(default_factory=list)
     _uids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _clock: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -230,6 +243,75 @@ class FakeKube:
         owner = {"metadata": {"namespace": namespace, "name": "other", "uid": "uid-foreign"}}
         self._add_rs(owner, template, revision, {}, 1)
 
+    def add_rollout(self, namespace: str, name: str, history: list[dict[str, Any]], *,
+                    promoted_at: str | None = None, stable: int | None = None) -> dict[str, Any]:
+        """An Argo Rollout whose revisions were `history` (oldest first), its template the last.
+        `promoted_at`: fully promoted (stableRS = the current pod hash), Completed and Healthy
+        since then; otherwise revision `stable` (default the one before the last) is the stable
+        ReplicaSet and the update is in progress."""
+        uid = f"uid-{next(self._uids)}"
+        app = history[-1]["metadata"]["labels"]["app"]
+        ro: dict[str, Any] = {
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid,
+                         "annotations": {ARGO_REVISION: str(len(history))}},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": app}},
+                     "template": copy.deepcopy(history[-1]),
+                     "strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {}}]}}},
+            "status": {},
+        }
+        hashes = []
+        for i, t in enumerate(history, start=1):
+            h = _hash(t)
+            hashes.append(h)
+            tt = copy.deepcopy(t)
+            tt["metadata"].setdefault("labels", {})[ARGO_HASH] = h
+            rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                  "metadata": {"name": f"{name}-{h}", "namespace": namespace,
+                               "uid": f"uid-{next(self._uids)}",
+                               "labels": {**tt["metadata"]["labels"]},
+                               "annotations": {ARGO_REVISION: str(i)},
+                               "ownerReferences": [{"apiVersion": "argoproj.io/v1alpha1",
+                                                    "kind": "Rollout", "name": name,
+                                                    "uid": uid, "controller": True}]},
+                  "spec": {"replicas": 1, "template": tt}}
+            self.replicasets[(namespace, rs["metadata"]["name"])] = rs
+        current = hashes[-1]
+        if promoted_at is not None:
+            ro["status"] = {"stableRS": current, "currentPodHash": current, "phase": "Healthy",
+                            "conditions": [
+                                {"type": "Completed", "status": "True",
+                                 "reason": "RolloutCompleted",
+                                 "lastTransitionTime": promoted_at},
+                                {"type": "Healthy", "status": "True",
+                                 "reason": "RolloutHealthy",
+                                 "lastTransitionTime": promoted_at}]}
+        else:
+            idx = (stable or len(history) - 1) - 1
+            ro["status"] = {"stableRS": hashes[idx], "currentPodHash": current,
+                            "phase": "Paused", "conditions": [
+                                {"type": "Completed", "status": "False",
+                                 "reason": "RolloutCompleted",
+                                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+        self.rollouts[(namespace, name)] = ro
+        return ro
+
+    def add_canary(self, namespace: str, name: str, phase: str, *,
+                   rollback_hook: str | None = "http://flagger-loadtester.test/rollback/check"
+                   ) -> dict[str, Any]:
+        hooks = [{"name": "load-test", "type": "rollout",
+                  "url": "http://flagger-loadtester.test/"}]
+        if rollback_hook is not None:
+            hooks.append({"name": "rollback gate", "type": "rollback", "url": rollback_hook})
+        canary = {"apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+                  "metadata": {"name": name, "namespace": namespace},
+                  "spec": {"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                         "name": name},
+                           "analysis": {"interval": "1m", "threshold": 5, "webhooks": hooks}},
+                  "status": {"phase": phase, "canaryWeight": 20}}
+        self.canaries[(namespace, name)] = canary
+        return canary
+
     def owned(self, namespace: str, name: str) -> list[dict[str, Any]]:
         uid = self.deployments[(namespace, name)]["metadata"]["uid"]
         return [rs for (ns, _), rs in self.replicasets.items() if ns == namespace and any(
@@ -270,6 +352,14 @@ class FakeKube:
         app.router.add_get(base + "/deployments/{name}/scale", self._get_scale)
         app.router.add_patch(base + "/deployments/{name}/scale", self._patch_scale)
         app.router.add_get(base + "/replicasets", self._list_replicasets)
+        argo = "/apis/argoproj.io/v1alpha1/namespaces/{ns}/rollouts/{name}"
+        app.router.add_get(argo, self._get_rollout)
+        app.router.add_patch(argo, self._patch_rollout)
+        app.router.add_patch(argo + "/status", self._patch_rollout_status)
+        app.router.add_get("/apis/flagger.app/v1beta1/namespaces/{ns}/canaries/{name}",
+                           self._get_canary)
+        app.router.add_post("/api/v1/namespaces/{ns}/services/{svc}/proxy/{path:.*}",
+                            self._proxy)
         return app
 
     @web.middleware
@@ -287,6 +377,15 @@ class FakeKube:
         if self.token is not None and \
                 request.headers.get("Authorization") != f"Bearer {self.token}":
             return self._status(401, "Unauthorized", "Unauthorized")
+        if self.fail_next and request.method in ("PATCH", "POST"):
+            code, apply, retry_after = self.fail_next.pop(0)
+            if apply:
+                await handler(request)
+            resp = self._status(code, "ServiceUnavailable" if code == 503 else "InternalError",
+                                "fake: failing as told")
+            if retry_after is not None:
+                resp.headers["Retry-After"] = retry_after
+            return resp
         try:
             return await handler(request)
         except web.HTTPException as e:
@@ -348,3 +447,60 @@ class FakeKube:
         body = self.requests[-1].body
         dep["spec"]["replicas"] = int(body["spec"]["replicas"])
         return await self._get_scale(request)
+
+    # ---- Argo Rollouts, Flagger, the Service proxy ------------------------------------------
+
+    def _rollout(self, request: web.Request) -> dict[str, Any]:
+        key = (request.match_info["ns"], request.match_info["name"])
+        if key not in self.rollouts:
+            raise web.HTTPNotFound(text=f'rollouts.argoproj.io "{key[1]}" not found')
+        return self.rollouts[key]
+
+    async def _get_rollout(self, request: web.Request) -> web.Response:
+        return web.json_response(self._rollout(request))
+
+    async def _patch_rollout(self, request: web.Request) -> web.Response:
+        ro = self._rollout(request)
+        ctype = request.headers.get("Content-Type", "")
+        body = self.requests[-1].body
+        if ctype == "application/json-patch+json":
+            new = _apply_json_patch(ro, body)
+        elif ctype == "application/merge-patch+json":
+            new = _merge(ro, body)
+        else:
+            raise web.HTTPUnsupportedMediaType(text=f"unsupported patch type {ctype}")
+        ro.clear()
+        ro.update(new)
+        return web.json_response(ro)
+
+    async def _patch_rollout_status(self, request: web.Request) -> web.Response:
+        if not self.status_subresource:
+            raise web.HTTPNotFound(text="the server could not find the requested resource")
+        ro = self._rollout(request)
+        if request.headers.get("Content-Type") != "application/merge-patch+json":
+            raise web.HTTPUnsupportedMediaType(text="fake: status takes merge patches")
+        body = self.requests[-1].body
+        if set(body) != {"status"}:
+            raise web.HTTPUnprocessableEntity(text="the status subresource changes status only")
+        ro["status"] = _merge(ro.get("status", {}), body["status"])
+        return web.json_response(ro)
+
+    async def _get_canary(self, request: web.Request) -> web.Response:
+        key = (request.match_info["ns"], request.match_info["name"])
+        if key not in self.canaries:
+            raise web.HTTPNotFound(text=f'canaries.flagger.app "{key[1]}" not found')
+        return web.json_response(self.canaries[key])
+
+    async def _proxy(self, request: web.Request) -> web.Response:
+        """flagger-loadtester's gate endpoints, as reached through the Service proxy."""
+        svc, path = request.match_info["svc"], request.match_info["path"]
+        name, _, port = svc.partition(":")
+        if name != "flagger-loadtester" or not port.isdigit():
+            raise web.HTTPServiceUnavailable(text=f'no endpoints available for service "{svc}"')
+        body = self.requests[-1].body
+        if path not in ("rollback/open", "rollback/close", "gate/open", "gate/close"):
+            raise web.HTTPNotFound(text="404 page not found")
+        if not isinstance(body, dict) or not body.get("name") or not body.get("namespace"):
+            return web.Response(status=400, text="Bad request: name and namespace required")
+        self.gates.append((f"{request.match_info['ns']}/{svc}", path, body))
+        return web.Response(status=202, text="Gate opened")

@@ -52,8 +52,11 @@ def test_manual_skips_incident_and_cooldown_but_not_the_rate_unless_forced() -> 
 def test_history_for_replay_and_lookback() -> None:
     a = action(cooldown="30m")
     h = History()
-    verdicts = [h.check_and_record("undo", a, t * M, fingerprint="fp", incident_id=f"fp@{t}")
-                for t in (0, 5, 10, 31, 32)]
+    verdicts = []
+    for t in (0, 5, 10, 31, 32):
+        verdicts.append(h.check_and_record("undo", a, t * M, fingerprint="fp",
+                                           incident_id=f"fp@{t}"))
+        h.resolved(f"fp@{t}")  # each flap resolves before the next: one instance at a time
     assert [v.allowed for v in verdicts] == [True, False, False, True, False]
     assert len(h.runs) == 2
     assert lookback(a) == 30 * M

@@ -320,3 +320,161 @@ async def test_paused_refusal_fails_the_run_and_is_notified(
     failed = next(e for e in sink.events if e.kind == "failed")
     assert "paused deployment" in failed.detail and failed.step == "1/1 kubernetes"
     assert fake.patches() == []
+
+
+# ---- Argo Rollouts, Flagger, and retries ---------------------------------------------------
+
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+
+
+async def run_argo(step: dict[str, Any], url: str, session: aiohttp.ClientSession,
+                   memo: dict[str, Any] | None = None) -> k8s.StepResult:
+    client = KubeClient(session, Cluster(url, True, token="test-token"))
+    env = StepEnv(session=session, environ={}, kube=lambda: client, clock=lambda: NOW)
+    return await k8s.run(KubernetesStep.model_validate(step), subject(), env, memo)
+
+
+def episodes(fake: FakeKube, **kw: Any) -> None:
+    fake.add_rollout("generator", "episodes",
+                     [pod_template("episodes:v1", app="episodes"),
+                      pod_template("episodes:v2", app="episodes")], **kw)
+
+
+ARGO_UNDO = {"rollout_undo": {"namespace": "generator", "rollout": "episodes"}}
+ARGO_PATH = "/apis/argoproj.io/v1alpha1/namespaces/generator/rollouts/episodes"
+
+
+async def test_argo_undo_patches_the_previous_pod_template_like_the_plugin(
+        kube: tuple[FakeKube, str], session: aiohttp.ClientSession) -> None:
+    fake, url = kube
+    episodes(fake)  # a canary of v2 in progress
+    result = await run_argo(ARGO_UNDO, url, session)
+    assert result.ok and "rolled back to revision 1" in result.detail, result
+    [patch] = fake.patches()
+    assert patch.path == ARGO_PATH and patch.content_type == "application/json-patch+json"
+    # `kubectl argo rollouts undo`: one op, the revision-1 template without its hash label
+    assert patch.body == [{"op": "replace", "path": "/spec/template",
+                           "value": pod_template("episodes:v1", app="episodes")}]
+    assert [r.query.get("labelSelector") for r in fake.requests if r.method == "GET"
+            and r.path.endswith("/replicasets")] == ["app=episodes"]
+    # the template is revision 1's now: a second undo sends nothing
+    again = await run_argo(ARGO_UNDO, url, session, {})
+    assert again.ok and "skipped rollback" in again.detail, again
+    assert len(fake.patches()) == 1
+
+
+async def test_argo_undo_guard_refuses_a_rollout_promoted_long_ago(
+        kube: tuple[FakeKube, str], session: aiohttp.ClientSession) -> None:
+    fake, url = kube
+    episodes(fake, promoted_at="2027-01-15T05:00:00Z")  # fully promoted 3h before NOW
+    result = await run_argo(ARGO_UNDO, url, session)
+    assert not result.ok and "fully promoted and stable for 3h" in result.detail, result
+    assert "stable_for_at_most 1h" in result.detail
+    assert fake.patches() == []
+    # promoted 30 minutes ago: within the guard, undone
+    fake.rollouts.clear()
+    episodes(fake, promoted_at="2027-01-15T07:30:00Z")
+    assert (await run_argo(ARGO_UNDO, url, session)).ok
+    assert len(fake.patches()) == 1
+    # a longer guard lets the 3h-old one through; 0 turns the guard off
+    fake.rollouts.clear()
+    episodes(fake, promoted_at="2027-01-15T05:00:00Z")
+    step = {"rollout_undo": {**ARGO_UNDO["rollout_undo"], "stable_for_at_most": 0}}
+    assert (await run_argo(step, url, session)).ok
+
+
+async def test_argo_abort_patches_the_status_subresource_and_falls_back(
+        kube: tuple[FakeKube, str], session: aiohttp.ClientSession) -> None:
+    fake, url = kube
+    episodes(fake)
+    abort = {"rollout_abort": {"namespace": "generator", "rollout": "episodes"}}
+    result = await run_argo(abort, url, session)
+    assert result.ok and result.detail.endswith(": aborted"), result
+    [patch] = fake.patches()
+    assert (patch.path, patch.content_type, patch.body) == (
+        f"{ARGO_PATH}/status", "application/merge-patch+json", {"status": {"abort": True}})
+    assert fake.rollouts[("generator", "episodes")]["status"]["abort"] is True
+    assert (await run_argo(abort, url, session)).detail.endswith("already aborted")
+    # a CRD without the status subresource: the plugin patches the Rollout itself
+    fake.rollouts.clear()
+    fake.requests.clear()
+    fake.status_subresource = False
+    episodes(fake)
+    assert (await run_argo(abort, url, session)).ok
+    assert [(p.path, p.body) for p in fake.patches()] == [
+        (f"{ARGO_PATH}/status", {"status": {"abort": True}}),
+        (ARGO_PATH, {"status": {"abort": True}})]
+    # fully promoted: nothing to abort, nothing sent
+    fake.rollouts.clear()
+    fake.requests.clear()
+    episodes(fake, promoted_at="2027-01-15T07:00:00Z")
+    result = await run_argo(abort, url, session)
+    assert result.ok and "fully promoted" in result.detail and fake.patches() == []
+
+
+async def test_flagger_rollback_opens_the_load_testers_gate_through_the_service_proxy(
+        kube: tuple[FakeKube, str], session: aiohttp.ClientSession) -> None:
+    fake, url = kube
+    fake.add_canary("prod", "checkout", "Progressing")
+    step = {"canary_rollback": {"namespace": "prod", "canary": "checkout",
+                                "loadtester_namespace": "test"}}
+    result = await run_argo(step, url, session)
+    assert result.ok and "rollback gate opened (canary was Progressing)" in result.detail
+    # what `kubectl flagger rollback checkout prod -n test` sends the load tester
+    assert fake.gates == [("test/flagger-loadtester:80", "rollback/open",
+                           {"name": "checkout", "namespace": "prod"})]
+    [post] = [r for r in fake.requests if r.method == "POST"]
+    assert post.path == ("/api/v1/namespaces/test/services/flagger-loadtester:80/proxy/"
+                         "rollback/open") and post.content_type == "application/json"
+    # after promotion there is nothing for Flagger to roll back: refused, nothing sent
+    fake.gates.clear()
+    fake.add_canary("prod", "checkout", "Succeeded")
+    result = await run_argo(step, url, session)
+    assert not result.ok and "refused: the canary is Succeeded" in result.detail
+    # a canary without a rollback webhook would never look at the gate
+    fake.add_canary("prod", "checkout", "Progressing", rollback_hook=None)
+    result = await run_argo(step, url, session)
+    assert not result.ok and "no `rollback` webhook" in result.detail
+    assert fake.gates == []
+
+
+async def test_a_retried_undo_keeps_its_first_target_instead_of_undoing_the_undo(
+        kube: tuple[FakeKube, str], session: aiohttp.ClientSession) -> None:
+    """The first PATCH takes effect but its answer is lost (a 500 after applying it): the retry
+    must not compute "the previous revision" again — that is now the bad version."""
+    fake, url = kube
+    checkout(fake)
+    fake.fail_next = [(500, True, None)]
+    memo: dict[str, Any] = {}
+    first = await run_step_memo(UNDO, url, session, memo)
+    assert not first.ok and first.retryable and "HTTP 500" in first.detail
+    image = fake.deployments[("prod", "checkout")]["spec"]["template"]["spec"]["containers"][0]
+    assert image["image"] == "checkout:v1"  # it did take effect
+    second = await run_step_memo(UNDO, url, session, memo)
+    assert second.ok and "skipped rollback" in second.detail, second
+    assert len(fake.patches()) == 1
+    dep = fake.deployments[("prod", "checkout")]
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "checkout:v1"
+    # without the pinned target the same retry would have put v2 back
+    third = await run_step_memo(UNDO, url, session, {})
+    assert third.ok and "rolled back to revision 2" in third.detail
+
+
+async def test_kube_errors_say_whether_to_retry(kube: tuple[FakeKube, str],
+                                                session: aiohttp.ClientSession) -> None:
+    fake, url = kube
+    checkout(fake)
+    fake.fail_next = [(429, False, "7")]
+    r = await run_step_memo(UNDO, url, session, {})
+    assert not r.ok and r.retryable and r.retry_after == 7.0
+    fake.add_canary("prod", "checkout", "Progressing")
+    r = await run_step_memo({"canary_rollback": {"namespace": "prod", "canary": "nope"}}, url,
+                            session, {})
+    assert not r.ok and not r.retryable and "404" in r.detail
+
+
+async def run_step_memo(step: dict[str, Any], url: str, session: aiohttp.ClientSession,
+                        memo: dict[str, Any]) -> k8s.StepResult:
+    client = KubeClient(session, Cluster(url, True, token="test-token"))
+    env = StepEnv(session=session, environ={}, kube=lambda: client)
+    return await k8s.run(KubernetesStep.model_validate(step), subject(), env, memo)

@@ -163,7 +163,7 @@ async def test_rollback_against_a_real_prometheus(service: tuple[Service, str],
     assert r["c"]["status"] == "succeeded"
     assert ("c", "ErrorRateRollback", "resolved") in transitions
     verified = next(e for e in sink.events if e.kind == "verified")
-    assert verified.detail.startswith("ErrorRateRollback 0.3 → ")
+    assert verified.detail.startswith("helped: 0.3 → ")
     # a: stage 1 was enough
     assert [c for c in svc.calls if c.startswith("/a/")] == ["/a/flags/newest"]
     assert r["a"]["status"] == "resolved", r["a"]

@@ -202,7 +202,7 @@ async def test_staged_rollback_stops_after_stage_one_when_resolved(rig: Rig, hoo
     await rig.ticks(10 * 60 + 30)
     await eventually(lambda: "verified" in rig.sink.kinds())
     verified = next(e for e in rig.sink.events if e.kind == "verified")
-    assert verified.detail.startswith("HighErrorRate 0.2 → 0.01 10m")
+    assert verified.detail == "helped: 0.2 → 0.01 after 10m (HighErrorRate cleared)"
     assert verified.extra["value_after"] == 0.01
     [run] = await rig.runs()
     assert run["verification"] == "verified" and run["valueAfter"] == 0.01
@@ -222,7 +222,8 @@ async def test_staged_rollback_runs_stage_two_when_still_firing(rig: Rig, hook: 
     await rig.ticks(11 * 60)
     await eventually(lambda: "not_helped" in rig.sink.kinds())
     bad = next(e for e in rig.sink.events if e.kind == "not_helped")
-    assert "still firing 10m" in bad.detail and "0.2 → 0.2" in bad.detail
+    assert bad.detail.startswith("not helped: 0.2 → 0.2 after 10m")
+    assert "HighErrorRate still firing" in bad.detail
 
 
 async def test_flapping_alert_within_cooldown_runs_once(tmp_path: Path,

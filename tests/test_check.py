@@ -169,3 +169,60 @@ def test_rule_durations_are_accepted_exactly_when_promtool_accepts_them(
                           capture_output=True, text=True)
     assert (ours.returncode == 0) == (oracle.returncode == 0), (oracle.stdout + oracle.stderr,
                                                                 ours.stdout + ours.stderr)
+
+
+TIER_PROBLEMS = """groups:
+  - name: g
+    rules:
+      - alert: PlainListOnTiers
+        expr: up
+        severities: {warning: "> 1", critical: "> 2"}
+        actions: [fix]
+      - alert: MapWithoutTiers
+        expr: up
+        threshold: "> 1"
+        actions: {critical: [fix]}
+      - alert: UnknownTier
+        expr: up
+        severities: {warning: "> 1"}
+        actions: {critical: [fix]}
+      - alert: Refs
+        expr: up
+        severities: {warning: "> 1"}
+        actions: {warning: [ghost]}
+        on_resolved: [phantom]
+actions:
+  fix:
+    lock: "deploy/{{ $labels.deployment"
+    on_not_helped: {page: true, action: nobody}
+    steps: [{webhook: {url: "http://x"}}]
+  lonely:
+    on_not_helped: {page: true}
+    steps: [{kubernetes: {rollout_undo: {namespace: a}}}]
+"""
+
+
+def test_check_reports_tier_lock_and_escalation_problems_at_their_lines(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "tiers.yml"
+    f.write_text(TIER_PROBLEMS)
+    assert main(["check", str(f)]) == 1
+    captured = capsys.readouterr()
+    out = captured.out + captured.err  # warnings go to stderr, with the summary
+    got = sorted(line.removeprefix(f"{f}:") for line in out.splitlines()
+                 if line.startswith(str(f)))
+    assert got == sorted([
+        "7: warning: rule 'PlainListOnTiers' has severities but a plain list of actions: they "
+        "run once, when it starts firing (at its lowest firing tier), never when it gets "
+        "worse; to act per tier write actions: {warning: [...], ...}",
+        "8: groups[0].rules[1]: actions by tier need severities: on the rule (or use a list)",
+        "12: groups[0].rules[2]: actions: tier 'critical' is not one of the rule's severities "
+        "(warning)",
+        "19: rule 'Refs' refers to undefined action 'ghost'",
+        "20: rule 'Refs' refers to undefined action 'phantom'",
+        "22: actions.fix: on_not_helped needs verify_for (when to judge whether it helped)",
+        "23: lock: invalid template in action 'fix': template: 1:28: unclosed action",
+        "24: action 'fix': on_not_helped refers to undefined action 'nobody'",
+        "28: actions.lonely.steps[0].kubernetes.rollout_undo: rollout_undo needs exactly one of "
+        "deployment, rollout",
+    ]), out

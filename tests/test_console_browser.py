@@ -446,8 +446,6 @@ def test_backtest_a_rule(console: Console) -> None:
     expect(result.locator(".err")).to_contain_text("line 2")
 
 
-@pytest.mark.xfail(strict=True, reason="POST/DELETE /api/v1/pause (CONTRACT §9) is not on main "
-                                       "yet; the console shows the switch disabled until it is")
 def test_pause_and_resume(console: Console) -> None:
     page = console.open("rules")
     switch = page.locator("#pause")

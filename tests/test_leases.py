@@ -201,3 +201,51 @@ def test_rendezvous_moves_only_the_names_of_the_replica_that_left() -> None:
     counts = {r: sum(1 for v in three.values() if v == r) for r in "abc"}
     assert all(60 <= n <= 140 for n in counts.values()), counts
     assert owner("x", []) is None
+
+
+async def test_heartbeat_and_renewal_go_on_while_evaluations_hold_every_pooled_connection(
+        pg: tuple[Storage, asyncpg.Connection]) -> None:
+    """bench/ha.py found leases swinging between replicas under overload: evaluations'
+    transactions held the whole pool, the heartbeat queued behind them past LEASE_TTL, and
+    every lease was lost at once. Coordination has connections of its own."""
+    s, _ = pg
+    c = s.coordination
+    [a] = await c.acquire(["g1"], "r1", TTL)
+    pool = s.pool  # type: ignore[attr-defined]
+    busy = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        async with asyncio.timeout(5):
+            assert await c.renew([a.lease], TTL) == [a.lease]
+            assert [r.id for r in await c.beat("r1", "i1", TTL, ["g1"])] == ["r1"]
+            assert await c.identify("r1")
+    finally:
+        for conn in busy:
+            await pool.release(conn)
+
+
+async def test_leases_held_are_renewed_while_many_groups_are_taken_over(
+        pg: tuple[Storage, asyncpg.Connection]) -> None:
+    """Taking over 60 groups whose state takes longer to load than LEASE_TTL: the first
+    groups' leases used to run out before the cycle ended (all taken at once, renewed only at
+    the next cycle). They are taken in batches now, with a renewal between batches."""
+    from prometheus_client import CollectorRegistry
+
+    from watchdog.app.replicas import Coordinator
+    s, _ = pg
+    names = [f"g{i:02}" for i in range(60)]
+
+    async def load(lease: Lease, got: object) -> bool:
+        await asyncio.sleep(0.03)  # 60 x 0.03 s = 1.8 s of loading against a 1 s TTL
+        return True
+
+    async def release(names: object) -> None:
+        return None
+
+    lost: list[str] = []
+    coord = Coordinator(s, replica_id="r1", ttl=1.0, names=lambda: names,
+                        registry=CollectorRegistry(), on_acquire=load, on_release=release,
+                        on_lost=lost.append)
+    await coord.cycle()
+    await coord.cycle()  # renews: what expired during the first cycle is lost here
+    assert lost == [] and sorted(coord.leases) == names
+    await s.coordination.close()  # type: ignore[attr-defined]

@@ -81,3 +81,61 @@ def test_bad_file_and_unknown_rule(tmp_path: Path, capsys: pytest.CaptureFixture
     g.write_text(RULE)
     assert run(g, rule="Nope") == 1
     assert "no alerting rule named 'Nope'" in capsys.readouterr().err
+
+
+TIERED = """
+groups:
+  - name: checkout
+    rules:
+      - alert: CheckoutErrorRate
+        expr: error_ratio{service="checkout"}
+        severities: {critical: "> 0.10", warning: "> 0.02"}
+        annotations: {summary: "error rate {{ $value | humanizePercentage }}"}
+        actions: {warning: [disable-newest-flag], critical: [full-rollback]}
+        on_resolved: [leave-emergency-mode]
+      - alert: TryingItOut
+        expr: error_ratio{service="cart"}
+        threshold: "> 0.5"
+        dry_run: true
+        actions: [rollback-cart]
+"""
+
+
+def preview_of(tmp_path: Path, text: str, **kw: object) -> str:
+    f = tmp_path / "t.yml"
+    f.write_text(text)
+    out = io.StringIO()
+    assert run(f, out=out, now=1_800_000_000.0, color="never", **kw) == 0  # type: ignore[arg-type]
+    return out.getvalue()
+
+
+def test_preview_shows_tier_actions_lowest_first_and_recovery_on_resolved(tmp_path: Path) -> None:
+    text = preview_of(tmp_path, TIERED, rule="CheckoutErrorRate")
+    firing, resolved = text.split("— resolved")
+    # the sample is at the critical tier, reached through warning: both tiers' actions ran
+    assert firing.index("disable-newest-flag started: warning tier") < firing.index(
+        "full-rollback started: critical tier")
+    assert "leave-emergency-mode" not in firing
+    assert "leave-emergency-mode started: on_resolved" in resolved
+    assert "full-rollback" not in resolved
+
+
+def test_preview_of_a_dry_run_rule_says_would_run_not_started(tmp_path: Path) -> None:
+    """It used to draw a dry-run rule's action as "started"."""
+    text = preview_of(tmp_path, TIERED, rule="TryingItOut", state="firing")
+    assert "rollback-cart would run: dry run" in text and "started" not in text
+    everything = preview_of(tmp_path, TIERED, rule="CheckoutErrorRate", dry_run=True)
+    assert "started" not in everything and "full-rollback would run" in everything
+
+
+def test_preview_while_paused_says_so_in_every_message(tmp_path: Path) -> None:
+    text = preview_of(tmp_path, TIERED, paused_for=7200.0, paused_reason="db migration",
+                      paused_by="alice")
+    notice = "actions paused until 2027-01-15 10:00 UTC by alice (db migration)"
+    assert text.count(f"⏸ {notice}") == 4  # firing and resolved of both rules
+    assert "started" not in text
+    bodies = preview_of(tmp_path, TIERED, fmt="json", paused_for=7200.0,
+                        paused_reason="db migration", paused_by="alice")
+    assert f"full-rollback would run: critical tier; {notice}" in bodies
+    for line in bodies.splitlines():
+        assert validate_slack(json.loads(line)) == []

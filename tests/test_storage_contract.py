@@ -29,13 +29,16 @@ from watchdog.state import Alert
 from watchdog.storage import DuplicateRun, Storage, StorageError, Tx, open_storage
 from watchdog.storage.records import (
     AckRecord,
+    AttemptRow,
     DeployRow,
     GroupChanges,
     IncidentAction,
     IncidentChange,
     IncidentRecord,
+    LockHolder,
     LogEntry,
     OutboxEntry,
+    PauseRecord,
     RunRow,
     SilenceRecord,
     StepRow,
@@ -751,7 +754,8 @@ async def test_run_round_trip(storage: Storage) -> None:
     run = run_row("run-1", labels=UNICODE, annotations={"summary": "über 50%"},
                   value_before=math.inf, active_at=-1.5, dry_run=True, detail="d",
                   verify_at=2000.0, verification="pending", value_after=-math.inf,
-                  finished_at=1500.0, status="succeeded", next_step=3)
+                  finished_at=1500.0, status="succeeded", next_step=3,
+                  lock_key="deploy/prod/チェックアウト", deferred_to="run-0", tier="critical")
     manual = run_row("run-2", incident=None, trigger="manual", rule=None, group=None,
                      value_before=None, active_at=None)
     async with storage.transaction() as tx:
@@ -1457,4 +1461,146 @@ async def test_a_version_4_store_migrates_to_version_5_with_its_deploys(sql_url:
         assert await read(s, lambda tx: tx.deploys.unreported()) == []
     finally:
         await s.close()
-    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION) == "5"
+    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION)
+
+
+# ---- actions, continued (schema 6): target locks, attempts, pause ----------------------------
+
+
+async def test_a_lock_names_its_holder_and_whether_its_incident_is_open(storage: Storage) -> None:
+    async with storage.transaction() as tx:
+        assert await tx.locks.holder("deploy/prod/checkout") is None  # never taken
+        await tx.runs.insert(run_row("r1", incident="fp1@100.000"))
+        await tx.locks.take("deploy/prod/checkout", "r1", 1000.0)
+    got = await read(storage, lambda tx: tx.locks.holder("deploy/prod/checkout"))
+    assert got == LockHolder("deploy/prod/checkout", "r1", "rollback", 1000.0, "running",
+                             "fp1@100.000", False)  # no incident record: not known open
+    async with storage.transaction() as tx:
+        await tx.incidents.open([incident("fp1@100.000")])
+        await tx.runs.update("r1", status="succeeded")
+    got = await read(storage, lambda tx: tx.locks.holder("deploy/prod/checkout"))
+    assert got is not None and got.incident_open and got.status == "succeeded"
+    async with storage.transaction() as tx:
+        await tx.incidents.resolve([("fp1@100.000", 2000.0)])
+    got = await read(storage, lambda tx: tx.locks.holder("deploy/prod/checkout"))
+    assert got is not None and not got.incident_open
+    # another run takes it over; a rolled-back take leaves the holder as it was
+    async with storage.transaction() as tx:
+        await tx.runs.insert(run_row("r2", incident=None))
+        await tx.locks.take("deploy/prod/checkout", "r2", 3000.0)
+    with contextlib.suppress(Boom):
+        async with storage.transaction() as tx:
+            await tx.runs.insert(run_row("r3", incident=None))
+            await tx.locks.take("deploy/prod/checkout", "r3", 4000.0)
+            raise Boom
+    got = await read(storage, lambda tx: tx.locks.holder("deploy/prod/checkout"))
+    assert got is not None and (got.run_id, got.at, got.incident_id) == ("r2", 3000.0, None)
+    assert await read(storage, lambda tx: tx.locks.holder("deploy/prod/api")) is None
+
+
+async def test_concurrent_claims_of_one_lock_key_let_exactly_one_through(
+        storage: Storage) -> None:
+    """Each transaction asks who holds the key and takes it when nobody does: whatever the
+    interleaving (on PostgreSQL, separate connections, as separate replicas would be), one
+    wins and every other one sees the winner."""
+    outcomes: list[str] = []
+    async with storage.transaction() as tx:  # taken once before, by a run long finished
+        await tx.runs.insert(run_row("r-old", incident=None, status="succeeded"))
+        await tx.locks.take("deploy/prod/checkout", "r-old", 0.0)
+
+    async def claim(i: int) -> None:
+        async with storage.transaction() as tx:
+            held = await tx.locks.holder("deploy/prod/checkout")
+            await asyncio.sleep(0.01)  # let the others ask too
+            if held is None or held.run_id == "r-old":
+                await tx.runs.insert(run_row(f"r{i}", incident=f"inc-{i}"))
+                await tx.locks.take("deploy/prod/checkout", f"r{i}", float(i))
+                outcomes.append("took")
+            else:
+                outcomes.append(f"held by {held.run_id}")
+
+    await asyncio.gather(*(claim(i) for i in range(6)))
+    assert outcomes.count("took") == 1, outcomes
+    winner = await read(storage, lambda tx: tx.locks.holder("deploy/prod/checkout"))
+    assert winner is not None
+    assert sorted(outcomes) == sorted(["took"] + [f"held by {winner.run_id}"] * 5)
+
+
+async def test_a_locked_run_is_listed_but_never_counts_as_having_run(storage: Storage) -> None:
+    async with storage.transaction() as tx:
+        await tx.runs.insert(run_row("r1", incident="inc-1", created_at=1000.0))
+        await tx.runs.insert(run_row("r2", incident="inc-2", created_at=1001.0,
+                                     status="locked", deferred_to="r1",
+                                     lock_key="deploy/prod/checkout"))
+    async with storage.transaction() as tx:
+        history = await tx.runs.history("rollback", 0.0, "inc-2", include_dry=True)
+        assert [p.incident_id for p in history] == ["inc-1"]
+        [got] = await tx.runs.list(status=["locked"])
+        assert (got.id, got.deferred_to, got.lock_key) == ("r2", "r1", "deploy/prod/checkout")
+        # it holds the incident's one slot for the action all the same
+        with pytest.raises(DuplicateRun):
+            await tx.runs.insert(run_row("r3", incident="inc-2"))
+
+
+async def test_attempts_round_trip_idempotently_in_order(storage: Storage) -> None:
+    rows = [AttemptRow("r1", 0, 2, 11.0, 12.0, "retrying", "HTTP 503; try 3/3 in 2s"),
+            AttemptRow("r1", 0, 1, 10.0, 10.5, "retrying", "HTTP 503 über"),
+            AttemptRow("r1", 1, 1, 20.0, 21.0, "succeeded", "HTTP 200"),
+            AttemptRow("r2", 0, 1, 5.0, 6.0, "failed", "refused")]
+    async with storage.transaction() as tx:
+        for a in rows:
+            await tx.steps.add_attempt(a)
+        await tx.steps.add_attempt(AttemptRow("r1", 0, 1, 99.0, 99.0, "failed", "again"))
+    got = await read(storage, lambda tx: tx.steps.attempts("r1"))
+    assert got == [rows[1], rows[0], rows[2]]
+    assert await read(storage, lambda tx: tx.steps.attempts("nope")) == []
+
+
+async def test_the_pause_is_one_record_set_replaced_and_cleared(storage: Storage) -> None:
+    assert await read(storage, lambda tx: tx.pause.get()) is None
+    async with storage.transaction() as tx:
+        await tx.pause.set(PauseRecord(5000.0, "migration ü", "alice", 1000.0))
+    assert await read(storage, lambda tx: tx.pause.get()) == PauseRecord(
+        5000.0, "migration ü", "alice", 1000.0)
+    async with storage.transaction() as tx:
+        await tx.pause.set(PauseRecord(9000.0, "longer", "bob", 2000.0))
+    assert await read(storage, lambda tx: tx.pause.get()) == PauseRecord(
+        9000.0, "longer", "bob", 2000.0)
+    async with storage.transaction() as tx:
+        assert await tx.pause.clear() is True
+        assert await tx.pause.clear() is False
+    assert await read(storage, lambda tx: tx.pause.get()) is None
+
+
+async def test_a_version_5_store_migrates_to_version_6_with_its_runs(sql_url: str) -> None:
+    """Schema 6 added target locks, attempts, the pause and three run columns."""
+    dialect = "sqlite" if sql_url.startswith("sqlite:") else "postgresql"
+    stmts = [*(stmt for v in (1, 2, 3, 4, 5) for stmt in migration(v, dialect)),
+             "CREATE TABLE schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+             "INSERT INTO schema_meta VALUES ('version', '5')",
+             "INSERT INTO action_runs (id, action, trigger, labels, dry_run, spec, status, "
+             "created_at) VALUES ('old', 'rollback', 'manual', '{}', 0, '{}', 'succeeded', 10.0)"]
+    if dialect == "sqlite":
+        with sqlite3.connect(sql_url.removeprefix("sqlite:///")) as db:
+            for stmt in stmts:
+                db.execute(stmt)
+    else:
+        conn = await asyncpg.connect(sql_url)
+        try:
+            for stmt in stmts:
+                await conn.execute(stmt)
+        finally:
+            await conn.close()
+    s = await open_storage(sql_url)
+    try:
+        got = await read(s, lambda tx: tx.runs.get("old"))
+        assert got is not None and (got.lock_key, got.deferred_to, got.tier) == (None, None,
+                                                                               None)
+        async with s.transaction() as tx:
+            await tx.locks.take("k", "old", 11.0)
+            await tx.pause.set(PauseRecord(50.0, "r", "b", 1.0))
+        held = await read(s, lambda tx: tx.locks.holder("k"))
+        assert held is not None and held.run_id == "old"
+    finally:
+        await s.close()
+    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION) == "6"

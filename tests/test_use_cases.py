@@ -161,3 +161,23 @@ async def test_use_case_rules_fire_when_prometheus_would(tmp_path: Path,
     proc = subprocess.run([promtool_binary, "test", "rules", str(test_file)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+
+
+@pytest.mark.prometheus
+def test_example_rules_pass_their_unit_tests_and_check_clean(prometheus_binary: str) -> None:
+    """`watchdog test rules/tests/` runs every example's test file (each fires its rule at the
+    minute the runbook says) and `watchdog check rules/` has nothing to say: the test files
+    beside the rules are passed by, not refused."""
+    import sys
+
+    tests = subprocess.run([sys.executable, "-m", "watchdog", "test", str(RULES / "tests")],
+                           capture_output=True, text=True, timeout=600)
+    assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-3000:]
+    files = sorted(p.name for p in (RULES / "tests").glob("*.yml"))
+    assert tests.stdout.count("SUCCESS") == len(files) >= 5, tests.stdout
+    check = subprocess.run([sys.executable, "-m", "watchdog", "check", str(RULES)],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout == ""  # no problem, no warning: only the summary, on stderr
+    assert check.stderr.strip() == f"checked {len(list(RULES.rglob('*.yml')))} file(s): " \
+        f"{len(list(RULES.rglob('*.yml')))} valid, 0 invalid"

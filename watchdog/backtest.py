@@ -263,8 +263,11 @@ def fold(lines: Sequence[ReplayLine], rs: RuleSet, errors: Mapping[str, str]
         res = results.get((d.get("group", ""), d["rule"])) or by_rule.get(d["rule"])
         if res is None:
             continue
-        if d["state"] == "would_run":
-            res.actions.append({"at": d["ts"], "action": d["action"], "labels": d["labels"]})
+        if "action" in d:
+            # One entry per action run: replay's lines for each step of a staged action
+            # ("step") and its pages ("would_page") belong to a run already listed.
+            if d["state"] == "would_run" and "step" not in d:
+                res.actions.append({"at": d["ts"], "action": d["action"], "labels": d["labels"]})
             continue
         key = _series_key(d["rule"], d["labels"])
         iv = open_.get(key)

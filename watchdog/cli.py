@@ -87,13 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     npv.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     npv.add_argument("--external-url", default="",
                      help="EXTERNAL_URL for links (default: $WATCHDOG_EXTERNAL_URL)")
+    npv.add_argument("--dry-run", action="store_true",
+                     help="as with DRY_RUN=true: actions would_run (also $WATCHDOG_DRY_RUN)")
+    npv.add_argument("--paused-for", type=_duration, metavar="D",
+                     help="as while actions are paused for D (maintenance mode)")
+    npv.add_argument("--paused-reason", metavar="TEXT", help="the pause's reason")
+    npv.add_argument("--paused-by", metavar="NAME", help="who paused")
 
     from watchdog.actions.client import add_action_parser
     from watchdog.actions.deploy_client import add_deploy_parser
+    from watchdog.actions.pause_client import add_pause_parser
     from watchdog.incidents.client import add_incidents_parser
     from watchdog.remote import add_parsers as add_remote_parsers
 
     add_action_parser(sub)
+    add_pause_parser(sub)
     add_deploy_parser(sub)
     add_incidents_parser(sub)
     add_remote_parsers(sub)  # silence add|query|expire, ack, runs
@@ -175,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from watchdog.actions.client import main as action_main
 
         return action_main(args)
+    if args.command == "pause":
+        from watchdog.actions.pause_client import main as pause_main
+
+        return pause_main(args)
     if args.command == "deploy":
         from watchdog.actions.deploy_client import main as deploy_main
 

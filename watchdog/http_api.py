@@ -32,6 +32,8 @@ from watchdog.gocompat import format_float, rfc3339
 from watchdog.handlers import DaemonContext
 from watchdog.logs import redact  # error text may quote a URL with its password
 from watchdog.metrics import Metrics
+from watchdog.pause import active as pause_active
+from watchdog.pause import notice as pause_notice
 from watchdog.rulesdir import FileStatus, RuleSet
 from watchdog.settings import Settings
 from watchdog.state import Alert
@@ -438,8 +440,17 @@ async def status(request: web.Request) -> web.Response:
     errors = [{"group": e.group, "file": e.file, "rule": e.rule, "error": redact(e.error),
                "since": rfc3339(e.since), "last": rfc3339(e.last), "count": e.count}
               for e in d.recent_errors()]
+    paused = None
+    if getattr(d.ctx, "storage", None) is not None:
+        async with d.ctx.storage.transaction() as tx:
+            p = await tx.pause.get()
+        if pause_active(p, d.clock()):
+            assert p is not None
+            paused = {"until": rfc3339(p.until), "reason": p.reason, "by": p.by,
+                      "since": rfc3339(p.at), "notice": pause_notice(p)}
     return success({
         "version": __version__, "startedAt": rfc3339(d.started_at),
+        "actionsPaused": paused,
         "ready": ready, "readiness": redact(reason),
         "rulesDir": str(d.settings.rules_dir),
         "datasource": {"url": d.datasource_url, "up": d.datasource_up,

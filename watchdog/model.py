@@ -197,7 +197,10 @@ class AlertingRule(_Strict):
     baseline: Baseline | None = None
     when: str | None = None
     no_data: Literal["ok", "alerting", "keep"] = "ok"
-    actions: list[str] = Field(default_factory=list)
+    # A list runs at the lowest firing tier (when the alert starts firing); a map by tier runs
+    # each tier's list when the alert reaches that tier (CONTRACT §9).
+    actions: list[str] | dict[str, list[str]] = Field(default_factory=list)
+    on_resolved: list[str] = Field(default_factory=list)
     dry_run: bool = False
     judge: Judge | None = None
 
@@ -259,11 +262,32 @@ class AlertingRule(_Strict):
             raise ValueError("baseline needs a threshold or severities to compare against")
         if self.severities is not None and "severity" in self.labels:
             raise ValueError("severities sets the severity label; remove labels.severity")
+        if isinstance(self.actions, dict):
+            if self.severities is None:
+                raise ValueError("actions by tier need severities: on the rule (or use a list)")
+            unknown = [t for t in self.actions if t not in self.severities]
+            if unknown:
+                raise ValueError(f"actions: tier {unknown[0]!r} is not one of the rule's "
+                                 f"severities ({', '.join(self.severities)})")
         if self.judge is not None and (self.threshold is not None or self.baseline is not None
                                        or self.severities is not None):
             raise ValueError("a judge decides by itself: it takes no threshold, severities "
                              "or baseline")
         return self
+
+    @property
+    def action_names(self) -> list[str]:
+        """Every action the rule starts while firing, each once, in the order written."""
+        if isinstance(self.actions, dict):
+            return list(dict.fromkeys(n for names in self.actions.values() for n in names))
+        return list(self.actions)
+
+    def actions_for(self, severity: str | None) -> list[str]:
+        """What reaching `severity` starts: a tier's own list for a map; for a plain list,
+        the whole list (it runs when the alert starts firing, at whatever tier that is)."""
+        if isinstance(self.actions, dict):
+            return list(self.actions.get(severity or "", []))
+        return list(self.actions)
 
     @property
     def tiered(self) -> bool:
@@ -340,13 +364,31 @@ class Group(_Strict):
 
 # ---- actions -------------------------------------------------------------------------------
 
+class Retry(_Strict):
+    """`retry: {attempts: 5, backoff: 2s}`: connection errors, timeouts, HTTP 5xx and 429 are
+    tried again, up to `attempts` in all, waiting `backoff` doubled after each failure (or the
+    server's Retry-After, when it gives one and asks for longer)."""
+
+    attempts: int = Field(3, ge=1, le=20)
+    backoff: Duration = 1.0
+    max_backoff: Duration = 300.0
+
+    @field_validator("backoff", "max_backoff")
+    @classmethod
+    def _non_negative(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError("must not be negative")
+        return v
+
+
 class WebhookStep(_Strict):
     url: str
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     headers: dict[str, str] = Field(default_factory=dict)
     json_: Any = Field(None, alias="json")
     body: str | None = None
-    timeout: Duration = 10.0
+    timeout: Duration = 10.0  # bounds each attempt
+    retry: Retry | None = None
 
 
 class WaitStep(_Strict):
@@ -355,9 +397,46 @@ class WaitStep(_Strict):
 
 
 class RolloutUndo(_Strict):
+    """`kubectl rollout undo deployment/NAME`, or with `rollout:` an Argo Rollouts `Rollout`
+    (`kubectl argo rollouts undo NAME`)."""
+
     namespace: str = "default"
-    deployment: str
-    to_revision: int | None = None
+    deployment: str | None = None
+    rollout: str | None = None
+    to_revision: int | None = Field(None, ge=1)
+    # The guard after promotion (argo-rollouts#1978): a Rollout fully promoted and healthy for
+    # longer than this is not undone by automation — by then the "previous" revision is old
+    # news and undoing it is a person's call. Rollouts only; 0 turns the guard off.
+    stable_for_at_most: Duration = 3600.0
+
+    @model_validator(mode="after")
+    def _target(self) -> RolloutUndo:
+        if (self.deployment is None) == (self.rollout is None):
+            raise ValueError("rollout_undo needs exactly one of deployment, rollout")
+        return self
+
+    @property
+    def target(self) -> str:
+        return self.rollout if self.rollout is not None else (self.deployment or "")
+
+
+class RolloutAbort(_Strict):
+    """`kubectl argo rollouts abort NAME`: back to the stable ReplicaSet."""
+
+    namespace: str = "default"
+    rollout: str
+
+
+class CanaryRollback(_Strict):
+    """Flagger: open the rollback gate of the canary's flagger-loadtester (what `kubectl flagger
+    rollback` does), through the API server's service proxy; the canary must have a `rollback`
+    webhook pointing at that loadtester, which the step checks first."""
+
+    namespace: str = "default"
+    canary: str
+    loadtester: str = "flagger-loadtester"  # the Service
+    loadtester_namespace: str | None = None  # default: the canary's
+    loadtester_port: int = Field(80, ge=1, le=65535)
 
 
 class Scale(_Strict):
@@ -375,13 +454,20 @@ class SetImage(_Strict):
 
 class KubernetesStep(_Strict):
     rollout_undo: RolloutUndo | None = None
+    rollout_abort: RolloutAbort | None = None
+    canary_rollback: CanaryRollback | None = None
     scale: Scale | None = None
     set_image: SetImage | None = None
+    timeout: Duration = 30.0  # bounds each attempt (every API call of it)
+    retry: Retry | None = None
 
     @model_validator(mode="after")
     def _one(self) -> KubernetesStep:
-        if sum(x is not None for x in (self.rollout_undo, self.scale, self.set_image)) != 1:
-            raise ValueError("kubernetes step needs exactly one of rollout_undo, scale, set_image")
+        given = (self.rollout_undo, self.rollout_abort, self.canary_rollback, self.scale,
+                 self.set_image)
+        if sum(x is not None for x in given) != 1:
+            raise ValueError("kubernetes step needs exactly one of rollout_undo, rollout_abort, "
+                             "canary_rollback, scale, set_image")
         return self
 
 
@@ -410,6 +496,8 @@ class MqttStep(_Strict):
     payload: str = ""
     qos: Literal[0, 1, 2] = 0
     retain: bool = False
+    timeout: Duration = 10.0  # bounds each attempt
+    retry: Retry | None = None
 
 
 class Step(_Strict):
@@ -436,12 +524,63 @@ class Step(_Strict):
                 return k
         raise AssertionError("validated to have one kind")
 
+    @property
+    def retry(self) -> Retry | None:
+        for cfg in (self.webhook, self.kubernetes, self.mqtt):
+            if cfg is not None:
+                return cfg.retry
+        return None
+
+    @property
+    def attempt_timeout(self) -> float | None:
+        """What bounds one attempt of a step the runner may retry."""
+        for cfg in (self.webhook, self.kubernetes, self.mqtt):
+            if cfg is not None:
+                return cfg.timeout
+        return None
+
+
+class Escalate(_Strict):
+    """What happens when automation did not do it: `page` sends a critical notification to the
+    routes matching severity=critical (a PagerDuty trigger); `action` starts the next action."""
+
+    page: bool = False
+    action: str | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Escalate:
+        if not self.page and self.action is None:
+            raise ValueError("needs page: true, an action, or both")
+        return self
+
 
 class Action(_Strict):
     cooldown: Duration = 0.0
     max_runs_per_hour: int | None = Field(None, ge=1)
+    # The target: never two runs for one lock key within `cooldown`, nor while the run holding
+    # it is running or its incident is open (default: the action name + alert fingerprint).
+    lock: str | None = None
     verify_for: Duration | None = None
+    on_not_helped: Escalate | None = None
+    on_failure: Escalate | None = None
     steps: list[Step] = Field(min_length=1)
+
+    @field_validator("lock")
+    @classmethod
+    def _lock_text(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("lock must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _verify(self) -> Action:
+        if self.on_not_helped is not None and self.verify_for is None:
+            raise ValueError("on_not_helped needs verify_for (when to judge whether it helped)")
+        return self
+
+    def next_actions(self) -> list[str]:
+        return [e.action for e in (self.on_not_helped, self.on_failure)
+                if e is not None and e.action is not None]
 
 
 # ---- receivers, routes, inhibition ---------------------------------------------------------

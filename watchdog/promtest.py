@@ -979,7 +979,16 @@ def run_test_files(files: Sequence[Path]) -> int:
               "prometheus)")
         return 1
     ok = True
+    expanded: list[Path] = []
     for f in files:
+        # A folder stands for the test files in it (every .yml/.yaml below it, sorted), so
+        # `watchdog test rules/tests/` runs a folder's whole suite.
+        if f.is_dir():
+            expanded.extend(sorted(p for p in f.rglob("*")
+                                   if p.suffix in (".yml", ".yaml") and p.is_file()))
+        else:
+            expanded.append(f)
+    for f in expanded:
         # promtool: the header and blank lines on stdout, the failures on stderr
         print(f"Unit Testing:  {f}", flush=True)
         passed, errors = asyncio.run(run_test_file(f))

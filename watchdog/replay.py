@@ -18,8 +18,9 @@ A rule with only a `threshold` (or tiers that all point the same way), no baseli
 samples cross the wire: a comparison keeps the value and the labels, and what does not trip is
 not a hit either way. If Prometheus refuses the pushed query, the plain one is used.
 
-Actions and notifications are never executed here; an action is only reported as `would_run`,
-through the daemon's interlocks. Output order is by time, then group, rule and event.
+Actions and notifications are never executed here; an action is only reported as `would_run` —
+with each step of a staged action at the moment it would run (`stage`), so a backfilled bad
+deploy shows the whole sequence in order. Output order is by time, then group, rule and event.
 `replay_steps` / `walk_steps` tick `engine.tick` at every step instead: for an `on_tick` hook,
 for `judge` rules (range queries of their own), and as the reference the tests hold `replay` to.
 """
@@ -27,6 +28,9 @@ for `judge` rules (range queries of their own), and as the reference the tests h
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import json
 import math
 from collections.abc import (
@@ -44,12 +48,13 @@ from typing import Any, TextIO
 
 from watchdog.engine import GroupRuntime, RuleRuntime, TickResult, tick
 from watchdog.evaluate import Context, Outcome, Query, Sample, evaluate, plan, trips
+from watchdog.gotmpl import TemplateData, TemplateError, compile_template
 from watchdog.interlocks import History
 from watchdog.labels import fingerprint, format_labels, without_name
-from watchdog.model import AlertingRule, Group
+from watchdog.model import Action, AlertingRule, Group
 from watchdog.rulesdir import RuleSet
 from watchdog.source import QueryError, RangeSource
-from watchdog.state import Event, walk
+from watchdog.state import Alert, Event, walk
 
 MAX_POINTS = 10_000  # Prometheus refuses query_range answers of more than 11,000 points/series
 AHEAD = 4  # queries fetched ahead of the group being evaluated, per unit of concurrency
@@ -470,8 +475,7 @@ async def replay(rules: RuleSet, source: RangeSource, start: float, end: float,
                                   concurrency, on_tick)
     out: list[ReplayLine] = []
     errors: dict[str, str] = {}
-    actions = rules.actions
-    history = History()  # the daemon's interlocks: cooldown, max runs/hour, once per incident
+    transitions: list[tuple[float, int, Event, AlertingRule]] = []
     fetcher = _Fetcher(source, groups, concurrency)
     try:
         for gi, g in enumerate(groups):
@@ -487,9 +491,11 @@ async def replay(rules: RuleSet, source: RangeSource, start: float, end: float,
             timeline.sort(key=lambda x: x[:3])
             rules_by_name = {r.rule.alert: r.rule for r in g.runtime.rules}
             for *_, ev in timeline:
-                _emit(ev, rules_by_name, actions, history, out)
+                _emit(ev, rules_by_name, transitions, out)
     finally:
         fetcher.cancel()
+    out.extend(ReplayLine(line.ts, len(out) + i, line.doc)
+               for i, line in enumerate(stage(transitions, rules.actions, end)))
     out.sort(key=lambda line: (line.ts, line.order))
     return ReplayReport(out, errors)
 
@@ -561,27 +567,22 @@ async def walk_steps(rules: RuleSet, source: RangeSource, start: float, end: flo
 
 
 
-def _emit(ev: Event, rules_by_name: Mapping[str, AlertingRule], actions: Mapping[str, Any],
-          history: History, out: list[ReplayLine]) -> None:
-    """One transition as replay reports it, and the actions it would have run through the
-    daemon's interlocks (`history`), in the order `run` would have met them."""
+def _emit(ev: Event, rules_by_name: Mapping[str, AlertingRule],
+          transitions: list[tuple[float, int, Event, AlertingRule]],
+          out: list[ReplayLine]) -> None:
+    """One transition as replay reports it; every event of a known rule also goes to
+    `transitions`, in the order `run` would have met them, for `stage` to work out the
+    actions."""
+    rule = rules_by_name.get(ev.alert.rule)
+    if rule is not None:
+        transitions.append((ev.at, len(transitions), ev, rule))
     if ev.kind not in ("pending", "firing", "resolved"):
         return
     a = ev.alert
-    labels = dict(a.labels)
     out.append(ReplayLine(ev.at, len(out), {
-        "ts": ev.at, "rule": a.rule, "group": a.group, "labels": labels,
+        "ts": ev.at, "rule": a.rule, "group": a.group, "labels": dict(a.labels),
         "state": ev.kind, "value": None if ev.kind == "resolved" else _num(a.value),
     }))
-    rule = rules_by_name.get(a.rule)
-    if ev.kind == "firing" and rule is not None:
-        for name in rule.actions:
-            if name in actions and history.check_and_record(
-                    name, actions[name], ev.at, fingerprint=a.fingerprint,
-                    incident_id=a.incident_id).allowed:
-                out.append(ReplayLine(ev.at, len(out), {
-                    "ts": ev.at, "rule": a.rule, "labels": labels, "action": name,
-                    "state": "would_run"}))
 
 
 TickHook = Callable[[float, GroupRuntime, TickResult], None]
@@ -596,7 +597,7 @@ async def replay_steps(rules: RuleSet, source: RangeSource, start: float, end: f
     (a `judge`)."""
     out: list[ReplayLine] = []
     errors: dict[str, str] = {}
-    history = History()
+    transitions: list[tuple[float, int, Event, AlertingRule]] = []
     async for at, rt, result in walk_steps(rules, source, start, end, step, default_interval,
                                            ctx, concurrency):
         if on_tick is not None:
@@ -605,9 +606,149 @@ async def replay_steps(rules: RuleSet, source: RangeSource, start: float, end: f
             errors.setdefault(f"{rt.group.name}/{key}", err)
         rules_by_name = {r.rule.alert: r.rule for r in rt.rules}
         for ev in result.events:
-            _emit(ev, rules_by_name, rules.actions, history, out)
+            _emit(ev, rules_by_name, transitions, out)
+    out.extend(ReplayLine(line.ts, len(out) + i, line.doc)
+               for i, line in enumerate(stage(transitions, rules.actions, end)))
     out.sort(key=lambda line: (line.ts, line.order))
     return ReplayReport(out, errors)
+
+
+@dataclass
+class _Run:
+    name: str
+    action: Action
+    alert: Alert
+    rule: AlertingRule
+    trigger: str
+    tier: str | None
+    superseded: bool = False
+
+
+def stage(transitions: Sequence[tuple[float, int, Event, AlertingRule]],
+          actions: Mapping[str, Action], end: float) -> list[ReplayLine]:
+    """What the actions would have done, in time order, as the daemon does it: the tier's
+    actions when an alert fires or reaches a tier, each step of a staged action at the moment it
+    would run (a `wait` ends early when a later tier's run of the same incident takes over, and
+    with `until: resolved` the sequence stops there once the alert has resolved), "did it help?"
+    `verify_for` after the last step with `on_not_helped` (a page, the next action), and
+    `on_resolved` when the incident resolves — all under the daemon's interlocks (cooldown,
+    max runs per hour, once per incident, target locks). Pure: no I/O, no clock.
+
+    A run takes no time here: the replay cannot know how long a webhook would have taken."""
+    lines: list[ReplayLine] = []
+    history = History()
+    firing: dict[tuple[str, str], list[tuple[float, bool]]] = {}
+    for at, _, ev, _ in sorted(transitions, key=lambda x: (x[0], x[1])):
+        if ev.kind in ("firing", "resolved"):
+            firing.setdefault((ev.alert.rule, ev.alert.fingerprint), []).append(
+                (at, ev.kind == "firing"))
+
+    def firing_at(a: Alert, t: float) -> bool:
+        state = False
+        for at, f in firing.get((a.rule, a.fingerprint), []):
+            if at > t:
+                break
+            state = f
+        return state
+
+    queue: list[tuple[float, int, str, Any]] = []
+    seq = itertools.count()
+
+    def push(t: float, kind: str, payload: Any) -> None:
+        if t <= end + 1e-9:
+            heapq.heappush(queue, (t, next(seq), kind, payload))
+
+    acted: set[str] = set()  # incidents with a run that ran
+    live: dict[str, list[_Run]] = {}  # incident -> its runs not finished
+    for at, _, ev, rule in transitions:
+        a = ev.alert
+        if ev.kind == "resolved":
+            push(at, "resolved", (a, rule))
+        elif ev.kind == "firing" or (ev.kind == "escalated" and isinstance(rule.actions, dict)):
+            tier = a.severity if isinstance(rule.actions, dict) else None
+            for name in rule.actions_for(a.severity):
+                push(at, "trigger", (name, a, rule, "alert", tier, None))
+
+    def line(t: float, r: _Run, **extra: Any) -> None:
+        doc: dict[str, Any] = {"ts": t, "rule": r.alert.rule, "labels": dict(r.alert.labels),
+                               "action": r.name, "state": "would_run"}
+        if r.tier is not None:
+            doc["tier"] = r.tier
+        if r.trigger != "alert":
+            doc["trigger"] = r.trigger
+        doc.update(extra)
+        lines.append(ReplayLine(t, len(lines), doc))
+
+    while queue:
+        t, _, kind, payload = heapq.heappop(queue)
+        if kind == "resolved":
+            a, rule = payload
+            history.resolved(a.incident_id)
+            if rule.on_resolved and (a.incident_id in acted or not rule.action_names):
+                for name in rule.on_resolved:
+                    push(t, "trigger", (name, a, rule, "resolved", None, None))
+        elif kind == "trigger":
+            name, a, rule, trigger, tier, after = payload
+            action = actions.get(name)
+            if action is None:
+                continue
+            key = None
+            if action.lock is not None:
+                with contextlib.suppress(TemplateError):
+                    key = compile_template(action.lock).render(TemplateData(
+                        labels=dict(a.labels), value=a.value if a.value is not None
+                        else math.nan)).strip() or None
+            if not history.check_and_record(name, action, t, fingerprint=a.fingerprint,
+                                            incident_id=a.incident_id, lock_key=key,
+                                            same_incident_shares=True).allowed:
+                continue
+            run = _Run(name, action, a, rule, trigger, tier)
+            if trigger != "resolved":
+                for other in live.get(a.incident_id, []):
+                    other.superseded = True
+            live.setdefault(a.incident_id, []).append(run)
+            acted.add(a.incident_id)
+            line(t, run, **({"after": after} if after else {}))
+            push(t, "step", (run, 0))
+        elif kind == "step":
+            run, idx = payload
+            n = len(run.action.steps)
+            if run.superseded or idx >= n:
+                if idx >= n and not run.superseded and run.action.verify_for is not None:
+                    push(t + run.action.verify_for, "verify", run)
+                continue
+            step = run.action.steps[idx]
+            if step.wait is not None:
+                push(t + step.wait.for_, "waited", (run, idx))
+                continue
+            if n > 1:
+                line(t, run, step=f"{idx + 1}/{n} {step.kind}")
+            push(t, "step", (run, idx + 1))
+        elif kind == "waited":
+            run, idx = payload
+            if run.superseded:
+                continue
+            wait = run.action.steps[idx].wait
+            assert wait is not None
+            if wait.until == "resolved" and not firing_at(run.alert, t):
+                if run.action.verify_for is not None:
+                    push(t + run.action.verify_for, "verify", run)
+                continue
+            push(t, "step", (run, idx + 1))
+        elif kind == "verify":
+            run = payload
+            esc = run.action.on_not_helped
+            if not firing_at(run.alert, t) or esc is None:
+                continue
+            verdict = f"{run.name} not helped"
+            if esc.page:
+                lines.append(ReplayLine(t, len(lines), {
+                    "ts": t, "rule": run.alert.rule, "labels": dict(run.alert.labels),
+                    "action": run.name, "state": "would_page", "after": verdict}))
+            if esc.action is not None:
+                push(t, "trigger", (esc.action, run.alert, run.rule, "escalation", None,
+                                    verdict))
+    return lines
 
 
 def write_jsonl(lines: Sequence[ReplayLine], fh: TextIO) -> None:

@@ -442,7 +442,12 @@ def _node_get(node: yaml.Node, key: str) -> yaml.Node | None:
 
 def _rules_root(node: yaml.Node) -> yaml.Node | None:
     """The node holding `groups` (and our other keys): the document itself, or a Prometheus
-    Operator PrometheusRule manifest's `spec`."""
+    Operator PrometheusRule manifest's `spec`; None for a document without rules (an empty
+    PrometheusRule, a promtool test file)."""
+    if _node_get(node, "rule_files") is not None and _node_get(node, "tests") is not None:
+        # A promtool unit-test file kept beside the rules (`watchdog test` runs it): it holds
+        # no rules, and the folder's loader passes it by instead of refusing its keys.
+        return None
     kind = _node_get(node, "kind")
     api = _node_get(node, "apiVersion")
     if not isinstance(kind, yaml.ScalarNode) or not isinstance(api, yaml.ScalarNode):
@@ -653,6 +658,16 @@ def _document_problems(name: str, data: dict[Any, Any], lines: dict[Path_, int]
         if isinstance(query, str) and query.strip() and (err := check_promql(query)):
             yield Problem(name, line_for(lines, ("reports", i, "query")),
                           f"reports[{i}].query: invalid PromQL: {err}")
+    actions = data.get("actions")
+    for aname, spec in actions.items() if isinstance(actions, dict) else ():
+        lock = spec.get("lock") if isinstance(spec, dict) else None
+        if isinstance(lock, str):
+            try:
+                compile_template(lock)
+            except TemplateError as e:
+                apath = aname if isinstance(aname, str | int) else str(aname)
+                yield Problem(name, line_for(lines, ("actions", apath, "lock")),
+                              f"lock: invalid template in action {aname!r}: {e}")
     seen_receivers: dict[str, int] = {}
     for i, recv in _items(data.get("receivers")):
         rname = _str_key(recv.get("name")) if isinstance(recv, dict) else None
@@ -753,6 +768,14 @@ def _rule_problems(name: str, lines: dict[Path_, int], rpath: Path_, rule: dict[
             yield Problem(name, line_for(lines, path),
                           f"{'judge.' if path[-2] == 'judge' else ''}{path[-1]}: invalid "
                           f"PromQL in rule {alert!r}: {err}")
+    acts = rule.get("actions")
+    if isinstance(acts, list) and acts and isinstance(rule.get("severities"), dict):
+        tiers = list(rule["severities"])
+        yield Problem(name, line_for(lines, (*rpath, "actions")),
+                      f"rule {alert!r} has severities but a plain list of actions: they run "
+                      f"once, when it starts firing (at its lowest firing tier), never when it "
+                      f"gets worse; to act per tier write actions: {{{tiers[0]}: [...], ...}}",
+                      warning=True)
     for kind in ("labels", "annotations"):
         templates = rule.get(kind)
         if not isinstance(templates, dict):

@@ -23,7 +23,7 @@ from watchdog.model import (
     Route,
     RuleFileModel,
 )
-from watchdog.rulefile import MAX_FILE_BYTES, ParsedFile, Problem, parse_rule_file
+from watchdog.rulefile import MAX_FILE_BYTES, ParsedFile, Path_, Problem, parse_rule_file
 
 SUFFIXES = (".yml", ".yaml")
 
@@ -263,6 +263,22 @@ def _receivers_of(data: object) -> set[str]:
             if isinstance(r, dict) and isinstance(r.get("name"), str)}
 
 
+def _rule_action_refs(rule: dict[Any, Any], rpath: Path_) -> list[tuple[Path_, str]]:
+    """Every action name a rule refers to, with where: `actions` as a list or a map by tier,
+    and `on_resolved`."""
+    out: list[tuple[Path_, str]] = []
+    acts = rule.get("actions")
+    if isinstance(acts, dict):
+        for tier, names in acts.items():
+            out += [((*rpath, "actions", tier, i), a) for i, a in _items(names)
+                    if isinstance(a, str)]
+    else:
+        out += [((*rpath, "actions", i), a) for i, a in _items(acts) if isinstance(a, str)]
+    out += [((*rpath, "on_resolved", i), a) for i, a in _items(rule.get("on_resolved"))
+            if isinstance(a, str)]
+    return out
+
+
 def _reference_problems(pf: ParsedFile, actions: set[str], receivers: set[str]
                         ) -> list[Problem]:
     """Names a file uses that nothing defines, read from the document as loaded (so a file
@@ -273,11 +289,21 @@ def _reference_problems(pf: ParsedFile, actions: set[str], receivers: set[str]
         for ri, r in _items(g.get("rules") if isinstance(g, dict) else None):
             if not isinstance(r, dict) or ("record" in r and "alert" not in r):
                 continue
-            for ai, a in _items(r.get("actions")):
-                if isinstance(a, str) and a not in actions:
-                    line = pf.line_of(("groups", gi, "rules", ri, "actions", ai))
-                    out.append(Problem(pf.name, line, f"rule {r.get('alert')!r} refers to "
-                                                      f"undefined action {a!r}"))
+            rpath: Path_ = ("groups", gi, "rules", ri)
+            for path, a in _rule_action_refs(r, rpath):
+                if a not in actions:
+                    out.append(Problem(pf.name, pf.line_of(path),
+                                       f"rule {r.get('alert')!r} refers to undefined action "
+                                       f"{a!r}"))
+    for aname, spec in (data.get("actions") or {}).items() if isinstance(
+            data.get("actions"), dict) else ():
+        for key in ("on_not_helped", "on_failure"):
+            esc = spec.get(key) if isinstance(spec, dict) else None
+            nxt = esc.get("action") if isinstance(esc, dict) else None
+            if isinstance(nxt, str) and nxt not in actions:
+                out.append(Problem(pf.name, pf.line_of(("actions", aname, key, "action")),
+                                   f"action {aname!r}: {key} refers to undefined action "
+                                   f"{nxt!r}"))
     for i, route in _items(data.get("routes")):
         if not isinstance(route, dict):
             continue

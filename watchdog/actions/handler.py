@@ -1,6 +1,8 @@
 """The actions subsystem as the daemon sees it: one `EventHandler` that starts actions when an
-alert starts firing, takes manual triggers and deploy markers (HTTP and MQTT commands, one
-implementation), and hands deploy baselines back to the engine.
+alert starts firing (a rule's list, or its tier's list when it reaches a tier) and its
+`on_resolved` actions when the incident resolves; takes manual triggers, deploy markers and the
+pause (maintenance mode) — HTTP and MQTT commands, one implementation — and hands deploy
+baselines back to the engine.
 
 Shell: wires the store, the runner and the deploy tracker to `DaemonContext`. It must not
 evaluate rules or change alert state, and must not block a tick: `on_events` only persists new
@@ -21,20 +23,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from watchdog.actions.deploys import DeployTracker, verdict_doc
 from watchdog.actions.errors import CommandError
 from watchdog.actions.http import routes
-from watchdog.actions.runner import ActionRunner
-from watchdog.actions.store import ActionStore, RunRow, StepRow
+from watchdog.actions.runner import ActionRunner, Trigger
+from watchdog.actions.store import ActionStore, AttemptRow, PauseRecord, RunRow, StepRow
 from watchdog.actions.timing import Waker
 from watchdog.deploy_report import MAX_DAYS
-from watchdog.model import Duration, ReportQuery
+from watchdog.model import AlertingRule, Duration, ReportQuery
+from watchdog.pause import active, notice
 from watchdog.rulefile import check_promql
 from watchdog.state import Event
 from watchdog.storage import Tx
+from watchdog.webinput import BadInput, parse_duration_value, parse_time
 
 log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
     from watchdog.handlers import CommandFn, DaemonContext
     from watchdog.rulesdir import RuleSet
+
+log = structlog.get_logger(__name__)
 
 
 class _Request(BaseModel):
@@ -49,6 +55,17 @@ class RunRequest(_Request):
     labels: dict[str, str] = Field(default_factory=dict)
     force: bool = False  # also past max_runs_per_hour: a person's explicit decision
     dry_run: bool = False
+
+
+class PauseRequest(_Request):
+    until: Any = None  # RFC 3339 or Unix seconds
+    for_: Any = Field(None, alias="for")  # or a duration from now: "2h"
+    reason: str = Field(min_length=1, max_length=500)
+    by: str = Field("", max_length=200)
+
+
+# A pause is maintenance, not a way to switch automation off for good (that is DRY_RUN).
+MAX_PAUSE = 7 * 86400.0
 
 
 class DeployRequest(_Request):
@@ -75,7 +92,8 @@ def _parse(model: type[_M], body: Any) -> _M:
         raise CommandError(problems) from None
 
 
-def run_doc(run: RunRow, steps: Sequence[StepRow] | None = None) -> dict[str, Any]:
+def run_doc(run: RunRow, steps: Sequence[StepRow] | None = None,
+            attempts: Sequence[AttemptRow] = ()) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "id": run.id, "action": run.action, "trigger": run.trigger, "rule": run.rule,
         "group": run.group, "labels": run.labels, "fingerprint": run.fingerprint,
@@ -83,13 +101,26 @@ def run_doc(run: RunRow, steps: Sequence[StepRow] | None = None) -> dict[str, An
         "nextStep": run.next_step, "createdAt": run.created_at, "finishedAt": run.finished_at,
         "detail": run.detail, "valueBefore": run.value_before, "valueAfter": run.value_after,
         "verifyAt": run.verify_at, "verification": run.verification,
+        "tier": run.tier, "lock": run.lock_key, "deferredTo": run.deferred_to,
     }
     if steps is not None:
         doc["steps"] = [{"index": s.idx, "kind": s.kind, "status": s.status,
                          "startedAt": s.started_at, "finishedAt": s.finished_at,
                          "duration": s.duration, "deadline": s.deadline, "detail": s.detail,
-                         "output": s.output} for s in steps]
+                         "output": s.output,
+                         "attempts": [{"attempt": a.attempt, "status": a.status,
+                                       "startedAt": a.started_at, "finishedAt": a.finished_at,
+                                       "detail": a.detail}
+                                      for a in attempts if a.idx == s.idx]}
+                        for s in steps]
     return doc
+
+
+def pause_doc(p: PauseRecord | None, now: float) -> dict[str, Any]:
+    if p is None or not active(p, now):
+        return {"paused": False}
+    return {"paused": True, "until": p.until, "reason": p.reason, "by": p.by, "since": p.at,
+            "notice": notice(p)}
 
 
 class ActionsHandler:
@@ -99,8 +130,9 @@ class ActionsHandler:
         self.waker = Waker(ctx.clock)
         self.counter = Counter("watchdog_actions_total",
                                "Action runs by outcome: succeeded, failed, resolved (stopped "
-                               "early), dry_run, verified, not_helped, or the interlock that "
-                               "held one back (already_ran, cooldown, rate_limited).",
+                               "early), superseded (a later run of the incident took over), "
+                               "dry_run, verified, not_helped, or the interlock that held one "
+                               "back (already_ran, cooldown, rate_limited, locked).",
                                ["action", "outcome"], registry=ctx.registry)
         self.runner = ActionRunner(ctx, self.store, self.waker, self.counter)
         self.deploys = DeployTracker(ctx, self.store, self.waker,
@@ -116,7 +148,8 @@ class ActionsHandler:
 
     def commands(self) -> dict[str, CommandFn]:
         """What MQTT may call by name (the HTTP API's JSON)."""
-        return {"run_action": self.run_action_command, "deploy": self.deploy}
+        return {"run_action": self.run_action_command, "deploy": self.deploy,
+                "pause": self.pause_command, "resume": self.resume}
 
     # ---- EventHandler -----------------------------------------------------------------------
 
@@ -183,16 +216,41 @@ class ActionsHandler:
         # in alert state without polling on their own.
         tx.on_commit(self.waker.poke)
         for ev in events:
-            if ev.kind != "firing":
+            if ev.kind not in ("firing", "escalated", "resolved"):
                 continue
             found = self.runner.index.rules.get((ev.alert.group, ev.alert.rule))
             if found is None:
                 continue
             _, rule = found
-            for name in rule.actions:
+            trigger: Trigger
+            if ev.kind == "resolved":
+                if not rule.on_resolved or not await self._acted(tx, rule, ev):
+                    continue
+                names, tier, trigger = rule.on_resolved, None, "resolved"
+            elif isinstance(rule.actions, dict):
+                # The tier reached runs its own list, also after a lower tier's ran.
+                names, tier, trigger = rule.actions_for(ev.alert.severity), \
+                    ev.alert.severity, "alert"
+            elif ev.kind == "firing":
+                names, tier, trigger = rule.actions, None, "alert"
+            else:
+                continue  # a plain list runs once, when the alert starts firing
+            for name in names:
                 if name in self.runner.index.actions:  # the loader checks references
-                    await self.runner.trigger_alert(tx, ev.alert, rule, name)
+                    await self.runner.trigger_alert(tx, ev.alert, rule, name, tier=tier,
+                                                    trigger=trigger)
         await self.deploys.observe(tx, events)
+
+    @staticmethod
+    async def _acted(tx: Tx, rule: AlertingRule, ev: Event) -> bool:
+        """Recovery follows action: `on_resolved` runs for an incident in which one of the
+        rule's actions ran (dry runs included, a lock's refusal not), or for a rule that has
+        only `on_resolved` — leaving an emergency mode that this incident never entered (another
+        incident's run holds it) would end it too early."""
+        if not rule.action_names:
+            return True
+        return any(r.status != "locked" and r.trigger != "resolved"
+                   for r in await tx.runs.for_incident(ev.alert.incident_id))
 
     def deploy_baselines(self) -> Mapping[str, Mapping[str, float]]:
         """alertname -> series fingerprint -> value at the last deploy marker, for
@@ -289,10 +347,50 @@ class ActionsHandler:
                    limit: int = 100) -> list[dict[str, Any]]:
         rows = await self.store.runs(action=action, status=[status] if status else None,
                                      limit=limit)
-        return [run_doc(r, await self.store.steps(r.id)) for r in rows]
+        return [run_doc(r, await self.store.steps(r.id), await self.store.attempts(r.id))
+                for r in rows]
 
     async def run(self, run_id: str) -> dict[str, Any]:
         r = await self.store.get_run(run_id)
         if r is None:
             raise CommandError(f"no run with id {run_id}", 404)
-        return run_doc(r, await self.store.steps(r.id))
+        return run_doc(r, await self.store.steps(r.id), await self.store.attempts(r.id))
+
+    # ---- pause (maintenance mode) ----------------------------------------------------------
+
+    async def pause_state(self) -> dict[str, Any]:
+        return pause_doc(await self.store.pause(), self.ctx.clock())
+
+    async def pause(self, body: Any, default_by: str = "api") -> dict[str, Any]:
+        """`{"until": T | "for": D, "reason": "...", "by"?: "..."}`: no action step executes
+        until then (each is a logged would_run); persisted, ends by itself."""
+        req = _parse(PauseRequest, body if body is not None else {})
+        now = self.ctx.clock()
+        try:
+            if (req.until is None) == (req.for_ is None):
+                raise BadInput('give exactly one of "until" (RFC 3339 or Unix seconds) and '
+                               '"for" (a duration like 2h)')
+            until = (parse_time(req.until, "until") if req.until is not None
+                     else now + parse_duration_value(req.for_, "for"))
+        except BadInput as e:
+            raise CommandError(str(e)) from None
+        if until <= now:
+            raise CommandError("until must be in the future")
+        if until - now > MAX_PAUSE:
+            raise CommandError("a pause lasts at most 7d; for longer, set WATCHDOG_DRY_RUN")
+        p = PauseRecord(until=until, reason=req.reason.strip(), by=req.by.strip() or default_by,
+                        at=now)
+        await self.store.set_pause(p)
+        log.warning("actions.paused", until=until, reason=p.reason, by=p.by)
+        self.waker.poke()
+        return pause_doc(p, now)
+
+    async def pause_command(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.pause(body, default_by="mqtt")
+
+    async def resume(self, body: Any = None) -> dict[str, Any]:
+        del body
+        had = await self.store.clear_pause()
+        log.warning("actions.resumed", was_paused=had)
+        self.waker.poke()
+        return {"paused": False, "resumed": had}

@@ -10,6 +10,8 @@ verdict), and the gates a CD tool polls: `GET /api/v1/deploys/{id}/gate[?want=fa
 one wanted (pass by default), 409 while it is open, 412 when it is the other one;
 `GET /api/v1/deploys/{id}/report[?days=N]` compares the N days before and after the deploy, and
 `POST` of the same path also posts it to chat.
+`POST /api/v1/pause` `{until | for, reason, by?}`, `DELETE /api/v1/pause`, `GET /api/v1/pause`
+(maintenance mode).
 
 Shell: HTTP in, JSON out; the work is `ActionsHandler`'s, shared with the MQTT commands so the
 same JSON does the same thing everywhere. Authentication is the daemon's (it guards every
@@ -65,6 +67,9 @@ class ActionsHandler(Protocol):
     async def runs(self, *, action: str | None = None, status: str | None = None,
                    limit: int = 100) -> list[dict[str, Any]]: ...
     async def run(self, run_id: str) -> dict[str, Any]: ...
+    async def pause_state(self) -> dict[str, Any]: ...
+    async def pause(self, body: Any, default_by: str = "api") -> dict[str, Any]: ...
+    async def resume(self, body: Any = None) -> dict[str, Any]: ...
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -170,7 +175,23 @@ def routes(h: ActionsHandler) -> list[web.RouteDef]:
                  "onFail": list(d.on_fail), "summary": d.summary} for d in rows]
         return web.json_response({"status": "success", "data": data})
 
+    async def get_pause(request: web.Request) -> web.Response:
+        h.require_started()
+        return web.json_response({"status": "success", "data": await h.pause_state()})
+
+    async def set_pause(request: web.Request) -> web.Response:
+        h.require_started()
+        return web.json_response({"status": "success", "data": await h.pause(
+            await _body(request))})
+
+    async def end_pause(request: web.Request) -> web.Response:
+        h.require_started()
+        return web.json_response({"status": "success", "data": await h.resume()})
+
     return [
+        web.get("/api/v1/pause", _guarded(get_pause)),
+        web.post("/api/v1/pause", _guarded(set_pause)),
+        web.delete("/api/v1/pause", _guarded(end_pause)),
         web.post("/api/v1/actions/{name}/run", _guarded(run_action)),
         web.get("/api/v1/actions/runs", _guarded(runs)),
         web.get("/api/v1/actions/runs/{id}", _guarded(run)),

@@ -38,10 +38,18 @@ SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 class KubeError(Exception):
     """A failed API call: the HTTP status and the API's own message (never a credential)."""
 
-    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
+    def __init__(self, message: str, status: int | None = None, reason: str = "",
+                 retry_after: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after  # the Retry-After header of a 429 or 503, as sent
+
+    @property
+    def retryable(self) -> bool:
+        """No answer at all (connection refused or reset, timed out), 429 or 5xx: trying again
+        may work. A 4xx is the request's fault and would fail the same way."""
+        return self.status is None or self.status == 429 or self.status >= 500
 
 
 class KubeConfigError(KubeError):
@@ -187,7 +195,9 @@ def _status_message(body: bytes, status: int) -> tuple[str, str]:
 
 class KubeClient:
     """apps/v1 Deployments and ReplicaSets, the calls `kubectl rollout undo`, `kubectl scale`
-    and `kubectl set image` make."""
+    and `kubectl set image` make; Argo Rollouts' `Rollout` and Flagger's `Canary` (with the
+    Service proxy to Flagger's load tester) for `kubectl argo rollouts abort|undo` and
+    `kubectl flagger rollback`."""
 
     JSON_PATCH = "application/json-patch+json"
     MERGE_PATCH = "application/merge-patch+json"
@@ -213,13 +223,15 @@ class KubeClient:
                                              timeout=self._timeout) as resp:
                 raw = await resp.read()
                 status = resp.status
+                retry_after = resp.headers.get("Retry-After")
         except TimeoutError:
             raise KubeError(f"{method} {path}: timed out") from None
         except aiohttp.ClientError as e:
             raise KubeError(f"{method} {path}: {type(e).__name__}: {e}") from None
         if status >= 300:
             message, reason = _status_message(raw, status)
-            raise KubeError(f"{method} {path}: HTTP {status}: {message}", status, reason)
+            raise KubeError(f"{method} {path}: HTTP {status}: {message}", status, reason,
+                            retry_after)
         try:
             doc = json.loads(raw)
         except ValueError:
@@ -253,3 +265,44 @@ class KubeClient:
                                subresource: str = "") -> dict[str, Any]:
         return await self.request("PATCH", self.deployment_path(namespace, name, subresource),
                                   body=patch, content_type=content_type)
+
+    # ---- Argo Rollouts and Flagger (custom resources) -------------------------------------
+
+    @staticmethod
+    def rollout_path(namespace: str, name: str, subresource: str = "") -> str:
+        path = (f"/apis/argoproj.io/v1alpha1/namespaces/{quote(namespace, safe='')}/rollouts/"
+                f"{quote(name, safe='')}")
+        return f"{path}/{subresource}" if subresource else path
+
+    @staticmethod
+    def canary_path(namespace: str, name: str) -> str:
+        return (f"/apis/flagger.app/v1beta1/namespaces/{quote(namespace, safe='')}/canaries/"
+                f"{quote(name, safe='')}")
+
+    @staticmethod
+    def service_proxy_path(namespace: str, service: str, port: int, path: str) -> str:
+        """The API server's proxy to a Service (`kubectl get --raw .../proxy/...`)."""
+        return (f"/api/v1/namespaces/{quote(namespace, safe='')}/services/"
+                f"{quote(service, safe='')}:{int(port)}/proxy/{path.lstrip('/')}")
+
+    async def get(self, path: str) -> dict[str, Any]:
+        return await self.request("GET", path)
+
+    async def patch(self, path: str, patch: Any, content_type: str) -> dict[str, Any]:
+        return await self.request("PATCH", path, body=patch, content_type=content_type)
+
+    async def post_raw(self, path: str, body: Any) -> tuple[int, bytes]:
+        """POST JSON through a proxy path, whose answer need not be a Kubernetes object; the
+        status and up to 4 KiB of the body. Raises `KubeError` only when there is no answer."""
+        headers = {"Accept": "application/json", "Content-Type": "application/json",
+                   **self.cluster.auth_headers()}
+        data = json.dumps(body, separators=(",", ":")).encode()
+        try:
+            async with self._session.post(f"{self.cluster.server}{path}", data=data,
+                                          headers=headers, ssl=self.cluster.ssl,
+                                          timeout=self._timeout) as resp:
+                return resp.status, await resp.content.read(4096)
+        except TimeoutError:
+            raise KubeError(f"POST {path}: timed out") from None
+        except aiohttp.ClientError as e:
+            raise KubeError(f"POST {path}: {type(e).__name__}: {e}") from None

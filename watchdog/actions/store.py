@@ -23,10 +23,10 @@ from watchdog.durations import parse_duration
 from watchdog.interlocks import PastRun
 from watchdog.model import Action
 from watchdog.storage import DuplicateRun, LeaseLost, Storage, Tx
-from watchdog.storage.records import DeployRow, RunRow, StepRow
+from watchdog.storage.records import AttemptRow, DeployRow, PauseRecord, RunRow, StepRow
 
-__all__ = ["ActionStore", "DeployRow", "DuplicateRun", "RunRow", "StepRow", "dump_action",
-           "load_action"]
+__all__ = ["ActionStore", "AttemptRow", "DeployRow", "DuplicateRun", "PauseRecord", "RunRow",
+           "StepRow", "dump_action", "load_action"]
 
 
 def _is_duration_validator(m: Any) -> bool:
@@ -159,6 +159,29 @@ class ActionStore:
         async with self.storage.transaction() as tx:
             await self.claim(tx, run_id)
             await tx.steps.finish(run_id, idx, status, at, detail, output, next_step=next_step)
+
+    async def add_attempt(self, a: AttemptRow) -> None:
+        async with self.storage.transaction() as tx:
+            await self.claim(tx, a.run_id)
+            await tx.steps.add_attempt(a)
+
+    async def attempts(self, run_id: str) -> list[AttemptRow]:
+        async with self.storage.transaction() as tx:
+            return await tx.steps.attempts(run_id)
+
+    # ---- pause ------------------------------------------------------------------------------
+
+    async def pause(self) -> PauseRecord | None:
+        async with self.storage.transaction() as tx:
+            return await tx.pause.get()
+
+    async def set_pause(self, p: PauseRecord) -> None:
+        async with self.storage.transaction() as tx:
+            await tx.pause.set(p)
+
+    async def clear_pause(self) -> bool:
+        async with self.storage.transaction() as tx:
+            return await tx.pause.clear()
 
     # ---- deploy markers ---------------------------------------------------------------------
 

@@ -44,13 +44,18 @@ class Waker:
     def stopping(self) -> bool:
         return self._stopping
 
-    async def sleep_until(self, deadline: float) -> None:
+    async def sleep_until(self, deadline: float,
+                          interrupt: Callable[[], bool] | None = None) -> bool:
+        """True at the deadline; False as soon as `interrupt()` says so (asked at every poke,
+        so whoever makes it true pokes)."""
         while True:
             if self._stopping:
                 raise Stopping
+            if interrupt is not None and interrupt():
+                return False
             remaining = deadline - self._clock()
             if remaining <= 0:
-                return
+                return True
             event = self._event
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=min(remaining, self._max_sleep))

@@ -37,6 +37,7 @@ from watchdog.storage.ports import Acquired, LeaseRecord, ReplicaRecord, Storage
 log = structlog.get_logger("watchdog.replicas")
 
 __all__ = ["LEADER", "Coordinator", "owner"]
+ACQUIRE_BATCH = 16  # groups taken and loaded between two renewals of the leases held
 FAILOVER_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
 
 
@@ -195,10 +196,7 @@ class Coordinator:
         me = next((r for r in records if r.id == self.replica_id), None)
         self._keys_digest = me.keys_digest if me is not None else None
         # Renew first: a lease that cannot be renewed is gone before anything else is decided.
-        if self.leases:
-            kept = {x.name for x in await c.renew(list(self.leases.values()), self.ttl)}
-            for name in [n for n in self.leases if n not in kept]:
-                self.lost(name, "not renewed in time")
+        await self._renew()
         live = [r for r in records if r.age < self.ttl or r.id == self.replica_id]
         self.metrics.replicas.set(len(live))
         stale = [r.id for r in live if r.id != self.replica_id
@@ -226,7 +224,29 @@ class Coordinator:
             self.metrics.lost.labels("released").inc(len(leases))
             log.info("leases released to other replicas", replica=self.replica_id,
                      leases=sorted(x.name for x in leases))
-        for got in await c.acquire(want, self.replica_id, self.ttl) if want else []:
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()
+        # Taken a batch at a time, renewing between batches: loading many groups' state (a
+        # replica starting beside others, or taking over from a dead one) can outlast LEASE_TTL,
+        # and the leases held meanwhile must not run out.
+        for i in range(0, len(want), ACQUIRE_BATCH):
+            if loop.time() - renewed >= self.every:
+                await self._renew()
+                renewed = loop.time()
+            await self._take(want[i:i + ACQUIRE_BATCH])
+        self.metrics.held.set(len(self.leases))
+        self.snapshot = Snapshot(records, await c.leases())
+
+    async def _renew(self) -> None:
+        if self.leases:
+            kept = {x.name for x in await self.coordination.renew(list(self.leases.values()),
+                                                                  self.ttl)}
+            for name in [n for n in self.leases if n not in kept]:
+                self.lost(name, "not renewed in time")
+
+    async def _take(self, want: Sequence[str]) -> None:
+        c = self.coordination
+        for got in await c.acquire(want, self.replica_id, self.ttl):
             if got.gap is not None:
                 self.metrics.failover.observe(got.gap)
             self.metrics.acquired.inc()
@@ -242,8 +262,6 @@ class Coordinator:
                          failover_seconds=None if got.gap is None else round(got.gap, 3))
             else:
                 await c.release([got.lease])
-        self.metrics.held.set(len(self.leases))
-        self.snapshot = Snapshot(records, await c.leases())
 
     # ---- status --------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ class ActionNote(_Doc):
     step: str | None = None
     detail: str = ""
     run_id: str | None = None
+    page: bool = False  # automation gave up (on_failure / on_not_helped: page): a critical page
 
 
 class AlertDoc(_Doc):
@@ -161,6 +162,8 @@ class Notification(_Doc):
     action_labels: dict[str, str] = Field(default_factory=dict)
     digest: DigestDoc | None = None
     report: ReportDoc | None = None
+    # "actions paused until … by … (reason)" while maintenance mode holds when it is written
+    paused: str | None = None
 
     @property
     def status(self) -> Status:
@@ -332,13 +335,16 @@ def links(a: AlertDoc) -> list[tuple[str, str]]:
 
 ACTION_VERB = {
     "started": "started", "succeeded": "succeeded", "failed": "FAILED",
-    "would_run": "would run (dry run)", "verified": "verified: the alert cleared",
+    "would_run": "would run", "verified": "verified: the alert cleared",
     "not_helped": "did not help: the alert is still firing",
 }
 
 
 def action_line(n: ActionNote) -> str:
     what = n.action if n.step is None else f"{n.action} / {n.step}"
+    if n.kind in ("verified", "not_helped") and n.detail:
+        # The detail is the verdict itself: "not helped: 27% → 36% after 10m (...)".
+        return f"{what} {n.detail}"
     line = f"{what} {ACTION_VERB.get(n.kind, n.kind)}"
     if n.detail:
         line += f": {n.detail}"

@@ -40,6 +40,7 @@ from watchdog.notify.receivers import (
     build_notifier,
     integration_of,
 )
+from watchdog.pause import current_notice
 from watchdog.storage import Lease, LeaseLost, Storage, Tx
 from watchdog.storage.records import OutboxEntry, OutboxRecord, OutboxRow
 
@@ -162,6 +163,12 @@ class Outbox:
         if tx is None:
             async with self.storage.transaction() as own:
                 return await self.enqueue(entries, own)
+        # Maintenance mode is part of every message written while it holds (one read of the
+        # shared record, in the caller's transaction, so all replicas say the same).
+        paused = current_notice(await tx.pause.get(), self.clock())
+        if paused is not None:
+            entries = [Entry(e.notification.model_copy(update={"paused": paused}),
+                             e.dedup_key, e.supersede) for e in entries]
         rows = [OutboxEntry(e.notification.receiver, e.notification.kind,
                             e.notification.group_key, e.notification.model_dump_json(),
                             e.dedup_key, e.supersede) for e in entries]

@@ -568,10 +568,15 @@ class Pipeline:
         labels = dict(ev.labels)
         if ev.rule and "alertname" not in labels:
             labels["alertname"] = ev.rule
+        page = bool(ev.extra.get("page")) and ev.kind in ("failed", "not_helped")
+        if page:
+            # Automation gave up: a critical notification, routed as a critical alert would be
+            # (PagerDuty: a trigger that pages, not a change event).
+            labels["severity"] = "critical"
         if self.silences.muted(labels, at) is not None:
             return 0
         note = ActionNote(action=ev.action, kind=ev.kind, at=ev.at, step=ev.step,
-                          detail=ev.detail, run_id=ev.run_id)
+                          detail=ev.detail, run_id=ev.run_id, page=page)
         docs = (self._doc(t),) if t is not None else ()
         entries = []
         for rid, route in self.routes:
@@ -585,7 +590,7 @@ class Pipeline:
                                  alerts=docs, external_url=self.external_url, action=note,
                                  action_labels=labels)
                 dedup = (f"action:{ev.run_id}:{ev.step or ''}:{ev.kind}:{receiver}"
-                         if ev.run_id else None)
+                         + (":page" if page else "") if ev.run_id else None)
                 entries.append(Entry(n, dedup_key=dedup))
         if not entries:
             return 0

@@ -6,7 +6,10 @@ Sample data stands in for a real series: labels from the expression's `name="val
 the group's and rule's labels and `--label`; a value just past the threshold (or `--value`);
 annotations expanded by the same template engine the daemon uses. Nothing is sent, nothing
 queried; the only I/O is reading the rule file and printing. Rendering must stay a pure function
-of the Slack JSON, so what you see is what the receiver would post.
+of the Slack JSON, so what you see is what the receiver would post. A rule's actions show as the
+daemon would list them: by tier when they are a map, as `would_run` for a dry-run rule (or with
+`--dry-run` / `WATCHDOG_DRY_RUN`), and with `--paused-for` as during maintenance mode, with the
+"actions paused until … by … (reason)" line every message then carries.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import shutil
 import sys
 import textwrap
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -93,24 +96,51 @@ def sample_alert(rule: AlertingRule, group: Group, *, now: float, extra: dict[st
                  baseline=baseline, compared=compared)
 
 
+def action_notes(rule: AlertingRule, *, now: float, dry_run: bool = False,
+                 paused: str | None = None) -> tuple[ActionNote, ...]:
+    """What the sample firing alert's message lists under "what the watchdog did": the rule's
+    actions — by tier, lowest first, when they are a map (the sample is at the highest tier,
+    which it reached through the lower ones) — as started, or as would_run when the rule is a
+    dry run, DRY_RUN is set or actions are paused."""
+    items: list[tuple[str | None, str]]
+    if isinstance(rule.actions, dict):
+        order = [t for t, _ in reversed(rule.ranked_tiers())]
+        items = [(t, n) for t in order for n in rule.actions.get(t, [])]
+    else:
+        items = [(None, n) for n in rule.actions]
+    kind = "would_run" if dry_run or paused else "started"
+    notes = []
+    for tier, name in items:
+        why = paused or ("dry run" if dry_run else "")
+        detail = "; ".join(x for x in (f"{tier} tier" if tier else "", why) if x)
+        notes.append(ActionNote(action=name, kind=kind, at=now - 55.0, detail=detail))
+    return tuple(notes)
+
+
 def notifications(rule: AlertingRule, group: Group, *, now: float, extra: dict[str, str],
-                  value: float | None, external_url: str, state: str) -> list[Notification]:
+                  value: float | None, external_url: str, state: str,
+                  dry_run: bool = False, paused: str | None = None) -> list[Notification]:
     a = sample_alert(rule, group, now=now, extra=extra, value=value, external_url=external_url)
     url = generator_url(external_url, rule.expr)
-    notes = tuple(ActionNote(action=name, kind="started", at=now - 55.0) for name in rule.actions)
+    notes = action_notes(rule, now=now, dry_run=dry_run or rule.dry_run, paused=paused)
     out = []
     if state in ("firing", "both"):
         out.append(Notification(kind="firing", receiver="preview", group_key="preview",
                                 created_at=now, group_labels={"alertname": rule.alert},
                                 alerts=(alert_doc(a, generator=url, actions=notes),),
-                                external_url=external_url))
+                                external_url=external_url, paused=paused))
     if state in ("resolved", "both"):
         done = replace(a, state="inactive", resolved_at=(a.fired_at or now) + EXAMPLE_DURATION,
                        value=None)
+        recovery = tuple(
+            ActionNote(action=name, kind="would_run" if rule.dry_run or dry_run or paused
+                       else "started", at=(a.fired_at or now) + EXAMPLE_DURATION,
+                       detail="; ".join(x for x in ("on_resolved", paused or "") if x))
+            for name in rule.on_resolved)
         out.append(Notification(kind="resolved", receiver="preview", group_key="preview",
                                 created_at=now, group_labels={"alertname": rule.alert},
-                                alerts=(alert_doc(done, generator=url),),
-                                external_url=external_url))
+                                alerts=(alert_doc(done, generator=url, actions=recovery),),
+                                external_url=external_url, paused=paused))
     return out
 
 
@@ -210,9 +240,11 @@ def draw(body: dict[str, Any], st: Style, width: int = 80) -> str:
 def run(path: Path, *, rule: str | None = None, labels: Sequence[str] = (),
         value: float | None = None, state: str = "both", fmt: str = "terminal",
         color: str = "auto", external_url: str = "", out: TextIO | None = None,
-        now: float | None = None) -> int:
+        now: float | None = None, dry_run: bool = False, paused_for: float | None = None,
+        paused_reason: str = "", paused_by: str = "") -> int:
     import time
 
+    from watchdog.pause import notice
     from watchdog.rulefile import parse_rule_file
     from watchdog.rulesdir import discover
 
@@ -243,13 +275,17 @@ def run(path: Path, *, rule: str | None = None, labels: Sequence[str] = (),
     st = Style(use_color)
     width = min(100, shutil.get_terminal_size((80, 24)).columns)
     at = time.time() if now is None else now
+    paused = None
+    if paused_for is not None:
+        paused = notice(_Pause(at + paused_for, paused_reason, paused_by))
     shown = 0
     for group in groups:
         for r in group.alerting_rules:
             if rule is not None and r.alert != rule:
                 continue
             for n in notifications(r, group, now=at, extra=extra, value=value,
-                                   external_url=external_url, state=state):
+                                   external_url=external_url, state=state, dry_run=dry_run,
+                                   paused=paused):
                 body = render(n, at)
                 shown += 1
                 if fmt == "json":
@@ -266,8 +302,18 @@ def run(path: Path, *, rule: str | None = None, labels: Sequence[str] = (),
     return 0
 
 
+@dataclass(frozen=True)
+class _Pause:
+    until: float
+    reason: str
+    by: str
+
+
 def run_cli(args: argparse.Namespace) -> int:
     """Entry point for `watchdog notify-preview` (arguments defined in watchdog.cli)."""
+    dry = os.environ.get("WATCHDOG_DRY_RUN", "").strip().lower() in ("1", "true", "yes", "on")
     return run(args.rulefile, rule=args.rule, labels=args.label, value=args.value,
                state=args.state, fmt=args.format, color=args.color,
-               external_url=args.external_url or os.environ.get("WATCHDOG_EXTERNAL_URL", ""))
+               external_url=args.external_url or os.environ.get("WATCHDOG_EXTERNAL_URL", ""),
+               dry_run=dry or args.dry_run, paused_for=args.paused_for,
+               paused_reason=args.paused_reason or "", paused_by=args.paused_by or "")

@@ -29,16 +29,19 @@ from watchdog.storage.ports import Coordination, DuplicateRun, StorageError
 from watchdog.storage.records import (
     RUN_UPDATABLE,
     AckRecord,
+    AttemptRow,
     DeployRow,
     EscalationKey,
     GroupChanges,
     IncidentAction,
     IncidentChange,
     IncidentRecord,
+    LockHolder,
     LogEntry,
     OutboxEntry,
     OutboxRecord,
     OutboxRow,
+    PauseRecord,
     RunRow,
     SilenceRecord,
     StepRow,
@@ -109,13 +112,17 @@ class _Run:
     verify_at: float | None
     verification: str | None
     value_after: float | None
+    lock_key: str | None
+    deferred_to: str | None
+    tier: str | None
 
     def out(self) -> RunRow:
         return RunRow(self.id, self.action, self.trigger, self.rule, self.grp, self.fingerprint,
                       self.incident_id, json.loads(self.labels), json.loads(self.annotations),
                       self.value_before, self.active_at, bool(self.dry_run), self.spec,
                       self.status, int(self.next_step), self.created_at, self.finished_at,
-                      self.detail, self.verify_at, self.verification, self.value_after)
+                      self.detail, self.verify_at, self.verification, self.value_after,
+                      self.lock_key, self.deferred_to, self.tier)
 
 
 @dataclass(frozen=True)
@@ -184,6 +191,9 @@ class _Tables:
         # (deploy id, rule, fingerprint) -> (labels JSON, value, at)
         self.deploy_alerts: dict[tuple[str, str, str], tuple[str, float | None, float]] = {}
         self.incidents: dict[str, _Incident] = {}
+        self.attempts: dict[tuple[str, int, int], AttemptRow] = {}
+        self.locks: dict[str, tuple[str | None, float | None]] = {}  # key -> (run id, at)
+        self.pause: dict[int, PauseRecord] = {}
         # Sequences, like PostgreSQL's: never rolled back, never reused.
         self.next_outbox_id = 1
         self.next_note_id = 1
@@ -482,7 +492,8 @@ class MemRuns(_Repo):
                    run.incident_id, _j(run.labels), _j(run.annotations), _f(run.value_before),
                    _f(run.active_at), int(run.dry_run), run.spec, run.status,
                    int(run.next_step), float(run.created_at), _f(run.finished_at), run.detail,
-                   _f(run.verify_at), run.verification, _f(run.value_after))
+                   _f(run.verify_at), run.verification, _f(run.value_after), run.lock_key,
+                   run.deferred_to, run.tier)
         once = None if run.incident_id is None else (run.action, run.incident_id)
         if run.id in t.runs or (once is not None and once in t.runs_once):
             raise DuplicateRun(f"{run.action} already has a run for incident {run.incident_id}")
@@ -522,7 +533,7 @@ class MemRuns(_Repo):
                       include_dry: bool) -> builtins.list[PastRun]:
         return [PastRun(r.action, r.created_at, r.fingerprint, r.incident_id)
                 for r in sorted(self.t.runs.values(), key=_by_time)
-                if r.action == action and (not r.dry_run or include_dry)
+                if r.action == action and r.status != "locked" and (not r.dry_run or include_dry)
                 and (r.created_at >= since
                      or (r.incident_id is not None and r.incident_id == incident_id))]
 
@@ -542,7 +553,18 @@ class MemRuns(_Repo):
         return []
 
 
-class MemSteps(_Repo):
+class _MemAttempts(_Repo):
+    async def add_attempt(self, a: AttemptRow) -> None:
+        key = (a.run_id, int(a.idx), int(a.attempt))
+        if key not in self.t.attempts:
+            self.w.put(self.t.attempts, key, a)
+
+    async def attempts(self, run_id: str) -> list[AttemptRow]:
+        return sorted((a for (rid, _, _), a in self.t.attempts.items() if rid == run_id),
+                      key=lambda a: (a.idx, a.attempt))
+
+
+class MemSteps(_MemAttempts):
     async def list(self, run_id: str) -> list[StepRow]:
         return sorted((s for (rid, _), s in self.t.steps.items() if rid == run_id),
                       key=lambda s: s.idx)
@@ -568,6 +590,34 @@ class MemSteps(_Repo):
         run = t.runs.get(run_id)
         if next_step is not None and run is not None:
             self.w.put(t.runs, run_id, replace(run, next_step=int(next_step)))
+
+
+class MemLocks(_Repo):
+    async def holder(self, key: str) -> LockHolder | None:
+        t = self.t
+        if key not in t.locks:
+            self.w.put(t.locks, key, (None, None))
+        run_id, at = t.locks[key]
+        run = t.runs.get(run_id) if run_id is not None else None
+        if run is None or at is None:
+            return None
+        inc = t.incidents.get(run.incident_id) if run.incident_id is not None else None
+        return LockHolder(key, run.id, run.action, float(at), run.status, run.incident_id,
+                          inc is not None and inc.resolved_at is None)
+
+    async def take(self, key: str, run_id: str, at: float) -> None:
+        self.w.put(self.t.locks, key, (run_id, float(at)))
+
+
+class MemPause(_Repo):
+    async def get(self) -> PauseRecord | None:
+        return self.t.pause.get(1)
+
+    async def set(self, p: PauseRecord) -> None:
+        self.w.put(self.t.pause, 1, p)
+
+    async def clear(self) -> bool:
+        return self.w.delete(self.t.pause, 1)
 
 
 class MemDeploys(_Repo):
@@ -792,6 +842,8 @@ class MemoryTx:
         self.steps: ports.StepRepo = MemSteps(w)
         self.deploys: ports.DeployRepo = MemDeploys(w)
         self.incidents: ports.IncidentRepo = MemIncidents(w)
+        self.locks: ports.LockRepo = MemLocks(w)
+        self.pause: ports.PauseRepo = MemPause(w)
         self.callbacks: list[Callable[[], object]] = []
 
     def on_commit(self, fn: Callable[[], object]) -> None:

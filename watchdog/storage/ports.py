@@ -22,15 +22,18 @@ from typing import Any, Protocol
 from watchdog.interlocks import PastRun
 from watchdog.storage.records import (
     AckRecord,
+    AttemptRow,
     DeployRow,
     EscalationKey,
     GroupChanges,
     IncidentChange,
     IncidentRecord,
+    LockHolder,
     LogEntry,
     OutboxEntry,
     OutboxRecord,
     OutboxRow,
+    PauseRecord,
     RunRow,
     SilenceRecord,
     StepRow,
@@ -238,7 +241,8 @@ class RunRepo(Protocol):
     async def history(self, action: str, since: float, incident_id: str | None, *,
                       include_dry: bool) -> builtins.list[PastRun]:
         """Runs of `action` created at or after `since`, plus any of `incident_id`; dry runs
-        only when `include_dry`."""
+        only when `include_dry`; never a run held back by a lock (status `locked`), which did
+        not run."""
 
     async def for_incident(self, incident_id: str) -> builtins.list[RunRow]:
         """Every run started for the incident (any action), oldest first."""
@@ -271,6 +275,34 @@ class StepRepo(Protocol):
     async def finish(self, run_id: str, idx: int, status: str, at: float, detail: str,
                      output: str = "", *, next_step: int | None = None) -> None:
         """The step's outcome and (optionally) the run's next step, together."""
+
+    async def add_attempt(self, a: AttemptRow) -> None:
+        """Record one try of a retried step (idempotent per run, step and attempt)."""
+
+    async def attempts(self, run_id: str) -> builtins.list[AttemptRow]:
+        """By step, then attempt."""
+
+
+class LockRepo(Protocol):
+    """Target locks (`lock:` on an action): one row per key naming the run holding it."""
+
+    async def holder(self, key: str) -> LockHolder | None:
+        """The run holding `key` (None: never taken, or its run is gone). Claims the key for
+        this transaction first, so a concurrent transaction asking for the same key (another
+        replica) waits until this one ends and then sees what it wrote."""
+
+    async def take(self, key: str, run_id: str, at: float) -> None:
+        """`run_id` holds `key` from `at` on."""
+
+
+class PauseRepo(Protocol):
+    async def get(self) -> PauseRecord | None:
+        """The recorded pause, even one whose `until` has passed (callers compare)."""
+
+    async def set(self, p: PauseRecord) -> None: ...
+
+    async def clear(self) -> bool:
+        """Whether there was one."""
 
 
 class DeployRepo(Protocol):
@@ -397,6 +429,12 @@ class Tx(Protocol):
 
     @property
     def incidents(self) -> IncidentRepo: ...
+
+    @property
+    def locks(self) -> LockRepo: ...
+
+    @property
+    def pause(self) -> PauseRepo: ...
 
     def on_commit(self, fn: Callable[[], object]) -> None:
         """Run `fn` after the transaction committed (never if it rolled back). Callbacks run

@@ -87,23 +87,35 @@ class PostgresStorage:
     kind = "postgresql"
     schema_version = SCHEMA_VERSION
 
-    def __init__(self, pool: Any, url: str) -> None:
+    def __init__(self, pool: Any, url: str, coordination_pool: Any = None) -> None:
         self.pool = pool
         self.url = shown(url)
-        self.coordination: Coordination = PgCoordination(pool)
+        # Heartbeats and lease renewals get connections of their own: behind evaluations that
+        # hold the whole pool (an overloaded replica) they would wait past LEASE_TTL and every
+        # lease would be lost at once, then taken and lost again by the next replica
+        # (bench/ha.py saw that swing).
+        self._coordination_pool = coordination_pool
+        self.coordination: Coordination = PgCoordination(coordination_pool or pool)
         self._cache: dict[str, str] = {}
 
     @classmethod
     async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStorage:
         where = shown(url)
+        pool: Any = None
         try:
             pool = await asyncpg.create_pool(_dsn(url), min_size=min_size, max_size=max_size,
                                              timeout=10, command_timeout=30)
+            # one held for the replica id's lock, one for the heartbeat cycle, one spare
+            coordination = await asyncpg.create_pool(_dsn(url), min_size=1, max_size=3,
+                                                     timeout=10, command_timeout=30)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
                 ValueError) as e:
+            if pool is not None:
+                with contextlib.suppress(Exception):
+                    await pool.close()
             raise StorageError(f"WATCHDOG_STATE_URL: cannot connect to {where}: "
                                f"{type(e).__name__}: {e}".replace(url, where)) from None
-        store = cls(pool, url)
+        store = cls(pool, url, coordination)
         try:
             await store._migrate()
         except BaseException:
@@ -145,3 +157,6 @@ class PostgresStorage:
             await self.coordination.close()  # type: ignore[attr-defined]
         with contextlib.suppress(Exception):
             await self.pool.close()
+        if self._coordination_pool is not None:
+            with contextlib.suppress(Exception):
+                await self._coordination_pool.close()

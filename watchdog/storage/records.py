@@ -153,6 +153,9 @@ class RunRow:
     verify_at: float | None
     verification: str | None
     value_after: float | None
+    lock_key: str | None = None  # the target it holds (or, when locked, was held back from)
+    deferred_to: str | None = None  # status "locked": the run that holds the lock
+    tier: str | None = None  # the severity tier whose actions started it
 
 
 # The run fields a later update may change (everything else is fixed when the run starts).
@@ -172,6 +175,43 @@ class StepRow:
     deadline: float | None
     detail: str
     output: str
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    """One try of a step with `retry:`."""
+
+    run_id: str
+    idx: int
+    attempt: int  # 1, 2, ...
+    started_at: float
+    finished_at: float
+    status: str  # succeeded | failed | retrying
+    detail: str
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a target lock: the run, when it took it, and what the interlocks need to know
+    about it (is it still running, is its incident still open)."""
+
+    key: str
+    run_id: str
+    action: str
+    at: float
+    status: str
+    incident_id: str | None
+    incident_open: bool
+
+
+@dataclass(frozen=True)
+class PauseRecord:
+    """Maintenance mode: no action step executes until `until`."""
+
+    until: float
+    reason: str
+    by: str
+    at: float
 
 
 @dataclass(frozen=True)

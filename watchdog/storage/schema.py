@@ -15,7 +15,7 @@ from typing import Literal
 
 Dialect = Literal["sqlite", "postgresql"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS alert_instances (
@@ -230,6 +230,41 @@ ALTER TABLE deploy_markers ADD COLUMN report_days {REAL};
 ALTER TABLE deploy_markers ADD COLUMN reported_at {REAL}
 """
 
+# Version 6: actions, continued (CONTRACT §9). `action_locks` holds one row per target lock key:
+# the run holding it and since when; a run takes it in the transaction that creates the run, after
+# touching the row (`UPDATE ... SET lock_key = lock_key`), which on PostgreSQL makes a second
+# replica claiming the same key wait for this transaction and then see its holder. A run held back
+# by a lock is a row of `action_runs` too (status `locked`, `deferred_to` the holder), so the run
+# list shows it. `action_attempts`: every try of a retried step. `action_pause`: maintenance mode,
+# at most one row.
+_V6 = """
+ALTER TABLE action_runs ADD COLUMN lock_key {TEXT};
+ALTER TABLE action_runs ADD COLUMN deferred_to {TEXT};
+ALTER TABLE action_runs ADD COLUMN tier {TEXT};
+CREATE TABLE IF NOT EXISTS action_locks (
+    lock_key {TEXT} PRIMARY KEY,
+    run_id {TEXT},
+    at {REAL}
+);
+CREATE TABLE IF NOT EXISTS action_attempts (
+    run_id {TEXT} NOT NULL,
+    idx INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    started_at {REAL} NOT NULL,
+    finished_at {REAL} NOT NULL,
+    status {TEXT} NOT NULL,
+    detail {TEXT} NOT NULL DEFAULT '',
+    PRIMARY KEY (run_id, idx, attempt)
+);
+CREATE TABLE IF NOT EXISTS action_pause (
+    id INTEGER PRIMARY KEY,
+    until_at {REAL} NOT NULL,
+    reason {TEXT} NOT NULL,
+    paused_by {TEXT} NOT NULL,
+    at {REAL} NOT NULL
+);
+"""
+
 _TYPES: dict[Dialect, dict[str, str]] = {
     # SQLite's REAL is a double; PostgreSQL's REAL is a float4, hence DOUBLE PRECISION there.
     # Text compares bytewise on both (PostgreSQL's default collation follows the server's
@@ -245,7 +280,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
 META = "CREATE TABLE IF NOT EXISTS schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 # MIGRATIONS[n] takes a database from version n-1 to n.
-_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
+_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
 
 
 def statements(sql: str) -> list[str]:

@@ -25,16 +25,19 @@ from watchdog.storage.ports import DuplicateRun, Lease, LeaseLost
 from watchdog.storage.records import (
     RUN_UPDATABLE,
     AckRecord,
+    AttemptRow,
     DeployRow,
     EscalationKey,
     GroupChanges,
     IncidentAction,
     IncidentChange,
     IncidentRecord,
+    LockHolder,
     LogEntry,
     OutboxEntry,
     OutboxRecord,
     OutboxRow,
+    PauseRecord,
     RunRow,
     SilenceRecord,
     StepRow,
@@ -391,13 +394,14 @@ class SqlAcks:
 
 _RUN_COLS = ("id, action, trigger, rule, grp, fingerprint, incident_id, labels, annotations, "
              "value_before, active_at, dry_run, spec, status, next_step, created_at, "
-             "finished_at, detail, verify_at, verification, value_after")
+             "finished_at, detail, verify_at, verification, value_after, lock_key, "
+             "deferred_to, tier")
 
 
 def _run(r: Row) -> RunRow:
     return RunRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), json.loads(r[8]),
                   _f(r[9]), _f(r[10]), bool(r[11]), r[12], r[13], int(r[14]), float(r[15]),
-                  _f(r[16]), r[17], _f(r[18]), r[19], _f(r[20]))
+                  _f(r[16]), r[17], _f(r[18]), r[19], _f(r[20]), r[21], r[22], r[23])
 
 
 _FLOAT_FIELDS = frozenset({"finished_at", "verify_at", "value_after"})
@@ -419,13 +423,14 @@ class SqlRuns:
         # aborts the whole transaction on PostgreSQL, and the caller's other writes with it.
         n = await self.c.execute(
             f"INSERT INTO action_runs ({_RUN_COLS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT DO NOTHING",
             (run.id, run.action, run.trigger, run.rule, run.group, run.fingerprint,
              run.incident_id, json.dumps(run.labels), json.dumps(run.annotations),
              _f(run.value_before), _f(run.active_at), int(run.dry_run), run.spec, run.status,
              int(run.next_step), float(run.created_at), _f(run.finished_at), run.detail,
-             _f(run.verify_at), run.verification, _f(run.value_after)))
+             _f(run.verify_at), run.verification, _f(run.value_after), run.lock_key,
+             run.deferred_to, run.tier))
         if n == 0:
             raise DuplicateRun(f"{run.action} already has a run for incident {run.incident_id}")
 
@@ -469,7 +474,8 @@ class SqlRuns:
                       include_dry: bool) -> builtins.list[PastRun]:
         rows = await self.c.fetchall(
             "SELECT action, created_at, fingerprint, incident_id FROM action_runs "
-            "WHERE action = ? AND (dry_run = 0 OR ? = 1) AND (created_at >= ? OR "
+            "WHERE action = ? AND status <> 'locked' AND (dry_run = 0 OR ? = 1) AND "
+            "(created_at >= ? OR "
             "(incident_id IS NOT NULL AND incident_id = ?)) ORDER BY created_at, id",
             (action, int(include_dry), float(since), incident_id))
         return [PastRun(r[0], float(r[1]), r[2], r[3]) for r in rows]
@@ -544,6 +550,70 @@ class SqlSteps:
         if next_step is not None:
             await self.c.execute("UPDATE action_runs SET next_step = ? WHERE id = ?",
                                  (int(next_step), run_id))
+
+    async def add_attempt(self, a: AttemptRow) -> None:
+        await self.c.execute(
+            "INSERT INTO action_attempts (run_id, idx, attempt, started_at, finished_at, status, "
+            "detail) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (a.run_id, int(a.idx), int(a.attempt), float(a.started_at), float(a.finished_at),
+             a.status, a.detail))
+
+    async def attempts(self, run_id: str) -> builtins.list[AttemptRow]:
+        return [AttemptRow(r[0], int(r[1]), int(r[2]), float(r[3]), float(r[4]), r[5], r[6])
+                for r in await self.c.fetchall(
+                    "SELECT run_id, idx, attempt, started_at, finished_at, status, detail "
+                    "FROM action_attempts WHERE run_id = ? ORDER BY idx, attempt", (run_id,))]
+
+
+class SqlLocks:
+    def __init__(self, c: Conn) -> None:
+        self.c = c
+
+    async def holder(self, key: str) -> LockHolder | None:
+        # Make sure the row exists, then write to it: on PostgreSQL the write takes the row's
+        # lock, so a concurrent claim of the same key waits for this transaction to end and its
+        # next statement sees what this one committed (READ COMMITTED). SQLite runs one write
+        # transaction at a time anyway.
+        await self.c.execute("INSERT INTO action_locks (lock_key, run_id, at) VALUES (?, NULL, "
+                             "NULL) ON CONFLICT DO NOTHING", (key,))
+        await self.c.execute("UPDATE action_locks SET lock_key = lock_key WHERE lock_key = ?",
+                             (key,))
+        r = await fetchone(
+            self.c,
+            "SELECT l.run_id, l.at, r.action, r.status, r.incident_id, "
+            "CASE WHEN i.id IS NOT NULL AND i.resolved_at IS NULL THEN 1 ELSE 0 END "
+            "FROM action_locks l JOIN action_runs r ON r.id = l.run_id "
+            "LEFT JOIN incidents i ON i.id = r.incident_id WHERE l.lock_key = ?", (key,))
+        if r is None:
+            return None
+        return LockHolder(key, r[0], r[2], float(r[1]), r[3], r[4], bool(r[5]))
+
+    async def take(self, key: str, run_id: str, at: float) -> None:
+        await self.c.execute(
+            "INSERT INTO action_locks (lock_key, run_id, at) VALUES (?, ?, ?) "
+            "ON CONFLICT (lock_key) DO UPDATE SET run_id = excluded.run_id, at = excluded.at",
+            (key, run_id, float(at)))
+
+
+class SqlPause:
+    def __init__(self, c: Conn) -> None:
+        self.c = c
+
+    async def get(self) -> PauseRecord | None:
+        r = await fetchone(self.c, "SELECT until_at, reason, paused_by, at FROM action_pause "
+                                   "WHERE id = 1")
+        return PauseRecord(float(r[0]), r[1], r[2], float(r[3])) if r else None
+
+    async def set(self, p: PauseRecord) -> None:
+        await self.c.execute(
+            "INSERT INTO action_pause (id, until_at, reason, paused_by, at) "
+            "VALUES (1, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET until_at = excluded.until_at, "
+            "reason = excluded.reason, paused_by = excluded.paused_by, at = excluded.at",
+            (float(p.until), p.reason, p.by, float(p.at)))
+
+    async def clear(self) -> bool:
+        return await self.c.execute("DELETE FROM action_pause WHERE id = 1") > 0
 
 
 _DEPLOY_COLS = ("id, service, version, labels, at, window_end, status, summary, on_fail, "
@@ -831,6 +901,8 @@ class SqlTx:
         self.steps = SqlSteps(c)
         self.deploys = SqlDeploys(c)
         self.incidents = SqlIncidents(c)
+        self.locks = SqlLocks(c)
+        self.pause = SqlPause(c)
         self.callbacks: list[Callable[[], object]] = []
 
     def on_commit(self, fn: Callable[[], object]) -> None:

@@ -30,6 +30,31 @@ class StepResult:
     ok: bool
     detail: str  # one line for notifications and logs; never a secret
     output: str = ""  # what the step said (response body, command output), truncated
+    # Whether trying again may succeed where this try failed: a connection error, a timeout,
+    # HTTP 5xx or 429. The runner retries only steps configured with `retry:`.
+    retryable: bool = False
+    retry_after: float | None = None  # seconds the server asked for (HTTP Retry-After)
+
+
+def retryable_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """HTTP Retry-After: delay-seconds or an HTTP-date (RFC 9110 10.2.3); None when absent or
+    unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
 
 
 @dataclass
@@ -42,6 +67,12 @@ class StepEnv:
     mqtt: MqttPublisher | None = None
     kube: Callable[[], KubeClient] | None = None  # built on first use: most rule sets need none
     cwd: str | None = None
+    clock: Callable[[], float] | None = None  # the daemon's (for an HTTP-date Retry-After)
+
+    def now(self) -> float:
+        import time
+
+        return self.clock() if self.clock is not None else time.time()
 
 
 def truncate(text: str, limit: int = MAX_OUTPUT) -> str:

@@ -28,5 +28,5 @@ async def run(step: MqttStep, subject: Subject, env: StepEnv) -> StepResult:
     try:
         await env.mqtt.publish(topic, payload, qos=step.qos, retain=step.retain)
     except Exception as e:  # the publisher raises whatever its client raises when it cannot
-        return StepResult(False, f"{what}: {type(e).__name__}: {e}")
+        return StepResult(False, f"{what}: {type(e).__name__}: {e}", retryable=True)
     return StepResult(True, what, f"{what}: {len(payload.encode())} bytes")

@@ -20,7 +20,13 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from watchdog.actions.expand import ExpandError, Subject, expand, expand_json, shown
-from watchdog.actions.steps import StepEnv, StepResult, truncate
+from watchdog.actions.steps import (
+    StepEnv,
+    StepResult,
+    parse_retry_after,
+    retryable_status,
+    truncate,
+)
 from watchdog.durations import format_duration
 from watchdog.envvars import Redactor, expanded_values
 from watchdog.model import WebhookStep
@@ -52,17 +58,22 @@ async def run(step: WebhookStep, subject: Subject, env: StepEnv) -> StepResult:
         ) as resp:
             body = await resp.content.read(MAX_BODY + 1)
             status = resp.status
+            retry_after = resp.headers.get("Retry-After")
     except TimeoutError:
-        return StepResult(False, f"{what}: timed out after {format_duration(step.timeout)}")
+        return StepResult(False, f"{what}: timed out after {format_duration(step.timeout)}",
+                          retryable=True)
     except (aiohttp.ClientError, ValueError) as e:
         # aiohttp's messages can quote the URL it was given, which may hold a secret.
         message = str(e).replace(url, display_url) if url else str(e)
-        return StepResult(False, redact(f"{what}: {type(e).__name__}: {message}"))
+        return StepResult(False, redact(f"{what}: {type(e).__name__}: {message}"),
+                          retryable=isinstance(e, aiohttp.ClientError))
     text = redact(body[:MAX_BODY].decode("utf-8", "replace"))
     if len(body) > MAX_BODY:
         text += " …"
     detail = f"{what} -> HTTP {status}"
-    return StepResult(200 <= status < 300, detail, truncate(f"{detail}\n{text}".rstrip()))
+    return StepResult(200 <= status < 300, detail, truncate(f"{detail}\n{text}".rstrip()),
+                      retryable=retryable_status(status),
+                      retry_after=parse_retry_after(retry_after, env.now()))
 
 
 # Headers whose values are credentials even when written literally in the rule file.

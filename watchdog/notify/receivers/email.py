@@ -31,6 +31,8 @@ from watchdog.notify.secrets import Redactor, SecretError, expand_env, read_file
 
 def _plain(n: Notification) -> str:
     lines = [headline(n), ""]
+    if n.paused:
+        lines += [f"⏸ {n.paused}", ""]
     if n.digest is not None:
         lines += [*m.digest_summary(n.digest), ""]
         lines += [f"* {m.digest_item(x, n.digest.timezone)}" for x in n.digest.items]
@@ -86,8 +88,9 @@ def _html(n: Notification) -> str:
                   + (f"<ul>{items}</ul>" if items else "") + more)
     if n.report is not None:
         action = "<p>" + "<br>".join(e(line) for line in m.report_lines(n.report)) + "</p>"
+    paused = f"<p><i>⏸ {e(n.paused)}</i></p>" if n.paused else ""
     return (f'<html><body><div style="border-left:6px solid {colour(n)};padding-left:12px">'
-            f"<h2>{e(headline(n))}</h2>{action}{''.join(rows)}</div></body></html>")
+            f"<h2>{e(headline(n))}</h2>{paused}{action}{''.join(rows)}</div></body></html>")
 
 
 def render(n: Notification, cfg: EmailConfig) -> EmailMessage:

@@ -2,7 +2,8 @@
 with `dedup_key` = the incident id (series fingerprint @ activeAt), so re-sends (repeats, retries,
 a restart) update the same PagerDuty alert instead of paging twice, and the next incident of the
 same series is a new PagerDuty alert even if the last one's resolve was late or lost (a key per
-series would merge it into the open one). Action notifications become change events.
+series would merge it into the open one). Action notifications become change events, except a
+page (`on_failure` / `on_not_helped` with `page: true`): a critical `trigger` keyed by the run.
 
 `render(n, routing_key)` is pure; `PagerDutyNotifier` only posts. The routing key is a secret: it
 is read at delivery, lives only in the request body, and never appears in an error or a log.
@@ -80,6 +81,8 @@ def event(a: AlertDoc, n: Notification, routing_key: str) -> dict[str, Any]:
         details["escalation_level"] = n.level
     if a.acked:
         details["acknowledged"] = True
+    if n.paused:
+        details["watchdog_paused"] = n.paused
     payload: dict[str, Any] = {
         "summary": m.truncate(f"[{a.alertname}] {m.summary(a)}", MAX_SUMMARY),
         "source": _source(labels),
@@ -117,9 +120,41 @@ def change_event(n: Notification, routing_key: str) -> dict[str, Any]:
                         "custom_details": details}}
 
 
+def page_event(n: Notification, routing_key: str) -> dict[str, Any]:
+    """Automation gave up (a step failed for good, or the run did not help): a `trigger` that
+    pages, deduplicated per run and verdict so retries and restarts page once."""
+    assert n.action is not None
+    a = n.action
+    labels = dict(n.action_labels)
+    alertname = labels.get("alertname", "")
+    details: dict[str, Any] = {"labels": labels, "kind": a.kind, "action": a.action}
+    if a.detail:
+        details["detail"] = a.detail
+    if a.run_id:
+        details["run_id"] = a.run_id
+    if n.alerts:
+        details["value"] = m.value_line(n.alerts[0])
+    if n.paused:
+        details["watchdog_paused"] = n.paused
+    payload: dict[str, Any] = {
+        "summary": m.truncate(f"[{alertname}] watchdog: {m.action_line(a)}" if alertname
+                              else f"watchdog: {m.action_line(a)}", MAX_SUMMARY),
+        "source": _source(labels), "severity": "critical",
+        "timestamp": rfc3339_millis(a.at), "class": "watchdog-action", "custom_details": details,
+    }
+    key = f"watchdog-page:{a.run_id or a.action}:{a.kind}"[:MAX_DEDUP]
+    out: dict[str, Any] = {"routing_key": routing_key, "event_action": "trigger",
+                           "dedup_key": key, "payload": payload, "client": CLIENT}
+    if n.external_url:
+        out["client_url"] = n.external_url
+    return out
+
+
 def render(n: Notification, routing_key: str) -> list[dict[str, Any]]:
     """The events to post, in order: resolves first so a group that both resolves and fires
     never leaves a stale incident open if delivery stops half-way."""
+    if n.kind == "action" and n.action is not None and n.action.page:
+        return [page_event(n, routing_key)]
     if n.kind == "action":
         return [change_event(n, routing_key)] if n.action is not None else []
     if n.kind in ("digest", "report"):
@@ -153,7 +188,8 @@ class PagerDutyNotifier:
         except SecretError as e:
             raise DeliveryError(str(e), retryable=False) from None
         ctx.redact = Redactor([key, *url_secrets(base)])
-        url = change_url(base) if n.kind == "action" else base
+        paging = n.action is not None and n.action.page
+        url = change_url(base) if n.kind == "action" and not paging else base
         # One request per alert: retrying the whole notification re-sends the ones already
         # accepted, which PagerDuty deduplicates by dedup_key.
         for body in render(n, key):

@@ -92,7 +92,8 @@ def headline(n: Notification) -> str:
     if n.kind == "action" and n.action is not None:
         verb = m.ACTION_VERB.get(n.action.kind, n.action.kind)
         step = f" / {n.action.step}" if n.action.step else ""
-        return f"{emoji(n)} Action {name}{step} {verb}"
+        page = "PAGE · " if n.action.page else ""
+        return f"{emoji(n)} {page}Action {name}{step} {verb}"
     firing, resolved = len(n.firing), len(n.resolved)
     if n.kind == "escalated" and n.level is not None:
         word = f"ESCALATED · level {n.level}"
@@ -225,6 +226,8 @@ def render(n: Notification, now: float | None = None) -> dict[str, Any]:
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": m.truncate(head, MAX_HEADER),
                                     "emoji": True}}]
+    if n.paused:
+        blocks.append(_context(f"⏸ *{escape(n.paused)}*"))
     if n.kind == "escalated" and n.level is not None:
         after = (f" after {m.human_duration(n.escalated_after)}"
                  if n.escalated_after is not None else "")

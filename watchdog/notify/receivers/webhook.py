@@ -51,6 +51,8 @@ def render(n: Notification) -> dict[str, Any]:
         body["watchdog"]["digest"] = n.digest.model_dump()
     if n.report is not None:
         body["watchdog"]["report"] = n.report.model_dump()
+    if n.paused is not None:
+        body["watchdog"]["paused"] = n.paused
     return body
 
 
