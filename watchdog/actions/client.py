@@ -12,11 +12,11 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
+
+from watchdog.daemon_http import request
 
 DEFAULT_URL = "http://localhost:8080"
 
@@ -61,23 +61,8 @@ def run_action(name: str, labels: dict[str, str], *, url: str = DEFAULT_URL,
                timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
     """POST the trigger; (HTTP status, JSON answer). Raises OSError when nobody answers."""
     body = {"labels": labels, "dry_run": dry_run, "force": force}
-    req = urllib.request.Request(
-        f"{url.rstrip('/')}/api/v1/actions/{quote(name, safe='')}/run",
-        data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/json", "Accept": "application/json",
-                 **({"Authorization": f"Bearer {token}"} if token else {})})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            doc = {"error": raw[:300].decode("utf-8", "replace") or e.reason}
-        if "Retry-After" in e.headers:
-            doc["retryAfter"] = e.headers["Retry-After"]
-        return e.code, doc if isinstance(doc, dict) else {"error": str(doc)}
+    return request("POST", f"{url.rstrip('/')}/api/v1/actions/{quote(name, safe='')}/run", body,
+                   token=token, timeout=timeout)
 
 
 def main(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:

@@ -15,13 +15,12 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
+from watchdog.daemon_http import request
 from watchdog.durations import format_duration, parse_duration
 
 DEFAULT_URL = "http://localhost:8080"
@@ -83,28 +82,6 @@ def _token(token_file: Path | None) -> str | None:
     if token_file is not None:
         return token_file.read_text().strip()
     return os.environ.get("WATCHDOG_API_TOKEN") or None
-
-
-def request(method: str, url: str, body: Any = None, *, token: str | None = None,
-            timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, JSON answer). Raises OSError when nobody answers."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        url, data=data, method=method,
-        headers={"Accept": "application/json",
-                 **({"Content-Type": "application/json"} if data is not None else {}),
-                 **({"Authorization": f"Bearer {token}"} if token else {})})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            doc = json.loads(resp.read() or b"{}")
-            return resp.status, doc if isinstance(doc, dict) else {"data": doc}
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            doc = {"error": raw[:300].decode("utf-8", "replace") or e.reason}
-        return e.code, doc if isinstance(doc, dict) else {"error": str(doc)}
 
 
 def _reason(e: OSError) -> str:

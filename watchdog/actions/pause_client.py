@@ -13,13 +13,10 @@ import argparse
 import getpass
 import json
 import sys
-import urllib.error
-import urllib.request
 from typing import Any, TextIO
 
 from watchdog.actions.client import DEFAULT_URL, _token
-
-Answer = tuple[int, dict[str, Any]]
+from watchdog.daemon_http import Answer, request
 
 
 def add_pause_parser(sub: Any) -> argparse.ArgumentParser:
@@ -45,24 +42,10 @@ def add_pause_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def request(method: str, url: str, body: dict[str, Any] | None, token: str | None,
-            timeout: float) -> Answer:
-    """(HTTP status, JSON answer); raises OSError when nobody answers."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        f"{url.rstrip('/')}/api/v1/pause", data=data, method=method,
-        headers={"Content-Type": "application/json", "Accept": "application/json",
-                 **({"Authorization": f"Bearer {token}"} if token else {})})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            doc = {"error": raw[:300].decode("utf-8", "replace") or e.reason}
-        return e.code, doc if isinstance(doc, dict) else {"error": str(doc)}
+def pause(method: str, url: str, body: dict[str, Any] | None, token: str | None,
+          timeout: float) -> Answer:
+    """(HTTP status, JSON answer) of /api/v1/pause; raises OSError when nobody answers."""
+    return request(method, f"{url.rstrip('/')}/api/v1/pause", body, token=token, timeout=timeout)
 
 
 def _who() -> str:
@@ -94,7 +77,7 @@ def main(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.s
             body["for"] = args.for_ or "1h"
         method = "POST"
     try:
-        status, doc = request(method, args.url, body, token, args.timeout)
+        status, doc = pause(method, args.url, body, token, args.timeout)
     except OSError as e:
         reason = getattr(e, "reason", None) or e
         print(f"watchdog pause: cannot reach {args.url}: {reason}", file=err)

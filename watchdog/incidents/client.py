@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from watchdog.daemon_http import request
 from watchdog.durations import format_duration, parse_duration
 from watchdog.webinput import BadInput, parse_time
 
@@ -75,20 +76,8 @@ def fetch(url: str, *, rule: str | None = None, state: str | None = None,
         params["state"] = state
     if since is not None:
         params["since"] = repr(since)
-    req = urllib.request.Request(
-        f"{url.rstrip('/')}/api/v1/incidents?{urllib.parse.urlencode(params)}",
-        headers={"Accept": "application/json",
-                 **({"Authorization": f"Bearer {token}"} if token else {})})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            doc = {"error": raw[:300].decode("utf-8", "replace") or e.reason}
-        return e.code, doc if isinstance(doc, dict) else {"error": str(doc)}
+    return request("GET", f"{url.rstrip('/')}/api/v1/incidents?{urllib.parse.urlencode(params)}",
+                   token=token, timeout=timeout)
 
 
 def _when(text: str | None) -> str:
