@@ -171,6 +171,21 @@ async def run_harness(tmp_path: Path, chat: FakeChat, rules: str,
     return await Harness(db, s, clock, chat, rules).start(), db, s
 
 
+async def fire_then_resolve(tmp_path: Path, chat: FakeChat, rules: str) -> None:
+    """One alert fires, is sent at once, resolves, and its all-clear is sent."""
+    h, db, s = await run_harness(tmp_path, chat, rules)
+    try:
+        a = make_alert(at=h.clock(), service="checkout")
+        await h.fire(a)
+        await h.tick(0)
+        await h.resolve(a)
+        await h.tick(300)
+    finally:
+        await h.stop()
+        await s.close()
+        await db.close()
+
+
 async def test_webhook_receiver_posts_v4_with_secret_headers(tmp_path: Path, chat: FakeChat,
                                                              monkeypatch: pytest.MonkeyPatch
                                                              ) -> None:
@@ -196,17 +211,7 @@ receivers:
 routes:
   - {receivers: [audit], group_by: [alertname], group_wait: 0s, send_resolved: true}
 """
-    h, db, s = await run_harness(tmp_path, chat, rules)
-    try:
-        a = make_alert(at=h.clock(), service="checkout")
-        await h.fire(a)
-        await h.tick(0)
-        await h.resolve(a)
-        await h.tick(300)
-    finally:
-        await h.stop()
-        await s.close()
-        await db.close()
+    await fire_then_resolve(tmp_path, chat, rules)
     assert chat.rejected == []
     firing, resolved = chat.accepted["webhook"]
     assert firing["status"] == "firing" and resolved["status"] == "resolved"
@@ -532,17 +537,7 @@ receivers:
 routes:
   - {receivers: [oncall], group_by: [alertname], group_wait: 0s, send_resolved: true}
 """
-    h, db, s = await run_harness(tmp_path, chat, rules)
-    try:
-        a = make_alert(at=h.clock(), service="checkout")
-        await h.fire(a)
-        await h.tick(0)
-        await h.resolve(a)
-        await h.tick(300)
-    finally:
-        await h.stop()
-        await s.close()
-        await db.close()
+    await fire_then_resolve(tmp_path, chat, rules)
     assert chat.rejected == []
     events = [e["event_action"] for e in chat.accepted["pagerduty"]]
     assert events == ["trigger", "resolve"]

@@ -1334,6 +1334,21 @@ async def _set_recorded_version(url: str, version: str) -> None:
         await conn.close()
 
 
+async def _execute(sql_url: str, stmts: list[str]) -> None:
+    """Writes an older store by hand, as an earlier release left it, outside the backend."""
+    if sql_url.startswith("sqlite:"):
+        with sqlite3.connect(sql_url.removeprefix("sqlite:///")) as db:
+            for stmt in stmts:
+                db.execute(stmt)
+        return
+    conn = await asyncpg.connect(sql_url)
+    try:
+        for stmt in stmts:
+            await conn.execute(stmt)
+    finally:
+        await conn.close()
+
+
 async def _recorded_version(url: str) -> str:
     if url.startswith("sqlite:"):
         with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
@@ -1408,17 +1423,7 @@ async def test_a_version_2_store_migrates_to_version_3_with_its_deploys(sql_url:
              "'passed', 'PASS')",
              "INSERT INTO deploy_markers VALUES ('d2', 'checkout', 'v2', '{}', 300.0, 400.0, "
              "'open', '')"]
-    if dialect == "sqlite":
-        with sqlite3.connect(sql_url.removeprefix("sqlite:///")) as db:
-            for stmt in stmts:
-                db.execute(stmt)
-    else:
-        conn = await asyncpg.connect(sql_url)
-        try:
-            for stmt in stmts:
-                await conn.execute(stmt)
-        finally:
-            await conn.close()
+    await _execute(sql_url, stmts)
     s = await open_storage(sql_url)
     try:
         d1 = await read(s, lambda tx: tx.deploys.get("d1"))
@@ -1441,17 +1446,7 @@ async def test_a_version_4_store_migrates_to_version_5_with_its_deploys(sql_url:
              "INSERT INTO schema_meta VALUES ('version', '4')",
              "INSERT INTO deploy_markers VALUES ('d1', 'checkout', 'v1', '{}', 100.0, 200.0, "
              "'failed', 'FAIL', '[\"rollback\"]', 150.0)"]
-    if dialect == "sqlite":
-        with sqlite3.connect(sql_url.removeprefix("sqlite:///")) as db:
-            for stmt in stmts:
-                db.execute(stmt)
-    else:
-        conn = await asyncpg.connect(sql_url)
-        try:
-            for stmt in stmts:
-                await conn.execute(stmt)
-        finally:
-            await conn.close()
+    await _execute(sql_url, stmts)
     s = await open_storage(sql_url)
     try:
         d1 = await read(s, lambda tx: tx.deploys.get("d1"))
@@ -1580,17 +1575,7 @@ async def test_a_version_5_store_migrates_to_version_6_with_its_runs(sql_url: st
              "INSERT INTO schema_meta VALUES ('version', '5')",
              "INSERT INTO action_runs (id, action, trigger, labels, dry_run, spec, status, "
              "created_at) VALUES ('old', 'rollback', 'manual', '{}', 0, '{}', 'succeeded', 10.0)"]
-    if dialect == "sqlite":
-        with sqlite3.connect(sql_url.removeprefix("sqlite:///")) as db:
-            for stmt in stmts:
-                db.execute(stmt)
-    else:
-        conn = await asyncpg.connect(sql_url)
-        try:
-            for stmt in stmts:
-                await conn.execute(stmt)
-        finally:
-            await conn.close()
+    await _execute(sql_url, stmts)
     s = await open_storage(sql_url)
     try:
         got = await read(s, lambda tx: tx.runs.get("old"))
