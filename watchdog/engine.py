@@ -2,7 +2,8 @@
 daemon (at = now), `replay` and `test` (at = each step of a past range).
 
 Shell around the pure core: it runs the queries `evaluate.plan` asks for through a `Source`
-(identical (expr, time) pairs once per tick, shared between rules, concurrently up to a limit),
+(identical (expr, time) pairs once per tick, shared between rules, rules that differ only in a
+label's value batched as `watchdog.batching` plans, concurrently up to a limit),
 then hands the results to `evaluate.evaluate` and `state.step`. It must not implement any firing
 semantics itself, and never reads the wall clock for evaluation times (only a monotonic clock to
 measure how long things took).
@@ -11,14 +12,15 @@ measure how long things took).
 from __future__ import annotations
 
 import asyncio
-import math
 import struct
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from watchdog.evaluate import Context, Outcome, Query, Sample, evaluate, plan, split_comparison
-from watchdog.model import AlertingRule, Comparison, Group
+from watchdog import batching
+from watchdog.batching import shared_queries
+from watchdog.evaluate import Context, Outcome, Query, Sample, evaluate, plan
+from watchdog.model import AlertingRule, Group
 from watchdog.source import QueryError, RangeSeries, Source
 from watchdog.state import Alert, Event, step
 
@@ -128,10 +130,12 @@ class GroupRuntime:
 class TickResult:
     events: list[Event]
     errors: dict[str, str]  # rule key -> error
-    queries: int
+    queries: int  # distinct queries the rules asked
     failed_queries: int
     duration: float
     alerts: list[dict[str, Alert]] = field(default_factory=list)  # per rule, the new state
+    sent: int = 0  # HTTP queries that answered them (`run_queries`)
+    batched: int = 0  # queries answered from a batch's share
 
     def apply(self, rt: GroupRuntime) -> None:
         """Make the new alert state the runtime's (what `tick(apply=False)` left undone)."""
@@ -139,47 +143,35 @@ class TickResult:
             r.alerts = alerts
 
 
-def shared_queries(queries: Sequence[Query]) -> dict[Query, tuple[Query, Comparison]]:
-    """Thresholds written into the expression, `E > 0.05` and `E > 0.1` at the same instant
-    (a warning and a critical rule, the same rule per severity): one query answers them all —
-    `E` itself when it is asked anyway, else `(E) op loosest` when two or more point the same
-    way — and each is that answer filtered by its own comparison (`split_comparison`)."""
-    by_lhs: dict[tuple[str, float], list[tuple[Query, Comparison]]] = {}
-    plain = set(queries)
-    for q in queries:
-        split = split_comparison(q.expr) if not q.window else None
-        if split is not None:
-            by_lhs.setdefault((split[0], q.at), []).append((q, split[1]))
-    out: dict[Query, tuple[Query, Comparison]] = {}
-    for (lhs, at), members in by_lhs.items():
-        if Query(lhs, at) in plain:
-            out.update((q, (Query(lhs, at), c)) for q, c in members)
-            continue
-        for way in (">", "<"):
-            same = [(q, c) for q, c in members if c.op.startswith(way)]
-            if len(same) < 2:
-                continue
-            edge = (min if way == ">" else max)(c.number for _, c in same)
-            op = way + "=" if any(c.number == edge and c.op == way + "=" for _, c in same) \
-                else way
-            number = repr(edge) if math.isfinite(edge) else ("+Inf" if edge > 0 else "-Inf")
-            shared = Query(f"({lhs}) {op} {number}", at)
-            out.update((q, (shared, c)) for q, c in same)
-    return out
+@dataclass
+class QueryStats:
+    """What answering one tick's queries took: HTTP queries sent (batches, fallbacks and
+    single ones), and queries answered from a batch's share."""
+
+    sent: int = 0
+    batched: int = 0
 
 
-async def run_queries(source: Source, queries: Sequence[Query], concurrency: int
+async def run_queries(source: Source, queries: Sequence[Query], concurrency: int,
+                      stats: QueryStats | None = None
                       ) -> dict[Query, list[Sample] | BaseException]:
-    """Each distinct query once, thresholds on one expression together (`shared_queries`);
-    failures are returned, not raised, so one bad rule cannot stop the others in its
-    group."""
+    """Each distinct query once, thresholds on one expression together (`shared_queries`),
+    expressions that differ only in one label's value as one batch (`batching.plan`);
+    failures are returned, not raised, so one bad rule cannot stop the others in its group.
+
+    A batch Prometheus refuses (HTTP 400/422: too many samples, or an error that only some
+    members' series cause) is asked again member by member, so each gets what it would have
+    got alone; any other failure (timeout, unreachable) is every member's failure."""
+    stats = stats if stats is not None else QueryStats()
     unique = list(dict.fromkeys(queries))
     shared = shared_queries(unique)
-    sent = list(dict.fromkeys(shared[q][0] if q in shared else q for q in unique))
+    units = list(dict.fromkeys(shared[q][0] if q in shared else q for q in unique))
+    alone, batches = batching.plan(units)
     sem = asyncio.Semaphore(max(1, concurrency))
 
     async def one(q: Query) -> list[Sample] | BaseException:
         async with sem:
+            stats.sent += 1
             try:
                 if q.window > 0:
                     return await _range(source, q)
@@ -189,17 +181,39 @@ async def run_queries(source: Source, queries: Sequence[Query], concurrency: int
             except Exception as e:
                 return e
 
-    answers = dict(zip(sent, await asyncio.gather(*(one(q) for q in sent)), strict=True))
+    async def ask(qs: Sequence[Query]) -> dict[Query, list[Sample] | BaseException]:
+        return dict(zip(qs, await asyncio.gather(*(one(q) for q in qs)), strict=True))
+
+    sent = list(dict.fromkeys([*alone, *(b.query for b in batches)]))
+    answers = await ask(sent)
+    got = {q: answers[q] for q in alone}
+    again: list[Query] = []
+    for b in batches:
+        answer = answers[b.query]
+        if isinstance(answer, BaseException):
+            if isinstance(answer, QueryError) and answer.status in (400, 422):
+                again.extend(m.query for m in b.members)
+            else:
+                got.update((m.query, answer) for m in b.members)
+            continue
+        parts = batching.split(b, answer)
+        if parts is None:
+            again.extend(m.query for m in b.members)
+        else:
+            got.update(parts)
+            stats.batched += len(parts)
+    if again:
+        got.update(await ask(list(dict.fromkeys(again))))
     done: dict[Query, list[Sample] | BaseException] = {}
     for q in unique:
         if q not in shared:
-            done[q] = answers[q]
+            done[q] = got[q]
             continue
         via, cmp = shared[q]
-        got = answers[via]
+        answer = got[via]
         # the comparison PromQL would have made: it keeps value and labels, drops the rest
-        done[q] = got if isinstance(got, BaseException) else [
-            s for s in got if cmp.holds(s.value)]
+        done[q] = answer if isinstance(answer, BaseException) else [
+            s for s in answer if cmp.holds(s.value)]
     return done
 
 
@@ -219,7 +233,9 @@ async def tick(rt: GroupRuntime, at: float, source: Source, ctx: Context,
     new state is committed, so nothing reads a state that a crash could still take back)."""
     started = time.perf_counter()
     plans = [(r, plan(r.rule, rt.group, at)) for r in rt.rules]
-    results = await run_queries(source, [q for _, p in plans for q in p.queries()], concurrency)
+    stats = QueryStats()
+    results = await run_queries(source, [q for _, p in plans for q in p.queries()], concurrency,
+                                stats)
     events: list[Event] = []
     errors: dict[str, str] = {}
     new: list[dict[str, Alert]] = []
@@ -242,4 +258,5 @@ async def tick(rt: GroupRuntime, at: float, source: Source, ctx: Context,
     rt.last_at, rt.last_duration = at, duration
     rt.last_error = next(iter(errors.values()), None)
     failed = sum(1 for v in results.values() if isinstance(v, BaseException))
-    return TickResult(events, errors, len(results), failed, duration, new)
+    return TickResult(events, errors, len(results), failed, duration, new, stats.sent,
+                      stats.batched)

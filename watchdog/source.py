@@ -23,7 +23,13 @@ from watchdog.logs import redact_url
 
 
 class QueryError(Exception):
-    """A query that did not produce a result; the message names the endpoint, never secrets."""
+    """A query that did not produce a result; the message names the endpoint, never secrets.
+    `status`: Prometheus's HTTP status when it answered with an error (400 a query it cannot
+    parse, 422 one it cannot execute, e.g. too many samples; 503 a timeout), else None."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Source(Protocol):
@@ -132,13 +138,13 @@ class PrometheusSource:
         except ValueError:
             snippet = body[:120].decode("utf-8", "replace")
             raise QueryError(
-                f"{shown}: HTTP {status}, not a Prometheus API response: {snippet!r}"
+                f"{shown}: HTTP {status}, not a Prometheus API response: {snippet!r}", status
             ) from None
         if not isinstance(doc, dict) or doc.get("status") != "success":
             err = doc.get("error") if isinstance(doc, dict) else None
             kind = doc.get("errorType") if isinstance(doc, dict) else None
             raise QueryError(f"{shown}: HTTP {status}: {kind or 'error'}: "
-                             f"{err or 'unexpected response'}")
+                             f"{err or 'unexpected response'}", status)
         return doc.get("data")
 
     async def query(self, expr: str, at: float) -> list[Sample]:
