@@ -352,6 +352,25 @@ async def test_query_failures_are_measured(tmp_path: Path) -> None:
         assert d.metrics.evaluation_failures.labels("g")._value.get() == 1
 
 
+async def test_batched_queries_are_counted(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    write(s.rules_dir / "r.yml", """
+groups:
+  - name: g
+    rules:
+      - {alert: A, expr: 'up{job="a"} == 0'}
+      - {alert: B, expr: 'up{job="b"} == 0'}
+      - {alert: C, expr: 'up{job="c"} != 1'}
+""")
+    src = FakeSource()
+    async with Daemon(s, clock=FixedClock(0.0), source=src, plugins=False,
+                      schedule=False) as d:
+        await d.evaluate_all()
+        asked = sorted(e for e, _ in src.calls if "job" in e)
+        assert asked == ['up{job="c"} != 1', 'up{job=~"a|b"} == 0']
+        assert d.metrics.queries_batched._value.get() == 2
+
+
 def test_logs_never_carry_secrets() -> None:
     from pydantic import SecretStr
 

@@ -177,6 +177,7 @@ async def test_metrics_names(daemon: Daemon) -> None:
                  "watchdog_evaluations_total{group=\"web\"} 12.0",
                  "watchdog_evaluation_failures_total", "watchdog_missed_iterations_total",
                  "watchdog_query_duration_seconds_count", "watchdog_query_errors_total",
+                 "watchdog_queries_batched_total",
                  'watchdog_alerts{rule="HighErrors",state="firing"} 1.0',
                  'watchdog_alerts{rule="Quiet",state="pending"} 0.0',
                  'watchdog_rule_files{status="loaded"} 1.0',

@@ -58,6 +58,11 @@ class Metrics:
             buckets=EVAL_BUCKETS, registry=r)
         self.query_errors = Counter(
             "watchdog_query_errors_total", "Queries to Prometheus that failed.", registry=r)
+        self.queries_batched = Counter(
+            "watchdog_queries_batched_total",
+            "Rule queries answered from a share of a batched query (rules that differ only in "
+            "one label's value, asked as one); watchdog_query_duration_seconds_count counts the "
+            "queries sent.", registry=r)
         self.datasource_up = Gauge(
             "watchdog_datasource_up",
             "1 while Prometheus answers queries, 0 after a tick in which every query failed.",

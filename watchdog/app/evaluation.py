@@ -230,6 +230,8 @@ class Evaluator:
         m.evaluations.labels(name).inc(len(rt.rules))
         if res.errors:
             m.evaluation_failures.labels(name).inc(len(res.errors))
+        if res.batched:
+            m.queries_batched.inc(res.batched)
         m.evaluation_duration.labels(name).observe(res.duration)
         m.last_evaluation.labels(name).set(at)
         blind = res.queries > 0 and res.failed_queries == res.queries
