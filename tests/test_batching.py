@@ -155,10 +155,9 @@ def test_split_gives_each_member_its_series_and_drops_the_label_where_it_was_not
         Member(q1, "a", Comparison(">", 1)), Member(q2, "b", Comparison(">", 1)),
         Member(q3, "c", None)))
     parts = split(b, [sample(5, s="a"), sample(0.5, s="b"), sample(2, s="c")])
-    assert parts == {q1: [sample(5)], q2: [], q3: [sample(2)]}
+    assert parts == [[sample(5)], [], [sample(2)]]
     kept = Batch(b.query, "s", True, b.members)
-    assert split(kept, [sample(5, s="a", i="1")]) == {
-        q1: [sample(5, s="a", i="1")], q2: [], q3: []}
+    assert split(kept, [sample(5, s="a", i="1")]) == [[sample(5, s="a", i="1")], [], []]
     # a series the batch cannot place: the members must be asked alone
     assert split(b, [sample(1, s="d")]) is None
     assert split(b, [sample(1)]) is None
@@ -243,9 +242,14 @@ async def test_an_answer_the_batch_cannot_place_is_asked_again_alone() -> None:
 
 async def test_planning_is_cached_across_ticks() -> None:
     src = Answering({"s0": 1.0})
-    rt = GroupRuntime.new("f.yml", group(10))
-    await tick(rt, 60.0, src, Context())
-    before = batching.shapes.cache_info(), batching.batched_expr.cache_info()
-    await tick(rt, 65.0, src, Context())
-    after = batching.shapes.cache_info(), batching.batched_expr.cache_info()
-    assert after[0].misses == before[0].misses and after[1].misses == before[1].misses
+    rt = GroupRuntime.new("f.yml", Group.model_validate({"name": "g", "rules": [
+        {"alert": f"R{i}", "expr": f'sum(rate(req{{shard="s{i}"}}[1m]))', "threshold": "> 2",
+         "baseline": {"offset": "1h", "compare": "ratio"}} for i in range(10)]}))
+    first = await tick(rt, 60.0, src, Context())
+    before = batching.tick_plan.cache_info()
+    again = await tick(rt, 65.0, src, Context())
+    after = batching.tick_plan.cache_info()
+    assert after.hits == before.hits + 1 and after.misses == before.misses
+    # the instants are the tick's own: now and an hour before, each batched
+    assert first.sent == again.sent == 2
+    assert sorted(at for _, at in src.calls) == [60.0 - 3600, 65.0 - 3600, 60.0, 65.0]

@@ -12,7 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from watchdog.engine import run_queries, shared_queries
+from watchdog.batching import shared_queries
+from watchdog.engine import run_queries
 from watchdog.evaluate import Query, split_comparison
 from watchdog.promserver import PrometheusServer, backfill
 from watchdog.series import Series

@@ -500,10 +500,10 @@ def _batch(chunk: list[tuple[_Candidate, Shape]], at: float) -> Batch | None:
     return Batch(Query(text, at), shape.label, shape.keeps_label, members)
 
 
-def split(batch: Batch, answer: Sequence[Sample]) -> dict[Query, list[Sample]] | None:
-    """Each member's share of the batch's answer, exactly what its own query returns; None if
-    the answer holds a series the batch cannot place (no label, another value): then the
-    members must be asked alone."""
+def split(batch: Batch, answer: Sequence[Sample]) -> list[list[Sample]] | None:
+    """Each member's share of the batch's answer (in the order of `batch.members`), exactly
+    what its own query returns; None if the answer holds a series the batch cannot place (no
+    label, another value): then the members must be asked alone."""
     label = batch.label
     by_value: dict[str, list[Sample]] = {m.value: [] for m in batch.members}
     for s in answer:
@@ -511,14 +511,51 @@ def split(batch: Batch, answer: Sequence[Sample]) -> dict[Query, list[Sample]] |
         if rows is None:
             return None
         rows.append(s)
-    out: dict[Query, list[Sample]] = {}
+    out: list[list[Sample]] = []
     drop: Callable[[Sample], Sample] = _without(label)
     for m in batch.members:
         rows = by_value[m.value]
         if m.comparison is not None:
             rows = [s for s in rows if m.comparison.holds(s.value)]
-        out[m.query] = rows if batch.keeps_label else [drop(s) for s in rows]
+        out.append(rows if batch.keeps_label else [drop(s) for s in rows])
     return out
+
+
+# a query with its instant as a position among the tick's: expr, at, window, step
+Slot = tuple[str, int, float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class TickPlan:
+    """How to answer one tick's queries, by position. `units` are the queries that would be
+    sent without batching (thresholds already shared); query i of the tick is `via[i]`: its
+    unit and the comparison that filters the unit's answer to its own (None: all of it).
+    `alone` units are sent as they are; each batch answers the units `batch_units[k]`, in the
+    order of its members."""
+
+    units: tuple[Slot, ...]
+    via: tuple[tuple[int, Comparison | None], ...]
+    alone: tuple[int, ...]
+    batches: tuple[Batch, ...]  # their queries' `at` is a position in the tick's instants
+    batch_units: tuple[tuple[int, ...], ...]
+
+
+@functools.lru_cache(maxsize=1024)
+def tick_plan(slots: tuple[Slot, ...]) -> TickPlan:
+    """`shared_queries`, then `plan`, for a tick whose distinct queries are `slots` (each
+    instant given as its position among the tick's instants). A group's ticks repeat the same
+    slots, so its later ticks find their plan here; `engine.run_queries` puts the instants
+    back."""
+    queries = [Query(e, float(a), w, st) for e, a, w, st in slots]
+    shared = shared_queries(queries)
+    units = list(dict.fromkeys(shared[q][0] if q in shared else q for q in queries))
+    index = {u: i for i, u in enumerate(units)}
+    alone, batches = plan(units)
+    via = tuple((index[shared[q][0]], shared[q][1]) if q in shared else (index[q], None)
+                for q in queries)
+    return TickPlan(tuple((u.expr, int(u.at), u.window, u.step) for u in units), via,
+                    tuple(index[q] for q in alone), tuple(batches),
+                    tuple(tuple(index[m.query] for m in b.members) for b in batches))
 
 
 def _without(label: str) -> Callable[[Sample], Sample]:

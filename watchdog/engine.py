@@ -18,7 +18,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from watchdog import batching
-from watchdog.batching import shared_queries
 from watchdog.evaluate import Context, Outcome, Query, Sample, evaluate, plan
 from watchdog.model import AlertingRule, Group
 from watchdog.source import QueryError, RangeSeries, Source
@@ -156,18 +155,22 @@ async def run_queries(source: Source, queries: Sequence[Query], concurrency: int
                       stats: QueryStats | None = None
                       ) -> dict[Query, list[Sample] | BaseException]:
     """Each distinct query once, thresholds on one expression together (`shared_queries`),
-    expressions that differ only in one label's value as one batch (`batching.plan`);
-    failures are returned, not raised, so one bad rule cannot stop the others in its group.
+    expressions that differ only in one label's value as one batch (`batching.plan`; the
+    plan is cached by the tick's shape, `batching.tick_plan`); failures are returned, not
+    raised, so one bad rule cannot stop the others in its group.
 
     A batch Prometheus refuses (HTTP 400/422: too many samples, or an error that only some
     members' series cause) is asked again member by member, so each gets what it would have
     got alone; any other failure (timeout, unreachable) is every member's failure."""
     stats = stats if stats is not None else QueryStats()
     unique = list(dict.fromkeys(queries))
-    shared = shared_queries(unique)
-    units = list(dict.fromkeys(shared[q][0] if q in shared else q for q in unique))
-    alone, batches = batching.plan(units)
+    instants = list(dict.fromkeys(q.at for q in unique))
+    position = {at: i for i, at in enumerate(instants)}
+    tp = batching.tick_plan(tuple((q.expr, position[q.at], q.window, q.step) for q in unique))
     sem = asyncio.Semaphore(max(1, concurrency))
+
+    def real(expr: str, at: int | float, window: float, step: float) -> Query:
+        return Query(expr, instants[int(at)], window, step)
 
     async def one(q: Query) -> list[Sample] | BaseException:
         async with sem:
@@ -181,38 +184,35 @@ async def run_queries(source: Source, queries: Sequence[Query], concurrency: int
             except Exception as e:
                 return e
 
-    async def ask(qs: Sequence[Query]) -> dict[Query, list[Sample] | BaseException]:
-        return dict(zip(qs, await asyncio.gather(*(one(q) for q in qs)), strict=True))
+    async def ask(units: Sequence[int]) -> None:
+        got = await asyncio.gather(*(one(real(*tp.units[u])) for u in units))
+        answers.update(zip(units, got, strict=True))
 
-    sent = list(dict.fromkeys([*alone, *(b.query for b in batches)]))
-    answers = await ask(sent)
-    got = {q: answers[q] for q in alone}
-    again: list[Query] = []
-    for b in batches:
-        answer = answers[b.query]
+    answers: dict[int, list[Sample] | BaseException] = {}
+    batched = await asyncio.gather(
+        ask(tp.alone), *(one(real(b.query.expr, b.query.at, 0.0, 0.0)) for b in tp.batches))
+    again: list[int] = []
+    for b, units, answer in zip(tp.batches, tp.batch_units, batched[1:], strict=True):
+        assert answer is not None
         if isinstance(answer, BaseException):
             if isinstance(answer, QueryError) and answer.status in (400, 422):
-                again.extend(m.query for m in b.members)
+                again.extend(units)
             else:
-                got.update((m.query, answer) for m in b.members)
+                answers.update((u, answer) for u in units)
             continue
         parts = batching.split(b, answer)
         if parts is None:
-            again.extend(m.query for m in b.members)
+            again.extend(units)
         else:
-            got.update(parts)
+            answers.update(zip(units, parts, strict=True))
             stats.batched += len(parts)
     if again:
-        got.update(await ask(list(dict.fromkeys(again))))
+        await ask(list(dict.fromkeys(again)))
     done: dict[Query, list[Sample] | BaseException] = {}
-    for q in unique:
-        if q not in shared:
-            done[q] = got[q]
-            continue
-        via, cmp = shared[q]
-        answer = got[via]
+    for q, (u, cmp) in zip(unique, tp.via, strict=True):
+        answer = answers[u]
         # the comparison PromQL would have made: it keeps value and labels, drops the rest
-        done[q] = answer if isinstance(answer, BaseException) else [
+        done[q] = answer if cmp is None or isinstance(answer, BaseException) else [
             s for s in answer if cmp.holds(s.value)]
     return done
 
