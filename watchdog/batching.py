@@ -20,6 +20,7 @@ import functools
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -123,7 +124,9 @@ Kind = tuple[str, bool]  # ("vector" | "matrix" | "scalar" | "string", output ca
 _SCALAR: Kind = ("scalar", False)
 
 
-@functools.lru_cache(maxsize=8192)
+# Bounded generously: a cache smaller than what one round of ticks asks for misses every time
+# (least recently used, asked in a cycle). An entry holds small objects and an interned key.
+@functools.lru_cache(maxsize=65536)
 def shapes(expr: str) -> tuple[Shape, ...]:
     """Every label `expr` could be batched by; () when none.
 
@@ -148,14 +151,14 @@ def shapes(expr: str) -> tuple[Shape, ...]:
             if kind is None or kind[0] != "vector" or len(found) != 1:
                 continue
             key = _print(root, label, "")
-            if key is not None:
-                out.append(Shape(key, label, found.pop(), kind[1]))
+            if key is not None:  # interned: the members of one batch share their key
+                out.append(Shape(sys.intern(key), label, found.pop(), kind[1]))
         return tuple(out)
     except Exception:  # the parser's own errors, an offset it cannot read: not batchable
         return ()
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=8192)
 def batched_expr(expr: str, label: str, values: tuple[str, ...]) -> str | None:
     """`expr` (one member of a batch) asking for every value of `label` in `values` at once;
     None if it cannot be printed exactly."""
@@ -540,7 +543,7 @@ class TickPlan:
     batch_units: tuple[tuple[int, ...], ...]
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=8192)
 def tick_plan(slots: tuple[Slot, ...]) -> TickPlan:
     """`shared_queries`, then `plan`, for a tick whose distinct queries are `slots` (each
     instant given as its position among the tick's instants). A group's ticks repeat the same
