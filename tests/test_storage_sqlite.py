@@ -4,12 +4,16 @@ backend promises is tests/test_storage_contract.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from watchdog.state import Alert
 from watchdog.storage import StorageError, check_url, open_storage
@@ -47,6 +51,20 @@ def test_alert_json_round_trip_keeps_nan_and_optional_fields() -> None:
     assert b.value is not None and math.isnan(b.value)
     assert b.labels == a.labels and b.keep_firing_since == 300.0 and b.severity == "critical"
     assert b.incident_id == a.incident_id
+
+
+@given(st.builds(
+    Alert, rule=st.text(), group=st.text(), fingerprint=st.text(),
+    labels=st.dictionaries(st.text(), st.text(), max_size=4),
+    annotations=st.dictionaries(st.text(), st.text(), max_size=3),
+    state=st.sampled_from(["pending", "firing", "inactive"]), active_at=st.floats(),
+    value=st.none() | st.floats(), fired_at=st.none() | st.floats(),
+    severity=st.none() | st.text(), compared=st.none() | st.floats()))
+def test_alert_json_is_the_stored_format(a: Alert) -> None:
+    """What is stored stays what earlier releases wrote and read (every field, sorted keys)."""
+    d = dataclasses.asdict(a)
+    d["labels"], d["annotations"] = dict(a.labels), dict(a.annotations)
+    assert alert_to_json(a) == json.dumps(d, separators=(",", ":"), sort_keys=True)
 
 
 async def test_wal_and_normal_sync(tmp_path: Path) -> None:
