@@ -14,9 +14,9 @@ import re2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watchdog import batching
+from watchdog import batching, engine
 from watchdog.batching import Batch, Member, batched_expr, plan, quote_meta, shapes, split
-from watchdog.engine import GroupRuntime, QueryStats, run_queries, tick
+from watchdog.engine import GroupRuntime, QueryStats, Refused, run_queries, tick
 from watchdog.evaluate import Context, Query
 from watchdog.model import Comparison, Group
 from watchdog.source import QueryError
@@ -166,6 +166,13 @@ def test_split_gives_each_member_its_series_and_drops_the_label_where_it_was_not
 # ---- through the engine ----------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def fresh_refusals(monkeypatch: pytest.MonkeyPatch) -> Refused:
+    refused = Refused(ticks=2)
+    monkeypatch.setattr(engine, "REFUSED", refused)
+    return refused
+
+
 def group(n: int, **extra: Any) -> Group:
     return Group.model_validate({"name": "g", "rules": [
         {"alert": f"R{i}", "expr": f'sum(rate(req{{shard="s{i}",code="200"}}[1m])) > {i}',
@@ -230,6 +237,22 @@ async def test_a_refused_batch_is_asked_member_by_member(status: int) -> None:
     assert got[qs[0]] == [sample(1, s="a")] and got[qs[1]] == []
     assert str(got[qs[2]]) == "alone"
     assert stats.sent == 4 and stats.batched == 0
+    # not sent again for a while (here two ticks): the members go alone straight away
+    for sent in (3, 3, 4):
+        src.calls.clear()
+        stats = QueryStats()
+        again = await run_queries(src, qs, 4, stats)
+        assert stats.sent == sent
+        assert ((b.query.expr, 0.0) in src.calls) == (sent == 4)  # tried again after two
+        assert {q: repr(a) for q, a in again.items()} == {q: repr(a) for q, a in got.items()}
+
+
+def test_refusals_are_remembered_for_a_while_and_bounded() -> None:
+    r = Refused(ticks=3, size=2)
+    r.add("a")
+    assert [r.skip("a") for _ in range(4)] == [True, True, True, False]
+    r.add("a"), r.add("b"), r.add("c")  # the oldest goes
+    assert (r.skip("a"), r.skip("b"), r.skip("c")) == (False, True, True)
 
 
 async def test_an_answer_the_batch_cannot_place_is_asked_again_alone() -> None:

@@ -20,13 +20,19 @@ from conftest import BackfilledPrometheus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from watchdog import engine
 from watchdog.batching import shapes
-from watchdog.engine import QueryStats, run_queries
+from watchdog.engine import QueryStats, Refused, run_queries
 from watchdog.evaluate import Query, Sample, split_comparison
 from watchdog.series import Series
 from watchdog.source import PrometheusConfig, PrometheusSource
 
 pytestmark = pytest.mark.prometheus
+
+
+@pytest.fixture(autouse=True)
+def fresh_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "REFUSED", Refused())
 
 SERVICES = ["a", "b", "c.d", "e|f", 'g"h', "x\\y", "ü", "b+"]
 ASKED = [*SERVICES, "missing", "a.", ".*"]  # the last three: no series has them

@@ -142,6 +142,36 @@ class TickResult:
             r.alerts = alerts
 
 
+class Refused:
+    """Batched queries that Prometheus refused (HTTP 400/422, e.g. too many samples) or whose
+    answer could not be split: their members are asked alone for the next `ticks` times the
+    batch comes up, instead of paying for a refused query every tick; then it is tried again.
+    Bounded, oldest forgotten first."""
+
+    def __init__(self, ticks: int = 60, size: int = 1024) -> None:
+        self.ticks, self.size = ticks, size
+        self._left: dict[str, int] = {}
+
+    def add(self, expr: str) -> None:
+        self._left.pop(expr, None)
+        self._left[expr] = self.ticks
+        while len(self._left) > self.size:
+            del self._left[next(iter(self._left))]
+
+    def skip(self, expr: str) -> bool:
+        left = self._left.get(expr)
+        if left is None:
+            return False
+        if left <= 1:
+            del self._left[expr]
+        else:
+            self._left[expr] = left - 1
+        return True
+
+
+REFUSED = Refused()  # one per process: the batched expressions are the same for every caller
+
+
 @dataclass
 class QueryStats:
     """What answering one tick's queries took: HTTP queries sent (batches, fallbacks and
@@ -161,7 +191,8 @@ async def run_queries(source: Source, queries: Sequence[Query], concurrency: int
 
     A batch Prometheus refuses (HTTP 400/422: too many samples, or an error that only some
     members' series cause) is asked again member by member, so each gets what it would have
-    got alone; any other failure (timeout, unreachable) is every member's failure."""
+    got alone, and for a while is not sent again (`REFUSED`); any other failure (timeout,
+    unreachable) is every member's failure."""
     stats = stats if stats is not None else QueryStats()
     unique = list(dict.fromkeys(queries))
     instants = list(dict.fromkeys(q.at for q in unique))
@@ -189,19 +220,27 @@ async def run_queries(source: Source, queries: Sequence[Query], concurrency: int
         answers.update(zip(units, got, strict=True))
 
     answers: dict[int, list[Sample] | BaseException] = {}
-    batched = await asyncio.gather(
-        ask(tp.alone), *(one(real(b.query.expr, b.query.at, 0.0, 0.0)) for b in tp.batches))
     again: list[int] = []
-    for b, units, answer in zip(tp.batches, tp.batch_units, batched[1:], strict=True):
+    batches = []
+    for b, units in zip(tp.batches, tp.batch_units, strict=True):
+        if REFUSED.skip(b.query.expr):
+            again.extend(units)
+        else:
+            batches.append((b, units))
+    batched = await asyncio.gather(
+        ask(tp.alone), *(one(real(b.query.expr, b.query.at, 0.0, 0.0)) for b, _ in batches))
+    for (b, units), answer in zip(batches, batched[1:], strict=True):
         assert answer is not None
         if isinstance(answer, BaseException):
             if isinstance(answer, QueryError) and answer.status in (400, 422):
+                REFUSED.add(b.query.expr)
                 again.extend(units)
             else:
                 answers.update((u, answer) for u in units)
             continue
         parts = batching.split(b, answer)
         if parts is None:
+            REFUSED.add(b.query.expr)
             again.extend(units)
         else:
             answers.update(zip(units, parts, strict=True))
