@@ -232,6 +232,37 @@ async def test_sighup_reloads_the_rules(tmp_path: Path, prom: FakePrometheus) ->
         proc.stop()
 
 
+async def test_the_daemon_runs_as_the_container_runs_it(tmp_path: Path,
+                                                        prom: FakePrometheus) -> None:
+    # The image sets PYTHONOPTIMIZE=2 (no docstrings, no asserts) for memory: an alert still
+    # fires, a reload still works and SIGTERM still stops it cleanly.
+    write(tmp_path / "rules" / "r.yml", RULES)
+    prom.set("fast > 1", 5.0, instance="a")
+    proc = Proc(tmp_path, env_for(tmp_path, prom, PYTHONOPTIMIZE="2"), "optimized")
+    try:
+        await proc.up()
+
+        async def fired() -> dict[str, Any] | None:
+            a = (await proc.alerts()).get("Fast")
+            return a if a and a["state"] == "firing" else None
+
+        await until(fired, 15, "Fast to fire")
+        write(tmp_path / "rules" / "more.yml",
+              "groups: [{name: more, rules: [{alert: More, expr: more > 1}]}]\n")
+        proc.p.send_signal(signal.SIGHUP)
+
+        async def reloaded() -> bool:
+            _, body = await get_json(f"{proc.url}/api/v1/rules")
+            return "more" in {g["name"] for g in body["data"]["groups"]}
+
+        await until(reloaded, 10, "the SIGHUP reload")
+        proc.p.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.p.wait, 10) == 0
+        assert not any(e.get("level") == "error" for e in proc.lines()), proc.lines()
+    finally:
+        proc.stop()
+
+
 def test_an_invalid_setting_exits_2_naming_it(tmp_path: Path) -> None:
     (tmp_path / "rules").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
