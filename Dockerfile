@@ -75,7 +75,7 @@ COPY rules/ /etc/watchdog/rules/
 
 # PYTHONOPTIMIZE=2 leaves out docstrings (and asserts, which the code uses only to narrow
 # types): 2.6 MiB less resident memory in every process (bench/daemon.py --memory);
-# tests/test_daemon_process.py runs the daemon so too.
+# tests/test_daemon_process.py runs the daemon so too (its SIGHUP test).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
