@@ -34,8 +34,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY watchdog/ ./watchdog/
 # pip compiles the .pyc files at install time, which matters: the runtime's root filesystem is
-# read-only in Kubernetes, so Python could not write __pycache__ there later.
+# read-only in Kubernetes, so Python could not write __pycache__ there later. The daemon runs
+# with PYTHONOPTIMIZE=2 (below), which reads the .opt-2.pyc files: compiled here too.
 RUN pip install --no-cache-dir . \
+ && python -OO -m compileall -q -j 0 /opt/venv/lib \
  && watchdog --version
 
 # ---------------------------------------------------------------------------------------------
@@ -71,9 +73,13 @@ COPY --from=builder /opt/venv /opt/venv
 # Kubernetes ConfigMap) over /etc/watchdog/rules to replace them.
 COPY rules/ /etc/watchdog/rules/
 
+# PYTHONOPTIMIZE=2 leaves out docstrings (and asserts, which the code uses only to narrow
+# types): 2.6 MiB less resident memory in every process (bench/daemon.py --memory);
+# tests/test_daemon_process.py runs the daemon so too (its SIGHUP test).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONOPTIMIZE=2 \
     WATCHDOG_RULES_DIR=/etc/watchdog/rules \
     WATCHDOG_DATA_DIR=/var/lib/watchdog \
     WATCHDOG_STATE_URL=sqlite:////var/lib/watchdog/state.db \

@@ -344,7 +344,7 @@ def memory_point(n: int, args: argparse.Namespace, tmp: Path, prom_url: str, ser
                "WATCHDOG_EVALUATION_INTERVAL": f"{args.interval:g}s",
                "WATCHDOG_HTTP_LISTEN": f"127.0.0.1:{port}", "WATCHDOG_STATE_URL": db,
                "WATCHDOG_LOG_LEVEL": "WARNING", "WATCHDOG_LOG_FORMAT": "json",
-               "BENCH_MEM_OUT": str(out)}
+               "BENCH_MEM_OUT": str(out), "PYTHONOPTIMIZE": str(args.optimize)}
         argv = [sys.executable, "-c", TRACE_PROBE] if traced else \
             [sys.executable, "-m", "watchdog", "run"]
         log = tmp / f"mem-{n}-{traced}.log"
@@ -401,7 +401,8 @@ def report_memory(points: list[MemoryPoint], args: argparse.Namespace) -> None:
     print()
     print(f"memory: rules in groups of {args.per_group} every {args.interval:g}s, each count "
           f"after two evaluations of every rule; {os.cpu_count()} CPUs")
-    print(f"(watchdog: {args.watchdog_source}; Python {sys.executable})")
+    print(f"(watchdog: {args.watchdog_source}; Python {sys.executable}, "
+          f"PYTHONOPTIMIZE={args.optimize})")
     print(f"{'rules':>7} {'RSS MiB':>9} {'peak MiB':>9} {'vmalert RSS':>12} {'ratio':>7} "
           f"{'py heap MiB':>12} {'modules':>8}")
     for p in points:
@@ -706,6 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace-upto", type=int, default=1000,
                    help="with --memory: run under tracemalloc too up to this many rules (it "
                         "slows the daemon several times over)")
+    p.add_argument("--optimize", type=int, choices=(0, 1, 2), default=2,
+                   help="PYTHONOPTIMIZE of the watchdog in --memory (default 2, as the "
+                        "container image runs it: no docstrings)")
     p.add_argument("--memory", default="",
                    help="comma-separated rule counts (e.g. 0,1000,10000): measure memory at "
                         "each instead of CPU")

@@ -82,3 +82,30 @@ async def test_history_keeps_errors_beside_the_right_evaluations() -> None:
             assert h.error is None or h.error.endswith(f"outage {j}")
             assert h.hits == (None if j in failing else 1)
     assert [h.at for h in reversed(rt.rules[0].history)][:2] == [29 * 60.0, 28 * 60.0]
+
+
+# ---- the packed ring of evaluations keeps exactly what a list of the last HISTORY would ----
+
+from collections import deque  # noqa: E402
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from watchdog.engine import HISTORY, EvalHistory, EvalRecord  # noqa: E402
+
+_record = st.builds(
+    EvalRecord, at=st.floats(0, 2e9), duration=st.floats(0, 60),
+    samples=st.integers(0, 2**32 - 1), hits=st.none() | st.integers(0, 2**31 - 1),
+    error=st.none() | st.sampled_from(["boom", "timed out"]))
+
+
+@given(st.lists(_record, max_size=3 * HISTORY + 5))
+def test_eval_history_is_the_last_records_in_order(records: list[EvalRecord]) -> None:
+    hist, want = EvalHistory(), deque(maxlen=HISTORY)
+    for rec in records:
+        hist.append(rec)
+        want.append(rec)
+        assert len(hist) == len(want)
+        assert list(hist) == list(want)
+        assert list(reversed(hist)) == list(reversed(want))
+        assert hist[-1] == want[-1] and hist[0] == want[0]

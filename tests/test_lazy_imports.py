@@ -1,6 +1,7 @@
 """What a deployment does not use is not imported: the clients for Sentry, MQTT, SMTP and
-PostgreSQL cost memory in every process (bench/daemon.py --memory measures it), so they load
-only when a setting or a rule asks for them.
+PostgreSQL, RE2 (for regular expressions in routes, silences and templates), replay and the
+Kubernetes client cost memory in every process (bench/daemon.py --memory measures it), so they
+load only when a setting or a rule asks for them.
 
 Each check runs in a fresh interpreter (`sys.modules` of this test process is shared with every
 other test) and looks at `sys.modules` after real work: the CLI parsed, a daemon started on
@@ -16,7 +17,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-OPTIONAL = ("sentry_sdk", "aiomqtt", "paho", "aiosmtplib", "asyncpg", "numpy")
+OPTIONAL = ("sentry_sdk", "aiomqtt", "paho", "aiosmtplib", "asyncpg", "numpy", "re2",
+            # our own: replay and backtest (the console's backtest, `watchdog replay`) and the
+            # Kubernetes client (kubernetes steps)
+            "watchdog.replay", "watchdog.backtest", "watchdog.actions.kube")
 
 
 def loaded_after(code: str, tmp_path: Path) -> dict[str, bool]:

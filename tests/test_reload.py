@@ -307,19 +307,19 @@ async def test_polling_runs_on_the_scheduler_and_jobs_follow_the_groups(tmp_path
     write(s.rules_dir / "a.yml", A1)
     async with Daemon(s, source=source(), plugins=False) as d:
         assert d.scheduler is not None
-        assert {j.id for j in d.scheduler.get_jobs()} >= set(d.runtimes)
+        assert set(d.scheduler.jobs()) >= set(d.runtimes)
         write(s.rules_dir / "c.yml", C1)
         await wait_for(lambda: len(d.runtimes) == 2, 5, what="the poller to add a group")
-        assert {j.id for j in d.scheduler.get_jobs()} >= set(d.runtimes)
+        assert set(d.scheduler.jobs()) >= set(d.runtimes)
         (s.rules_dir / "a.yml").unlink()
         await wait_for(lambda: len(d.runtimes) == 1, 5, what="the poller to remove a group")
-        ids = {j.id for j in d.scheduler.get_jobs()}
+        assert d.scheduler is not None
+        ids = set(d.scheduler.jobs())
         assert f"{s.rules_dir / 'a.yml'};ga" not in ids
         # an interval change reschedules the job
         write(s.rules_dir / "c.yml", C1.replace("- name: gc", "- name: gc\n    interval: 7s"))
         key = f"{s.rules_dir / 'c.yml'};gc"
-        await wait_for(lambda: d.scheduler is not None and d.scheduler.get_job(key) is not None
-                       and d.scheduler.get_job(key).trigger.interval_length == 7.0, 5)
+        await wait_for(lambda: d.scheduler is not None and d.scheduler.jobs().get(key) == 7.0, 5)
 
 
 async def test_a_vanished_rules_folder_is_not_a_deletion(tmp_path: Path) -> None:

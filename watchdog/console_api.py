@@ -24,7 +24,6 @@ import promql_parser
 import yaml
 from aiohttp import web
 
-from watchdog import backtest
 from watchdog.am_api import generator_url, link_base
 from watchdog.engine import GroupRuntime
 from watchdog.evaluate import Context
@@ -246,6 +245,10 @@ class ConsoleApi:
         return web.json_response({"status": "success", "data": data})
 
     async def backtest(self, request: web.Request) -> web.Response:
+        # imported on the first backtest: replay's engine is ~0.5 MiB a daemon whose console
+        # nobody backtests on never needs (bench/daemon.py --memory)
+        from watchdog import backtest
+
         body = await read_json(request)
         rules = self.d.rules
         req = backtest.parse_request(

@@ -544,9 +544,9 @@ class Daemon:
         return self.coordinator.status([*self.runtimes], self.clock())
 
     @property
-    def scheduler(self) -> Any:
-        """The APScheduler instance (None before the scheduler started)."""
-        return self.groups.scheduler
+    def scheduler(self) -> GroupScheduler | None:
+        """The group scheduler once started (None before, or when the caller drives ticks)."""
+        return self.groups if self.groups.started else None
 
     async def _scheduled(self, key: str, at: float) -> None:
         await self.evaluate(key, at)

@@ -35,41 +35,57 @@ class EvalRecord:
     error: str | None
 
 
-_PACKED = struct.Struct("<ddqq")  # at, duration, samples, hits (-1: no hits, state kept)
+# at, duration, samples, hits (-1: no hits, state kept); counts past 32 bits are capped
+_PACKED = struct.Struct("<ddIi")
+_MAX_SAMPLES, _MAX_HITS = 2**32 - 1, 2**31 - 1
 
 
 class EvalHistory:
-    """The last HISTORY evaluations of one rule, oldest first, packed 32 bytes each: as
-    objects they were ~100 bytes each, twenty per rule, which at 1,000 rules was the largest
-    thing the daemon held (bench/daemon.py --memory). Errors, rare, are kept beside."""
+    """The last HISTORY evaluations of one rule, oldest first, packed 24 bytes each in a ring
+    allocated once: as objects they were ~100 bytes each, twenty per rule, which at 1,000 rules
+    was the largest thing the daemon held (bench/daemon.py --memory). One buffer of 480 bytes
+    stays in Python's small-object allocator; a buffer grown and shifted at every evaluation
+    (the first packed form) was reallocated by the C heap each time and left it fragmented
+    (~2 MiB per 1,000 rules after twenty rounds). Errors, rare, are kept beside."""
 
-    __slots__ = ("_buf", "_errors")
+    __slots__ = ("_buf", "_errors", "_head", "_n")
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._buf = bytearray()  # the ring, allocated at the first record
+        self._head = 0  # the oldest record's slot
+        self._n = 0
         self._errors: tuple[str | None, ...] = ()  # aligned with the records, or () if none
 
     def append(self, rec: EvalRecord) -> None:
-        if len(self._buf) >= HISTORY * _PACKED.size:
-            del self._buf[:_PACKED.size]
+        if not self._buf:
+            self._buf = bytearray(HISTORY * _PACKED.size)
+        n = self._n
+        if n == HISTORY:
+            slot = self._head
+            self._head = (self._head + 1) % HISTORY
             self._errors = self._errors[1:]
-        n = len(self)
-        self._buf += _PACKED.pack(rec.at, rec.duration, rec.samples,
-                                  -1 if rec.hits is None else rec.hits)
+            n -= 1
+        else:
+            slot = n
+            self._n = n + 1
+        hits = -1 if rec.hits is None else min(rec.hits, _MAX_HITS)
+        _PACKED.pack_into(self._buf, slot * _PACKED.size, rec.at, rec.duration,
+                          min(rec.samples, _MAX_SAMPLES), hits)
         if rec.error is not None or self._errors:
             self._errors = (*(self._errors or (None,) * n), rec.error)
             if not any(self._errors):
                 self._errors = ()
 
     def __len__(self) -> int:
-        return len(self._buf) // _PACKED.size
+        return self._n
 
     def __getitem__(self, i: int) -> EvalRecord:
-        n = len(self)
+        n = self._n
         if not -n <= i < n:
             raise IndexError(i)
         i %= n
-        at, duration, samples, hits = _PACKED.unpack_from(self._buf, i * _PACKED.size)
+        slot = (self._head + i) % HISTORY
+        at, duration, samples, hits = _PACKED.unpack_from(self._buf, slot * _PACKED.size)
         return EvalRecord(at, duration, samples, None if hits < 0 else hits,
                           self._errors[i] if self._errors else None)
 

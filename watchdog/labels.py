@@ -26,8 +26,6 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import re2
-
 from watchdog.gocompat import quote
 
 Labels = Mapping[str, str]
@@ -103,7 +101,7 @@ class GoRegexp:
     def __init__(self, pattern: str, rx: Any, names: tuple[str, ...],
                  groups: tuple[tuple[int, int], ...]) -> None:
         self.pattern = pattern
-        self._rx = rx  # compiled without captures: see _RE2_OPTIONS
+        self._rx = rx  # compiled without captures: see _re2
         # Go's SubexpNames(): "" for the whole match and for unnamed groups; names may repeat
         self.names = names
         self._groups = groups  # where each group's "(" or "(?P<name>" is in the pattern
@@ -134,7 +132,8 @@ class GoRegexp:
         match), so the groups nobody asked for become `(?:`; that changes no match."""
         if wanted not in self._with_groups:
             pattern = _keep_groups(self.pattern, self._groups, wanted)
-            self._with_groups[wanted] = re2.compile(pattern.encode("utf-8"), _RE2_CAPTURING)
+            re2, capturing, _ = _re2()
+            self._with_groups[wanted] = re2.compile(pattern.encode("utf-8"), capturing)
         return self._with_groups[wanted]
 
     @staticmethod
@@ -191,14 +190,23 @@ def _anchored(pattern: str) -> str:
     return f"^(?:{pattern})$"
 
 
-_RE2_CAPTURING = re2.Options()
-_RE2_CAPTURING.log_errors = False  # an error goes to the caller, not to stderr from C++
-# Matching that needs no group is done without captures: RE2 then finds a match with its DFA
-# alone, however many groups the pattern has (RE2 keeps named groups capturing, so go_regexp
-# rewrites those).
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False
-_RE2_OPTIONS.never_capture = True
+@functools.cache
+def _re2() -> tuple[Any, Any, Any]:
+    """(the re2 module, options that capture, options that do not), imported on the first
+    pattern: RE2 and the C++ runtime it loads are ~1.5-3 MiB resident, which a daemon whose
+    routes, silences and templates use no regular expression never needs
+    (bench/daemon.py --memory)."""
+    import re2
+
+    capturing = re2.Options()
+    capturing.log_errors = False  # an error goes to the caller, not to stderr from C++
+    # Matching that needs no group is done without captures: RE2 then finds a match with its
+    # DFA alone, however many groups the pattern has (RE2 keeps named groups capturing, so
+    # go_regexp rewrites those).
+    plain = re2.Options()
+    plain.log_errors = False
+    plain.never_capture = True
+    return re2, capturing, plain
 
 # RE2's error codes (re2/regexp.cc) in Go's words (regexp/syntax ErrorCode)
 _GO_ERROR_CODES = {
@@ -231,8 +239,9 @@ def go_regexp(pattern: str) -> GoRegexp:
     except UnicodeEncodeError as e:  # a lone surrogate: Go sees invalid UTF-8 there
         raise RegexError("invalid UTF-8", pattern[e.start :]) from None
     names, groups, refused = _scan(pattern)
+    re2, _, plain = _re2()
     try:
-        rx = re2.compile(encoded, _RE2_OPTIONS)
+        rx = re2.compile(encoded, plain)
     except re2.error as e:
         error = _go_error(e, pattern)
         # Go reports the first error from the left; if the construct only Go refuses comes
@@ -243,7 +252,7 @@ def go_regexp(pattern: str) -> GoRegexp:
     if refused is not None:
         raise refused[2]
     if any(names):  # RE2's never_capture leaves named groups capturing
-        rx = re2.compile(_keep_groups(pattern, groups, ()).encode("utf-8"), _RE2_OPTIONS)
+        rx = re2.compile(_keep_groups(pattern, groups, ()).encode("utf-8"), plain)
     return GoRegexp(pattern, rx, names, groups)
 
 
@@ -252,8 +261,9 @@ _MARK = "\\\U0010fffd"  # an escape RE2 refuses, standing in for what Go refuses
 
 def _refused_first(pattern: str, start: int, length: int) -> bool:
     marked = pattern[:start] + _MARK + pattern[start + length :]
+    re2, _, plain = _re2()
     try:
-        re2.compile(marked, _RE2_OPTIONS)
+        re2.compile(marked, plain)
     except re2.error as e:
         error = _go_error(e, marked)
         return error.expr == _MARK and _MARK not in pattern

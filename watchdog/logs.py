@@ -1,7 +1,7 @@
 """Structured logging for the daemon: structlog, rendered as JSON lines or for a console.
 
 Shell: configures process-wide logging once, at daemon start. Both structlog loggers and the
-standard library's (aiohttp, APScheduler, sentry-sdk) go through one pipeline, so a JSON
+standard library's (aiohttp, sentry-sdk) go through one pipeline, so a JSON
 deployment never gets a stray plain-text line. It must never let a secret through: values under
 secret-looking keys are masked, and URLs lose their password before they are logged or shown
 (`redact_url`). It must not decide *what* is logged; callers do.
@@ -114,10 +114,6 @@ def configure(fmt: str = "console", level: str = "INFO", stream: TextIO | None =
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # APScheduler logs every job start and end at INFO and a warning for every skipped run;
-    # the daemon counts missed iterations itself (watchdog_missed_iterations_total) and logs
-    # them once, so only APScheduler's errors are worth a line.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     # One access-log line per Prometheus scrape of /metrics and per probe is noise.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     server = logging.getLogger("aiohttp.server")

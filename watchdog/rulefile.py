@@ -11,7 +11,7 @@ references) are in `watchdog.rulesdir`, which sees the whole folder.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +77,9 @@ class ParsedFile:
     name: str
     model: RuleFileModel | None
     problems: list[Problem] = field(default_factory=list)
-    lines: dict[Path_, int] = field(default_factory=dict)
+    # by path, the line of every key and item: `_Lines` for a file read whole, built from the
+    # text only when something asks (the first problem to report, an SLO shown)
+    lines: Mapping[Path_, int] = field(default_factory=dict)
     data: Any = None  # the document as loaded (references are checked on it, model or not)
     # Groups generated from `slos:` -> the line of the SLO they come from (shown as `source`)
     sources: dict[str, int] = field(default_factory=dict)
@@ -138,6 +140,40 @@ class LoadedYaml:
 
     lines: dict[Path_, int] = field(default_factory=dict)
     raw: dict[Path_, str] = field(default_factory=dict)
+    record_lines: bool = True  # False: `lines` stays empty (see `_Lines`)
+
+
+class _Lines(Mapping[Path_, int]):
+    """A file's lines by path, read from its text on first use. A path and an int per node is
+    ~1.6 MiB per 1,000 rules, built and mostly dropped again for every file loaded, which left
+    the daemon's heap fragmented (bench/daemon.py --memory); a good file never needs them."""
+
+    __slots__ = ("_lines", "_text")
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._lines: dict[Path_, int] | None = None
+
+    @property
+    def built(self) -> bool:
+        return self._lines is not None
+
+    def _get(self) -> dict[Path_, int]:
+        if self._lines is None:
+            self._lines = _load_documents(self._text)[1].lines
+        return self._lines
+
+    def __getitem__(self, path: Path_) -> int:
+        return self._get()[path]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._get()
+
+    def __iter__(self) -> Iterator[Path_]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 def _merged_pairs(node: yaml.MappingNode, scalars: _Constructor
@@ -195,7 +231,8 @@ def _construct(node: yaml.Node, path: Path_, out_: LoadedYaml, scalars: _Constru
     if len(path) > MAX_YAML_DEPTH:
         raise _LimitExceeded(node.start_mark.line + 1,
                              f"nested more than {MAX_YAML_DEPTH} levels deep")
-    out_.lines.setdefault(path, node.start_mark.line + 1)
+    if out_.record_lines:
+        out_.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         first_line: dict[Any, int] = {}
@@ -207,7 +244,8 @@ def _construct(node: yaml.Node, path: Path_, out_: LoadedYaml, scalars: _Constru
                 raise DuplicateKeyError(str(key), key_node.start_mark.line + 1, first_line[key])
             first_line[key] = key_node.start_mark.line + 1
             child = (*path, key)
-            out_.lines[child] = key_node.start_mark.line + 1
+            if out_.record_lines:
+                out_.lines[child] = key_node.start_mark.line + 1
             out[key] = _construct(value_node, child, out_, scalars)
         return out
     if isinstance(node, yaml.SequenceNode):
@@ -264,11 +302,11 @@ def _compose_all(text: str) -> list[yaml.Node]:
     return [n for n in yaml.compose_all(text, Loader=_LOADER) if n is not None]
 
 
-def load_node(node: yaml.Node | None, scalars: _Constructor | None = None
-              ) -> tuple[Any, LoadedYaml]:
+def load_node(node: yaml.Node | None, scalars: _Constructor | None = None,
+              record_lines: bool = True) -> tuple[Any, LoadedYaml]:
     """One composed document -> data and where everything is. Pass one `scalars` for all the
     documents of a file so that the alias limit holds for the file, not for each document."""
-    loaded = LoadedYaml()
+    loaded = LoadedYaml(record_lines=record_lines)
     if node is None:
         return None, loaded
     return _construct(node, (), loaded, scalars if scalars is not None else _Constructor()), loaded
@@ -284,7 +322,7 @@ def load_yaml_with_lines(text: str) -> tuple[Any, dict[Path_, int]]:
     return data, loaded.lines
 
 
-def line_for(lines: dict[Path_, int], path: Path_) -> int:
+def line_for(lines: Mapping[Path_, int], path: Path_) -> int:
     """The line of the longest prefix of `path` that exists (pydantic locs may add union tags)."""
     best = 1
     resolved: list[str | int] = []
@@ -297,7 +335,7 @@ def line_for(lines: dict[Path_, int], path: Path_) -> int:
     return best
 
 
-def _clean_loc(loc: tuple[str | int, ...], lines: dict[Path_, int]) -> list[str | int]:
+def _clean_loc(loc: tuple[str | int, ...], lines: Mapping[Path_, int]) -> list[str | int]:
     out: list[str | int] = []
     for part in loc:
         if (*out, part) in lines or isinstance(part, int):
@@ -318,7 +356,7 @@ _MESSAGES = {
 }
 
 
-def _pydantic_problems(name: str, err: ValidationError, lines: dict[Path_, int]
+def _pydantic_problems(name: str, err: ValidationError, lines: Mapping[Path_, int]
                        ) -> Iterator[Problem]:
     for e in err.errors():
         loc = _clean_loc(tuple(e["loc"]), lines)
@@ -465,17 +503,20 @@ def _rules_root(node: yaml.Node) -> yaml.Node | None:
                     "PrometheusRule manifests (monitoring.coreos.com/v1) are read")
 
 
-def _load_documents(text: str) -> tuple[Any, LoadedYaml]:
+def _load_documents(text: str, record_lines: bool = True) -> tuple[Any, LoadedYaml]:
     """Every document of the file (Prometheus reads only the first; a folder of Kubernetes
     manifests is often one file with several), PrometheusRule manifests unwrapped, combined
     into one rule file: lists concatenated, mappings merged. Paths in the result are those of
-    the combined data, lines those of the file."""
+    the combined data, lines those of the file (none unless `record_lines`, for one document:
+    several are combined by their lines)."""
     scalars = _Constructor()  # one alias count for the whole file
-    docs = [load_node(root, scalars) for n in _compose_all(text)
+    docs = [load_node(root, scalars, record_lines) for n in _compose_all(text)
             if (root := _rules_root(n)) is not None]
     docs = [(d, ld) for d, ld in docs if d is not None]
     if len(docs) <= 1:
         return docs[0] if docs else (None, LoadedYaml())
+    if not record_lines:
+        return _load_documents(text)
     combined: dict[Any, Any] = {}
     out = LoadedYaml()
     for data, loaded in docs:
@@ -556,7 +597,7 @@ def parse_rule_file(text: str, name: str) -> ParsedFile:
     if len(text) > MAX_FILE_BYTES:
         return ParsedFile(name, None, [Problem(name, 1, _too_large(len(text)))])
     try:
-        data, loaded = _load_documents(text)
+        data, loaded = _load_documents(text, record_lines=False)
     except (DuplicateKeyError, _NotRules, _LimitExceeded) as e:
         return ParsedFile(name, None, [Problem(name, e.line, str(e))])
     except yaml.reader.ReaderError as e:
@@ -570,7 +611,7 @@ def parse_rule_file(text: str, name: str) -> ParsedFile:
         return ParsedFile(name, None, [Problem(name, 1, f"invalid YAML: {e}")])
     except RecursionError:
         return ParsedFile(name, None, [Problem(name, 1, "invalid YAML: nested too deeply")])
-    lines = loaded.lines
+    lines: Mapping[Path_, int] = loaded.lines if loaded.lines else _Lines(text)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -623,24 +664,25 @@ def _str_key(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _document_problems(name: str, data: dict[Any, Any], lines: dict[Path_, int]
+def _document_problems(name: str, data: dict[Any, Any], lines: Mapping[Path_, int]
                        ) -> Iterator[Problem]:
     """What the schema cannot see — PromQL, templates, group and receiver names unique in the
     file — read from the document itself, so it is reported in the same run as schema errors
     (a file fixed for one problem should not fail next time for another that was there)."""
-    seen_groups: dict[str, int] = {}
+    # where each name is first seen, by path: lines are looked up only for a problem (`_Lines`)
+    seen_groups: dict[str, Path_] = {}
     for gi, g in _items(data.get("groups")):
         if not isinstance(g, dict):
             continue
         gpath: Path_ = ("groups", gi)
         gname = _str_key(g.get("name"))
         if gname is not None:
-            line = line_for(lines, (*gpath, "name"))
             if gname in seen_groups:
-                yield Problem(name, line, f"group {gname!r} is repeated in the same file "
-                                          f"(first on line {seen_groups[gname]})")
+                yield Problem(name, line_for(lines, (*gpath, "name")),
+                              f"group {gname!r} is repeated in the same file "
+                              f"(first on line {line_for(lines, seen_groups[gname])})")
             else:
-                seen_groups[gname] = line
+                seen_groups[gname] = (*gpath, "name")
         for ri, r in _items(g.get("rules")):
             if not isinstance(r, dict):
                 continue
@@ -668,20 +710,20 @@ def _document_problems(name: str, data: dict[Any, Any], lines: dict[Path_, int]
                 apath = aname if isinstance(aname, str | int) else str(aname)
                 yield Problem(name, line_for(lines, ("actions", apath, "lock")),
                               f"lock: invalid template in action {aname!r}: {e}")
-    seen_receivers: dict[str, int] = {}
+    seen_receivers: dict[str, Path_] = {}
     for i, recv in _items(data.get("receivers")):
         rname = _str_key(recv.get("name")) if isinstance(recv, dict) else None
         if rname is None:
             continue
-        line = line_for(lines, ("receivers", i, "name"))
         if rname in seen_receivers:
-            yield Problem(name, line, f"receiver {rname!r} is defined twice "
-                                      f"(first on line {seen_receivers[rname]})")
-        seen_receivers.setdefault(rname, line)
+            yield Problem(name, line_for(lines, ("receivers", i, "name")),
+                          f"receiver {rname!r} is defined twice "
+                          f"(first on line {line_for(lines, seen_receivers[rname])})")
+        seen_receivers.setdefault(rname, ("receivers", i, "name"))
 
 
-def _slo_problems(name: str, data: dict[Any, Any], lines: dict[Path_, int],
-                  groups: dict[str, int]) -> Iterator[Problem]:
+def _slo_problems(name: str, data: dict[Any, Any], lines: Mapping[Path_, int],
+                  groups: dict[str, Path_]) -> Iterator[Problem]:
     """An SLO's queries (the `{{.window}}` placeholder, PromQL once rendered) and its generated
     group's name, which must not clash with a group of the file or another SLO's; the rest
     (objective, names, labels) is the schema's."""
@@ -699,12 +741,12 @@ def _slo_problems(name: str, data: dict[Any, Any], lines: dict[Path_, int],
                           f"{objective * 100:g}% write {objective * 100:g}", warning=True)
         if isinstance(service, str) and isinstance(slo_name, str):
             gname = group_name_of(service, slo_name)
-            line = line_for(lines, spath)
             if gname in seen:
-                yield Problem(name, line, f"slo {service}/{slo_name}: its group {gname!r} is "
-                                          f"already defined in this file (line {seen[gname]})")
+                yield Problem(name, line_for(lines, spath),
+                              f"slo {service}/{slo_name}: its group {gname!r} is already "
+                              f"defined in this file (line {line_for(lines, seen[gname])})")
             else:
-                seen[gname] = line
+                seen[gname] = spath
         sli = slo.get("sli")
         if not isinstance(sli, dict):
             continue
@@ -715,20 +757,19 @@ def _slo_problems(name: str, data: dict[Any, Any], lines: dict[Path_, int],
             query = holder.get(key)
             if not isinstance(query, str) or not query.strip():
                 continue  # the schema says it is missing or not text
-            line = line_for(lines, (*base, key))
             where = ".".join(str(p) for p in base[2:])
             for why in query_problems(query):
-                yield Problem(name, line, f"{where}.{key}: {why}")
+                yield Problem(name, line_for(lines, (*base, key)), f"{where}.{key}: {why}")
             if (err := check_promql(render(query, "5m"))) is not None:
-                yield Problem(name, line, f"{where}.{key}: invalid PromQL (with {{{{.window}}}} "
-                                          f"= 5m): {err}")
+                yield Problem(name, line_for(lines, (*base, key)),
+                              f"{where}.{key}: invalid PromQL (with {{{{.window}}}} = 5m): {err}")
 
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
-def _recording_problems(name: str, lines: dict[Path_, int], rpath: Path_,
+def _recording_problems(name: str, lines: Mapping[Path_, int], rpath: Path_,
                         rule: dict[Any, Any]) -> Iterator[Problem]:
     """What Prometheus refuses in a recording rule (`watchdog test` evaluates them, and a file
     Prometheus would not load must not pass `check`). Read from the document like the other
@@ -749,7 +790,7 @@ def _recording_problems(name: str, lines: dict[Path_, int], rpath: Path_,
                           f"labels: invalid label name {key!r}")
 
 
-def _rule_problems(name: str, lines: dict[Path_, int], rpath: Path_, rule: dict[Any, Any]
+def _rule_problems(name: str, lines: Mapping[Path_, int], rpath: Path_, rule: dict[Any, Any]
                    ) -> Iterator[Problem]:
     alert = rule.get("alert")
     exprs: list[tuple[Path_, Any]] = [((*rpath, "expr"), rule.get("expr")),

@@ -32,7 +32,7 @@ from watchdog.pause import active, notice
 from watchdog.rulefile import check_promql
 from watchdog.state import Event
 from watchdog.storage import Tx
-from watchdog.webinput import BadInput, parse_duration_value, parse_time
+from watchdog.webinput import BadInput, parse_duration_value, parse_time, shown
 
 log = structlog.get_logger(__name__)
 
@@ -87,9 +87,16 @@ def _parse(model: type[_M], body: Any) -> _M:
     try:
         return model.model_validate(body)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-                             for err in e.errors())
+        problems = "; ".join(f"{_where(err['loc'])}: {err['msg']}" for err in e.errors())
         raise CommandError(problems) from None
+
+
+def _where(loc: Sequence[int | str]) -> str:
+    """A field's path as a message shows it: a name that is not plain text (an empty key, a
+    newline in a key of the request) quoted and escaped, so a problem stays one line."""
+    parts = [p if isinstance(p, str) and p.isprintable() and p.strip() == p and p else
+             shown(p) if isinstance(p, str) else str(p) for p in loc]
+    return ".".join(parts) or "body"
 
 
 def run_doc(run: RunRow, steps: Sequence[StepRow] | None = None,

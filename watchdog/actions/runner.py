@@ -38,16 +38,14 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from prometheus_client import Counter
 
 from watchdog.actions.expand import ExpandError, Subject, render, shown_env
-from watchdog.actions.kube import KubeClient, load_cluster
 from watchdog.actions.steps import StepEnv, StepResult
 from watchdog.actions.steps import command as command_step
-from watchdog.actions.steps import kubernetes as kubernetes_step
 from watchdog.actions.steps import mqtt as mqtt_step
 from watchdog.actions.steps import webhook as webhook_step
 from watchdog.actions.steps.wait import deadline as wait_deadline
@@ -80,6 +78,9 @@ from watchdog.pause import current_notice
 from watchdog.rulesdir import RuleSet
 from watchdog.state import Alert
 from watchdog.storage import LeaseLost, Tx
+
+if TYPE_CHECKING:
+    from watchdog.actions.kube import KubeClient
 
 log = structlog.get_logger(__name__)
 
@@ -605,6 +606,10 @@ class ActionRunner:
                 if step.command is not None:
                     return await command_step.run(step.command, subject, self.env)
                 if step.kubernetes is not None:
+                    # imported on the first kubernetes step: the Kubernetes client and the
+                    # Argo/Flagger steps are ~0.5 MiB most rule sets never use
+                    from watchdog.actions.steps import kubernetes as kubernetes_step
+
                     return await kubernetes_step.run(step.kubernetes, subject, self.env, memo)
                 if step.mqtt is not None:
                     return await mqtt_step.run(step.mqtt, subject, self.env)
@@ -616,6 +621,8 @@ class ActionRunner:
 
     def _kube_client(self) -> KubeClient:
         if self._kube is None:
+            from watchdog.actions.kube import KubeClient, load_cluster
+
             cluster = load_cluster(self.ctx.settings.kubeconfig, os.environ)
             self._kube = KubeClient(self.ctx.session, cluster)
         return self._kube

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import structlog
 
+from watchdog.app import heap
 from watchdog.app.evaluation import Evaluator, Inflight
 from watchdog.app.health import BUILTIN_KEY
 from watchdog.app.live import Live
@@ -87,6 +88,12 @@ class RuleManager:
     async def load_at_start(self) -> list[Event]:
         """Read the folder, restore the stored alert state into the new runtimes; the events
         of alerts that resolved meanwhile are returned for the caller to commit."""
+        try:
+            return await self._load_at_start()
+        finally:
+            heap.release()  # what loading built and dropped (see watchdog.app.heap)
+
+    async def _load_at_start(self) -> list[Event]:
         if not self.rules_dir.is_dir():
             raise RulesDirMissing(f"WATCHDOG_RULES_DIR: {self.rules_dir} is not a directory")
         digest, raw = await asyncio.to_thread(self._read)
@@ -141,6 +148,8 @@ class RuleManager:
         await self.evaluator.commit([], events, at)
         if report.error is None:
             await self.on_rules(self.live.rules)
+        if report.added or report.removed or report.changed or report.rejected:
+            heap.release()  # the previous rule set and what building this one dropped
         return report
 
     async def _reload(self, trigger: str) -> tuple[ReloadReport, list[Event], float]:

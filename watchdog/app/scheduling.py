@@ -1,23 +1,25 @@
-"""When each rule group is evaluated: one APScheduler job per group on slots aligned to its
+"""When each rule group is evaluated: one asyncio task per group on slots aligned to its
 interval (a stable per-group offset, as Prometheus spreads groups), never two evaluations of one
 group at once, a late start run once, skipped slots counted — plus the daemon's periodic jobs
 (rules folder poll, Sentry heartbeat).
 
 Real time only paces the jobs; the evaluation time of each slot comes from the injected clock.
+Written on asyncio rather than on APScheduler (used until issue 16): a loop per group is all
+the daemon asked of it, and APScheduler cost 1.0 MiB resident (with tzlocal and zoneinfo) and
+a thread-safe job store, next-fire-time arithmetic in time zones and an event dispatch on every
+tick of every group (bench/daemon.py --memory).
 Must not: evaluate, persist, or know what a group contains beyond its key and interval.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 
 log = structlog.get_logger("watchdog.scheduling")
 
@@ -40,6 +42,13 @@ def slot_at_or_before(t: float, interval: float, offset: float) -> float:
 
 Evaluate = Callable[[str, float], Awaitable[object]]
 Missed = Callable[[str, int], None]
+Periodic = Mapping[str, tuple[float, Callable[[], Awaitable[Any]], bool]]
+
+
+def grace(interval: float) -> float:
+    """How late a slot may still start: half an interval, at least a second. Later, it is
+    skipped (and counted) so the group gets back onto its slots instead of running late."""
+    return max(1.0, math.ceil(interval / 2))
 
 
 class GroupScheduler:
@@ -49,37 +58,39 @@ class GroupScheduler:
         self.clock = clock
         self.evaluate = evaluate
         self.missed = missed
-        self.scheduler: AsyncIOScheduler | None = None
+        self.started = False
         self.intervals: dict[str, float] = {}
         self.last_slot: dict[str, float] = {}
-        self._periodic: set[str] = set()
+        self._paused = False
+        self._groups: dict[str, tuple[float, asyncio.Task[None]]] = {}
+        self._periodic: dict[str, tuple[float, asyncio.Task[None]]] = {}
 
     @property
     def running(self) -> bool:
-        return self.scheduler is not None and bool(self.scheduler.running)
+        return self.started and not self._paused
 
-    def start(self, intervals: Mapping[str, float],
-              periodic: Mapping[str, tuple[float, Callable[[], Awaitable[Any]], bool]]) -> None:
+    def jobs(self) -> dict[str, float]:
+        """Every job (groups and periodic ones) -> its interval in seconds."""
+        return {k: iv for jobs in (self._groups, self._periodic) for k, (iv, _) in jobs.items()}
+
+    def start(self, intervals: Mapping[str, float], periodic: Periodic) -> None:
         """Start with one job per group and the periodic jobs ({id: (seconds, fn, now)})."""
-        self.scheduler = AsyncIOScheduler(timezone=UTC)
-        self.sync(intervals)
+        self.started = True
         for job_id, (seconds, fn, now) in periodic.items():
-            self._periodic.add(job_id)
-            extra: dict[str, Any] = {"next_run_time": datetime.now(UTC)} if now else {}
-            self.scheduler.add_job(fn, IntervalTrigger(seconds=seconds, timezone=UTC),
-                                   id=job_id, max_instances=1, coalesce=True,
-                                   misfire_grace_time=None, **extra)
-        self.scheduler.start()
+            task = asyncio.create_task(self._every(job_id, seconds, fn, now), name=job_id)
+            self._periodic[job_id] = (seconds, task)
+        self.sync(intervals)
 
     def pause(self) -> None:
-        if self.running:
-            assert self.scheduler is not None
-            self.scheduler.pause()
+        """Start nothing new; what runs finishes (the daemon waits for it)."""
+        self._paused = True
 
     def shutdown(self) -> None:
-        if self.running:
-            assert self.scheduler is not None
-            self.scheduler.shutdown(wait=False)
+        for _, task in [*self._groups.values(), *self._periodic.values()]:
+            task.cancel()
+        self._groups.clear()
+        self._periodic.clear()
+        self.started = False
 
     def forget(self, key: str) -> None:
         self.last_slot.pop(key, None)
@@ -87,31 +98,56 @@ class GroupScheduler:
     def sync(self, intervals: Mapping[str, float]) -> None:
         """One job per group, at its interval; idempotent."""
         self.intervals = dict(intervals)
-        sched = self.scheduler
-        if sched is None:
+        if not self.started:
             return
-        for job in sched.get_jobs():
-            if job.id in self._periodic:
-                continue
-            interval = self.intervals.get(job.id)
-            if interval is None or job.trigger.interval_length != interval:
-                job.remove()
+        for key, (interval, task) in list(self._groups.items()):
+            if self.intervals.get(key) != interval:
+                # an evaluation in flight is its own task and finishes; the group's lock keeps
+                # a new job's first one from overlapping it
+                task.cancel()
+                del self._groups[key]
         for key, interval in self.intervals.items():
-            if sched.get_job(key) is not None:
-                continue
-            offset = group_offset(key, interval)
-            first = slot_at_or_before(self.clock(), interval, offset) + interval
-            sched.add_job(
-                self._scheduled, IntervalTrigger(
-                    seconds=interval, start_date=datetime.fromtimestamp(first, UTC),
-                    timezone=UTC),
-                args=[key], id=key, name=f"evaluate {key}",
-                # Never two evaluations of one group at once; a late start is run once (not
-                # once per missed slot), and one later than half an interval (APScheduler
-                # wants whole seconds) is skipped so the group gets back onto its slots.
-                # Skipped slots are counted in `_scheduled`.
-                max_instances=1, coalesce=True,
-                misfire_grace_time=max(1, math.ceil(interval / 2)))
+            if key not in self._groups:
+                task = asyncio.create_task(self._group(key, interval), name=f"schedule {key}")
+                self._groups[key] = (interval, task)
+
+    async def _group(self, key: str, interval: float) -> None:
+        offset = group_offset(key, interval)
+        due = slot_at_or_before(self.clock(), interval, offset) + interval
+        while True:
+            while (delay := due - self.clock()) > 0:
+                await asyncio.sleep(delay)
+            if self._paused:
+                return
+            now = self.clock()
+            # slots that passed while the loop was busy are coalesced into the latest one
+            if now - slot_at_or_before(now, interval, offset) <= grace(interval):
+                run = asyncio.create_task(self._scheduled(key), name=f"evaluate {key}")
+                # waited for, never cancelled with this loop: a stop lets it finish and persist
+                await asyncio.wait({run})
+                if self._paused:
+                    return
+            # the next slot after now: those that came due during the evaluation are skipped
+            # (and counted by the next `_scheduled`)
+            due = slot_at_or_before(self.clock(), interval, offset) + interval
+
+    async def _every(self, job_id: str, seconds: float, fn: Callable[[], Awaitable[Any]],
+                     now: bool) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() if now else loop.time() + seconds
+        while True:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            if self._paused:
+                return
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("periodic job failed", job=job_id)
+            due += seconds
+            if due < loop.time():  # one run for all the periods it fell behind
+                due = loop.time() + seconds
 
     async def _scheduled(self, key: str) -> None:
         interval = self.intervals.get(key)
