@@ -442,13 +442,18 @@ def sustained(r: Result, rules: int, interval: float) -> bool:
 
 
 def find_max(name: str, probe: Callable[[int], Result], args: argparse.Namespace
-             ) -> list[tuple[int, Result]]:
+             ) -> list[tuple[int, Result | None]]:
     """Double the rule count from --rules while `probe` sustains it, then halve the gap to
     the first count it did not until it is under 10%; returns every probe made."""
-    tried: list[tuple[int, Result]] = []
+    tried: list[tuple[int, Result | None]] = []
 
     def ok(n: int) -> bool:
-        r = probe(n)
+        try:
+            r = probe(n)
+        except RuntimeError as e:  # did not come up in time, or exited: not sustained
+            print(f"  {name} at {n:,} rules: {str(e).splitlines()[0]} -> not", flush=True)
+            tried.append((n, None))
+            return False
         tried.append((n, r))
         good = sustained(r, n, args.interval)
         print(f"  {name} at {n:,} rules: {r.evaluations / r.seconds:,.0f} evaluations/s of "
@@ -473,16 +478,17 @@ def find_max(name: str, probe: Callable[[int], Result], args: argparse.Namespace
     return tried
 
 
-def report_max(found: dict[str, list[tuple[int, Result]]], args: argparse.Namespace) -> None:
+def report_max(found: dict[str, list[tuple[int, Result | None]]], args: argparse.Namespace
+               ) -> None:
     print()
     print(f"most rules sustained every {args.interval:g}s (0 missed iterations, 0 failed, "
           f"all evaluations done over {args.duration:g}s after {args.warmup:g}s warm-up), "
           f"rules shaped {args.shape!r} in groups of {args.per_group}; {os.cpu_count()} CPUs:")
     best: dict[str, int] = {}
     for name, tried in found.items():
-        good = [n for n, r in tried if sustained(r, n, args.interval)]
+        good = [n for n, r in tried if r is not None and sustained(r, n, args.interval)]
         best[name] = max(good, default=0)
-        bad = [n for n, r in tried if not sustained(r, n, args.interval)]
+        bad = [n for n, _ in tried if n not in good]
         at = next((r for n, r in tried if n == best[name]), None)
         extra = f", CPU s per 1,000 evaluations there {at.cpu_per_1000:.3f}" if at else ""
         print(f"  {name:10} {best[name]:>7,} rules (first not sustained: "
