@@ -85,6 +85,7 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from watchdog.promserver import PrometheusServer, find_binary, free_port
 
@@ -346,6 +347,48 @@ def channels_of(args: argparse.Namespace) -> list[tuple[str, str]]:
             *((name, "alertmanager") for name in peers_of(args))]
 
 
+def pg(url: str, sql: str) -> None:
+    """One statement on `url` (asyncpg, imported here: a SQLite run needs no driver)."""
+    import asyncio
+
+    import asyncpg  # type: ignore[import-untyped,unused-ignore]
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def with_database(url: str, name: str) -> str:
+    return urlsplit(url)._replace(path="/" + name).geturl()
+
+
+def replica_ids(n: int, group_key: str) -> list[str]:
+    """n replica ids under which the latency group falls to a replica that is not the
+    notifier (the `~leader` lease), so that its firing crosses from one replica to another
+    (rendezvous hashing, as `watchdog.app.replicas` does it)."""
+    from watchdog.app.replicas import owner
+    from watchdog.handlers import LEADER
+
+    if n == 1:
+        return ["bench-1"]
+    for k in range(1000):
+        ids = [f"bench-{k}-{i}" for i in range(1, n + 1)]
+        if owner(group_key, ids) != owner(LEADER, ids):
+            return ids
+    raise RuntimeError("no replica ids put the group and the notifier apart")
+
+
+def holders(status: dict[str, Any]) -> dict[str, str]:
+    """Lease name (group name, `~leader`) -> the replica holding it, from /api/v1/status."""
+    return {name: r["id"] for r in status["data"]["replicas"] if r.get("live")
+            for name in r.get("groups") or []}
+
+
 def run_round(interval: float, rnd: int, args: argparse.Namespace, tmp: Path
               ) -> list[Crossing]:
     gauge = Gauge()
@@ -362,7 +405,10 @@ def run_round(interval: float, rnd: int, args: argparse.Namespace, tmp: Path
                                      f"{interval:g}s", tsdb_dir=base / "tsdb")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     crossings: list[Crossing] = []
+    database = f"watchdog_bench_latency_{os.getpid()}_{rnd}" if args.state_url else None
     try:
+        if database:
+            pg(args.state_url, f'CREATE DATABASE "{database}"')
         prom.start()
         wait_until(lambda: json.loads(http_get(f"{prom.url}/api/v1/query?query=target_value"))
                    ["data"]["result"], 30, "Prometheus's first scrape")
@@ -371,15 +417,23 @@ def run_round(interval: float, rnd: int, args: argparse.Namespace, tmp: Path
         env.update({"WATCHDOG_RULES_DIR": str(base / "rules"),
                     "WATCHDOG_PROMETHEUS_URL": prom.url,
                     "WATCHDOG_EVALUATION_INTERVAL": f"{interval:g}s",
-                    "WATCHDOG_HTTP_LISTEN": urls["watchdog"].removeprefix("http://"),
                     "WATCHDOG_STATE_URL": f"sqlite:///{base / 'watchdog.db'}",
                     "WATCHDOG_LOG_FORMAT": "json", "WATCHDOG_LOG_LEVEL": "INFO"})
-        wd_log = base / "watchdog.log"
-        with wd_log.open("wb") as out:
-            # cwd: the round's folder, so `python -m` imports the interpreter's watchdog.
-            procs["watchdog"] = subprocess.Popen(
-                [sys.executable, "-m", "watchdog", "run"], env=env, stdout=out,
-                stderr=subprocess.STDOUT, cwd=base)
+        group_key = f"{rules[0]};latency"
+        ids = replica_ids(args.replicas, group_key)
+        wd_urls = {ids[0]: urls["watchdog"]}
+        wd_urls.update({r: f"http://127.0.0.1:{free_port()}" for r in ids[1:]})
+        wd_logs = [base / f"watchdog-{r}.log" for r in ids]
+        for (replica, url), log_path in zip(wd_urls.items(), wd_logs, strict=True):
+            if database:
+                env.update({"WATCHDOG_STATE_URL": with_database(args.state_url, database),
+                            "WATCHDOG_REPLICA_ID": replica})
+            env["WATCHDOG_HTTP_LISTEN"] = url.removeprefix("http://")
+            with log_path.open("wb") as out:
+                # cwd: the round's folder, so `python -m` imports the interpreter's watchdog.
+                procs[replica if len(ids) > 1 else "watchdog"] = subprocess.Popen(
+                    [sys.executable, "-m", "watchdog", "run"], env=dict(env), stdout=out,
+                    stderr=subprocess.STDOUT, cwd=base)
         for name, extra in peers.items():
             argv = [find_binary("vmalert") or "vmalert", f"-datasource.url={prom.url}",
                     *(f"-rule={r}" for r in rules), f"-evaluationInterval={interval:g}s",
@@ -397,15 +451,31 @@ def run_round(interval: float, rnd: int, args: argparse.Namespace, tmp: Path
 
         def ready() -> bool:
             alive()
-            with _opener.open(f"{urls['watchdog']}/readyz", timeout=2) as r:
-                if r.status != 200:
-                    return False
+            for url in wd_urls.values():
+                with _opener.open(f"{url}/readyz", timeout=2) as r:
+                    if r.status != 200:
+                        return False
             return all("OK" in http_get(f"{urls[name]}/health", 2) for name in peers)
 
         def quiet() -> bool:
-            return all(active_alerts(url) == 0 for url in urls.values())
+            return all(active_alerts(url) == 0
+                       for url in [*wd_urls.values(), *(urls[name] for name in peers)])
 
         wait_until(ready, 60, "the watchdog and vmalert to be ready", poll=0.2)
+        if len(ids) > 1:
+            from watchdog.app.replicas import owner
+            from watchdog.handlers import LEADER
+
+            want = {"latency": owner(group_key, ids), LEADER: owner(LEADER, ids)}
+
+            def settled() -> bool:
+                alive()
+                seen = holders(json.loads(http_get(f"{urls['watchdog']}/api/v1/status")))
+                return all(seen.get(name) == r for name, r in want.items())
+
+            wait_until(settled, 90, f"the leases to settle as {want}", poll=0.5)
+            print(f"    {len(ids)} replicas: the group on {want['latency']}, the notifier "
+                  f"(~leader) on {want[LEADER]}", flush=True)
         time.sleep(2 * interval)  # every tool has evaluated; vmalert is past its start delay
         wait_until(quiet, 30, "no active alerts at the start")
 
@@ -453,7 +523,7 @@ def run_round(interval: float, rnd: int, args: argparse.Namespace, tmp: Path
         for c in crossings:
             after = [t for t, v in samples if v > THRESHOLD and t >= c.wall - 0.05]
             c.scrape = min(after) if after else None
-        for rule, at in watchdog_decisions(wd_log):
+        for rule, at in (d for log_path in wd_logs for d in watchdog_decisions(log_path)):
             for c in reversed(crossings):
                 if at >= c.wall:
                     for receiver in ("alertmanager", "webhook"):
@@ -463,6 +533,8 @@ def run_round(interval: float, rnd: int, args: argparse.Namespace, tmp: Path
     finally:
         for proc in procs.values():
             stop(proc)
+        if database:
+            pg(args.state_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         prom.stop()
         for server in (target, *stand_ins.values()):
             server.shutdown()
@@ -551,6 +623,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--background", type=int, default=0,
                    help="more rules for every tool (groups of 50, never firing, on 100 "
                    "counters): the crossing measured on a busier daemon")
+    p.add_argument("--state-url", default="",
+                   help="a PostgreSQL server: the watchdog's state in a throwaway database on "
+                   "it (CREATEDB needed) instead of SQLite")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="watchdog replicas on --state-url; with 2 or more, the group is "
+                   "evaluated by one replica and notified by another (the ~leader)")
     p.add_argument("--vmalert-arg", action="append", default=[],
                    help="an extra vmalert flag, e.g. --vmalert-arg=-rule.resendDelay=0s")
     p.add_argument("--vmalert-unaligned", action="store_true",
@@ -558,6 +636,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="also print every figure as JSON")
     p.add_argument("--keep", action="store_true", help="keep the logs and data (else removed)")
     args = p.parse_args(argv)
+    if args.replicas > 1 and not args.state_url.startswith("postgres"):
+        print("--replicas needs --state-url postgresql://...", file=sys.stderr)
+        return 2
     for binary in ("prometheus", "vmalert"):
         if find_binary(binary) is None:
             print(f"{binary} not found: apt-get install prometheus victoria-metrics",
@@ -567,7 +648,9 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(f"watchdog: {sys.executable} -m watchdog; vmalert: {find_binary('vmalert')} "
           f"{' '.join(args.vmalert_arg)}; {os.cpu_count()} CPUs; load average {load[0]:.1f} "
-          f"{load[1]:.1f} {load[2]:.1f}; {args.background} background rules; files in {tmp}",
+          f"{load[1]:.1f} {load[2]:.1f}; {args.background} background rules; watchdog state: "
+          f"{'PostgreSQL, ' + str(args.replicas) + ' replica(s)' if args.state_url else 'SQLite'};"
+          f" files in {tmp}",
           flush=True)
     results: list[tuple[float, list[Crossing]]] = []
     try:
