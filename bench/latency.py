@@ -3,7 +3,7 @@ notification's arrival — for `watchdog run` and vmalert watching the same cros
 
     python bench/latency.py [--intervals 1 5] [--crossings 4] [--rounds 5] [--background N]
                             [--vmalert-unaligned] [--vmalert-arg=-flag=value ...]
-                            [--json] [--keep]
+                            [--state-url postgresql://... [--replicas 2]] [--json] [--keep]
 
 The service is an HTTP `/metrics` served by this script with one gauge, `target_value`. A real
 Prometheus (Debian's `prometheus`) scrapes it every evaluation interval (scrape interval =
@@ -26,6 +26,13 @@ run at the same time, on the same Prometheus, by
   that boundary and vmalert's evaluation is seen one interval later; `--vmalert-unaligned`
   runs a second vmalert with `-datasource.queryTimeAlignment=false` beside it, to tell that
   choice from the rest.
+
+`--state-url postgresql://...` keeps the watchdog's state in a throwaway database on that server
+(created and dropped per round; CREATEDB needed) instead of SQLite; with `--replicas 2` (or
+more) the watchdog runs as that many replicas on it, with replica ids chosen so that the
+latency group is evaluated by one replica and notified by another (the holder of `~leader`,
+checked on `/api/v1/status`): the firing crosses from one process to the other through the
+store, the path every group not evaluated by the notifier takes.
 
 `--background N` gives every tool N more rules (groups of 50 at the same interval, on 100
 counters the target also serves, never firing): the crossing's group then shares the process
