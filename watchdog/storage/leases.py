@@ -84,7 +84,8 @@ class PgCoordination:
                 with contextlib.suppress(Exception):
                     await conn.remove_listener(channel, fn)
             self._listening.clear()
-            await self.pool.release(conn)
+            with contextlib.suppress(Exception):  # lost already: the identity lock still goes
+                await self.pool.release(conn)
         if self._identity is not None:
             conn, self._identity = self._identity, None
             await self.pool.release(conn)  # asyncpg resets the session: the lock goes
