@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -113,7 +114,7 @@ def parse_time(text: str) -> float:
     text = text.replace("Z", "+00:00")
     if "." in text:
         head, rest = text.split(".", 1)
-        digits = "".join(c for c in rest if c.isdigit())
+        digits = "".join(itertools.takewhile(str.isdigit, rest))
         tz = rest[len(digits):]
         text = f"{head}.{digits[:6]:0<6}{tz}"
     return datetime.fromisoformat(text).timestamp()
