@@ -443,10 +443,10 @@ class Harness:
     """One NotifyHandler wired like the daemon wires it, with fake servers and a FakeTime."""
 
     def __init__(self, storage: Any, session: Any, clock: FakeTime, chat: FakeChat,
-                 rules_yaml: str, **kwargs: Any) -> None:
+                 rules_yaml: str, leases: Any = None, **kwargs: Any) -> None:
         from prometheus_client import CollectorRegistry
 
-        from watchdog.handlers import DaemonContext
+        from watchdog.handlers import DaemonContext, SoloLeases
         from watchdog.notify.handler import NotifyHandler
         from watchdog.settings import Settings
         from watchdog.testing import FakeSource
@@ -459,7 +459,7 @@ class Harness:
                             evaluation_interval=30.0, resend_delay=60.0)
         self.ctx = DaemonContext(settings=settings, storage=storage, session=session,
                                  source=FakeSource(), alerts=self.board, clock=clock,
-                                 registry=self.registry)
+                                 registry=self.registry, leases=leases or SoloLeases())
         kwargs.setdefault("tick", None)
         kwargs.setdefault("sleep", clock.sleep)
         kwargs.setdefault("timeout", 2.0)

@@ -19,7 +19,7 @@ from test_storage_contract import run_row
 
 from watchdog.app.replicas import owner
 from watchdog.storage import Lease, LeaseLost, Storage, open_storage
-from watchdog.storage.leases import ReplicaIdInUse
+from watchdog.storage.leases import ReplicaIdInUse, alive
 
 TTL = 15.0
 
@@ -189,8 +189,48 @@ async def test_one_process_stores_hold_every_lease(kind: str, tmp_path: Path) ->
             await tx.fence([Lease("g1", "someone-else", 99)])  # nothing else can write here
             assert await tx.runs.claim("any", "me", TTL)
             assert await tx.runs.take_expired("me", TTL) == []
+            await tx.signal("watchdog_alerts", "me")  # nobody else to tell
+        assert await c.listen("watchdog_alerts", lambda payload: None) is False
     finally:
         await s.close()
+
+
+async def test_a_signal_reaches_the_other_replicas_when_its_transaction_commits_only(
+        postgres_url: str) -> None:
+    """`Tx.signal` / `Coordination.listen` (NOTIFY / LISTEN): how the replica that notifies
+    hears of another replica's decision at once. Waits are bounded by arrival, not timed."""
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    async with storage_at(postgres_url) as a, storage_at(postgres_url) as b:
+        assert await b.coordination.listen("watchdog_alerts", heard.put_nowait)
+        assert await b.coordination.listen("watchdog_alerts", heard.put_nowait)  # idempotent
+
+        with pytest.raises(RuntimeError):
+            async with a.transaction() as tx:
+                await tx.signal("watchdog_alerts", "rolled-back")
+                raise RuntimeError("the decision fails to commit")
+        async with a.transaction() as tx:
+            await tx.signal("watchdog_alerts", "replica-a")
+            await tx.signal("another_channel", "not for b")
+        # One session's notifications arrive in commit order: the rolled-back one would be first.
+        assert await asyncio.wait_for(heard.get(), 10) == "replica-a"
+
+        # The listening connection dies (a PostgreSQL restart, a proxy): listening again
+        # replaces it, and signals reach b again.
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                "current_database() AND query LIKE 'LISTEN%'")
+        finally:
+            await admin.close()
+        listener = b.coordination._listener  # type: ignore[attr-defined]
+        while alive(listener):  # asyncpg notices the termination by itself
+            await asyncio.sleep(0.01)
+        assert await b.coordination.listen("watchdog_alerts", heard.put_nowait)
+        async with a.transaction() as tx:
+            await tx.signal("watchdog_alerts", "again")
+        assert await asyncio.wait_for(heard.get(), 10) == "again"
+        assert heard.empty()
 
 
 def test_rendezvous_moves_only_the_names_of_the_replica_that_left() -> None:

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from watchdog import __version__
-from watchdog.app.evaluation import Evaluator, Inflight, RuleError
+from watchdog.app.evaluation import ALERTS_SIGNAL, Evaluator, Inflight, RuleError
 from watchdog.app.health import BUILTIN_GROUP, BUILTIN_KEY, DATASOURCE_DOWN, DatasourceHealth
 from watchdog.app.live import Live
 from watchdog.app.replicas import Coordinator
@@ -68,9 +68,9 @@ log = structlog.get_logger("watchdog.daemon")
 POLL_JOB = "__poll_rules__"
 HEARTBEAT_JOB = "__sentry_heartbeat__"
 HEARTBEAT_EVERY = 60.0  # Sentry cron monitors have a one-minute resolution
-# How often a replica reads the state of the groups other replicas evaluate (shared store):
-# the staleness of its /api/v1/alerts for those groups, and what the notifier adds to their
-# notifications' latency.
+# How often a replica reads the state of the groups other replicas evaluate (shared store),
+# at the latest: a decision with alert events signals the others (`ALERTS_SIGNAL`), who read
+# it at once. The poll covers signals lost with a connection, and changes without events.
 MIRROR_EVERY = 1.0
 _UNSEEN = object()
 SENTRY_MONITOR = "metrics-watchdog"
@@ -141,6 +141,7 @@ class Daemon:
         self._sentry = False
         self._signals: list[signal.Signals] = []
         self._mirrored: dict[str, object] = {}  # group key -> stored version last mirrored
+        self._mirror_due = asyncio.Event()  # another replica signalled a decision
 
     @property
     def forwarder(self) -> Forwarder | None:
@@ -228,6 +229,7 @@ class Daemon:
         except StorageError as e:
             raise StartupError(redact_url(str(e))) from None
         if shared:
+            await self._listen()
             await self.refresh_mirror()
             self._spawn(self._mirror_loop())
         await self._start_http()
@@ -526,10 +528,24 @@ class Daemon:
                                       handler=type(h).__name__)
         return len(stale)
 
+    async def _listen(self) -> None:
+        try:
+            await self.storage.coordination.listen(ALERTS_SIGNAL, self._signalled)
+        except Exception as e:  # the poll still works; the next cycle tries again
+            log.warning("cannot listen for the other replicas' decisions; polling",
+                        error=f"{type(e).__name__}: {e}")
+
+    def _signalled(self, replica: str) -> None:
+        if replica != self.settings.replica_id:
+            self._mirror_due.set()
+
     async def _mirror_loop(self) -> None:
         while True:
-            await asyncio.sleep(MIRROR_EVERY)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._mirror_due.wait(), MIRROR_EVERY)
+            self._mirror_due.clear()
             try:
+                await self._listen()
                 await self.refresh_mirror()
             except asyncio.CancelledError:
                 raise

@@ -32,6 +32,10 @@ from watchdog.storage.records import GroupChanges
 log = structlog.get_logger("watchdog.daemon")
 
 MAX_ERRORS_SHOWN = 50
+# `Tx.signal` channel: a decision with alert events committed (payload: the replica id). The
+# other replicas re-read the store on it (`Daemon.refresh_mirror`) instead of at their next
+# poll, so the replica that notifies learns of a firing within milliseconds.
+ALERTS_SIGNAL = "watchdog_alerts"
 
 
 @runtime_checkable
@@ -195,6 +199,8 @@ class Evaluator:
                 log_events(events)
                 if changes:
                     await tx.alerts.save(changes)
+                if events and self.leases.shared:
+                    await tx.signal(ALERTS_SIGNAL, self.leases.replica_id)
                 for h in self.handlers if events else ():
                     try:
                         await h.on_events(tx, events, at)

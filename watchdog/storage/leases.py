@@ -20,9 +20,10 @@ transaction that writes. Must not: decide who should hold what (that is `watchdo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from watchdog.storage.ports import (
@@ -45,12 +46,24 @@ def keys_digest(keys: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
 
 
+def alive(conn: Any) -> bool:
+    """Whether a pooled connection still has its session (the pool detaches a connection it
+    found lost: the proxy then raises instead of answering)."""
+    try:
+        return not conn.is_closed()
+    except Exception:
+        return False
+
+
 class PgCoordination:
     shared = True
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
         self._identity: Any = None  # the connection holding this process's replica-id lock
+        # the connection LISTENing for `Tx.signal`s, and what it listens for
+        self._listener: Any = None
+        self._listening: dict[str, Callable[..., None]] = {}
 
     async def identify(self, replica: str) -> bool:
         """Hold a session advisory lock named after the replica id for the life of this
@@ -65,9 +78,37 @@ class PgCoordination:
         return bool(got)
 
     async def close(self) -> None:
+        if self._listener is not None:
+            conn, self._listener = self._listener, None
+            for channel, fn in self._listening.items():
+                with contextlib.suppress(Exception):
+                    await conn.remove_listener(channel, fn)
+            self._listening.clear()
+            with contextlib.suppress(Exception):  # lost already: the identity lock still goes
+                await self.pool.release(conn)
         if self._identity is not None:
             conn, self._identity = self._identity, None
             await self.pool.release(conn)  # asyncpg resets the session: the lock goes
+
+    async def listen(self, channel: str, on_signal: Callable[[str], None]) -> bool:
+        """LISTEN on a connection held for the life of the process (NOTIFY reaches only a
+        session that is listening). A connection that was lost is replaced; what was signalled
+        while it was gone is lost, hence `Coordination.listen`'s "listeners must also poll"."""
+        conn = self._listener
+        if conn is not None and not alive(conn):
+            self._listener, self._listening = None, {}
+            with contextlib.suppress(Exception):
+                await self.pool.release(conn)
+            conn = None
+        if conn is None:
+            conn = self._listener = await self.pool.acquire()
+        if channel not in self._listening:
+            def deliver(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+                on_signal(payload)
+
+            await conn.add_listener(channel, deliver)
+            self._listening[channel] = deliver
+        return True
 
     async def beat(self, replica: str, instance: str, ttl: float, keys: Sequence[str] | None
                    ) -> list[ReplicaRecord]:

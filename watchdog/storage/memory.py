@@ -852,6 +852,9 @@ class MemoryTx:
     async def fence(self, leases: Sequence[ports.Lease]) -> None:
         """One process owns this store: nothing else can hold a lease."""
 
+    async def signal(self, channel: str, payload: str = "") -> None:
+        """One process owns this store: nobody else to tell."""
+
 
 class MemoryStorage:
     kind = "memory"

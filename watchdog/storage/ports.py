@@ -128,6 +128,13 @@ class Coordination(Protocol):
     async def leave(self, replica: str, instance: str) -> None:
         """A clean shutdown: this replica is gone (its leases were released before)."""
 
+    async def listen(self, channel: str, on_signal: Callable[[str], None]) -> bool:
+        """Call `on_signal(payload)` for every `Tx.signal(channel, payload)` committed by any
+        process on this store, from now on (this one's own included). Idempotent: called
+        again, it only re-subscribes if the connection it listened on was lost (signals sent
+        meanwhile are lost: listeners must also poll). False where there is nobody else to
+        hear from (a store one process owns)."""
+
 
 class AlertRepo(Protocol):
     async def load(self, keys: Sequence[str] | None = None) -> dict[str, StoredGroup]:
@@ -444,6 +451,11 @@ class Tx(Protocol):
         """Raise `LeaseLost` unless each lease is still held by its holder with its token and
         unexpired — and keep it so until this transaction ends (a takeover waits for it). A
         no-op on a store one process owns."""
+
+    async def signal(self, channel: str, payload: str = "") -> None:
+        """Tell the processes listening on `channel` (`Coordination.listen`) once this
+        transaction commits — never if it rolls back, so a listener reads what it was told
+        about. A no-op on a store one process owns."""
 
 
 class Storage(Protocol):

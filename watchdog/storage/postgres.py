@@ -105,8 +105,9 @@ class PostgresStorage:
         try:
             pool = await asyncpg.create_pool(_dsn(url), min_size=min_size, max_size=max_size,
                                              timeout=10, command_timeout=30)
-            # one held for the replica id's lock, one for the heartbeat cycle, one spare
-            coordination = await asyncpg.create_pool(_dsn(url), min_size=1, max_size=3,
+            # one held for the replica id's lock, one listening for other replicas' signals,
+            # one for the heartbeat cycle, one spare
+            coordination = await asyncpg.create_pool(_dsn(url), min_size=1, max_size=4,
                                                      timeout=10, command_timeout=30)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
                 ValueError) as e:

@@ -10,7 +10,7 @@ infinite, since nothing here can expire.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from watchdog.storage.ports import Acquired, Lease, LeaseRecord, ReplicaRecord
 
@@ -63,3 +63,6 @@ class SoloCoordination:
 
     async def leave(self, replica: str, instance: str) -> None:
         self._replica = None
+
+    async def listen(self, channel: str, on_signal: Callable[[str], None]) -> bool:
+        return False  # the only process: its own signals are no-ops

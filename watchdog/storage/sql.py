@@ -928,6 +928,11 @@ class SqlTx:
             if not live:
                 raise LeaseLost(x.name, "expired")
 
+    async def signal(self, channel: str, payload: str = "") -> None:
+        if self.shared:
+            # NOTIFY inside a transaction is delivered when it commits, and dropped on rollback.
+            await self._conn.execute("SELECT pg_notify(?, ?)", (channel, payload))
+
     def close(self) -> None:
         self._conn.open = False
 
