@@ -547,13 +547,14 @@ async def test_deploy_windows_of_a_killed_replica_are_closed_once_by_the_others(
             "action started": 1, "page": 1, "report": 1, "pagerduty": 1}, explain()
         verified = {c: logged(cluster, "deploy.verified", i) for c, i in ids.items()}
         assert len(verified[quiet]) == 1 and marked_on not in verified[quiet], verified
-        assert verified[bad] == [evaluator], verified
+        # (by the replica evaluating the group: `evaluator`, unless the group moved meanwhile)
+        assert len(verified[bad]) == 1 and marked_on not in verified[bad], verified
         reports = {c: logged(cluster, "deploy.reported", i) for c, i in ids.items()}
         assert all(len(r) == 1 for r in reports.values()), reports
         assert marked_on not in reports[quiet], reports
         print(f"\nmarkers taken by {marked_on} (killed); the quiet window closed by "
-              f"{verified[quiet][0]}, the bad one failed on {evaluator}; reports posted by "
-              f"{reports}")
+              f"{verified[quiet][0]}, the bad one failed on {verified[bad][0]} (the group's "
+              f"holder: {evaluator}); reports posted by {reports}")
     finally:
         if cluster is not None:
             cluster.stop()

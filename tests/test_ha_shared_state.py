@@ -18,7 +18,16 @@ import aiohttp
 import asyncpg
 import pytest
 from storage_support import storage_at
-from test_storage_contract import backend, deploy, read, storage, url  # noqa: F401  (fixtures)
+from test_storage_contract import (  # noqa: F401  (fixtures)
+    _execute,
+    _recorded_version,
+    backend,
+    deploy,
+    read,
+    sql_url,
+    storage,
+    url,
+)
 
 from watchdog.actions.deploys import DeployTracker
 from watchdog.actions.store import ActionStore
@@ -27,8 +36,9 @@ from watchdog.actions.timing import Waker
 from watchdog.labels import fingerprint
 from watchdog.notify.silences import Ack, Matcher, Silence, SilenceStore
 from watchdog.rulesdir import build
-from watchdog.storage import DEPLOYS, SILENCES, Lease, LeaseLost, Storage
+from watchdog.storage import DEPLOYS, SILENCES, Lease, LeaseLost, Storage, open_storage
 from watchdog.storage.records import AckRecord, DeployRow, SilenceRecord
+from watchdog.storage.schema import SCHEMA_VERSION, migration
 from watchdog.storage.sql import SqlSilences
 from watchdog.testing import FakeSource, FixedClock, sample
 
@@ -77,6 +87,30 @@ async def test_each_write_of_shared_state_counts_one_change_and_nothing_else_doe
             await tx.silences.add(SilenceRecord("s2", [], 1.0, 2.0, "", "", 1.0))
             raise RuntimeError("rolled back")
     assert (await counts(storage))[0] == base[0] + 5
+
+
+async def test_a_version_6_store_migrates_to_version_7_with_its_markers(
+        sql_url: str) -> None:  # noqa: F811
+    """Schema 7 added the change counts and the markers' claims: an open marker of an older
+    store is due, unclaimed, at its window's end; the counts start at 0 and move."""
+    dialect = "sqlite" if sql_url.startswith("sqlite:") else "postgresql"
+    await _execute(sql_url, [
+        *(stmt for v in range(1, 7) for stmt in migration(v, dialect)),  # type: ignore[arg-type]
+        "CREATE TABLE schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO schema_meta VALUES ('version', '6')",
+        "INSERT INTO deploy_markers (id, service, version, labels, at, window_end, status) "
+        "VALUES ('old', 'checkout', 'v1', '{}', 10.0, 1810.0, 'open')"])
+    s = await open_storage(sql_url)
+    try:
+        assert await counts(s) == (0, 0)
+        assert [d.id for d in await read(s, lambda tx: tx.deploys.take_due(
+            "r1", TTL, 1810.0))] == ["old"]
+        async with s.transaction() as tx:
+            assert await tx.deploys.decide("old", "passed", "ok", 1811.0)
+        assert await counts(s) == (0, 1)
+    finally:
+        await s.close()
+    assert await _recorded_version(sql_url) == str(SCHEMA_VERSION) == "7"
 
 
 # ---- silences and acks on two replicas -----------------------------------------------------
