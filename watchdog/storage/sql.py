@@ -995,11 +995,13 @@ class SqlTx:
     async def fence(self, leases: Sequence[Lease]) -> None:
         if not self.shared or not leases:
             return
-        # FOR SHARE: a takeover (an UPDATE of the row) waits until this transaction ends, so
-        # a lease checked here cannot change hands before what this transaction writes commits.
+        # FOR KEY SHARE: a takeover (which locks the row FOR UPDATE first, `PgCoordination.
+        # acquire`) waits until this transaction ends, so a lease checked here cannot change
+        # hands before what this transaction writes commits; the holder's renewals (FOR NO
+        # KEY UPDATE) go on meanwhile, and this check does not wait for one.
         rows = await self._conn.fetchall(
             f"SELECT name, holder, token, expires_at > {PG_NOW} FROM leases "
-            "WHERE name = ANY(?::text[]) FOR SHARE", ([x.name for x in leases],))
+            "WHERE name = ANY(?::text[]) FOR KEY SHARE", ([x.name for x in leases],))
         found = {r[0]: (r[1], int(r[2]), bool(r[3])) for r in rows}
         for x in leases:
             holder, token, live = found.get(x.name, (None, -1, False))
