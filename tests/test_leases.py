@@ -310,3 +310,66 @@ async def test_leases_held_are_renewed_while_many_groups_are_taken_over(
     await coord.cycle()  # renews: what expired during the first cycle is lost here
     assert lost == [] and sorted(coord.leases) == names
     await s.coordination.close()  # type: ignore[attr-defined]
+
+
+async def test_leases_kept_are_renewed_while_a_cycle_waits_to_give_others_away(
+        pg: tuple[Storage, asyncpg.Connection]) -> None:
+    """bench/ha.py, 2 replicas at 10,600 rules on a loaded machine: the leases swung between
+    the replicas every ~35 s. A replica giving groups to a newcomer waits for their in-flight
+    evaluations first, and an overloaded evaluation outlasted LEASE_TTL — meanwhile nothing
+    renewed the leases it kept, they all ran out, and the newcomer took everything. Renewals
+    (and the heartbeat) now go on while the cycle waits."""
+    from prometheus_client import CollectorRegistry
+
+    from watchdog.app.replicas import Coordinator
+    s, conn = pg
+    names = [f"g{i:02}" for i in range(40)]
+    releasing, gate = asyncio.Event(), asyncio.Event()
+
+    async def load(lease: Lease, got: object) -> bool:
+        return True
+
+    async def release(names: object) -> None:
+        releasing.set()
+        await gate.wait()  # an evaluation of a group given away, still running
+
+    lost: list[str] = []
+    coord = Coordinator(s, replica_id="r1", ttl=1.0, names=lambda: names,
+                        registry=CollectorRegistry(), on_acquire=load, on_release=release,
+                        on_lost=lost.append)
+    await coord.start()
+    newcomer: asyncio.Task[None] | None = None
+    try:
+        assert sorted(coord.leases) == names
+        kept = [n for n in names if owner(n, ["r1", "r2"]) == "r1"]
+
+        async def beat_r2() -> None:
+            while True:
+                await s.coordination.beat("r2", "i2", 0.0, names)
+                await asyncio.sleep(0.1)
+
+        newcomer = asyncio.create_task(beat_r2())
+        await releasing.wait()
+        blocked_at = await conn.fetchval("SELECT extract(epoch from clock_timestamp())::float8")
+
+        async def renewed_since_twice_the_ttl() -> bool:
+            rows = await conn.fetch("SELECT name, renewed_at FROM leases WHERE holder = 'r1'")
+            at = {r[0]: r[1] for r in rows}
+            return all(at.get(n, 0) > blocked_at + 2.0 for n in kept)
+
+        deadline = asyncio.get_running_loop().time() + 20
+        while not await renewed_since_twice_the_ttl():
+            assert asyncio.get_running_loop().time() < deadline, (lost, await conn.fetch(
+                "SELECT name, holder, renewed_at - $1 FROM leases ORDER BY name", blocked_at))
+            await asyncio.sleep(0.05)
+        assert lost == [] and all(n in coord.leases for n in kept)
+        gate.set()
+        while set(coord.leases) != set(kept):
+            await asyncio.sleep(0.05)
+        assert lost == []
+    finally:
+        gate.set()
+        if newcomer is not None:
+            newcomer.cancel()
+        await coord.stop()
+        await s.coordination.close()  # type: ignore[attr-defined]
