@@ -31,7 +31,7 @@ import pytest
 from crash_support import ActionTarget, HookedChat, Launcher, LogKiller, SignalTarget, classify
 from test_crash_matrix import launcher, prometheus, target  # noqa: F401  (module fixtures)
 from test_daemon_process import Proc, until
-from test_daemon_support import TOKEN, get_json, write
+from test_daemon_support import TOKEN, get_json, post_json, write
 
 from watchdog.promserver import PrometheusServer
 
@@ -397,3 +397,167 @@ async def test_a_replica_frozen_past_its_lease_acts_on_nothing_when_it_wakes(
         if cluster is not None:
             cluster.stop()
         await chat.close()
+
+
+DEPLOY_RULES = """
+groups:
+  - name: ha-deploy
+    interval: 500ms
+    rules:
+      - alert: HaDeployErrors
+        expr: last_over_time(crash_signal{case=~"CASE-.*"}[5s]) > 0
+        labels: {severity: warning}
+FILLER
+receivers:
+  - {name: audit, webhook: {url: "CHAT/hook/CASE"}}
+  - {name: oncall, pagerduty: {routing_key: PD_KEY, url: "CHAT/v2/enqueue"}}
+routes:
+  - receivers: [audit]
+    group_wait: 0s
+    group_interval: 1s
+  - match: {severity: critical}
+    receivers: [oncall]
+    group_wait: 0s
+"""
+
+
+def deploy_messages(chat: HookedChat, deploy_id: str) -> dict[str, int]:
+    """What the receivers got about one marker: its verdict's action message, its page, its
+    report (webhook), and its PagerDuty trigger."""
+    out: Counter[str] = Counter()
+    for b in chat.accepted["webhook"]:
+        w = b["watchdog"]
+        if w["kind"] == "action" and w["action"]["run_id"] == f"deploy-{deploy_id}":
+            out[f"action {w['action']['kind']}"] += 1
+        elif w["kind"] == "report" and w["report"]["id"] == deploy_id:
+            out["report"] += 1
+        elif w["kind"] == "firing" and any(a["labels"].get("deploy_id") == deploy_id
+                                           for a in b["alerts"]):
+            out["page"] += 1
+    out["pagerduty"] = sum(1 for b in chat.accepted["pagerduty"]
+                           if b.get("dedup_key") == f"deploy-{deploy_id}")
+    return dict(out)
+
+
+async def windows_known(proc: Proc) -> float:
+    """How many open deploy windows the replica knows of (its `/metrics`)."""
+    code, text = await get_json(f"{proc.url}/metrics", headers=AUTH)
+    assert code == 200, text
+    for line in str(text).splitlines():
+        if line.startswith("watchdog_deploy_windows_open "):
+            return float(line.split()[1])
+    raise AssertionError("no watchdog_deploy_windows_open in /metrics")
+
+
+def logged(cluster: Cluster, event: str, deploy_id: str) -> list[str]:
+    """The replicas that logged `event` for the marker (every process, the killed one too)."""
+    return [rid for rid, p in cluster.procs.items() for e in p.lines()
+            if e.get("event") == event and e.get("deploy_id") == deploy_id]
+
+
+async def test_deploy_windows_of_a_killed_replica_are_closed_once_by_the_others(
+        postgres_url: str, tmp_path: Path, target: SignalTarget,  # noqa: F811
+        prometheus: PrometheusServer, launcher: Launcher) -> None:  # noqa: F811
+    """Two markers POSTed to a replica that does not evaluate the watched group, which is then
+    SIGKILLed: the quiet one passes when its window ends, closed by one of the two others; the
+    other fails as its alert fires on the replica evaluating the group (which learnt of the
+    marker from the store — the test waits until its /metrics count the window, the one
+    second a replica may lag). Each verdict is readable through the live replicas, notified
+    once, and each marker's report is posted once."""
+    chat = HookedChat()
+    await chat.start()
+    prefix = f"hd{uuid.uuid4().hex[:6]}"
+    quiet, bad = f"{prefix}-quiet", f"{prefix}-bad"
+    for c in (quiet, bad):
+        target.set(c, 0.0)
+    cluster: Cluster | None = None
+    try:
+        write(tmp_path / "rules" / "ha.yml",
+              DEPLOY_RULES.replace("FILLER", FILLER).replace("CASE", prefix)
+              .replace("PD_KEY", PD_KEY).replace("CHAT", chat.url))
+        env = {"WATCHDOG_RULES_DIR": str(tmp_path / "rules"),
+               "WATCHDOG_STATE_URL": postgres_url,
+               "WATCHDOG_PROMETHEUS_URL": prometheus.url,
+               "WATCHDOG_EVALUATION_INTERVAL": "500ms",
+               "WATCHDOG_RULES_POLL_INTERVAL": "1h",
+               "WATCHDOG_SHUTDOWN_TIMEOUT": "3s",
+               "WATCHDOG_LEASE_TTL": str(TTL)}
+        cluster = Cluster(launcher, env, tmp_path)
+        for _ in range(3):
+            await cluster.add()
+
+        async def spread() -> bool:
+            st = await cluster.status()
+            holders = {g["replica"] for g in st["groups"]}
+            return None not in holders and len(holders) >= 2
+
+        await wait(spread, "the groups spread over the replicas")
+        evaluator = await wait(lambda: cluster.holder("ha-deploy"), "ha-deploy's holder")
+        marked_on = next(r for r in sorted(cluster.procs) if r != evaluator)
+        proc = cluster.procs[marked_on]
+        ids = {}
+        for case, window in ((bad, "10m"), (quiet, "3s")):
+            code, doc = await post_json(f"{proc.url}/api/v1/deploys", {
+                "service": "checkout", "version": case, "labels": {"case": case},
+                "window": window, "report_days": 20.0 / 86400})
+            assert code == 201, doc
+            ids[case] = doc["id"]
+            if case == bad:
+                await wait(lambda: _at_least(windows_known(cluster.procs[evaluator]), 1),
+                           "the evaluating replica knowing the marker")
+        cluster.kill(marked_on)
+        target.set(bad, 1.0)  # fires on `evaluator`, inside the bad marker's window
+        others = list(cluster.alive().values())
+
+        def explain() -> str:
+            return (f"webhook={[b['watchdog'] for b in chat.accepted['webhook']]}; "
+                    f"verdicts via {[p.url for p in others]}")
+
+        async def verdicts(p: Proc) -> dict[str, dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {}
+            for case, deploy_id in ids.items():
+                code, doc = await get_json(f"{p.url}/api/v1/deploys/{deploy_id}", headers=AUTH)
+                assert code == 200, doc
+                out[case] = doc
+            return out
+
+        async def decided() -> dict[str, dict[str, Any]] | None:
+            got = await verdicts(others[0])
+            return got if all(d["status"] != "open" for d in got.values()) else None
+
+        got = await wait(decided, "both verdicts, through a live replica", explain)
+        assert await verdicts(others[1]) == got  # one store: the other answers the same
+        assert got[quiet]["status"] == "pass", got[quiet]
+        assert got[quiet]["decided_at"] >= got[quiet]["window_end"]
+        assert got[bad]["status"] == "fail", got[bad]
+        assert [a["rule"] for a in got[bad]["alerts"]] == ["HaDeployErrors"]
+        assert got[bad]["decided_at"] < got[bad]["window_end"]
+        target.set(bad, 0.0)
+
+        async def reported() -> bool:
+            return all(deploy_messages(chat, i).get("report") for i in ids.values())
+
+        await wait(reported, "both reports posted", explain)
+        await asyncio.sleep(3 * TTL)  # a second verdict or report would show up now
+        assert deploy_messages(chat, ids[quiet]) == {
+            "action started": 1, "action succeeded": 1, "report": 1, "pagerduty": 0}, explain()
+        assert deploy_messages(chat, ids[bad]) == {
+            "action started": 1, "page": 1, "report": 1, "pagerduty": 1}, explain()
+        verified = {c: logged(cluster, "deploy.verified", i) for c, i in ids.items()}
+        assert len(verified[quiet]) == 1 and marked_on not in verified[quiet], verified
+        # (by the replica evaluating the group: `evaluator`, unless the group moved meanwhile)
+        assert len(verified[bad]) == 1 and marked_on not in verified[bad], verified
+        reports = {c: logged(cluster, "deploy.reported", i) for c, i in ids.items()}
+        assert all(len(r) == 1 for r in reports.values()), reports
+        assert marked_on not in reports[quiet], reports
+        print(f"\nmarkers taken by {marked_on} (killed); the quiet window closed by "
+              f"{verified[quiet][0]}, the bad one failed on {verified[bad][0]} (the group's "
+              f"holder: {evaluator}); reports posted by {reports}")
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        await chat.close()
+
+
+async def _at_least(value: Awaitable[float], n: float) -> bool:
+    return await value >= n

@@ -104,33 +104,94 @@ async def test_a_restart_under_the_same_replica_id_gets_a_new_token(
 
 async def test_a_takeover_waits_for_a_fenced_transaction_in_flight(
         pg: tuple[Storage, asyncpg.Connection]) -> None:
-    """The fence holds the lease row (FOR SHARE) to the end of the transaction: the lease
-    cannot change hands between the check and the commit of what was checked."""
-    s, _ = pg
+    """The fence holds the lease row (FOR KEY SHARE) to the end of the transaction, and a
+    takeover locks the row FOR UPDATE: a lease that expires while a transaction it fenced is in
+    flight cannot change hands before what that transaction writes commits. A lease that
+    cannot be taken (held and unexpired) is not waited for."""
+    s, conn = pg
     c = s.coordination
     [a] = await c.acquire(["g1"], "r1", TTL)
-    order: list[str] = []
-    fenced = asyncio.Event()
-    go = asyncio.Event()
+    fenced, go = asyncio.Event(), asyncio.Event()
 
     async def writer() -> None:
         async with s.transaction() as tx:
             await tx.fence([a.lease])
             fenced.set()
             await go.wait()
-            order.append("committed")
 
     task = asyncio.create_task(writer())
     await fenced.wait()
+    probe = asyncio.create_task(c.acquire(["g1"], "r2", TTL))
+    probe_waited = await _blocked(conn, probe, "FROM leases")
+    if not probe_waited:
+        assert await probe == []  # r1's, unexpired: not taken, and not waited for
+    await expire(conn, "g1")  # r1 froze past its lease with the transaction open
     takeover = asyncio.create_task(c.acquire(["g1"], "r2", TTL))
-    await asyncio.sleep(0.3)
-    if not takeover.done():  # r1's unexpired lease: the takeover looks after the commit
-        order.append("waiting")
+    waited = await _blocked(conn, takeover, "FROM leases")
     go.set()
     await task
     got = await takeover
-    assert order == ["waiting", "committed"]
-    assert got == []  # still r1's, unexpired
+    if probe_waited:
+        await probe
+    assert not probe_waited and waited and [x.lease for x in got] == [Lease("g1", "r2", 2)]
+
+
+async def _blocked(conn: asyncpg.Connection, task: asyncio.Task[object], table: str) -> bool:
+    """Until `task` finishes: whether a statement on `table` waits on a row lock meanwhile."""
+    while not task.done():
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query ILIKE $1", f"%{table}%")
+        if waiting:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_renewals_and_fences_do_not_wait_for_each_other(
+        pg: tuple[Storage, asyncpg.Connection], postgres_url: str) -> None:
+    """bench/ha.py (3 replicas, 10,600 rules, a loaded machine) lost every lease of a replica
+    at once: its renewal (an UPDATE of the lease rows) waited for its own evaluations'
+    fenced transactions (FOR SHARE), and new fences waited behind the renewal, past LEASE_TTL.
+    A renewal goes on while a fenced transaction is in flight, and a fence does not wait for
+    a renewal in progress; a takeover still waits (the test above)."""
+    s, conn = pg
+    c = s.coordination
+    [a] = await c.acquire(["g1"], "r1", TTL)
+    fenced, go = asyncio.Event(), asyncio.Event()
+
+    async def evaluation() -> None:
+        async with s.transaction() as tx:
+            await tx.fence([a.lease])
+            fenced.set()
+            await go.wait()
+
+    task = asyncio.create_task(evaluation())
+    await fenced.wait()
+    renewal = asyncio.create_task(c.renew([a.lease], TTL))
+    blocked = await _blocked(conn, renewal, "UPDATE leases")
+    go.set()
+    await task
+    assert not blocked and await renewal == [a.lease]
+
+    # A renewal in progress (its row lock held, as while it waits for its commit).
+    other = await asyncpg.connect(postgres_url)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("UPDATE leases SET expires_at = expires_at WHERE name = 'g1'")
+
+        async def fence() -> None:
+            async with s.transaction() as t:
+                await t.fence([a.lease])
+
+        check = asyncio.create_task(fence())
+        blocked = await _blocked(conn, check, "FROM leases")
+        await tx.rollback()
+        await check
+        assert not blocked
+    finally:
+        await other.close()
 
 
 async def test_heartbeats_refuse_a_second_live_process_under_one_replica_id(
@@ -289,3 +350,66 @@ async def test_leases_held_are_renewed_while_many_groups_are_taken_over(
     await coord.cycle()  # renews: what expired during the first cycle is lost here
     assert lost == [] and sorted(coord.leases) == names
     await s.coordination.close()  # type: ignore[attr-defined]
+
+
+async def test_leases_kept_are_renewed_while_a_cycle_waits_to_give_others_away(
+        pg: tuple[Storage, asyncpg.Connection]) -> None:
+    """bench/ha.py, 2 replicas at 10,600 rules on a loaded machine: the leases swung between
+    the replicas every ~35 s. A replica giving groups to a newcomer waits for their in-flight
+    evaluations first, and an overloaded evaluation outlasted LEASE_TTL — meanwhile nothing
+    renewed the leases it kept, they all ran out, and the newcomer took everything. Renewals
+    (and the heartbeat) now go on while the cycle waits."""
+    from prometheus_client import CollectorRegistry
+
+    from watchdog.app.replicas import Coordinator
+    s, conn = pg
+    names = [f"g{i:02}" for i in range(40)]
+    releasing, gate = asyncio.Event(), asyncio.Event()
+
+    async def load(lease: Lease, got: object) -> bool:
+        return True
+
+    async def release(names: object) -> None:
+        releasing.set()
+        await gate.wait()  # an evaluation of a group given away, still running
+
+    lost: list[str] = []
+    coord = Coordinator(s, replica_id="r1", ttl=1.0, names=lambda: names,
+                        registry=CollectorRegistry(), on_acquire=load, on_release=release,
+                        on_lost=lost.append)
+    await coord.start()
+    newcomer: asyncio.Task[None] | None = None
+    try:
+        assert sorted(coord.leases) == names
+        kept = [n for n in names if owner(n, ["r1", "r2"]) == "r1"]
+
+        async def beat_r2() -> None:
+            while True:
+                await s.coordination.beat("r2", "i2", 0.0, names)
+                await asyncio.sleep(0.1)
+
+        newcomer = asyncio.create_task(beat_r2())
+        await releasing.wait()
+        blocked_at = await conn.fetchval("SELECT extract(epoch from clock_timestamp())::float8")
+
+        async def renewed_since_twice_the_ttl() -> bool:
+            rows = await conn.fetch("SELECT name, renewed_at FROM leases WHERE holder = 'r1'")
+            at = {r[0]: r[1] for r in rows}
+            return all(at.get(n, 0) > blocked_at + 2.0 for n in kept)
+
+        deadline = asyncio.get_running_loop().time() + 20
+        while not await renewed_since_twice_the_ttl():
+            assert asyncio.get_running_loop().time() < deadline, (lost, await conn.fetch(
+                "SELECT name, holder, renewed_at - $1 FROM leases ORDER BY name", blocked_at))
+            await asyncio.sleep(0.05)
+        assert lost == [] and all(n in coord.leases for n in kept)
+        gate.set()
+        while set(coord.leases) != set(kept):
+            await asyncio.sleep(0.05)
+        assert lost == []
+    finally:
+        gate.set()
+        if newcomer is not None:
+            newcomer.cancel()
+        await coord.stop()
+        await s.coordination.close()  # type: ignore[attr-defined]

@@ -24,6 +24,17 @@ Which series and alerts a marker concerns: those whose labels include the marker
 `{service: <service>}` when it gives none — the label the example rules and the runbooks use.
 A later marker replaces the baseline of each series it captures; other series keep theirs.
 
+Several replicas on one store (PostgreSQL): every replica keeps the open markers and the
+baselines, read again within `SYNC_EVERY` of a change made through another (the store counts
+deploy changes: one small row is read when nothing changed), so the evaluation of any group
+compares with the latest baselines and fails a window as its alert fires, wherever the marker was
+taken. A window that ended — or a report that is due — is closed by the one live replica that
+claims the marker in the store (`take_due`, `FOR UPDATE SKIP LOCKED`, like action runs'
+claims): its verdict is computed from the stored baselines and recorded alerts plus the alerts
+firing now, and the claim is checked inside the verdict's (and the report's) transaction, so a
+replica that froze past its claim writes nothing. A replica killed while holding a claim leaves
+it to run out after `LEASE_TTL`; another replica then takes it.
+
 Reports (`watchdog.actions.reports`): a marker with `report_days` (7 by default) has its report
 — the days before against the days after — posted to chat once, when its after-window is over:
 `mark_reported` and the notification commit in one transaction (decided once, like a verdict;
@@ -34,6 +45,8 @@ any time; `POST .../report` also posts it then.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import math
 import re
 import uuid
@@ -41,10 +54,11 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Literal
 
 import structlog
+from prometheus_client import Gauge
 
 from watchdog.actions.errors import CommandError
 from watchdog.actions.reports import ReportMaker, days_of
-from watchdog.actions.store import ActionStore, DeployRow
+from watchdog.actions.store import ActionStore, DeployRow, DeploysView
 from watchdog.actions.timing import Stopping, Waker
 from watchdog.deploy_report import DAY
 from watchdog.durations import format_duration
@@ -52,13 +66,14 @@ from watchdog.handlers import ActionEvent, DaemonContext
 from watchdog.labels import fingerprint, format_labels, without_name
 from watchdog.model import AlertingRule, Group, ReportQuery
 from watchdog.state import Event
-from watchdog.storage import Tx
+from watchdog.storage import LeaseLost, Tx
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_WINDOW = 30 * 60.0  # USE-CASES: "watch a 30-minute stability window"
 DEFAULT_REPORT_DAYS = 7.0  # "a week-before/after report"
 REPORT_RECHECK = 300.0  # due reports are looked for at least this often (and on every tick)
+SYNC_EVERY = 1.0  # several replicas: how stale a replica's markers and baselines may be
 MAX_SUMMARY_LINES = 10  # a summary is a chat message, not a report
 FAILED_ALERT = "DeployVerificationFailed"  # the alertname a failed verdict pages with
 # A client-chosen marker id (an Argo Rollouts / Flagger template names it before it exists):
@@ -101,6 +116,15 @@ def _finite(v: float | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
+def window_due(d: DeployRow, now: float) -> bool:
+    return d.status == "open" and d.window_end <= now
+
+
+def report_due(d: DeployRow, now: float) -> bool:
+    return (d.report_days is not None and d.reported_at is None
+            and d.at + d.report_days * DAY <= now)
+
+
 class DeployTracker:
     def __init__(self, ctx: DaemonContext, store: ActionStore, waker: Waker, *,
                  actions: Callable[[], Collection[str]] = frozenset,
@@ -118,6 +142,17 @@ class DeployTracker:
         self.reports = ReportMaker(ctx.source, declared=lambda: self._declared,
                                    watched=lambda: self.rules)
         self._report_loop: asyncio.Task[None] | None = None
+        # Several replicas (a shared store): the markers are read from the store when its
+        # count of deploy changes moves, and due work is claimed there.
+        self.shared = ctx.leases.shared
+        self._version: int | None = None  # the count last read
+        self._unreported: dict[str, DeployRow] = {}
+        self._working: dict[str, asyncio.Task[None]] = {}  # claimed here: marker id -> its work
+        self._claim_loop: asyncio.Task[None] | None = None
+        Gauge("watchdog_deploy_windows_open",
+              "Deploy markers whose window is open, as this replica knows them (with several "
+              "replicas: the store's, read within a second of a change).",
+              registry=ctx.registry).set_function(lambda: len(self._open))
 
     def set_rules(self, rules: Sequence[tuple[Group, AlertingRule]]) -> None:
         self.rules = [(g, r) for g, r in rules if r.baseline is not None and r.baseline.deploy]
@@ -130,6 +165,10 @@ class DeployTracker:
         return self._baselines
 
     async def start(self) -> None:
+        if self.shared:
+            await self.sync()
+            self._claim_loop = asyncio.create_task(self._claims(), name="deploy-claims")
+            return
         self._baselines = await self.store.baselines()
         for d in await self.store.deploys(status="open", limit=10_000):
             self._open[d.id] = d
@@ -141,9 +180,17 @@ class DeployTracker:
         if self._report_loop is not None:
             tasks.append(self._report_loop)
             self._report_loop = None
+        if self._claim_loop is not None:
+            tasks.append(self._claim_loop)
+            self._claim_loop = None
+        working = list(self._working)
+        tasks += self._working.values()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for deploy_id in working:  # handed back now rather than after LEASE_TTL
+            with contextlib.suppress(Exception):
+                await self.store.release_deploy(deploy_id)
 
     def _spawn(self, d: DeployRow) -> None:
         task = asyncio.create_task(self._window(d))
@@ -207,7 +254,11 @@ class DeployTracker:
         for rule, fp, value, _ in captured:
             self._baselines.setdefault(rule, {})[fp] = value
         self._open[d.id] = d
-        self._spawn(d)
+        if self.shared:
+            if d.report_days is not None:
+                self._unreported[d.id] = d
+        else:
+            self._spawn(d)
         per_rule: dict[str, int] = {}
         for rule, *_ in captured:
             per_rule[rule] = per_rule.get(rule, 0) + 1
@@ -281,14 +332,18 @@ class DeployTracker:
             # Left open in the store: the next start (or another replica) decides it.
             log.exception("deploy.close_failed", deploy_id=d.id)
 
-    async def close(self, d: DeployRow) -> None:
-        """The window ended: pass, unless an alert concerning the marker is firing now."""
+    async def close(self, d: DeployRow, *, claimed: bool = False) -> None:
+        """The window ended: pass, unless an alert concerning the marker fired in it or is
+        firing now. `claimed`: this replica claimed the marker (`take_due`), and the claim is
+        checked inside the verdict's transaction."""
         firing = [a for a in self.ctx.alerts.alerts()
                   if a.state == "firing" and concerns(a.labels, d.labels)]
         window = format_duration(d.window_end - d.at)
         comparison = await self._comparison(d)  # Prometheus, before the transaction
         at = self.ctx.clock()
         async with self.ctx.storage.transaction() as tx:
+            if claimed:
+                await self.store.claim_deploy(tx, d.id)
             fired = await tx.deploys.alerts(d.id)
             seen = {(rule, fingerprint(lb)) for rule, lb, _, _ in fired}
             for a in firing:
@@ -412,15 +467,18 @@ class DeployTracker:
                 log.exception("deploy.report_failed", deploy_id=d.id)
         return next_due
 
-    async def _post_scheduled(self, d: DeployRow) -> None:
+    async def _post_scheduled(self, d: DeployRow, *, claimed: bool = False) -> None:
         assert d.report_days is not None
         doc = await self.reports.build(d, d.report_days, self.ctx.clock())  # before the tx
         async with self.ctx.storage.transaction() as tx:
+            if claimed:
+                await self.store.claim_deploy(tx, d.id)
             at = self.ctx.clock()
             if not await tx.deploys.mark_reported(d.id, at):
                 return  # posted by another replica meanwhile
             doc["reported_at"] = at
             await self._emit_report(tx, d, doc, f"report-{d.id}")
+            tx.on_commit(lambda: self._unreported.pop(d.id, None))
         log.info("deploy.reported", deploy_id=d.id, items=len(doc["items"]),
                  errors=len(doc["errors"]))
 
@@ -448,3 +506,81 @@ class DeployTracker:
                                              else min(deadline, next_due))
             except Stopping:
                 return
+
+    # ---- several replicas: markers read when they change, due work claimed ----------------
+
+    async def sync(self) -> bool:
+        """The open and unreported markers and the baselines as the store has them — read only
+        when its count of deploy changes moved since the last read. Whether it read them."""
+        version, view = await self.store.deploys_changed(self._version)
+        if view is None:
+            return False
+        self._apply(version, view)
+        return True
+
+    def _apply(self, version: int, view: DeploysView) -> None:
+        self._version = version
+        self._baselines = view.baselines
+        self._open = {d.id: d for d in view.open}
+        self._unreported = {d.id: d for d in view.unreported}
+
+    async def claim_due(self) -> int:
+        """One look: renew the claims of the work in flight here, read what changed, and claim
+        the markers whose work is due and that no live replica is working on (only when a
+        marker this replica knows of is due: nothing is written while nothing is due). How
+        many were claimed."""
+        if self._working:
+            kept = set(await self.store.renew_deploy_claims(sorted(self._working)))
+            for deploy_id in sorted(set(self._working) - kept):
+                # Frozen or cut off past the claim: the fence in the verdict's transaction
+                # refuses what this replica would still write.
+                log.warning("deploy.claim_expired", deploy_id=deploy_id)
+        await self.sync()
+        now = self.ctx.clock()
+        known = [*self._open.values(), *self._unreported.values()]
+        if not any((window_due(d, now) or report_due(d, now)) and d.id not in self._working
+                   for d in known):
+            return 0
+        taken = 0
+        for d in await self.store.take_due_deploys(now):
+            if d.id in self._working:
+                continue
+            task = asyncio.create_task(self._work(d), name=f"deploy-{d.id}")
+            self._working[d.id] = task
+            task.add_done_callback(functools.partial(self._done, d.id))
+            taken += 1
+        return taken
+
+    def _done(self, deploy_id: str, task: asyncio.Task[None]) -> None:
+        if self._working.get(deploy_id) is task:
+            del self._working[deploy_id]
+
+    async def _work(self, d: DeployRow) -> None:
+        """A marker this replica claimed: close its window and post its report, whichever is
+        due, then give the claim back. A failure keeps the claim until it runs out, then any
+        replica tries again."""
+        try:
+            now = self.ctx.clock()
+            if window_due(d, now):
+                log.info("deploy.closing", deploy_id=d.id, replica=self.store.replica)
+                await self.close(d, claimed=True)
+            if report_due(d, now):
+                await self._post_scheduled(d, claimed=True)
+        except LeaseLost as e:
+            log.warning("deploy.claim_lost", deploy_id=d.id, error=str(e))
+            return
+        except Exception:
+            log.exception("deploy.close_failed", deploy_id=d.id)
+            return
+        await self.store.release_deploy(d.id)
+
+    async def _claims(self) -> None:
+        while True:
+            try:
+                await self.claim_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.error("deploy markers: cannot read or claim them",
+                          error=f"{type(e).__name__}: {e}")
+            await asyncio.sleep(SYNC_EVERY)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, get_args
 
 from pydantic import BaseModel, BeforeValidator
@@ -22,11 +23,11 @@ from pydantic.fields import FieldInfo
 from watchdog.durations import parse_duration
 from watchdog.interlocks import PastRun
 from watchdog.model import Action
-from watchdog.storage import DuplicateRun, LeaseLost, Storage, Tx
+from watchdog.storage import DEPLOYS, DuplicateRun, LeaseLost, Storage, Tx
 from watchdog.storage.records import AttemptRow, DeployRow, PauseRecord, RunRow, StepRow
 
-__all__ = ["ActionStore", "AttemptRow", "DeployRow", "DuplicateRun", "PauseRecord", "RunRow",
-           "StepRow", "dump_action", "load_action"]
+__all__ = ["ActionStore", "AttemptRow", "DeployRow", "DeploysView", "DuplicateRun",
+           "PauseRecord", "RunRow", "StepRow", "dump_action", "load_action"]
 
 
 def _is_duration_validator(m: Any) -> bool:
@@ -70,6 +71,16 @@ def dump_action(action: Action) -> str:
 
 def load_action(text: str) -> Action:
     return Action.model_validate(json.loads(text))
+
+
+@dataclass(frozen=True)
+class DeploysView:
+    """What a replica keeps of the deploy markers: the open ones (their windows), the ones whose
+    report is not posted yet, and the baselines the evaluation compares with."""
+
+    open: list[DeployRow]
+    unreported: list[DeployRow]
+    baselines: dict[str, dict[str, float]]
 
 
 class ActionStore:
@@ -215,6 +226,40 @@ class ActionStore:
     async def baselines_of(self, deploy_id: str) -> list[tuple[str, dict[str, str], float]]:
         async with self.storage.transaction() as tx:
             return await tx.deploys.baselines_of(deploy_id)
+
+    # ---- closing due markers (several replicas: by claim, like runs) -------------------------
+
+    async def take_due_deploys(self, now: float) -> list[DeployRow]:
+        """Markers with work due at `now` (a window to close, a report to post) that no other
+        live replica is working on, now this replica's for `ttl`."""
+        async with self.storage.transaction() as tx:
+            return await tx.deploys.take_due(self.replica, self.ttl, now)
+
+    async def claim_deploy(self, tx: Tx, deploy_id: str) -> None:
+        """Inside `tx` (the verdict's or the report's): the marker is still this replica's."""
+        if not await tx.deploys.claim(deploy_id, self.replica, self.ttl):
+            raise LeaseLost(f"deploy {deploy_id}", "its claim ran out; another replica closes it")
+
+    async def renew_deploy_claims(self, ids: Sequence[str]) -> list[str]:
+        async with self.storage.transaction() as tx:
+            return await tx.deploys.renew_claims(self.replica, self.ttl, ids)
+
+    async def release_deploy(self, deploy_id: str) -> None:
+        async with self.storage.transaction() as tx:
+            await tx.deploys.release(deploy_id, self.replica)
+
+    async def deploys_changed(self, seen: int | None) -> tuple[int, DeploysView | None]:
+        """The store's count of deploy changes, and — only when it differs from `seen` — the
+        open markers, the unreported ones and every baseline, read after that count (so a
+        change committed meanwhile is read now or counted as unseen next time)."""
+        async with self.storage.transaction() as tx:
+            version = (await tx.versions.get()).get(DEPLOYS, 0)
+            if version == seen:
+                return version, None
+            view = DeploysView(await tx.deploys.list(status="open", limit=10_000),
+                               await tx.deploys.unreported(limit=10_000),
+                               await tx.deploys.baselines())
+        return version, view
 
     async def deploy_alerts(self, deploy_id: str
                             ) -> list[tuple[str, dict[str, str], float | None, float]]:

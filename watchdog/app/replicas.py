@@ -3,7 +3,8 @@ and the leases (with fencing tokens) that make "each group by exactly one replic
 hold even when a replica is frozen, partitioned or killed.
 
 Every `LEASE_TTL / 3` a replica records itself alive, renews its leases (a lease it cannot
-renew is lost: it stops evaluating that group at once), and works out, for every lease name it
+renew is lost: it stops evaluating that group at once) — on a clock of their own, so that a
+cycle that takes long does not hold them up — and works out, for every lease name it
 knows (its group keys, the built-in group, and the `~leader` role that sends notifications),
 which live replica should hold it: the one with the highest `hash(replica, name)` among the live
 replicas that know the name (rendezvous hashing). It takes the names that fall to it when they
@@ -105,7 +106,10 @@ class Coordinator:
         self._keys_digest: str | None = None
         self._keys: dict[str, tuple[str, frozenset[str]]] = {}  # replica -> (digest, names)
         self._task: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._renew_lock = asyncio.Lock()
+        self._renewed_at = -math.inf  # loop time the last renewal started
 
     @property
     def every(self) -> float:
@@ -145,15 +149,17 @@ class Coordinator:
             await asyncio.sleep(0.5)
         await self.cycle()
         self._task = asyncio.create_task(self._loop(), name="replicas")
+        self._keepalive = asyncio.create_task(self._keep_alive(), name="replica-keepalive")
 
     async def stop(self) -> None:
         """Give every lease back (the others take them at their next cycle instead of after
         LEASE_TTL) and leave the replica table."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._keepalive):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._keepalive = None
         if not self.shared:
             return
         with contextlib.suppress(Exception):
@@ -173,6 +179,30 @@ class Coordinator:
             except Exception as e:
                 # The database is unreachable: leases run out by themselves after LEASE_TTL
                 # and every fenced write fails meanwhile; say so once per cycle.
+                log.error("replica heartbeat failed", replica=self.replica_id,
+                          error=f"{type(e).__name__}: {e}")
+
+    async def _keep_alive(self) -> None:
+        """The heartbeat and the renewals whenever the last renewal is `every` old, whatever
+        the cycle is doing: a cycle that rebalances waits for the in-flight evaluations of the
+        groups it gives away and loads the state of those it takes, which on an overloaded
+        replica outlasted LEASE_TTL — every lease it kept ran out at once, the other replica
+        took them all and was then overloaded in turn (bench/ha.py: the leases swung between
+        two replicas every ~35 s at 10,600 rules)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.every / 3)
+            if loop.time() - self._renewed_at < self.every:
+                continue
+            try:
+                records = await self.coordination.beat(self.replica_id, self.instance, 0.0,
+                                                       None)
+                me = next((r for r in records if r.id == self.replica_id), None)
+                self._keys_digest = me.keys_digest if me is not None else None
+                await self._renew()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
                 log.error("replica heartbeat failed", replica=self.replica_id,
                           error=f"{type(e).__name__}: {e}")
 
@@ -217,32 +247,44 @@ class Coordinator:
             elif who != self.replica_id and name in self.leases:
                 give.append(name)
         give += [n for n in self.leases if n not in mine_set]  # a group gone from the rules
-        if give:
-            await self.on_release(give)  # in-flight evaluations of those groups finish first
-            leases = [self.leases.pop(n) for n in give if n in self.leases]
+        for i in range(0, len(give), ACQUIRE_BATCH):
+            await self._renew_if_due()
+            batch = give[i:i + ACQUIRE_BATCH]
+            # In-flight evaluations of those groups finish first: waited for together, not
+            # one after another (an overloaded group can take seconds).
+            await asyncio.gather(*(self.on_release([n]) for n in batch))
+            leases = [self.leases.pop(n) for n in batch if n in self.leases]
             await c.release(leases)
             self.metrics.lost.labels("released").inc(len(leases))
             log.info("leases released to other replicas", replica=self.replica_id,
                      leases=sorted(x.name for x in leases))
-        loop = asyncio.get_running_loop()
-        renewed = loop.time()
         # Taken a batch at a time, renewing between batches: loading many groups' state (a
         # replica starting beside others, or taking over from a dead one) can outlast LEASE_TTL,
         # and the leases held meanwhile must not run out.
         for i in range(0, len(want), ACQUIRE_BATCH):
-            if loop.time() - renewed >= self.every:
-                await self._renew()
-                renewed = loop.time()
+            await self._renew_if_due()
             await self._take(want[i:i + ACQUIRE_BATCH])
         self.metrics.held.set(len(self.leases))
         self.snapshot = Snapshot(records, await c.leases())
 
+    async def _renew_if_due(self) -> None:
+        if asyncio.get_running_loop().time() - self._renewed_at >= self.every:
+            await self._renew()
+
     async def _renew(self) -> None:
-        if self.leases:
-            kept = {x.name for x in await self.coordination.renew(list(self.leases.values()),
-                                                                  self.ttl)}
-            for name in [n for n in self.leases if n not in kept]:
-                self.lost(name, "not renewed in time")
+        """Renew every lease held; one that was not renewed is lost. The cycle and the
+        keep-alive both call this (one at a time); a lease given back or taken again meanwhile
+        is left to whoever changed it."""
+        async with self._renew_lock:
+            started = asyncio.get_running_loop().time()
+            held = dict(self.leases)
+            if held:
+                kept = {x.name: x.token for x in
+                        await self.coordination.renew(list(held.values()), self.ttl)}
+                for name, lease in held.items():
+                    if kept.get(name) != lease.token and self.leases.get(name) == lease:
+                        self.lost(name, "not renewed in time")
+            self._renewed_at = started
 
     async def _take(self, want: Sequence[str]) -> None:
         c = self.coordination

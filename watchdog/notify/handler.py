@@ -295,8 +295,8 @@ class NotifyHandler:
                 now = self.ctx.clock()
                 if self.shared:
                     # Silences and acks made through another replica; the staleness of what
-                    # this one mutes is one tick.
-                    await self.silences.load(replace=True)
+                    # this one mutes is one tick. Read only when the store counted a change.
+                    await self.silences.refresh()
                     if self._leader is None:
                         async with self._lock:
                             self.pipeline.expire(now)  # a follower only keeps what matters

@@ -20,7 +20,7 @@ from typing import Any
 from watchdog import webinput
 from watchdog.gocompat import rfc3339_millis
 from watchdog.labels import RegexError, alertmanager_match, alertmanager_regexp
-from watchdog.storage import Storage, Tx
+from watchdog.storage import SILENCES, Storage, Tx
 from watchdog.storage.records import AckRecord, SilenceRecord
 
 # Expired silences and acks of long-resolved incidents are kept this long (for the API's
@@ -164,18 +164,38 @@ class Ack:
 
 @dataclass
 class SilenceStore:
-    """The silences and acks, in memory for matching and in the storage for restarts."""
+    """The silences and acks, in memory for matching and in the storage for restarts.
+
+    Several replicas share the store: each re-reads them every second (`refresh`), which reads
+    one small row — the store's count of silence and ack changes — unless that count moved."""
 
     storage: Storage
     silences: dict[str, Silence] = field(default_factory=dict)
     acks: dict[str, Ack] = field(default_factory=dict)
+    version: int | None = None  # the store's count of changes when they were last read
+    reads: int = 0  # full reads done (the tests count them)
 
     async def load(self, *, replace: bool = False) -> None:
         """Read what is stored; `replace`: forget what is no longer there (several replicas
         share the store: another one may have expired, pruned or added some)."""
+        await self._read(replace=replace, unless=None)
+
+    async def refresh(self) -> bool:
+        """`load(replace=True)` if a silence or an ack changed in the store since the last
+        read (through any replica, this one included); whether it read them."""
+        return await self._read(replace=True, unless=self.version)
+
+    async def _read(self, *, replace: bool, unless: int | None) -> bool:
         async with self.storage.transaction() as tx:
+            # The count first: a change committed between it and the rows is then either in
+            # the rows or counted as unseen, read again next time — never missed.
+            version = (await tx.versions.get()).get(SILENCES, 0)
+            if unless is not None and version == unless:
+                return False
             silences = await tx.silences.load()
             acks = await tx.acks.load()
+        self.version = version
+        self.reads += 1
         if replace:
             self.silences, self.acks = {}, {}
         for r in silences:
@@ -186,6 +206,7 @@ class SilenceStore:
         for a in acks:
             self.acks[a.incident_id] = Ack(a.incident_id, a.fingerprint, dict(a.labels), a.at,
                                            a.created_by, a.comment)
+        return True
 
     async def add(self, s: Silence) -> None:
         async with self.storage.transaction() as tx:

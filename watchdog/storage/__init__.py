@@ -10,6 +10,8 @@ Nothing outside this package writes SQL or imports a database driver (import-lin
 from __future__ import annotations
 
 from watchdog.storage.ports import (
+    DEPLOYS,
+    SILENCES,
     DuplicateRun,
     Lease,
     LeaseLost,
@@ -18,8 +20,8 @@ from watchdog.storage.ports import (
     Tx,
 )
 
-__all__ = ["DuplicateRun", "Lease", "LeaseLost", "Storage", "StorageError", "Tx", "check_url",
-           "open_storage"]
+__all__ = ["DEPLOYS", "SILENCES", "DuplicateRun", "Lease", "LeaseLost", "Storage", "StorageError",
+           "Tx", "check_url", "open_storage"]
 
 
 def check_url(url: str) -> str:

@@ -6,8 +6,13 @@
   `last_seen` is within `LEASE_TTL` of the database's clock.
 - `leases`: one row per group (or singleton role). A lease is taken when free, released or
   expired, and every take adds one to its `token` (monotonic per name, never reset). A fenced
-  transaction (`SqlTx.fence`) checks holder, token and expiry with `FOR SHARE`, so a takeover
-  waits for it; a process that was frozen past its lease finds a newer token and writes nothing.
+  transaction (`SqlTx.fence`) checks holder, token and expiry with `FOR KEY SHARE`, and a
+  takeover locks the rows it takes `FOR UPDATE` first, so a takeover waits for every fenced
+  transaction in flight on them; a process that was frozen past its lease finds a newer token
+  and writes nothing. A renewal (an UPDATE of the expiry: `FOR NO KEY UPDATE`) neither waits
+  for fenced transactions nor holds them up: with `FOR SHARE`, bench/ha.py saw a replica's
+  renewals queue behind its own evaluations' transactions (and their fences behind the
+  renewal) under load until the leases ran out, all of them at once.
 
 Every time comparison uses the database's clock (`clock_timestamp()`), never a replica's: skew
 between replicas' clocks cannot make a lease look live to one and expired to another.
@@ -154,6 +159,19 @@ class PgCoordination:
         # the same REPLICA_ID): the token always grows, so whatever an earlier holder — even an
         # earlier process of this replica — still tries to write is refused.
         async with self.pool.acquire() as c, c.transaction():
+            # The rows that can be taken, locked FOR UPDATE: this waits for the fenced
+            # transactions in flight on them (FOR KEY SHARE), and only these rows (and names
+            # with no row yet) are written below — a row that expires meanwhile is taken next
+            # cycle, never without that wait.
+            existing = {r[0] for r in await c.fetch(
+                "SELECT name FROM leases WHERE name = ANY($1::text[])", list(names))}
+            takeable = [r[0] for r in await c.fetch(
+                "SELECT name FROM leases WHERE name = ANY($1::text[]) AND (holder IS NULL OR "
+                f"holder = $2 OR expires_at <= {NOW}) ORDER BY name FOR UPDATE",
+                list(names), replica)]
+            names = [*takeable, *(n for n in names if n not in existing)]
+            if not names:
+                return []
             rows = await c.fetch(
                 "INSERT INTO leases AS l (name, holder, token, expires_at, acquired_at, "
                 f"renewed_at) SELECT n, $2, 1, {NOW} + $3::float8, {NOW}, {NOW} "

@@ -194,6 +194,7 @@ class _Tables:
         self.attempts: dict[tuple[str, int, int], AttemptRow] = {}
         self.locks: dict[str, tuple[str | None, float | None]] = {}  # key -> (run id, at)
         self.pause: dict[int, PauseRecord] = {}
+        self.versions: dict[str, int] = {}  # store_versions: name -> changes counted
         # Sequences, like PostgreSQL's: never rolled back, never reused.
         self.next_outbox_id = 1
         self.next_note_id = 1
@@ -241,6 +242,15 @@ class _Repo:
     @property
     def t(self) -> _Tables:
         return self.w.check()
+
+    def bump(self, name: str) -> None:
+        t = self.t
+        self.w.put(t.versions, name, t.versions.get(name, 0) + 1)
+
+
+class MemVersions(_Repo):
+    async def get(self) -> dict[str, int]:
+        return dict(self.t.versions)
 
 
 # ---- alert state and rule files ----------------------------------------------------------------
@@ -443,6 +453,7 @@ class MemSilences(_Repo):
             raise Conflict(f"silence {s.id!r} exists already")
         self.w.put(t.silences, s.id, (_j(s.matchers), float(s.starts_at), float(s.ends_at),
                                       s.created_by, s.comment, float(s.created_at)))
+        self.bump(ports.SILENCES)
 
     async def set_times(self, silence_id: str, starts_at: float, ends_at: float) -> None:
         t = self.t
@@ -450,11 +461,15 @@ class MemSilences(_Repo):
         if row is not None:
             self.w.put(t.silences, silence_id,
                        (row[0], float(starts_at), float(ends_at), row[3], row[4], row[5]))
+            self.bump(ports.SILENCES)
 
     async def delete(self, ids: Iterable[str]) -> None:
         t = self.t
+        ids = list(ids)
         for i in ids:
             self.w.delete(t.silences, i)
+        if ids:
+            self.bump(ports.SILENCES)
 
 
 class MemAcks(_Repo):
@@ -469,11 +484,16 @@ class MemAcks(_Repo):
             if a.incident_id not in t.acks:  # the first ack of an incident stays
                 self.w.put(t.acks, a.incident_id, (a.fingerprint, _j(dict(a.labels)),
                                                    float(a.at), a.created_by, a.comment))
+        if acks:
+            self.bump(ports.SILENCES)
 
     async def delete(self, incident_ids: Iterable[str]) -> None:
         t = self.t
-        for i in incident_ids:
+        ids = list(incident_ids)
+        for i in ids:
             self.w.delete(t.acks, i)
+        if ids:
+            self.bump(ports.SILENCES)
 
 
 # ---- actions and deploys ------------------------------------------------------------------------
@@ -630,12 +650,14 @@ class MemDeploys(_Repo):
                                             d.summary, _j(list(d.on_fail)),
                                             _f(d.decided_at), _j(list(d.report)),
                                             _f(d.report_days), _f(d.reported_at)))
+        self.bump(ports.DEPLOYS)
 
     async def finish(self, deploy_id: str, status: str, summary: str) -> None:
         t = self.t
         d = t.deploys.get(deploy_id)
         if d is not None:
             self.w.put(t.deploys, deploy_id, replace(d, status=status, summary=summary))
+            self.bump(ports.DEPLOYS)
 
     async def decide(self, deploy_id: str, status: str, summary: str, at: float) -> bool:
         t = self.t
@@ -644,6 +666,7 @@ class MemDeploys(_Repo):
             return False
         self.w.put(t.deploys, deploy_id, replace(d, status=status, summary=summary,
                                                  decided_at=float(at)))
+        self.bump(ports.DEPLOYS)
         return True
 
     async def mark_reported(self, deploy_id: str, at: float) -> bool:
@@ -652,7 +675,28 @@ class MemDeploys(_Repo):
         if d is None or d.reported_at is not None or d.report_days is None:
             return False
         self.w.put(t.deploys, deploy_id, replace(d, reported_at=float(at)))
+        self.bump(ports.DEPLOYS)
         return True
+
+    async def take_due(self, replica: str, ttl: float, now: float, limit: int = 100
+                       ) -> builtins.list[DeployRow]:
+        """One process owns this store: every due marker, nothing to claim."""
+        rows = sorted((d for d in self.t.deploys.values()
+                       if (d.status == "open" and d.window_end <= now)
+                       or (d.report_days is not None and d.reported_at is None
+                           and d.at + d.report_days * 86400.0 <= now)),
+                      key=lambda d: (d.window_end, d.id))
+        return [d.out() for d in _limit(rows, limit)]
+
+    async def claim(self, deploy_id: str, replica: str, ttl: float) -> bool:
+        return True
+
+    async def renew_claims(self, replica: str, ttl: float, ids: Sequence[str]
+                           ) -> builtins.list[str]:
+        return list(ids)
+
+    async def release(self, deploy_id: str, replica: str) -> None:
+        return None
 
     async def unreported(self, limit: int = 1000) -> builtins.list[DeployRow]:
         rows = sorted((d for d in self.t.deploys.values()
@@ -680,6 +724,8 @@ class MemDeploys(_Repo):
         for rule, fp, value, labels in rows:
             self.w.put(t.baselines, (rule, fp),
                        (float(value), _j(dict(labels)), deploy_id, float(at)))
+        if rows:
+            self.bump(ports.DEPLOYS)
 
     async def baselines(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
@@ -844,6 +890,7 @@ class MemoryTx:
         self.incidents: ports.IncidentRepo = MemIncidents(w)
         self.locks: ports.LockRepo = MemLocks(w)
         self.pause: ports.PauseRepo = MemPause(w)
+        self.versions: ports.VersionRepo = MemVersions(w)
         self.callbacks: list[Callable[[], object]] = []
 
     def on_commit(self, fn: Callable[[], object]) -> None:

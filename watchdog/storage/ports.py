@@ -58,6 +58,11 @@ class LeaseLost(Exception):
         self.name = name
 
 
+# The names of `VersionRepo`'s counts.
+SILENCES = "silences"
+DEPLOYS = "deploys"
+
+
 @dataclass(frozen=True)
 class Lease:
     """A lease as its holder knows it: the fencing token is what every fenced write checks."""
@@ -355,6 +360,39 @@ class DeployRepo(Protocol):
                      ) -> builtins.list[tuple[str, dict[str, str], float | None, float]]:
         """(rule, labels, value, at) by time."""
 
+    # Claims: where several replicas share the store (PostgreSQL), the marker whose window
+    # ended (or whose report is due) is closed by the one replica that claims it. Claims use
+    # the database's clock; whether work is due uses the caller's `now`.
+
+    async def take_due(self, replica: str, ttl: float, now: float, limit: int = 100
+                       ) -> builtins.list[DeployRow]:
+        """Claim, for `ttl` seconds, the markers with work due at `now` — open with their window
+        ended, or a report due (`at + report_days`) and not posted — that no live claim holds;
+        those rows (skipping rows another replica is claiming right now). A store one process
+        owns claims nothing and answers every due marker."""
+
+    async def claim(self, deploy_id: str, replica: str, ttl: float) -> bool:
+        """Extend this replica's unexpired claim on the marker (the fence: checked in the
+        transaction that writes its verdict or posts its report); false when the claim ran out
+        or another replica holds it. Always true on a store one process owns."""
+
+    async def renew_claims(self, replica: str, ttl: float, ids: Sequence[str]
+                           ) -> builtins.list[str]:
+        """Extend this replica's unexpired claims on those markers; the ids still claimed."""
+
+    async def release(self, deploy_id: str, replica: str) -> None:
+        """Give up this replica's claim on the marker (its due work is done)."""
+
+
+class VersionRepo(Protocol):
+    """How many times each kind of shared state changed: a replica that keeps it in memory
+    reads it again only when its count moved. Every write of that state bumps its count in
+    the writer's transaction (`SILENCES`: silences and acks; `DEPLOYS`: deploy markers and
+    baselines — not their claims)."""
+
+    async def get(self) -> dict[str, int]:
+        """name -> count (a name never bumped may be missing: read it as 0)."""
+
 
 class IncidentRepo(Protocol):
     """Incident history (`records.IncidentRecord`), one row per alert instance. The evaluation
@@ -442,6 +480,9 @@ class Tx(Protocol):
 
     @property
     def pause(self) -> PauseRepo: ...
+
+    @property
+    def versions(self) -> VersionRepo: ...
 
     def on_commit(self, fn: Callable[[], object]) -> None:
         """Run `fn` after the transaction committed (never if it rolled back). Callbacks run

@@ -15,7 +15,7 @@ from typing import Literal
 
 Dialect = Literal["sqlite", "postgresql"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS alert_instances (
@@ -265,6 +265,24 @@ CREATE TABLE IF NOT EXISTS action_pause (
 );
 """
 
+# Version 7: what replicas keep in memory, re-read only when it changed, and deploy windows closed
+# by any live replica (CONTRACT §7, §10). `store_versions` counts the changes of each kind of
+# shared state ("silences": silences and acks; "deploys": markers and baselines), bumped in the
+# transaction that writes it, so a replica polling every second reads one small row when nothing
+# changed. `deploy_markers.claimed_by`/`claim_until`: the replica closing a window (or posting a
+# report) that is due, until when — like `action_runs`' claims. Self-contained, renumberable.
+_V7 = """
+CREATE TABLE IF NOT EXISTS store_versions (
+    name {TEXT} PRIMARY KEY,
+    version BIGINT NOT NULL DEFAULT 0
+);
+INSERT INTO store_versions (name, version) VALUES ('silences', 0) ON CONFLICT DO NOTHING;
+INSERT INTO store_versions (name, version) VALUES ('deploys', 0) ON CONFLICT DO NOTHING;
+ALTER TABLE deploy_markers ADD COLUMN claimed_by {TEXT};
+ALTER TABLE deploy_markers ADD COLUMN claim_until {REAL};
+CREATE INDEX IF NOT EXISTS deploy_markers_open ON deploy_markers (status, window_end)
+"""
+
 _TYPES: dict[Dialect, dict[str, str]] = {
     # SQLite's REAL is a double; PostgreSQL's REAL is a float4, hence DOUBLE PRECISION there.
     # Text compares bytewise on both (PostgreSQL's default collation follows the server's
@@ -280,7 +298,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
 META = "CREATE TABLE IF NOT EXISTS schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 # MIGRATIONS[n] takes a database from version n-1 to n.
-_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
+_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6, 7: _V7}
 
 
 def statements(sql: str) -> list[str]:

@@ -21,7 +21,7 @@ import structlog
 
 from watchdog.interlocks import PastRun
 from watchdog.state import Alert
-from watchdog.storage.ports import DuplicateRun, Lease, LeaseLost
+from watchdog.storage.ports import DEPLOYS, SILENCES, DuplicateRun, Lease, LeaseLost
 from watchdog.storage.records import (
     RUN_UPDATABLE,
     AckRecord,
@@ -64,6 +64,24 @@ class Conn(Protocol):
 async def fetchone(c: Conn, sql: str, params: Sequence[Any] = ()) -> Row | None:
     rows = await c.fetchall(sql, params)
     return rows[0] if rows else None
+
+
+async def bump(c: Conn, name: str) -> None:
+    """Count one more change of `name` (`ports.VersionRepo`), in the writer's transaction. The
+    row's lock is held until that commits, so replicas reading the count after it see the
+    change too (they read the count before the data)."""
+    await c.execute("INSERT INTO store_versions (name, version) VALUES (?, 1) "
+                    "ON CONFLICT (name) DO UPDATE SET version = store_versions.version + 1",
+                    (name,))
+
+
+class SqlVersions:
+    def __init__(self, c: Conn) -> None:
+        self.c = c
+
+    async def get(self) -> dict[str, int]:
+        return {n: int(v) for n, v in await self.c.fetchall(
+            "SELECT name, version FROM store_versions")}
 
 
 # ---- (de)serialisation -------------------------------------------------------------------------
@@ -358,15 +376,18 @@ class SqlSilences:
             "comment, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (s.id, json.dumps(s.matchers), float(s.starts_at), float(s.ends_at), s.created_by,
              s.comment, float(s.created_at)))
+        await bump(self.c, SILENCES)
 
     async def set_times(self, silence_id: str, starts_at: float, ends_at: float) -> None:
-        await self.c.execute("UPDATE notify_silences SET starts_at = ?, ends_at = ? "
-                             "WHERE id = ?", (float(starts_at), float(ends_at), silence_id))
+        if await self.c.execute("UPDATE notify_silences SET starts_at = ?, ends_at = ? "
+                                "WHERE id = ?", (float(starts_at), float(ends_at), silence_id)):
+            await bump(self.c, SILENCES)
 
     async def delete(self, ids: Iterable[str]) -> None:
         rows = [(i,) for i in ids]
         if rows:
             await self.c.executemany("DELETE FROM notify_silences WHERE id = ?", rows)
+            await bump(self.c, SILENCES)
 
 
 class SqlAcks:
@@ -386,11 +407,13 @@ class SqlAcks:
                 "comment) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [(a.incident_id, a.fingerprint, json.dumps(dict(a.labels)), float(a.at),
                   a.created_by, a.comment) for a in acks])
+            await bump(self.c, SILENCES)
 
     async def delete(self, incident_ids: Iterable[str]) -> None:
         rows = [(i,) for i in incident_ids]
         if rows:
             await self.c.executemany("DELETE FROM notify_acks WHERE incident_id = ?", rows)
+            await bump(self.c, SILENCES)
 
 
 # ---- actions and deploys ------------------------------------------------------------------------
@@ -629,9 +652,16 @@ def _deploy(r: Row) -> DeployRow:
                      _f(r[12]))
 
 
+# Due work of a marker at the caller's `now` (twice): its window ended while it is open, or its
+# report is due and not posted.
+_DUE = ("((status = 'open' AND window_end <= ?) OR (report_days IS NOT NULL AND "
+        f"reported_at IS NULL AND at + report_days * {86400.0!r} <= ?))")
+
+
 class SqlDeploys:
-    def __init__(self, c: Conn) -> None:
+    def __init__(self, c: Conn, shared: bool = False) -> None:
         self.c = c
+        self.shared = shared
 
     async def insert(self, d: DeployRow) -> None:
         await self.c.execute(
@@ -641,22 +671,74 @@ class SqlDeploys:
              float(d.window_end), d.status, d.summary, json.dumps(list(d.on_fail)),
              _f(d.decided_at), json.dumps(list(d.report)), _f(d.report_days),
              _f(d.reported_at)))
+        await bump(self.c, DEPLOYS)
 
     async def finish(self, deploy_id: str, status: str, summary: str) -> None:
-        await self.c.execute("UPDATE deploy_markers SET status = ?, summary = ? WHERE id = ?",
-                             (status, summary, deploy_id))
+        if await self.c.execute("UPDATE deploy_markers SET status = ?, summary = ? "
+                                "WHERE id = ?", (status, summary, deploy_id)):
+            await bump(self.c, DEPLOYS)
 
     async def decide(self, deploy_id: str, status: str, summary: str, at: float) -> bool:
         n = await self.c.execute(
             "UPDATE deploy_markers SET status = ?, summary = ?, decided_at = ? "
             "WHERE id = ? AND status = 'open'", (status, summary, float(at), deploy_id))
+        if n:
+            await bump(self.c, DEPLOYS)
         return n > 0
 
     async def mark_reported(self, deploy_id: str, at: float) -> bool:
         n = await self.c.execute(
             "UPDATE deploy_markers SET reported_at = ? WHERE id = ? AND reported_at IS NULL "
             "AND report_days IS NOT NULL", (float(at), deploy_id))
+        if n:
+            await bump(self.c, DEPLOYS)
         return n > 0
+
+    # Claims, like action runs': only where several replicas share the store (PostgreSQL).
+
+    async def take_due(self, replica: str, ttl: float, now: float, limit: int = 100
+                       ) -> builtins.list[DeployRow]:
+        if not self.shared:
+            return [_deploy(r) for r in await self.c.fetchall(
+                f"SELECT {_DEPLOY_COLS} FROM deploy_markers WHERE {_DUE} "
+                "ORDER BY window_end, id LIMIT ?", (float(now), float(now), int(limit)))]
+        # SKIP LOCKED: replicas taking due markers at the same moment each take different
+        # ones, and none waits for another's transaction. (RETURNING keeps no order.)
+        return sorted((_deploy(r) for r in await self.c.fetchall(
+            f"UPDATE deploy_markers SET claimed_by = ?, claim_until = {PG_NOW} + ?::float8 "
+            f"WHERE id IN (SELECT id FROM deploy_markers WHERE {_DUE} AND "
+            f"(claim_until IS NULL OR claim_until <= {PG_NOW}) "
+            "ORDER BY window_end, id LIMIT ? FOR UPDATE SKIP LOCKED) "
+            f"RETURNING {_DEPLOY_COLS}",
+            (replica, float(ttl), float(now), float(now), int(limit)))),
+            key=lambda d: (d.window_end, d.id))
+
+    async def claim(self, deploy_id: str, replica: str, ttl: float) -> bool:
+        if not self.shared:
+            return True
+        # An UPDATE: it holds the row's lock until this transaction ends, so no other replica
+        # can take the marker over between this check and the verdict written after it.
+        n = await self.c.execute(
+            f"UPDATE deploy_markers SET claim_until = {PG_NOW} + ?::float8 WHERE id = ? AND "
+            f"claimed_by = ? AND claim_until > {PG_NOW}", (float(ttl), deploy_id, replica))
+        return n > 0
+
+    async def renew_claims(self, replica: str, ttl: float, ids: Sequence[str]
+                           ) -> builtins.list[str]:
+        if not self.shared:
+            return list(ids)
+        if not ids:
+            return []
+        return [r[0] for r in await self.c.fetchall(
+            f"UPDATE deploy_markers SET claim_until = {PG_NOW} + ?::float8 "
+            f"WHERE claimed_by = ? AND claim_until > {PG_NOW} AND id = ANY(?::text[]) "
+            "RETURNING id", (float(ttl), replica, list(ids)))]
+
+    async def release(self, deploy_id: str, replica: str) -> None:
+        if self.shared:
+            await self.c.execute("UPDATE deploy_markers SET claimed_by = NULL, "
+                                 "claim_until = NULL WHERE id = ? AND claimed_by = ?",
+                                 (deploy_id, replica))
 
     async def unreported(self, limit: int = 1000) -> builtins.list[DeployRow]:
         return [_deploy(r) for r in await self.c.fetchall(
@@ -693,6 +775,7 @@ class SqlDeploys:
                 "deploy_id = excluded.deploy_id, captured_at = excluded.captured_at",
                 [(r, fp, float(v), json.dumps(dict(lb)), deploy_id, float(at))
                  for r, fp, v, lb in rows])
+            await bump(self.c, DEPLOYS)
 
     async def baselines(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
@@ -902,10 +985,11 @@ class SqlTx:
         self.acks = SqlAcks(c)
         self.runs = SqlRuns(c, shared)
         self.steps = SqlSteps(c)
-        self.deploys = SqlDeploys(c)
+        self.deploys = SqlDeploys(c, shared)
         self.incidents = SqlIncidents(c)
         self.locks = SqlLocks(c)
         self.pause = SqlPause(c)
+        self.versions = SqlVersions(c)
         self.callbacks: list[Callable[[], object]] = []
 
     def on_commit(self, fn: Callable[[], object]) -> None:
@@ -914,11 +998,13 @@ class SqlTx:
     async def fence(self, leases: Sequence[Lease]) -> None:
         if not self.shared or not leases:
             return
-        # FOR SHARE: a takeover (an UPDATE of the row) waits until this transaction ends, so
-        # a lease checked here cannot change hands before what this transaction writes commits.
+        # FOR KEY SHARE: a takeover (which locks the row FOR UPDATE first, `PgCoordination.
+        # acquire`) waits until this transaction ends, so a lease checked here cannot change
+        # hands before what this transaction writes commits; the holder's renewals (FOR NO
+        # KEY UPDATE) go on meanwhile, and this check does not wait for one.
         rows = await self._conn.fetchall(
             f"SELECT name, holder, token, expires_at > {PG_NOW} FROM leases "
-            "WHERE name = ANY(?::text[]) FOR SHARE", ([x.name for x in leases],))
+            "WHERE name = ANY(?::text[]) FOR KEY SHARE", ([x.name for x in leases],))
         found = {r[0]: (r[1], int(r[2]), bool(r[3])) for r in rows}
         for x in leases:
             holder, token, live = found.get(x.name, (None, -1, False))
