@@ -439,6 +439,20 @@ _FLOAT_FIELDS = frozenset({"finished_at", "verify_at", "value_after"})
 PG_NOW = "extract(epoch from clock_timestamp())::float8"
 
 
+async def _renew_claims(c: Conn, table: str, shared: bool, replica: str, ttl: float,
+                        ids: Sequence[str]) -> builtins.list[str]:
+    """Extend this replica's live claims on rows of `table` (action runs, deploy markers); the
+    ids still held. Alone on its store a replica holds everything."""
+    if not shared:
+        return list(ids)
+    if not ids:
+        return []
+    return [r[0] for r in await c.fetchall(
+        f"UPDATE {table} SET claim_until = {PG_NOW} + ?::float8 "
+        f"WHERE claimed_by = ? AND claim_until > {PG_NOW} AND id = ANY(?::text[]) "
+        "RETURNING id", (float(ttl), replica, list(ids)))]
+
+
 class SqlRuns:
     def __init__(self, c: Conn, shared: bool = False) -> None:
         self.c = c
@@ -525,14 +539,7 @@ class SqlRuns:
 
     async def renew_claims(self, replica: str, ttl: float, ids: Sequence[str]
                            ) -> builtins.list[str]:
-        if not self.shared:
-            return list(ids)
-        if not ids:
-            return []
-        return [r[0] for r in await self.c.fetchall(
-            f"UPDATE action_runs SET claim_until = {PG_NOW} + ?::float8 "
-            f"WHERE claimed_by = ? AND claim_until > {PG_NOW} AND id = ANY(?::text[]) "
-            "RETURNING id", (float(ttl), replica, list(ids)))]
+        return await _renew_claims(self.c, "action_runs", self.shared, replica, ttl, ids)
 
     async def take_expired(self, replica: str, ttl: float, limit: int = 100, *,
                            own: bool = False) -> builtins.list[str]:
@@ -725,14 +732,7 @@ class SqlDeploys:
 
     async def renew_claims(self, replica: str, ttl: float, ids: Sequence[str]
                            ) -> builtins.list[str]:
-        if not self.shared:
-            return list(ids)
-        if not ids:
-            return []
-        return [r[0] for r in await self.c.fetchall(
-            f"UPDATE deploy_markers SET claim_until = {PG_NOW} + ?::float8 "
-            f"WHERE claimed_by = ? AND claim_until > {PG_NOW} AND id = ANY(?::text[]) "
-            "RETURNING id", (float(ttl), replica, list(ids)))]
+        return await _renew_claims(self.c, "deploy_markers", self.shared, replica, ttl, ids)
 
     async def release(self, deploy_id: str, replica: str) -> None:
         if self.shared:
