@@ -175,7 +175,14 @@ async def test_restart_resumes_undelivered_notifications(tmp_path: Path, chat: F
     chat.then("pagerduty", *[Reply(503, accept=True)] * 3)  # accepted, but we never hear so
     async with sqlite_storage(tmp_path / "w.db") as db, aiohttp.ClientSession() as s:
         h1 = await Harness(db, s, clock, chat, RULES).start()
-        h1.handler.outbox.backoff_base = 3600.0  # park everything behind a long backoff
+
+        async def parked(_: float) -> None:
+            # park everything behind a backoff that never ends before stop(): FakeTime's own
+            # sleep returns at once, so a retry could be delivered before the restart (flaky:
+            # 4 pending instead of 6, 2 runs in 8)
+            await asyncio.Event().wait()
+
+        h1.handler.outbox.sleep = parked
         await h1.fire(*alerts)
         for _ in range(200):
             if chat.requests["slack"] >= 1 and chat.requests["pagerduty"] >= 1:
