@@ -240,6 +240,21 @@ async def postgres_url(postgres_server_url: str) -> AsyncIterator[str]:
         await conn.close()
 
 
+@pytest.fixture
+async def pg(postgres_url: str) -> AsyncIterator[tuple[Any, Any]]:
+    """A store on a fresh PostgreSQL database and a raw connection beside it, for tests that
+    move the database's clock-based columns by hand (expire a lease, a claim)."""
+    import asyncpg
+    from storage_support import storage_at
+
+    async with storage_at(postgres_url) as s:
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            yield s, conn
+        finally:
+            await conn.close()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """`WATCHDOG_STATE_URL` for one test, once per backend: a SQLite file, and a fresh

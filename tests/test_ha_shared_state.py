@@ -168,16 +168,6 @@ async def test_a_silence_made_on_one_replica_mutes_on_the_other_at_its_next_refr
 # ---- deploy markers: due work claimed by one replica ----------------------------------------
 
 
-@pytest.fixture
-async def pg(postgres_url: str) -> AsyncIterator[tuple[Storage, asyncpg.Connection]]:
-    async with storage_at(postgres_url) as s:
-        conn = await asyncpg.connect(postgres_url)
-        try:
-            yield s, conn
-        finally:
-            await conn.close()
-
-
 async def expire_claim(conn: asyncpg.Connection, deploy_id: str) -> None:
     """As if LEASE_TTL passed without a renewal (the claimer died or froze)."""
     await conn.execute("UPDATE deploy_markers SET claim_until = claim_until - 1000 "

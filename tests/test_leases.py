@@ -9,7 +9,6 @@ Time passing is simulated by moving a row's `expires_at`/`claim_until` into the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -22,16 +21,6 @@ from watchdog.storage import Lease, LeaseLost, Storage, open_storage
 from watchdog.storage.leases import ReplicaIdInUse, alive
 
 TTL = 15.0
-
-
-@pytest.fixture
-async def pg(postgres_url: str) -> AsyncIterator[tuple[Storage, asyncpg.Connection]]:
-    async with storage_at(postgres_url) as s:
-        conn = await asyncpg.connect(postgres_url)
-        try:
-            yield s, conn
-        finally:
-            await conn.close()
 
 
 async def expire(conn: asyncpg.Connection, name: str) -> None:
