@@ -31,7 +31,7 @@ import aiohttp
 import structlog
 import yaml
 from aiohttp import web
-from pydantic import ValidationError
+from watchdog.schema import ValidationError
 from pydantic_settings import SettingsError
 
 from watchdog import __version__

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import SecretStr
+from watchdog.schema import SecretStr
 
 from watchdog import __version__, am_api, console_api, prom_compat, query_proxy, slo_api
 from watchdog.actions.http import SELF_AUTHENTICATED

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
-from pydantic import SecretStr
+from watchdog.schema import SecretStr
 
 # Key names whose values are credentials wherever they appear in an event, matched as a
 # substring (`api_token`, `basic_auth_password`). Keys ending in `_file` are exempt: they hold

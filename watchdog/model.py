@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import (
+from watchdog.schema import (
     AfterValidator,
     BaseModel,
     BeforeValidator,

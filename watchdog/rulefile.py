@@ -17,7 +17,7 @@ from typing import Any
 
 import promql_parser
 import yaml
-from pydantic import ValidationError
+from watchdog.schema import ValidationError
 
 from watchdog.gotmpl import TemplateError, compile_template
 from watchdog.model import RuleFileModel

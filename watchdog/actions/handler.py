@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from prometheus_client import Counter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from watchdog.schema import BaseModel, ConfigDict, Field, ValidationError
 
 from watchdog.actions.deploys import DeployTracker, verdict_doc
 from watchdog.actions.errors import CommandError

@@ -17,8 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
 
-from pydantic import BaseModel, BeforeValidator
-from pydantic.fields import FieldInfo
+from watchdog.schema import BaseModel, BeforeValidator, FieldInfo
 
 from watchdog.durations import parse_duration
 from watchdog.interlocks import PastRun

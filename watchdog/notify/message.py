@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from watchdog.schema import BaseModel, ConfigDict, Field
 
 from watchdog.durations import format_duration
 from watchdog.state import Alert
