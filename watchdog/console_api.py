@@ -17,7 +17,7 @@ only the redacted link base leaves this module, and query errors are redacted.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any, Final, Protocol
 
 import promql_parser
@@ -280,6 +280,5 @@ def action_names(rule: Any) -> list[str]:
 
 
 def _step_kind(step: Any) -> str:
-    fields: Mapping[str, Any] = step.__dict__
-    return next((k.rstrip("_") for k, v in fields.items() if v is not None), "step")
+    return str(getattr(step, "kind", "step"))
 
