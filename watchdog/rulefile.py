@@ -360,7 +360,7 @@ def _pydantic_problems(name: str, err: ValidationError, lines: Mapping[Path_, in
                        ) -> Iterator[Problem]:
     for e in err.errors():
         loc = _clean_loc(tuple(e["loc"]), lines)
-        msg = _MESSAGES.get(e["type"], e["msg"])
+        msg: str = _MESSAGES.get(e["type"]) or e["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         where = _dotted(loc)

@@ -256,7 +256,7 @@ class _ModelMeta(type):
 
     @property
     def model_fields(cls) -> dict[str, FieldInfo]:
-        _compiled(cls)
+        _compiled(cls)  # type: ignore[arg-type]  # cls is a BaseModel subclass
         fields: dict[str, FieldInfo] = cls.__schema_fields__  # type: ignore[attr-defined]
         return fields
 
@@ -336,7 +336,7 @@ class BaseModel(metaclass=_ModelMeta):
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
+        return self._values() == other._values()
 
     def __hash__(self) -> int:
         if not type(self).model_config.get("frozen"):
