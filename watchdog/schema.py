@@ -84,7 +84,7 @@ class FieldInfo:
         return f"FieldInfo(name={self.name!r}, alias={self.alias!r}, default={self.default!r})"
 
 
-def Field(default: Any = MISSING, *, default_factory: Callable[[], Any] | None = None,  # noqa: N802
+def Field(default: Any = MISSING, *, default_factory: Callable[[], Any] | None = None,
           alias: str | None = None, ge: float | None = None, gt: float | None = None,
           le: float | None = None, lt: float | None = None, min_length: int | None = None,
           max_length: int | None = None, allow_inf_nan: bool = True) -> Any:
