@@ -195,7 +195,7 @@ os.chdir(order["cwd"])
 sys.argv = ["watchdog", "run"]
 runpy.run_module("watchdog", run_name="__main__", alter_sys=True)
 """
-WARM_IMPORTS = ("aiohttp", "structlog", "pydantic_settings", "watchdog.cli", "watchdog.daemon",
+WARM_IMPORTS = ("aiohttp", "structlog", "watchdog.settings", "watchdog.cli", "watchdog.daemon",
                 "watchdog.http_api", "watchdog.notify.handler", "watchdog.actions.handler")
 
 
@@ -219,8 +219,8 @@ class Launcher:
     """Keeps `standby` processes that have imported the daemon's modules and wait for their
     settings, so a crash test pays ~1.5 CPU-seconds of imports for neither of its two starts
     (on a 2-core machine that is most of a start). `take` hands one out and starts the next.
-    A setting read at import time is read before the order comes — today that is only
-    `WATCHDOG_SECRETS_DIR` (settings.py): do not rely on it here."""
+    A setting read at import time would be read before the order comes; none is (settings.py
+    reads the environment, WATCHDOG_SECRETS_DIR too, when the settings are loaded)."""
 
     def __init__(self, workdir: Path, standby: int = 1) -> None:
         self.workdir = workdir

@@ -14,7 +14,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from pydantic import SecretStr
 from storage_support import on_events_tx, sqlite_storage
 from test_daemon_support import recording_paths, serve
 
@@ -26,6 +25,7 @@ from watchdog.engine import GroupRuntime, tick
 from watchdog.evaluate import Context
 from watchdog.labels import fingerprint
 from watchdog.rulesdir import build
+from watchdog.schema import SecretStr
 from watchdog.state import Alert
 from watchdog.storage import Storage
 from watchdog.testing import FakeSource, FixedClock, sample

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 from watchdog_process import READ_TOKEN, TOKEN, Response, WatchdogProcess
 
 from watchdog.cli import parse_time as cli_time
+from watchdog.schema import ValidationError
 from watchdog.settings import Settings
 from watchdog.webinput import MAX_BODY_BYTES, BadInput, parse_json
 

@@ -372,9 +372,8 @@ groups:
 
 
 def test_logs_never_carry_secrets() -> None:
-    from pydantic import SecretStr
-
     from watchdog.logs import _redact_processor, redact_url
+    from watchdog.schema import SecretStr
 
     assert redact_url("https://u:pw@prom:9090/x?q=1") == "https://u:***@prom:9090/x?q=1"
     assert redact_url("http://prom:9090") == "http://prom:9090"

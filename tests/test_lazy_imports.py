@@ -20,7 +20,10 @@ from pathlib import Path
 OPTIONAL = ("sentry_sdk", "aiomqtt", "paho", "aiosmtplib", "asyncpg", "numpy", "re2",
             # our own: replay and backtest (the console's backtest, `watchdog replay`) and the
             # Kubernetes client (kubernetes steps)
-            "watchdog.replay", "watchdog.backtest", "watchdog.actions.kube")
+            "watchdog.replay", "watchdog.backtest", "watchdog.actions.kube",
+            # never, not only lazily: watchdog.schema and watchdog.settings replace them (13 MiB
+            # of resident memory, bench/README.md); a test environment may still have them
+            "pydantic", "pydantic_core", "pydantic_settings")
 
 
 def loaded_after(code: str, tmp_path: Path) -> dict[str, bool]:

@@ -21,7 +21,6 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
-from pydantic import ValidationError
 
 from watchdog.cli import main
 from watchdog.gotmpl import TemplateData, TemplateError, compile_template, expand
@@ -34,6 +33,7 @@ from watchdog.labels import (
 )
 from watchdog.model import InhibitRule, Route
 from watchdog.notify.silences import MAX_REGEX_LENGTH, InputError, Matcher, parse_matchers
+from watchdog.schema import ValidationError
 
 EVIL = "(a+)+$"
 NOT_QUITE = "a" * 5000 + "b"  # about 2^5000 backtracking steps for Python's re

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import signal
 import sys
 import time
@@ -31,8 +30,6 @@ import aiohttp
 import structlog
 import yaml
 from aiohttp import web
-from watchdog.schema import ValidationError
-from pydantic_settings import SettingsError
 
 from watchdog import __version__
 from watchdog.app.evaluation import ALERTS_SIGNAL, Evaluator, Inflight, RuleError
@@ -53,7 +50,8 @@ from watchdog.metrics import ActionEventCounter, InstrumentedSource, Metrics
 from watchdog.query_proxy import Forwarder
 from watchdog.reload import mirror, restore, takeover
 from watchdog.rulesdir import RuleSet
-from watchdog.settings import Settings
+from watchdog.schema import ValidationError
+from watchdog.settings import Settings, SettingsError
 from watchdog.source import PrometheusConfig, PrometheusSource, Source
 from watchdog.state import Alert
 from watchdog.storage import Lease, Storage, StorageError, check_url, open_storage
@@ -755,7 +753,7 @@ def settings_errors(e: ValidationError) -> list[str]:
 
 
 def check_settings(s: Settings) -> None:
-    """What pydantic cannot see on its own; raises StartupError naming the setting."""
+    """What validation cannot see on its own; raises StartupError naming the setting."""
     parse_listen(s.http_listen)
     try:
         check_url(s.state_path)
@@ -777,26 +775,12 @@ def load_settings(config: Path | None) -> Settings:
         settings = Settings.load(config)
     except ValidationError as e:
         raise StartupError("\n".join(settings_errors(e))) from None
-    except SettingsError as e:
-        # pydantic-settings could not decode a value (a dict or list setting is JSON in the
-        # environment); its own message names the field and "EnvSettingsSource"
-        raise StartupError(undecodable_setting(str(e))) from None
+    except SettingsError as e:  # a ValueError too: before the --config clause
+        raise StartupError(str(e)) from None
     except (OSError, yaml.YAMLError, ValueError) as e:
         raise StartupError(f"--config {config}: {e}") from None
     check_settings(settings)
     return settings
-
-
-def undecodable_setting(message: str) -> str:
-    m = re.search(r'field "(\w+)" from source "(\w+)"', message)
-    if m is None:
-        return message
-    name = f"WATCHDOG_{m.group(1).upper()}"
-    where = {"EnvSettingsSource": "env", "SecretsSettingsSource": "secrets dir"}.get(
-        m.group(2), m.group(2))
-    example = ('{"cluster": "eu-1", "env": "prod"}, or one label per variable: '
-               f"{name}__CLUSTER=eu-1" if m.group(1) == "external_labels" else "JSON")
-    return f"invalid setting {name} ({where}): not valid JSON; expected e.g. {example}"
 
 
 def run_daemon(config: Path | None = None) -> int:

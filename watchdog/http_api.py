@@ -20,7 +20,6 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from watchdog.schema import SecretStr
 
 from watchdog import __version__, am_api, console_api, prom_compat, query_proxy, slo_api
 from watchdog.actions.http import SELF_AUTHENTICATED
@@ -35,6 +34,7 @@ from watchdog.metrics import Metrics
 from watchdog.pause import active as pause_active
 from watchdog.pause import notice as pause_notice
 from watchdog.rulesdir import FileStatus, RuleSet
+from watchdog.schema import SecretStr
 from watchdog.settings import Settings
 from watchdog.state import Alert
 from watchdog.status_page import static_asset, status_page, wants_json

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
+
 from watchdog.schema import SecretStr
 
 # Key names whose values are credentials wherever they appear in an event, matched as a

@@ -440,16 +440,15 @@ def _check_int(v: Any, loc: Loc, errors: list[ErrorDetail]) -> Any:
         return _error(errors, loc, "int_from_float",
                       "Input should be a valid integer, got a number with a fractional part", v)
     if isinstance(v, str):
+        # pydantic's: ASCII digits (single `_` between them), a sign, and at most a fraction of
+        # zeros ("4.0"); not "1e3", "4." or other scripts' digits, which Python's int() takes
         text = v.strip()
-        try:
-            return int(text)
-        except ValueError:
+        head, dot, zeros = text.partition(".")
+        if text.isascii() and (not dot or (zeros and not zeros.strip("0"))):
             try:
-                f = float(text)
+                return int(head)
             except ValueError:
-                f = math.nan
-            if math.isfinite(f) and f.is_integer():
-                return int(f)
+                pass
         return _error(errors, loc, "int_parsing",
                       "Input should be a valid integer, unable to parse string as an integer", v)
     return _error(errors, loc, "int_type", "Input should be a valid integer", v)
@@ -465,7 +464,10 @@ def _check_float(v: Any, loc: Loc, errors: list[ErrorDetail]) -> Any:
             return _error(errors, loc, "float_parsing", "Input should be a valid number", v)
     if isinstance(v, str):
         try:
-            return float(v.strip())
+            text = v.strip()
+            if not text.isascii():  # float() reads other scripts' digits, pydantic does not
+                raise ValueError(v)
+            return float(text)
         except ValueError:
             return _error(errors, loc, "float_parsing",
                           "Input should be a valid number, unable to parse string as a number", v)
@@ -484,7 +486,7 @@ def _check_bool(v: Any, loc: Loc, errors: list[ErrorDetail]) -> Any:
     if isinstance(v, float) and v in (0.0, 1.0):
         return bool(v)
     if isinstance(v, str):
-        low = v.strip().lower()
+        low = v.lower()  # not stripped: pydantic refuses " true"
         if low in _TRUE:
             return True
         if low in _FALSE:
@@ -512,7 +514,7 @@ def _check_path(v: Any, loc: Loc, errors: list[ErrorDetail]) -> Any:
         return v
     if isinstance(v, str):
         return Path(v)
-    return _error(errors, loc, "path_type", "Input is not a valid path", v)
+    return _error(errors, loc, "path_type", f"Input is not a valid path for {Path!r}", v)
 
 
 def _check_secret(v: Any, loc: Loc, errors: list[ErrorDetail]) -> Any:
@@ -648,41 +650,49 @@ def _constrained(inner: Check, info: FieldInfo | None) -> Check:
     if (ge, gt, le, lt, min_len, max_len) == (None,) * 6 and not finite:
         return inner
 
-    def check(v: Any, loc: Loc, errors: list[ErrorDetail]) -> Any:
-        v = inner(v, loc, errors)
+    def check(raw: Any, loc: Loc, errors: list[ErrorDetail]) -> Any:
+        # an error's `input` is the value as given (pydantic's): "0" from the environment
+        v = inner(raw, loc, errors)
         if v is _FAIL or v is None:
             return v
         if isinstance(v, int | float) and not isinstance(v, bool):
             if finite and isinstance(v, float) and not math.isfinite(v):
-                return _error(errors, loc, "finite_number", "Input should be a finite number", v)
+                return _error(errors, loc, "finite_number", "Input should be a finite number",
+                              raw)
             if gt is not None and not v > gt:
-                return _error(errors, loc, "greater_than", f"Input should be greater than {gt}",
-                              v)
+                return _error(errors, loc, "greater_than",
+                              f"Input should be greater than {_bound(gt)}", raw)
             if ge is not None and not v >= ge:
                 return _error(errors, loc, "greater_than_equal",
-                              f"Input should be greater than or equal to {ge}", v)
+                              f"Input should be greater than or equal to {_bound(ge)}", raw)
             if lt is not None and not v < lt:
-                return _error(errors, loc, "less_than", f"Input should be less than {lt}", v)
+                return _error(errors, loc, "less_than", f"Input should be less than {_bound(lt)}",
+                              raw)
             if le is not None and not v <= le:
                 return _error(errors, loc, "less_than_equal",
-                              f"Input should be less than or equal to {le}", v)
+                              f"Input should be less than or equal to {_bound(le)}", raw)
         elif isinstance(v, str):
             if min_len is not None and len(v) < min_len:
                 return _error(errors, loc, "string_too_short",
-                              f"String should have at least {_n(min_len, 'character')}", v)
+                              f"String should have at least {_n(min_len, 'character')}", raw)
             if max_len is not None and len(v) > max_len:
                 return _error(errors, loc, "string_too_long",
-                              f"String should have at most {_n(max_len, 'character')}", v)
+                              f"String should have at most {_n(max_len, 'character')}", raw)
         elif isinstance(v, list | tuple | dict):
             what = "Dictionary" if isinstance(v, dict) else "List"
             if min_len is not None and len(v) < min_len:
                 return _error(errors, loc, "too_short", f"{what} should have at least "
-                              f"{_n(min_len, 'item')} after validation, not {len(v)}", v)
+                              f"{_n(min_len, 'item')} after validation, not {len(v)}", raw)
             if max_len is not None and len(v) > max_len:
                 return _error(errors, loc, "too_long", f"{what} should have at most "
-                              f"{_n(max_len, 'item')} after validation, not {len(v)}", v)
+                              f"{_n(max_len, 'item')} after validation, not {len(v)}", raw)
         return v
     return check
+
+
+def _bound(x: float) -> str:
+    """A bound as pydantic prints it: 1.0 as "1"."""
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
 
 
 def _n(n: int, word: str) -> str:

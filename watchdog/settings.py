@@ -1,53 +1,269 @@
-"""Daemon settings: environment (`WATCHDOG_*`), a `--config` YAML file and a secrets directory.
+"""Daemon settings: init arguments, a `--config` YAML file, the environment (`WATCHDOG_*`) and a
+secrets directory, validated into one `Settings` record.
 
-Precedence, highest first: init arguments, `--config` YAML, environment, secrets directory files
-(`/run/secrets/watchdog` or WATCHDOG_SECRETS_DIR), defaults. Secret values are `SecretStr` so that
-they never print in logs, errors or `/api` output. No other module reads the environment for
-settings.
+Precedence, highest first: init arguments (`Settings.load(config, **overrides)`, `Settings(...)`),
+the `--config` YAML file, the environment, files in the secrets directory (WATCHDOG_SECRETS_DIR;
+none when unset), defaults. A dict setting given in several sources is merged key by key, the
+higher source winning a key. This is what pydantic-settings did for us (its sources, its
+case-insensitive names, `__` for one key of a dict setting, JSON for a dict given whole), kept
+as it was so that deployments read the same; `tests/test_settings_sources.py` pins it.
+
+Secret values are `SecretStr` so that they never print in logs, errors or `/api` output; no
+message here carries a value read from the environment or a secret file. No other module reads
+the environment for settings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import json
 import math
 import os
 import re
 import socket
+import types
+import typing
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
 
 from watchdog.durations import MAX_DURATION, parse_duration
+from watchdog.schema import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FieldInfo,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
+
+ENV_PREFIX = "WATCHDOG_"
+# WATCHDOG_EXTERNAL_LABELS__ENV=prod sets the key `env` of the dict setting EXTERNAL_LABELS
+NESTED_DELIMITER = "__"
+SECRETS_DIR_VARIABLE = "WATCHDOG_SECRETS_DIR"
 
 
-class _YamlSource(PydanticBaseSettingsSource):
-    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
-        super().__init__(settings_cls)
-        self._data: dict[str, Any] = {}
-        if path is not None:
-            doc = yaml.safe_load(path.read_text()) or {}
-            if not isinstance(doc, dict):
-                raise ValueError(f"{path}: settings file must be a mapping")
-            # accept both `prometheus_url:` and `PROMETHEUS_URL:` / `WATCHDOG_PROMETHEUS_URL:`
-            self._data = {str(k).lower().removeprefix("watchdog_"): v for k, v in doc.items()}
+class SettingsError(ValueError):
+    """A value that cannot be read at all, before validation: JSON that does not decode (a dict
+    setting given whole), an unreadable secret file or secrets directory. The message names the
+    variable and where it came from, never the value."""
 
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
 
-    def __call__(self) -> dict[str, Any]:
-        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+def undecodable(field: str, where: str) -> str:
+    name = f"{ENV_PREFIX}{field.upper()}"
+    example = ('{"cluster": "eu-1", "env": "prod"}, or one label per variable: '
+               f"{name}{NESTED_DELIMITER}CLUSTER=eu-1" if field == "external_labels" else "JSON")
+    return f"invalid setting {name} ({where}): not valid JSON; expected e.g. {example}"
 
-    def unknown(self) -> list[str]:
-        return [k for k in self._data if k not in self.settings_cls.model_fields]
+
+# ---- sources: each gives {field name: raw value} for the fields it sets ------------------------
+
+def _strip(annotation: Any) -> Any:
+    """`Annotated[T, ...]` -> T, `T | None` -> T."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return _strip(rest[0])
+    return annotation
+
+
+_CONTAINERS = (dict, list, tuple, set, frozenset, Mapping, typing.Sequence)
+
+
+def _is_complex(annotation: Any) -> bool:
+    """Whether a value of this type is JSON in the environment or a secret file (as
+    pydantic-settings decided: containers and models, not strings, numbers or paths)."""
+    tp = _strip(annotation)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return all(_is_complex(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return origin in _CONTAINERS
+    return tp in _CONTAINERS or (isinstance(tp, type) and issubclass(tp, BaseModel))
+
+
+def _is_dict(annotation: Any) -> bool:
+    tp = _strip(annotation)
+    return tp is dict or typing.get_origin(tp) in (dict, Mapping)
+
+
+def _value_type(annotation: Any) -> Any:
+    """The values' type of a dict type; None when `annotation` is not a dict type."""
+    tp = _strip(annotation)
+    if typing.get_origin(tp) in (dict, Mapping):
+        return typing.get_args(tp)[-1]
+    return Any if tp is dict else None
+
+
+_T = TypeVar("_T")
+
+
+def deep_update(low: dict[str, _T], high: Mapping[str, _T]) -> dict[str, _T]:
+    """`low` with `high`'s keys put in, dicts that both have merged key by key."""
+    out = dict(low)
+    for k, v in high.items():
+        old = out.get(k)
+        if isinstance(old, dict) and isinstance(v, dict):
+            out[k] = deep_update(old, v)  # type: ignore[assignment]
+        else:
+            out[k] = v
+    return out
+
+
+def _decode(text: str, field: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise SettingsError(undecodable(field, where)) from None
+
+
+def _nested(env: Mapping[str, str], prefix: str, annotation: Any) -> dict[str, Any]:
+    """The keys `WATCHDOG_<FIELD>__<KEY>[__<KEY>...]` set, as nested dicts (lower-case keys, as
+    every name in `env`). A value is text, unless the type at its depth is a container or not
+    known (deeper than the setting's type): then JSON if it decodes."""
+    is_dict = _is_dict(annotation)
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(prefix):
+            continue
+        *keys, last = name[len(prefix):].split(NESTED_DELIMITER)
+        node: Any = out
+        tp = annotation
+        for key in keys:
+            tp = _value_type(tp)
+            if isinstance(node, dict):
+                node = node.setdefault(key, {})
+        tp = _value_type(tp)
+        parsed: Any = value
+        if value and is_dict and (tp is None or _is_complex(tp)):
+            with contextlib.suppress(ValueError):  # not JSON: the text
+                parsed = json.loads(value)
+        if isinstance(node, dict):  # not below a key that already holds a value
+            node[last] = parsed
+    return out
+
+
+def env_values(fields: Mapping[str, FieldInfo], environ: Mapping[str, str]) -> dict[str, Any]:
+    """`WATCHDOG_<FIELD>` in any case. A dict or list setting is JSON; a dict setting's keys may
+    also come one per variable (`WATCHDOG_<FIELD>__<KEY>`, lower-cased), and those win over the
+    same keys in the JSON. Other values stay text for validation to convert ("5s", "true", "")."""
+    env = {k.lower(): v for k, v in environ.items()}
+    out: dict[str, Any] = {}
+    for name, info in fields.items():
+        var = f"{ENV_PREFIX}{name}".lower()
+        raw = env.get(var)
+        value: Any = raw
+        if _is_complex(info.annotation):
+            nested = _nested(env, var + NESTED_DELIMITER, info.annotation)
+            if raw is None:
+                value = nested or None
+            else:
+                value = _decode(raw, name, "env")
+                if isinstance(value, dict):
+                    value = deep_update(value, nested)
+        if value is not None:  # JSON `null` too: as if not set
+            out[name] = value
+    return out
+
+
+def secrets_values(fields: Mapping[str, FieldInfo], directory: Path | None) -> dict[str, Any]:
+    """One file per setting, named as its variable in any case (`WATCHDOG_API_TOKEN`,
+    `watchdog_api_token`), its text without surrounding white space (the newline an editor or
+    `echo` leaves); JSON for a dict or list setting. A directory that does not exist is warned
+    about and read as empty (a Secret not mounted yet); a file that resolves outside it (a
+    symlink) or an entry that is no file is warned about and skipped."""
+    if directory is None:
+        return {}
+    path = directory.expanduser()
+    try:
+        if not path.exists():
+            warnings.warn(f'directory "{path}" does not exist', stacklevel=2)
+            return {}
+        if not path.is_dir():
+            raise SettingsError(f"invalid setting {SECRETS_DIR_VARIABLE}: {path} is not a "
+                                "directory")
+        root = path.resolve()
+        entries: dict[str, Path] = {}
+        for found in sorted(path.iterdir()):
+            entries.setdefault(found.name.lower(), found)
+    except OSError as e:
+        raise SettingsError(f"invalid setting {SECRETS_DIR_VARIABLE}: cannot read {path}: "
+                            f"{e.strerror}") from None
+    out: dict[str, Any] = {}
+    for name, info in fields.items():
+        entry = entries.get(f"{ENV_PREFIX}{name}".lower())
+        if entry is None:
+            continue
+        var = f"{ENV_PREFIX}{name.upper()}"
+        try:
+            resolved = entry.resolve()
+        except (OSError, RuntimeError) as e:  # a symlink loop
+            warnings.warn(f'attempted to load secret file "{entry}" but it could not be '
+                          f"resolved: {e}", stacklevel=2)
+            continue
+        if not entry.is_file():
+            kind = "a directory" if entry.is_dir() else "no regular file"
+            warnings.warn(f'attempted to load secret file "{entry}" but found {kind} instead.',
+                          stacklevel=2)
+            continue
+        if root not in resolved.parents:
+            warnings.warn(f'attempted to load secret file "{entry}" but it resolves outside of '
+                          f'"{path}".', stacklevel=2)
+            continue
+        try:
+            text = entry.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            raise SettingsError(f"invalid setting {var} (secrets dir): {entry} is not UTF-8 "
+                                "text") from None
+        except OSError as e:
+            raise SettingsError(f"invalid setting {var} (secrets dir): cannot read {entry}: "
+                                f"{e.strerror}") from None
+        value = _decode(text, name, "secrets dir") if _is_complex(info.annotation) else text
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """Every key of a `--config` file, as a setting's name: `prometheus_url`, `PROMETHEUS_URL`
+    and `WATCHDOG_PROMETHEUS_URL` are one. Values as YAML gives them (a mapping is a dict
+    setting, not JSON)."""
+    doc = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: settings file must be a mapping")
+    return {str(k).lower().removeprefix("watchdog_"): v for k, v in doc.items()}
+
+
+def gather(fields: Mapping[str, FieldInfo], config: Path | None, init: Mapping[str, Any],
+           environ: Mapping[str, str]) -> dict[str, Any]:
+    """Every field's raw value from the highest source that sets it (dicts merged across
+    sources), and its default where none does: the input of `Settings` validation. Defaults
+    are validated too (pydantic-settings' `validate_default`): the host name as REPLICA_ID."""
+    from_init: dict[str, Any] = {}
+    for key, value in init.items():  # names in any case, as pydantic-settings took them
+        if key.lower() in fields:
+            from_init.setdefault(key.lower(), value)
+    from_config = {k: v for k, v in (read_config(config) if config else {}).items()
+                   if k in fields}
+    from_env = env_values(fields, environ)
+    secrets_dir = environ.get(SECRETS_DIR_VARIABLE) or None
+    from_secrets = secrets_values(fields, Path(secrets_dir) if secrets_dir else None)
+    merged: dict[str, Any] = {}
+    for layer in (from_secrets, from_env, from_config, from_init):  # lowest first
+        merged = deep_update(merged, layer)
+    for name, info in fields.items():
+        if name not in merged:
+            merged[name] = info.get_default()
+    return merged
 
 
 def url_has_credentials(url: str) -> bool:
@@ -84,15 +300,17 @@ _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
 def unknown_settings(names: Iterable[str], known: Iterable[str], where: str,
-                     prefix: str = "WATCHDOG_") -> list[str]:
+                     prefix: str = ENV_PREFIX, nested: Iterable[str] | None = None) -> list[str]:
     """One line per name that no setting reads — a typo would otherwise be ignored silently,
-    and the default used — with the closest setting's name when one is close."""
+    and the default used — with the closest setting's name when one is close. `nested`: the
+    settings whose keys `<NAME>__<KEY>` sets one by one (default: any of `known`)."""
     known_upper = sorted({k.upper() for k in known})
+    nested_upper = set(known_upper) if nested is None else {k.upper() for k in nested}
     out = []
     for name in names:
         bare = name.upper().removeprefix(prefix)
-        base = bare.split("__", 1)[0]  # EXTERNAL_LABELS__ENV sets one key of a dict setting
-        if (base in known_upper or bare in _NOT_SETTINGS
+        base, sub, _ = bare.partition(NESTED_DELIMITER)  # EXTERNAL_LABELS__ENV: one key
+        if (bare in known_upper or (sub and base in nested_upper) or bare in _NOT_SETTINGS
                 or bare.startswith(_NOT_SETTINGS_PREFIXES)):
             continue
         close = difflib.get_close_matches(base, known_upper, n=1, cutoff=0.75)
@@ -101,11 +319,13 @@ def unknown_settings(names: Iterable[str], known: Iterable[str], where: str,
     return out
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="WATCHDOG_", env_nested_delimiter="__", extra="ignore",
-        secrets_dir=os.environ.get("WATCHDOG_SECRETS_DIR") or None,
-    )
+class Settings(BaseModel):
+    """What the daemon runs with. `Settings.load(config, **overrides)` or `Settings(**overrides)`
+    read every source (see the module's docstring); `Settings.model_validate(data)` validates
+    `data` alone (pydantic-settings' read the sources there too; nothing used that)."""
+
+    # an unknown name is warned about (`Settings.unknown`), never refused
+    model_config = ConfigDict(extra="ignore")
 
     prometheus_url: str = "http://localhost:9090"
     prometheus_timeout: float = 10.0
@@ -202,34 +422,28 @@ class Settings(BaseSettings):
     def state_path(self) -> str:
         return self.state_url or f"sqlite:///{(self.data_dir / 'watchdog.db').as_posix()}"
 
+    def __init__(self, **overrides: Any) -> None:
+        super().__init__(**gather(type(self).model_fields, None, overrides, os.environ))
+
     @classmethod
     def unknown(cls, config: Path | None = None,
                 environ: Mapping[str, str] | None = None) -> list[str]:
         """Warnings for WATCHDOG_* variables and `--config` keys that no setting reads."""
         env = os.environ if environ is None else environ
-        out = unknown_settings(sorted(k for k in env if k.upper().startswith("WATCHDOG_")),
-                               cls.model_fields, "environment")
+        fields = cls.model_fields
+        dicts = [name for name, info in fields.items() if _is_complex(info.annotation)]
+        out = unknown_settings(sorted(k for k in env if k.upper().startswith(ENV_PREFIX)),
+                               fields, "environment", nested=dicts)
         if config is not None:
-            keys = _YamlSource(cls, config).unknown()
-            out += unknown_settings([k.upper() for k in keys], cls.model_fields, str(config),
-                                    prefix="")
+            keys = [k for k in read_config(config) if k not in fields]
+            # `KEY__SUB` is the environment's way to set one key of a dict; a file nests it
+            out += unknown_settings([k.upper() for k in keys], fields, str(config), prefix="",
+                                    nested=())
         return out
 
     @classmethod
     def load(cls, config: Path | None = None, **overrides: Any) -> Settings:
-        cls._config_path = config  # read by settings_customise_sources
-        try:
-            return cls(**overrides)
-        finally:
-            cls._config_path = None
-
-    _config_path: ClassVar[Path | None] = None
-
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, _YamlSource(settings_cls, cls._config_path), env_settings,
-                file_secret_settings)
+        """The settings from every source; raises `ValidationError` (every invalid setting),
+        `SettingsError` (a value that cannot be read), or OSError/YAMLError/ValueError for the
+        `--config` file."""
+        return cls.model_validate(gather(cls.model_fields, config, overrides, os.environ))
