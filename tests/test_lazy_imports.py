@@ -48,6 +48,23 @@ def test_the_cli_imports_no_optional_client(tmp_path: Path) -> None:
     assert not any(loaded.values()), loaded
 
 
+def test_watchdog_run_imports_no_optional_client(tmp_path: Path) -> None:
+    # `watchdog run` as far as settings go: the CLI, the daemon module, every settings source
+    # (a config file, the environment, a secrets directory) and the refusal of a bad one
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "WATCHDOG_API_TOKEN").write_text("t\n")
+    (tmp_path / "w.yml").write_text("external_labels: {env: prod}\n")
+    loaded = loaded_after(f"""
+        import os
+        from watchdog.cli import main
+        os.environ.update({{"WATCHDOG_SECRETS_DIR": {str(tmp_path / "secrets")!r},
+                           "WATCHDOG_EXTERNAL_LABELS__TEAM": "db",
+                           "WATCHDOG_HTTP_LISTEN": "nowhere"}})
+        assert main(["run", "--config", {str(tmp_path / "w.yml")!r}]) == 2
+    """, tmp_path)
+    assert not any(loaded.values()), loaded
+
+
 def test_a_minimal_daemon_with_alerts_imports_no_optional_client(tmp_path: Path) -> None:
     # An alert that goes pending, fires and resolves runs through incidents, notifications and
     # actions (a webhook receiver and a webhook action exist): still no MQTT, SMTP, Sentry or

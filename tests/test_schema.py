@@ -97,7 +97,7 @@ def test_every_problem_in_one_pass_with_its_location() -> None:
          "Input should be a valid number, unable to parse string as a number"),
         (("on",), "bool_parsing", "Input should be a valid boolean, unable to interpret input"),
         (("level",), "literal_error", "Input should be 'low' or 'high'"),
-        (("ratio",), "less_than", "Input should be less than 1.0"),
+        (("ratio",), "less_than", "Input should be less than 1"),  # as pydantic prints 1.0
         (("count",), "less_than_equal", "Input should be less than or equal to 3"),
         (("inner", "n"), "int_from_float",
          "Input should be a valid integer, got a number with a fractional part"),

@@ -25,7 +25,7 @@ import socket
 import types
 import typing
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -76,7 +76,7 @@ def _strip(annotation: Any) -> Any:
     return annotation
 
 
-_CONTAINERS = (dict, list, tuple, set, frozenset, Mapping, typing.Sequence)
+_CONTAINERS = (dict, list, tuple, set, frozenset, Mapping, Sequence)
 
 
 def _is_complex(annotation: Any) -> bool:
