@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+from watchdog.durations import parse_duration
+from watchdog.labels import RegexError, match_re_regexp
 from watchdog.schema import (
     AfterValidator,
     BaseModel,
@@ -26,9 +28,6 @@ from watchdog.schema import (
     field_validator,
     model_validator,
 )
-
-from watchdog.durations import parse_duration
-from watchdog.labels import RegexError, match_re_regexp
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import promql_parser
 import yaml
-from watchdog.schema import ValidationError
 
 from watchdog.gotmpl import TemplateError, compile_template
 from watchdog.model import RuleFileModel
+from watchdog.schema import ValidationError
 from watchdog.slo import generate as generate_slo_group
 from watchdog.slo import group_name_of, query_problems, render
 

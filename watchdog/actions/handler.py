@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from prometheus_client import Counter
-from watchdog.schema import BaseModel, ConfigDict, Field, ValidationError
 
 from watchdog.actions.deploys import DeployTracker, verdict_doc
 from watchdog.actions.errors import CommandError
@@ -30,6 +29,7 @@ from watchdog.deploy_report import MAX_DAYS
 from watchdog.model import AlertingRule, Duration, ReportQuery
 from watchdog.pause import active, notice
 from watchdog.rulefile import check_promql
+from watchdog.schema import BaseModel, ConfigDict, Field, ValidationError
 from watchdog.state import Event
 from watchdog.storage import Tx
 from watchdog.webinput import BadInput, parse_duration_value, parse_time, shown

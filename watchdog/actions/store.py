@@ -17,11 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
 
-from watchdog.schema import BaseModel, BeforeValidator, FieldInfo
-
 from watchdog.durations import parse_duration
 from watchdog.interlocks import PastRun
 from watchdog.model import Action
+from watchdog.schema import BaseModel, BeforeValidator, FieldInfo
 from watchdog.storage import DEPLOYS, DuplicateRun, LeaseLost, Storage, Tx
 from watchdog.storage.records import AttemptRow, DeployRow, PauseRecord, RunRow, StepRow
 

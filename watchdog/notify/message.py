@@ -15,9 +15,8 @@ from datetime import UTC, datetime
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from watchdog.schema import BaseModel, ConfigDict, Field
-
 from watchdog.durations import format_duration
+from watchdog.schema import BaseModel, ConfigDict, Field
 from watchdog.state import Alert
 
 Kind = Literal["firing", "resolved", "repeated", "escalated", "action", "digest", "report"]
