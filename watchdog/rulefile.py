@@ -323,7 +323,7 @@ def load_yaml_with_lines(text: str) -> tuple[Any, dict[Path_, int]]:
 
 
 def line_for(lines: Mapping[Path_, int], path: Path_) -> int:
-    """The line of the longest prefix of `path` that exists (pydantic locs may add union tags)."""
+    """The line of the longest prefix of `path` that exists (validation locs may add union tags)."""
     best = 1
     resolved: list[str | int] = []
     for part in path:
@@ -356,7 +356,7 @@ _MESSAGES = {
 }
 
 
-def _pydantic_problems(name: str, err: ValidationError, lines: Mapping[Path_, int]
+def _schema_problems(name: str, err: ValidationError, lines: Mapping[Path_, int]
                        ) -> Iterator[Problem]:
     for e in err.errors():
         loc = _clean_loc(tuple(e["loc"]), lines)
@@ -623,7 +623,7 @@ def parse_rule_file(text: str, name: str) -> ParsedFile:
     try:
         model = RuleFileModel.model_validate(data)
     except ValidationError as e:
-        problems.extend(_pydantic_problems(name, e, lines))
+        problems.extend(_schema_problems(name, e, lines))
         return ParsedFile(name, None, sorted(problems, key=lambda p: p.line), lines, data)
     sources: dict[str, int] = {}
     if model.slos and not any(not p.warning for p in problems):
