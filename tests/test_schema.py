@@ -97,7 +97,7 @@ def test_every_problem_in_one_pass_with_its_location() -> None:
          "Input should be a valid number, unable to parse string as a number"),
         (("on",), "bool_parsing", "Input should be a valid boolean, unable to interpret input"),
         (("level",), "literal_error", "Input should be 'low' or 'high'"),
-        (("ratio",), "less_than", "Input should be less than 1"),  # as pydantic prints 1.0
+        (("ratio",), "less_than", "Input should be less than 1"),
         (("count",), "less_than_equal", "Input should be less than or equal to 3"),
         (("inner", "n"), "int_from_float",
          "Input should be a valid integer, got a number with a fractional part"),
@@ -134,6 +134,16 @@ def test_alias_and_name_both_populate_and_dump_by_alias() -> None:
     m = Outer(name="a", for_=4)
     assert m.model_dump(by_alias=True)["for"] == 4.0
     assert "for_" in m.model_dump()
+
+
+def test_a_field_given_by_its_name_is_reported_by_its_name() -> None:
+    # pydantic: the key the data used is the location; with the alias given too, the name is
+    # an unknown key (the alias wins)
+    assert errors_of(Outer, {"name": "a", "for_": "soon"}) == [
+        (("for_",), "float_parsing",
+         "Input should be a valid number, unable to parse string as a number")]
+    assert errors_of(Outer, {"name": "a", "for": 1, "for_": 2}) == [
+        (("for_",), "extra_forbidden", "Extra inputs are not permitted")]
 
 
 def test_defaults_are_fresh_and_not_validated() -> None:
@@ -303,3 +313,147 @@ def test_rule_file_model_answers_a_model_or_validation_errors(data: Any) -> None
     except ValidationError as e:
         for err in e.errors():
             assert isinstance(err["loc"], tuple) and err["msg"] and err["type"]
+
+
+# ---- pydantic's conversions to the letter (mismatches found by tests/test_schema_oracle.py) ---
+
+class Scalars(BaseModel):
+    s: str = ""
+    i: int = 0
+    f: float = 0.0
+    b: bool = False
+    q: Literal[0, 1, 2] = 0
+    level: Literal["low", "high"] = "low"
+    short: str = Field("x", min_length=1, max_length=3)
+
+
+def _value(field: str, raw: Any) -> Any:
+    return getattr(Scalars.model_validate({field: raw}), field)
+
+
+def _refusal(field: str, raw: Any) -> tuple[str, str]:
+    [(_, type_, msg)] = errors_of(Scalars, {field: raw})
+    return type_, msg
+
+
+def test_text_from_bytes_as_pydantic_reads_it() -> None:
+    # YAML's `!!binary` gives bytes: pydantic's lax str decodes UTF-8
+    assert _value("s", b"api") == "api"
+    assert _refusal("s", b"\xff") == (
+        "string_unicode", "Input should be a valid string, unable to parse raw data as a unicode "
+                          "string")
+
+
+def test_integers_from_text_as_pydantic_parses_them() -> None:
+    # pydantic's grammar, not Python's int()/float(): no exponent, no bare point, ASCII digits
+    for text in ("1e3", "1.", "0e0", "١٢", "5 5", "1__0", "_1", "+-1", "0x10"):
+        assert _refusal("i", text) == (
+            "int_parsing", "Input should be a valid integer, unable to parse string as an "
+                           "integer"), text
+    for text, n in (("5.00", 5), (" 7 ", 7), ("1_000", 1000), ("+5", 5), ("-007", -7),
+                    ("00.0", 0), (b"5", 5), ("9" * 25, int("9" * 25))):
+        assert _value("i", text) == n and type(_value("i", text)) is int, text
+    # a float past int64 is refused, as pydantic does (a Go int could not hold it either)
+    assert _refusal("i", 1e20) == (
+        "int_parsing_size", "Unable to parse input string as an integer, exceeded maximum size")
+    assert _value("i", 9.2e18) == int(9.2e18)
+    assert _refusal("i", "9" * 4301)[0] == "int_parsing_size"
+
+
+def test_numbers_from_text_as_pydantic_parses_them() -> None:
+    assert _refusal("f", "١٢") == (
+        "float_parsing", "Input should be a valid number, unable to parse string as a number")
+    assert _refusal("f", " 1_0 ")[0] == "float_parsing"  # underscores only without blanks
+    assert _value("f", "1_0") == 10.0 and _value("f", b"2.5") == 2.5
+    assert _value("f", "Infinity") == math.inf and _value("f", " .5 ") == 0.5
+    assert _refusal("f", 2**1100) == ("float_type", "Input should be a valid number")
+
+
+def test_booleans_as_pydantic_reads_them() -> None:
+    assert _value("b", "YES") is True and _value("b", b"off") is False
+    assert _value("b", 1.0) is True and _value("b", -0.0) is False
+    parsing = ("bool_parsing", "Input should be a valid boolean, unable to interpret input")
+    typed = ("bool_type", "Input should be a valid boolean")
+    assert _refusal("b", " yes ") == parsing  # no blanks around the word
+    assert _refusal("b", "\tyes") == parsing
+    assert _refusal("b", 2) == parsing and _refusal("b", 2.0) == parsing
+    for raw in (1.5, math.nan, math.inf, 1e20, 2**63, -(2**63) - 1):
+        assert _refusal("b", raw) == typed, raw
+
+
+def test_literals_compare_as_pydantic_does() -> None:
+    # equal values pass (True and 1.0 are 1) and give the literal itself; text never is a number
+    assert _value("q", True) == 1 and type(_value("q", True)) is int
+    assert _value("q", 2.0) == 2 and type(_value("q", 2.0)) is int
+    assert _refusal("q", "1") == ("literal_error", "Input should be 0, 1 or 2")
+    assert _refusal("q", 2**63) == (
+        "int_parsing_size", "Unable to parse input string as an integer, exceeded maximum size")
+
+
+def test_lone_surrogates_are_not_text_where_pydantic_reads_the_text() -> None:
+    # JSON bodies may hold "\ud800": pydantic refuses it wherever it reads the characters
+    unicode = ("string_unicode",
+               "Input should be a valid string, unable to parse raw data as a unicode string")
+    for field in ("i", "f", "b", "level", "short"):
+        assert _refusal(field, "\ud800") == unicode, field
+    assert _refusal("q", "\ud800")[0] == "literal_error"  # no text among its choices
+    assert _value("s", "\ud800") == "\ud800"  # a plain str field keeps it, as pydantic's
+
+
+class Bounded(BaseModel):
+    ratio: float = Field(0.5, gt=0.0, lt=1.0)
+    days: float | None = Field(None, ge=0, le=90.0)
+    small: float = Field(1.0, ge=1e-7)
+    items: list[int] = Field(default_factory=list, max_length=2)
+
+
+def test_bounds_are_worded_and_ordered_as_pydantic() -> None:
+    # pydantic prints bounds the way Rust prints numbers: 0.0 is "0", never an exponent
+    assert errors_of(Bounded, {"ratio": 0}) == [
+        (("ratio",), "greater_than", "Input should be greater than 0")]
+    assert errors_of(Bounded, {"small": 0}) == [
+        (("small",), "greater_than_equal", "Input should be greater than or equal to 0.0000001")]
+    # NaN fails every bound: pydantic reports the upper one (le, lt before ge, gt)
+    assert errors_of(Bounded, {"ratio": math.nan, "days": math.nan}) == [
+        (("ratio",), "less_than", "Input should be less than 1"),
+        (("days",), "less_than_equal", "Input should be less than or equal to 90")]
+
+
+def test_a_list_too_long_is_refused_before_its_items() -> None:
+    assert errors_of(Bounded, {"items": [1, "x", 3, "y"]}) == [
+        (("items",), "too_long", "List should have at most 2 items after validation, not 4")]
+
+
+def test_dataclass_values_dump_as_dicts() -> None:
+    from watchdog.model import AlertingRule
+
+    rule = AlertingRule.model_validate({"alert": "A", "expr": "up", "threshold": "> 1"})
+    assert rule.model_dump()["threshold"] == {"op": ">", "number": 1.0}
+    assert rule.threshold is not None and rule.threshold.holds(2.0)
+
+
+def test_keys_in_locations_as_pydantic_writes_them() -> None:
+    # a key with a lone surrogate (JSON may carry one) is shown with replacement characters,
+    # one per byte Python would write for it; a key that is not text by its repr, ints as ints
+    assert errors_of(Outer, {"name": "a", "by_key": {"a\ud800": "x", 7: "y", None: "z"}}) == [
+        (("by_key", "a\ufffd\ufffd\ufffd"), "int_parsing",
+         "Input should be a valid integer, unable to parse string as an integer"),
+        (("by_key", 7, "[key]"), "string_type", "Input should be a valid string"),
+        (("by_key", 7), "int_parsing",
+         "Input should be a valid integer, unable to parse string as an integer"),
+        (("by_key", "None", "[key]"), "string_type", "Input should be a valid string"),
+        (("by_key", "None"), "int_parsing",
+         "Input should be a valid integer, unable to parse string as an integer"),
+    ]
+
+
+def test_unknown_keys_that_are_not_text() -> None:
+    # a key that is no string is an invalid key, not an unknown field
+    assert errors_of(Inner, {"n": 1, 5: 1, "x": 2}) == [
+        ((5,), "invalid_key", "Keys should be strings"),
+        (("x",), "extra_forbidden", "Extra inputs are not permitted")]
+    # a key that is not Unicode text refuses the whole mapping, alone, at its location
+    unicode = "Input should be a valid string, unable to parse raw data as a unicode string"
+    assert errors_of(Outer, {"name": "", "inner": {"n": "x", "\udc00": 1}}) == [
+        (("name",), "string_too_short", "String should have at least 1 character"),
+        (("inner",), "string_unicode", unicode)]

@@ -18,8 +18,10 @@ compared, converted and stored.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -379,6 +381,11 @@ def _dump(value: Any, by_alias: bool, exclude_none: bool, mode: str) -> Any:
     if isinstance(value, list | tuple):
         items = [_dump(v, by_alias, exclude_none, mode) for v in value]
         return items if mode == "json" or isinstance(value, list) else tuple(items)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # a dataclass value (model.Comparison) dumps as a dict of its fields, as pydantic's
+        fields = ((f.name, getattr(value, f.name)) for f in dataclasses.fields(value))
+        return {k: _dump(v, by_alias, exclude_none, mode) for k, v in fields
+                if not (exclude_none and v is None)}
     if mode == "json":
         if isinstance(value, SecretStr):
             return str(value)
@@ -423,9 +430,139 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...], loc: Loc, errors: list[
         return _error(errors, loc, "value_error", f"Value error, {e}", value)
 
 
+# ---- scalars: pydantic's lax mode to the letter -----------------------------------------------
+# pydantic-core reads text as Rust does, not as Python's int()/float()/str.strip(): "1e3" is no
+# integer, "١٢" (Arabic-Indic digits) no number, " yes " no boolean. Its rules, ported here
+# (src/input/shared.rs, input_python.rs), and checked against pydantic by
+# tests/test_schema_oracle.py.
+
+_MSG = {
+    "string_unicode": "Input should be a valid string, unable to parse raw data as a unicode "
+                      "string",
+    "int_parsing": "Input should be a valid integer, unable to parse string as an integer",
+    "int_parsing_size": "Unable to parse input string as an integer, exceeded maximum size",
+    "int_from_float": "Input should be a valid integer, got a number with a fractional part",
+    "finite_number": "Input should be a finite number",
+    "float_parsing": "Input should be a valid number, unable to parse string as a number",
+    "bool_parsing": "Input should be a valid boolean, unable to interpret input",
+}
+# Rust's str::trim: Unicode White_Space (Python's strip() also drops \x1c-\x1f)
+_BLANKS = ("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+           "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # text Rust cannot hold (JSON may carry one)
+_JSON_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_LEADING_DIGITS = re.compile(r"-?[1-9][0-9]*")
+_RUST_FLOAT = re.compile(r"[+-]?(?:inf|infinity|nan|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?)",
+                         re.IGNORECASE | re.ASCII)
+_INT_TEXT_MAX = 4300  # characters of an integer in text (Python's own limit on its digits)
+_I64 = 2**63
+
+
+def _fail(errors: list[ErrorDetail], loc: Loc, type_: str, value: Any) -> Any:
+    return _error(errors, loc, type_, _MSG[type_], value)
+
+
+def _text_of(v: str | bytes, parsing: str, loc: Loc, errors: list[ErrorDetail]) -> Any:
+    """The text of a str or bytes value read as a number or a boolean (bytes as UTF-8)."""
+    if isinstance(v, bytes):
+        try:
+            return v.decode()
+        except UnicodeDecodeError:
+            return _fail(errors, loc, parsing, v)
+    if _SURROGATE.search(v):
+        return _fail(errors, loc, "string_unicode", v)
+    return v
+
+
+def _underscores_dropped(s: str) -> str | None:
+    # as Python allows them: between digits, one at a time
+    if "_" not in s or s.startswith("_") or s.endswith("_") or "__" in s:
+        return None
+    return s.replace("_", "")
+
+
+def _leading_zeros_dropped(s: str) -> str | None:
+    if not s or not (s[0] == "0" or s[0] in "123456789-"):
+        return None
+    if s[0] != "0":
+        return s
+    for i, c in enumerate(s[1:], 1):
+        if c in "0_":
+            continue
+        if c in "123456789-":
+            return s[i:]
+        if c == ".":
+            return s[i - 1:]
+        return None
+    return s[-1:]
+
+
+def _cleaned_int_text(text: str) -> str | None:
+    """pydantic's second reading of an integer: blanks, a plus sign, leading zeros, a `.0`
+    and underscores dropped; None when that changes nothing (or cannot be)."""
+    s = text.strip(_BLANKS)
+    if s.startswith("+"):
+        if s[1:2] == "-":
+            return None
+        s = s[1:]
+    sign = ""
+    if s.startswith("-"):
+        if s[1:2] in ("-", "+"):
+            return None
+        sign, s = "-", s[1:]
+    got = _leading_zeros_dropped(s)
+    if got is None:
+        return None
+    s = got
+    point = s.find(".")
+    if point >= 0 and s[point + 1:] and not s[point + 1:].strip("0"):
+        s = s[:point]
+    plain = _underscores_dropped(s)
+    if plain is not None:
+        return sign + plain
+    return None if len(s) == len(text) else sign + s
+
+
+def _text_int(text: str) -> int | str:
+    """An integer in text as pydantic reads it, or the error type."""
+    digits = _LEADING_DIGITS.match(text)
+    if digits is not None and digits.end() > _INT_TEXT_MAX:
+        return "int_parsing_size"
+    if _JSON_INT.fullmatch(text):
+        return int(text)
+    cleaned = _cleaned_int_text(text)
+    if cleaned is not None and len(cleaned) <= _INT_TEXT_MAX and _JSON_INT.fullmatch(cleaned):
+        return int(cleaned)
+    return "int_parsing"
+
+
+def _float_int(f: float) -> int | str:
+    """A float as pydantic takes it for an integer (within int64), or the error type."""
+    if not math.isfinite(f):
+        return "finite_number"
+    if not f.is_integer():
+        return "int_from_float"
+    return int(f) if -_I64 < f < _I64 else "int_parsing_size"
+
+
+def _text_float(text: str) -> float | None:
+    """A number in text as Rust's f64 parser reads it (underscores allowed, as pydantic does,
+    only when there are no blanks around)."""
+    s = text.strip(_BLANKS)
+    if _RUST_FLOAT.fullmatch(s):
+        return float(s)
+    plain = _underscores_dropped(text)
+    return float(plain) if plain is not None and _RUST_FLOAT.fullmatch(plain) else None
+
+
 def _check_str(v: Any, loc: Loc, errors: list[ErrorDetail]) -> Any:
     if isinstance(v, str):
         return v
+    if isinstance(v, bytes | bytearray):  # YAML's `!!binary`
+        try:
+            return bytes(v).decode()
+        except UnicodeDecodeError:
+            return _fail(errors, loc, "string_unicode", v)
     return _error(errors, loc, "string_type", "Input should be a valid string", v)
 
 
@@ -433,44 +570,31 @@ def _check_int(v: Any, loc: Loc, errors: list[ErrorDetail]) -> Any:
     if isinstance(v, int):
         return int(v)  # True -> 1: pydantic's lax mode
     if isinstance(v, float):
-        if v.is_integer():
-            return int(v)
-        if not math.isfinite(v):
-            return _error(errors, loc, "finite_number", "Input should be a finite number", v)
-        return _error(errors, loc, "int_from_float",
-                      "Input should be a valid integer, got a number with a fractional part", v)
-    if isinstance(v, str):
-        # pydantic's: ASCII digits (single `_` between them), a sign, and at most a fraction of
-        # zeros ("4.0"); not "1e3", "4." or other scripts' digits, which Python's int() takes
-        text = v.strip()
-        head, dot, zeros = text.partition(".")
-        if text.isascii() and (not dot or (zeros and not zeros.strip("0"))):
-            try:
-                return int(head)
-            except ValueError:
-                pass
-        return _error(errors, loc, "int_parsing",
-                      "Input should be a valid integer, unable to parse string as an integer", v)
-    return _error(errors, loc, "int_type", "Input should be a valid integer", v)
+        got: int | str = _float_int(v)
+    elif isinstance(v, str | bytes):
+        text = _text_of(v, "int_parsing", loc, errors)
+        if text is _FAIL:
+            return _FAIL
+        got = _text_int(text)
+    else:
+        return _error(errors, loc, "int_type", "Input should be a valid integer", v)
+    return got if isinstance(got, int) else _fail(errors, loc, got, v)
 
 
 def _check_float(v: Any, loc: Loc, errors: list[ErrorDetail]) -> Any:
     if isinstance(v, float):
         return v
+    if isinstance(v, str | bytes):
+        text = _text_of(v, "float_parsing", loc, errors)
+        if text is _FAIL:
+            return _FAIL
+        got = _text_float(text)
+        return got if got is not None else _fail(errors, loc, "float_parsing", v)
     if isinstance(v, int):
         try:
             return float(v)
         except OverflowError:
-            return _error(errors, loc, "float_parsing", "Input should be a valid number", v)
-    if isinstance(v, str):
-        try:
-            text = v.strip()
-            if not text.isascii():  # float() reads other scripts' digits, pydantic does not
-                raise ValueError(v)
-            return float(text)
-        except ValueError:
-            return _error(errors, loc, "float_parsing",
-                          "Input should be a valid number, unable to parse string as a number", v)
+            pass
     return _error(errors, loc, "float_type", "Input should be a valid number", v)
 
 
@@ -481,21 +605,22 @@ _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 def _check_bool(v: Any, loc: Loc, errors: list[ErrorDetail]) -> Any:
     if isinstance(v, bool):
         return v
-    if isinstance(v, int) and v in (0, 1):
-        return bool(v)
-    if isinstance(v, float) and v in (0.0, 1.0):
-        return bool(v)
-    if isinstance(v, str):
-        low = v.lower()  # not stripped: pydantic refuses " true"
-        if low in _TRUE:
+    if isinstance(v, str | bytes):
+        text = _text_of(v, "bool_parsing", loc, errors)
+        if text is _FAIL:
+            return _FAIL
+        word = text.lower() if text.isascii() else text  # ASCII case only, no blanks
+        if word in _TRUE:
             return True
-        if low in _FALSE:
+        if word in _FALSE:
             return False
-        return _error(errors, loc, "bool_parsing",
-                      "Input should be a valid boolean, unable to interpret input", v)
-    if isinstance(v, int | float):
-        return _error(errors, loc, "bool_parsing",
-                      "Input should be a valid boolean, unable to interpret input", v)
+        return _fail(errors, loc, "bool_parsing", v)
+    # a number: 0 or 1 (as an int64, or a float that is one), else "not a boolean" when it is
+    # no int64 at all
+    n = v if isinstance(v, int) and -_I64 <= v < _I64 else (
+        _float_int(v) if isinstance(v, float) else None)
+    if isinstance(n, int):
+        return bool(n) if n in (0, 1) else _fail(errors, loc, "bool_parsing", v)
     return _error(errors, loc, "bool_type", "Input should be a valid boolean", v)
 
 
@@ -537,34 +662,41 @@ def _literal_text(choices: Sequence[Any]) -> str:
 
 
 def _literal(choices: tuple[Any, ...]) -> Check:
+    """One of `choices`, as pydantic's: the same type and value first, then any equal value
+    (True and 1.0 are 1), giving the choice itself; text is never read as a number."""
     msg = f"Input should be {_literal_text(choices)}"
-    # 1 must not pass for True (or 1.0 for 1): compare with types
-    allowed = {(type(c), c) for c in choices}
+    exact = {(type(c), c) for c in choices}
+    equal = {c: c for c in reversed(choices)}  # the first of equal choices wins
+    ints = any(type(c) is int for c in choices)
+    texts = any(type(c) is str for c in choices)
 
     def check(v: Any, loc: Loc, errors: list[ErrorDetail]) -> Any:
+        if ints and type(v) is int and not -_I64 <= v < _I64:
+            return _fail(errors, loc, "int_parsing_size", v)  # pydantic compares int64s
         try:
-            if (type(v), v) in allowed:
+            if (type(v), v) in exact:
                 return v
+            if v in equal:
+                return equal[v]
         except TypeError:  # unhashable input
             pass
-        if isinstance(v, str) and any(isinstance(c, int) and not isinstance(c, bool)
-                                      for c in choices):
-            try:  # lax mode: "1" for Literal[1]
-                n = int(v)
-            except ValueError:
-                n = None
-            if n is not None and (int, n) in allowed:
-                return n
+        if texts and isinstance(v, str) and _SURROGATE.search(v):
+            return _fail(errors, loc, "string_unicode", v)
         return _error(errors, loc, "literal_error", msg, v)
     return check
 
 
-def _list(item: Check, as_tuple: bool) -> Check:
+def _list(item: Check, as_tuple: bool, max_length: int | None = None) -> Check:
     kind = "tuple" if as_tuple else "list"
 
     def check(v: Any, loc: Loc, errors: list[ErrorDetail]) -> Any:
         if not isinstance(v, list | tuple):
             return _error(errors, loc, f"{kind}_type", f"Input should be a valid {kind}", v)
+        if max_length is not None and len(v) > max_length:
+            # pydantic stops at the first item past the limit: the items' problems are not
+            # reported, only the length
+            return _error(errors, loc, "too_long", f"{kind.capitalize()} should have at most "
+                          f"{_n(max_length, 'item')} after validation, not {len(v)}", v)
         out = []
         ok = True
         for i, x in enumerate(v):
@@ -586,14 +718,26 @@ def _dict(key: Check, value: Check) -> Check:
         out = {}
         ok = True
         for k, x in v.items():
-            kk = key(k, (*loc, k if isinstance(k, str | int) else str(k), "[key]"), errors)
-            vv = value(x, (*loc, k if isinstance(k, str | int) else str(k)), errors)
+            where = (*loc, _loc_key(k))
+            kk = key(k, (*where, "[key]"), errors)
+            vv = value(x, where, errors)
             if kk is _FAIL or vv is _FAIL:
                 ok = False
             else:
                 out[kk] = vv
         return out if ok else _FAIL
     return check
+
+
+def _loc_key(k: Any) -> str | int:
+    """A mapping's key as a location, as pydantic writes it: text (a lone surrogate as the
+    replacement characters of its UTF-8 bytes), an int64 as an int, anything else by repr."""
+    if isinstance(k, str):
+        return k.encode("utf-8", "surrogatepass").decode("utf-8", "replace") \
+            if _SURROGATE.search(k) else k
+    if isinstance(k, int) and -_I64 <= k < _I64:
+        return int(k)  # True -> 1
+    return repr(k)
 
 
 def _optional(inner: Check) -> Check:
@@ -657,21 +801,23 @@ def _constrained(inner: Check, info: FieldInfo | None) -> Check:
             return v
         if isinstance(v, int | float) and not isinstance(v, bool):
             if finite and isinstance(v, float) and not math.isfinite(v):
-                return _error(errors, loc, "finite_number", "Input should be a finite number",
-                              raw)
-            if gt is not None and not v > gt:
-                return _error(errors, loc, "greater_than",
-                              f"Input should be greater than {_bound(gt)}", raw)
-            if ge is not None and not v >= ge:
-                return _error(errors, loc, "greater_than_equal",
-                              f"Input should be greater than or equal to {_bound(ge)}", raw)
-            if lt is not None and not v < lt:
-                return _error(errors, loc, "less_than", f"Input should be less than {_bound(lt)}",
-                              raw)
+                return _fail(errors, loc, "finite_number", raw)
+            # pydantic's order: upper bounds first (it matters for NaN, which fails them all)
             if le is not None and not v <= le:
                 return _error(errors, loc, "less_than_equal",
                               f"Input should be less than or equal to {_bound(le)}", raw)
+            if lt is not None and not v < lt:
+                return _error(errors, loc, "less_than",
+                              f"Input should be less than {_bound(lt)}", raw)
+            if ge is not None and not v >= ge:
+                return _error(errors, loc, "greater_than_equal",
+                              f"Input should be greater than or equal to {_bound(ge)}", raw)
+            if gt is not None and not v > gt:
+                return _error(errors, loc, "greater_than",
+                              f"Input should be greater than {_bound(gt)}", raw)
         elif isinstance(v, str):
+            if _SURROGATE.search(v):  # pydantic measures a constrained text as Rust text
+                return _fail(errors, loc, "string_unicode", raw)
             if min_len is not None and len(v) < min_len:
                 return _error(errors, loc, "string_too_short",
                               f"String should have at least {_n(min_len, 'character')}", raw)
@@ -679,7 +825,8 @@ def _constrained(inner: Check, info: FieldInfo | None) -> Check:
                 return _error(errors, loc, "string_too_long",
                               f"String should have at most {_n(max_len, 'character')}", raw)
         elif isinstance(v, list | tuple | dict):
-            what = "Dictionary" if isinstance(v, dict) else "List"
+            what = ("Dictionary" if isinstance(v, dict) else
+                    "Tuple" if isinstance(v, tuple) else "List")
             if min_len is not None and len(v) < min_len:
                 return _error(errors, loc, "too_short", f"{what} should have at least "
                               f"{_n(min_len, 'item')} after validation, not {len(v)}", raw)
@@ -690,9 +837,18 @@ def _constrained(inner: Check, info: FieldInfo | None) -> Check:
     return check
 
 
-def _bound(x: float) -> str:
-    """A bound as pydantic prints it: 1.0 as "1"."""
-    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
+def _bound(n: float) -> str:
+    """A bound as pydantic's messages show it, the way Rust prints a number: 0.0 as "0",
+    1e-07 as "0.0000001" (never an exponent)."""
+    if isinstance(n, int) or not math.isfinite(n):
+        return str(n) if isinstance(n, int) else {"inf": "inf", "-inf": "-inf"}.get(
+            repr(n), "NaN")
+    if n.is_integer():
+        return ("-" if math.copysign(1.0, n) < 0 else "") + str(abs(int(n)))
+    mantissa, _, exponent = repr(abs(n)).partition("e")
+    if exponent:  # only below 1e-4: integral floats were handled above
+        mantissa = "0." + "0" * (-int(exponent) - 1) + mantissa.replace(".", "")
+    return ("-" if n < 0 else "") + mantissa
 
 
 def _n(n: int, word: str) -> str:
@@ -763,10 +919,12 @@ def _compile_type(tp: Any, info: FieldInfo | None = None) -> Check:
     if origin is Literal:
         return _literal(args)
     if origin in (list, Sequence, typing.List):  # noqa: UP006
-        return _constrained(_list(_compile_type(args[0]) if args else _check_any, False), info)
+        return _constrained(_list(_compile_type(args[0]) if args else _check_any, False,
+                                  info.max_length if info is not None else None), info)
     if origin is tuple:
         item = _compile_type(args[0]) if args else _check_any
-        return _constrained(_list(item, True), info)
+        return _constrained(_list(item, True, info.max_length if info is not None else None),
+                            info)
     if origin in (dict, Mapping, typing.Dict):  # noqa: UP006
         k, v = (args if args else (Any, Any))
         return _constrained(_dict(_compile_type(k), _compile_type(v)), info)
@@ -791,7 +949,7 @@ class _Compiled:
     """A model's fields as checks, with its validators, built at first use."""
 
     __slots__ = ("before", "cls", "extra_forbid", "fields", "keys", "model_after",
-                 "populate_by_name")
+                 "populate_by_name", "shadowed")
 
     def __init__(self, cls: type[BaseModel]) -> None:
         self.cls = cls
@@ -830,6 +988,10 @@ class _Compiled:
         self.keys = frozenset(k for info, *_ in self.fields
                               for k in ((info.key, info.name) if self.populate_by_name
                                         else (info.key,)))
+        # a field's name -> its alias: with populate_by_name, the name given beside the alias
+        # is an unknown key (the alias wins), as in pydantic
+        self.shadowed = {info.name: info.key for info, *_ in self.fields
+                         if self.populate_by_name and info.key != info.name}
 
     def validate(self, v: Any, loc: Loc, errors: list[ErrorDetail],
                  into: BaseModel | None = None) -> Any:
@@ -855,7 +1017,8 @@ class _Compiled:
             if key in data:
                 raw = data[key]
             elif self.populate_by_name and info.name in data:
-                raw = data[info.name]
+                key = info.name  # where a problem is: the key the data used
+                raw = data[key]
             elif info.is_required():
                 _error(errors, (*loc, key), "missing", "Field required", data)
                 continue
@@ -881,9 +1044,16 @@ class _Compiled:
                 values[info.name] = v
         if self.extra_forbid:
             for k in data:
-                if k not in self.keys:
-                    _error(errors, (*loc, k if isinstance(k, str | int) else str(k)),
-                           "extra_forbidden", "Extra inputs are not permitted", data[k])
+                if not isinstance(k, str):
+                    _error(errors, (*loc, _loc_key(k)), "invalid_key", "Keys should be strings",
+                           k)
+                elif _SURROGATE.search(k):
+                    # pydantic gives up on the mapping here: this one problem, at its location
+                    del errors[start:]
+                    return _fail(errors, loc, "string_unicode", k)
+                elif k not in self.keys or (k in self.shadowed and self.shadowed[k] in data):
+                    _error(errors, (*loc, k), "extra_forbidden", "Extra inputs are not permitted",
+                           data[k])
         if len(errors) > start:
             return _FAIL
         inst = into if into is not None else object.__new__(self.cls)
