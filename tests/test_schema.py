@@ -404,6 +404,7 @@ class Bounded(BaseModel):
     ratio: float = Field(0.5, gt=0.0, lt=1.0)
     days: float | None = Field(None, ge=0, le=90.0)
     small: float = Field(1.0, ge=1e-7)
+    large: float = Field(0.0, le=1e23)
     items: list[int] = Field(default_factory=list, max_length=2)
 
 
@@ -413,6 +414,10 @@ def test_bounds_are_worded_and_ordered_as_pydantic() -> None:
         (("ratio",), "greater_than", "Input should be greater than 0")]
     assert errors_of(Bounded, {"small": 0}) == [
         (("small",), "greater_than_equal", "Input should be greater than or equal to 0.0000001")]
+    # the shortest digits that read back as the bound, not the float's exact value
+    assert errors_of(Bounded, {"large": 1e24}) == [
+        (("large",), "less_than_equal",
+         "Input should be less than or equal to 100000000000000000000000")]
     # NaN fails every bound: pydantic reports the upper one (le, lt before ge, gt)
     assert errors_of(Bounded, {"ratio": math.nan, "days": math.nan}) == [
         (("ratio",), "less_than", "Input should be less than 1"),

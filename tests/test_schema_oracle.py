@@ -492,7 +492,7 @@ def test_real_rule_files_as_pydantic() -> None:
         theirs = [str(p) for p in rulefile._pydantic_problems(name, oracle.exc, where.lines)]
         assert ours == theirs, path
     # most are rule files both take; the broken ones and promtool's test files are refused
-    assert accepted >= 100 and refused >= 5, (accepted, refused)
+    assert accepted >= 100 and refused >= 3, (accepted, refused)
 
 
 # ---- outbox documents ----------------------------------------------------------------------
@@ -613,6 +613,57 @@ def test_api_requests_as_pydantic(request_and_body: tuple[str, Any]) -> None:
         assert_same(getattr(handler_mod, request), getattr(twin_handler, request), body)
     # what the caller reads: the same message, the problems in the same order
     assert _command(handler_mod, request, body) == _command(twin_handler, request, body)
+
+
+# ---- scalars, one field at a time -----------------------------------------------------------
+
+# Text that is nearly a number or a boolean: signs, points, exponents, underscores, blanks, zeros
+_numberish = st.one_of(
+    st.from_regex(r"\A[ \t\n]?[+-]{0,2}[0-9_]{0,5}(\.[0-9_]{0,3})?([eE][+-]?[0-9]{0,3})?"
+                  r"[ \t\n]?\Z"),
+    st.from_regex(r"\A[+-]?(inf|infinity|nan|[0-9]{18,22})\Z", fullmatch=True).map(
+        lambda t: t.upper() if len(t) % 2 else t),
+    st.sampled_from(["yes", "no", "on", "off", "true", "false", "t", "f", "y", "n", "1", "0"])
+    .flatmap(lambda w: st.sampled_from([w, w.upper(), w.title(), f" {w}", f"{w}\n"])),
+    st.sampled_from(_NUMBER_TEXT), st.text(max_size=3), st.sampled_from(["\ud800", "1\udc00"]),
+)
+_any_scalar = st.one_of(_scalar, _numberish,
+                        _numberish.map(lambda t: t.encode("utf-8", "surrogatepass")))
+
+# (model, the fields it requires, the field under test), from every kind of scalar the models use
+_SCALAR_FIELDS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("message", "ReportFigures", {"mean": 1.0, "p95": 1.0, "samples": 1}, "mean"),  # float
+    ("message", "ReportFigures", {"mean": 1.0, "p95": 1.0, "samples": 1}, "samples"),  # int
+    ("message", "ActionNote", {"action": "a", "kind": "k", "at": 1.0}, "page"),  # bool
+    ("message", "ActionNote", {"action": "a", "kind": "k", "at": 1.0}, "step"),  # str | None
+    ("message", "Notification", {"kind": "firing", "receiver": "r", "group_key": "g",
+                                 "created_at": 1.0}, "level"),  # int | None
+    ("message", "Notification", {"kind": "firing", "receiver": "r", "group_key": "g",
+                                 "created_at": 1.0}, "kind"),  # a text literal
+    ("model", "MqttStep", {"topic": "t"}, "qos"),  # an int literal
+    ("model", "Retry", {}, "attempts"),  # int, 1..20
+    ("model", "Judge", {"canary": "a", "control": "b"}, "alpha"),  # float, (0, 1)
+    ("model", "Judge", {"canary": "a", "control": "b"}, "min_effect"),  # float, >= 0
+    ("model", "RolloutUndo", {"deployment": "d"}, "to_revision"),  # int | None, >= 1
+    ("model", "ReportQuery", {"name": "n", "query": "q", "better": "lower"}, "min_change"),
+    ("model", "ReportQuery", {"query": "q"}, "name"),  # str, 1..200 characters
+    ("model", "EmailConfig", {"to": ["a"], "from": "b", "smarthost": "c"}, "require_tls"),
+    ("model", "Slo", {"service": "s", "name": "n", "sli": {"error_query": "e",
+                                                          "total_query": "t"}}, "objective"),
+    ("handler", "DeployRequest", {"service": "s", "version": "v"}, "report_days"),
+    ("handler", "RunRequest", {}, "action"),  # str | None, at least 1 character
+    ("handler", "PauseRequest", {}, "reason"),  # str, 1..500 characters
+]
+_TWINS = {"message": (message_mod, twin_message), "model": (model_mod, twin_model),
+          "handler": (handler_mod, twin_handler)}
+
+
+@_PROPERTY
+@given(st.sampled_from(_SCALAR_FIELDS), _any_scalar)
+def test_scalars_as_pydantic(case: tuple[str, str, dict[str, Any], str], value: Any) -> None:
+    module, model, required, field = case
+    ours, theirs = _TWINS[module]
+    assert_same(getattr(ours, model), getattr(theirs, model), {**required, field: value})
 
 
 # ---- the differences kept on purpose ---------------------------------------------------------

@@ -838,17 +838,25 @@ def _constrained(inner: Check, info: FieldInfo | None) -> Check:
 
 
 def _bound(n: float) -> str:
-    """A bound as pydantic's messages show it, the way Rust prints a number: 0.0 as "0",
-    1e-07 as "0.0000001" (never an exponent)."""
-    if isinstance(n, int) or not math.isfinite(n):
-        return str(n) if isinstance(n, int) else {"inf": "inf", "-inf": "-inf"}.get(
-            repr(n), "NaN")
-    if n.is_integer():
-        return ("-" if math.copysign(1.0, n) < 0 else "") + str(abs(int(n)))
+    """A bound as pydantic's messages show it, the way Rust prints a number: the shortest
+    digits that read back as it, never an exponent (0.0 is "0", 1e-07 "0.0000001", 1e23
+    "100000000000000000000000")."""
+    if isinstance(n, int):
+        return str(n)
+    if not math.isfinite(n):
+        return "NaN" if math.isnan(n) else "inf" if n > 0 else "-inf"
+    sign = "-" if math.copysign(1.0, n) < 0 else ""
     mantissa, _, exponent = repr(abs(n)).partition("e")
-    if exponent:  # only below 1e-4: integral floats were handled above
-        mantissa = "0." + "0" * (-int(exponent) - 1) + mantissa.replace(".", "")
-    return ("-" if n < 0 else "") + mantissa
+    if not exponent:
+        return sign + mantissa.removesuffix(".0")
+    digits = mantissa.replace(".", "")
+    point = mantissa.find(".") if "." in mantissa else len(mantissa)
+    point += int(exponent)
+    if point <= 0:
+        return f"{sign}0.{'0' * -point}{digits}"
+    if point >= len(digits):
+        return sign + digits + "0" * (point - len(digits))
+    return f"{sign}{digits[:point]}.{digits[point:]}"
 
 
 def _n(n: int, word: str) -> str:
