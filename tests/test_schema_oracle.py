@@ -420,7 +420,7 @@ def _check_as_watchdog_check_does(data: Any) -> None:
     mine, oracle = assert_same(model_mod.RuleFileModel, twin_model.RuleFileModel, loaded)
     if mine.exc is not None:
         ours, theirs = ([str(p) for p in sorted(
-            rulefile._pydantic_problems("f.yml", got.exc, where.lines), key=lambda p: p.line)]
+            rulefile._schema_problems("f.yml", got.exc, where.lines), key=lambda p: p.line)]
             for got in (mine, oracle))
         assert ours == theirs
 
@@ -488,8 +488,8 @@ def test_real_rule_files_as_pydantic() -> None:
             continue
         refused += 1
         name = str(path.relative_to(path.parents[1]))
-        ours = [str(p) for p in rulefile._pydantic_problems(name, mine.exc, where.lines)]
-        theirs = [str(p) for p in rulefile._pydantic_problems(name, oracle.exc, where.lines)]
+        ours = [str(p) for p in rulefile._schema_problems(name, mine.exc, where.lines)]
+        theirs = [str(p) for p in rulefile._schema_problems(name, oracle.exc, where.lines)]
         assert ours == theirs, path
     # most are rule files both take; the broken ones and promtool's test files are refused
     assert accepted >= 100 and refused >= 3, (accepted, refused)
