@@ -175,7 +175,8 @@ _scalar = st.one_of(
     st.datetimes(min_value=datetime.datetime(1970, 1, 1)),
 )
 _shapes = st.one_of(_scalar, st.lists(_scalar, max_size=3),
-                    st.dictionaries(_TEXT, _scalar, max_size=3))
+                    st.dictionaries(st.one_of(_TEXT, st.integers(-2, 2), st.none()), _scalar,
+                                    max_size=3))
 
 
 # How often a value is wrong, drawn once per document: never (a whole valid document, deep
@@ -409,7 +410,7 @@ def _check_as_watchdog_check_does(data: Any) -> None:
     """`data` as YAML through the loader (lines, Go's string reading) and both models: the same
     problems, as `watchdog check` prints them, in the same order."""
     try:
-        text = yaml.safe_dump(data, allow_unicode=True)
+        text = yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
         loaded, where = rulefile._load_documents(text)
     except (yaml.YAMLError, rulefile.DuplicateKeyError, rulefile._NotRules,
             rulefile._LimitExceeded):
