@@ -234,6 +234,33 @@ async def test_a_due_marker_is_claimed_by_one_replica_and_retaken_only_when_its_
     assert await take("r1", 5000.0) == ["later"]
 
 
+async def test_a_restart_under_the_same_replica_id_takes_its_claims_back_at_once(
+        pg: tuple[Storage, asyncpg.Connection]) -> None:
+    """r1's process claimed a due marker and was killed (a pod restarted in place keeps its
+    name): the new process of r1 takes it back at its first look (`own`), with a fresh claim of
+    one TTL, while r2 still waits for the old claim to run out."""
+    s, conn = pg
+    async with s.transaction() as tx:
+        await tx.deploys.insert(marker("ended", 1000.0))
+
+    async def take(replica: str, *, own: bool = False) -> list[str]:
+        return [d.id for d in await read(s, lambda tx: tx.deploys.take_due(
+            replica, TTL, 3000.0, own=own))]
+
+    assert await take("r1") == ["ended"]
+    # The old process's claim, far from running out.
+    await conn.execute("UPDATE deploy_markers SET claim_until = claim_until + 86400")
+    assert await take("r2") == [] and await take("r2", own=True) == []  # not r2's
+    assert await take("r1") == []  # r1's ordinary looks leave it to the process working on it
+    assert await take("r1", own=True) == ["ended"]  # the restarted r1, at once
+    left = await conn.fetchval("SELECT claim_until - extract(epoch from clock_timestamp()) "
+                               "FROM deploy_markers WHERE id = 'ended'")
+    assert 0 < left <= TTL  # a claim of its own, not the old one's
+    async with s.transaction() as tx:
+        assert await tx.deploys.claim("ended", "r1", TTL)
+        assert not await tx.deploys.claim("ended", "r2", TTL)
+
+
 async def test_one_process_stores_answer_every_due_marker_without_claims(
         storage: Storage, backend: str) -> None:  # noqa: F811
     if backend == "postgresql":
@@ -245,6 +272,8 @@ async def test_one_process_stores_answer_every_due_marker_without_claims(
     assert [d.id for d in due] == ["b", "a"]  # by window end, then id
     assert [d.id for d in await read(storage, lambda tx: tx.deploys.take_due(
         "r1", TTL, 1000.0 + DAY))] == ["b", "a"]  # nothing claimed: the same again
+    assert [d.id for d in await read(storage, lambda tx: tx.deploys.take_due(
+        "r1", TTL, 1000.0 + DAY, own=True))] == ["b", "a"]  # a restart: the same
     async with storage.transaction() as tx:
         assert await tx.deploys.claim("a", "anyone", TTL)
 
@@ -326,6 +355,36 @@ async def test_a_marker_taken_on_one_replica_is_closed_by_another_and_a_stale_cl
     async with two[0].transaction() as tx:
         got = await tx.deploys.get(doc["id"])
     assert got is not None and got.status == "passed" and "PASS" in got.summary
+
+
+async def test_a_replica_restarted_under_its_id_closes_the_window_its_killed_process_claimed_at_once(  # noqa: E501
+        two: tuple[Storage, Storage], pg_conn: asyncpg.Connection) -> None:
+    """r1's process claims an ended window and is SIGKILLed before the verdict (its claim
+    stays, LEASE_TTL from running out). r2 leaves the marker; r1's new process — same
+    REPLICA_ID — closes it at its first look instead of waiting for the claim to run out."""
+    clock = FixedClock(T0)
+    sink_old, sink_b, sink_new = RecordingSink(), RecordingSink(), RecordingSink()
+    async with aiohttp.ClientSession() as session:
+        old = tracker(two[0], session, "r1", clock, sink_old)
+        _, doc = await old.mark("api", "v2", {}, 60.0)
+        clock.advance(61)
+        [d] = await old.store.take_due_deploys(clock())  # claimed; then killed: never stopped
+        await pg_conn.execute("UPDATE deploy_markers SET claim_until = claim_until + 86400")
+        b = tracker(two[1], session, "r2", clock, sink_b)
+        new = tracker(two[0], session, "r1", clock, sink_new)
+        try:
+            assert await b.claim_due() == 0  # another replica waits for the claim
+            assert await new.claim_due() == 1  # the same replica id takes it at once
+            await asyncio.gather(*new._working.values())
+            assert await new.claim_due() == 0 and await b.claim_due() == 0  # decided
+        finally:
+            await b.stop()
+            await new.stop()
+    assert [e.kind for e in sink_new.events if e.action == "deploy"] == ["succeeded"]
+    assert [e.kind for e in sink_b.events if e.action == "deploy"] == []
+    async with two[1].transaction() as tx:
+        got = await tx.deploys.get(doc["id"])
+    assert got is not None and got.status == "passed" and d.id == doc["id"]
 
 
 @pytest.fixture

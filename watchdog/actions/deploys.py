@@ -33,7 +33,9 @@ claims the marker in the store (`take_due`, `FOR UPDATE SKIP LOCKED`, like actio
 claims): its verdict is computed from the stored baselines and recorded alerts plus the alerts
 firing now, and the claim is checked inside the verdict's (and the report's) transaction, so a
 replica that froze past its claim writes nothing. A replica killed while holding a claim leaves
-it to run out after `LEASE_TTL`; another replica then takes it.
+it to run out after `LEASE_TTL`; another replica then takes it — unless the replica comes back
+first under the same `REPLICA_ID` (a pod restarted in place): its first look takes back what its
+earlier process claimed at once, as it does its action runs and its leases.
 
 Reports (`watchdog.actions.reports`): a marker with `report_days` (7 by default) has its report
 — the days before against the days after — posted to chat once, when its after-window is over:
@@ -148,6 +150,8 @@ class DeployTracker:
         self._version: int | None = None  # the count last read
         self._unreported: dict[str, DeployRow] = {}
         self._working: dict[str, asyncio.Task[None]] = {}  # claimed here: marker id -> its work
+        # Whether a look took the claims an earlier process of this replica id left (once).
+        self._adopted = False
         self._claim_loop: asyncio.Task[None] | None = None
         Gauge("watchdog_deploy_windows_open",
               "Deploy markers whose window is open, as this replica knows them (with several "
@@ -541,8 +545,14 @@ class DeployTracker:
         if not any((window_due(d, now) or report_due(d, now)) and d.id not in self._working
                    for d in known):
             return 0
+        # The first time, also the markers an earlier process of this replica id claimed (a
+        # restart in place): it is gone — a live one under the same id is refused at start
+        # (`Coordination.identify`), and leases and action runs treat the id as this process's
+        # too — so its work is taken up now rather than when its claims run out (LEASE_TTL).
+        due = await self.store.take_due_deploys(now, own=not self._adopted)
+        self._adopted = True
         taken = 0
-        for d in await self.store.take_due_deploys(now):
+        for d in due:
             if d.id in self._working:
                 continue
             task = asyncio.create_task(self._work(d), name=f"deploy-{d.id}")

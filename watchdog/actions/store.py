@@ -227,11 +227,12 @@ class ActionStore:
 
     # ---- closing due markers (several replicas: by claim, like runs) -------------------------
 
-    async def take_due_deploys(self, now: float) -> list[DeployRow]:
+    async def take_due_deploys(self, now: float, *, own: bool = False) -> list[DeployRow]:
         """Markers with work due at `now` (a window to close, a report to post) that no other
-        live replica is working on, now this replica's for `ttl`."""
+        live replica is working on (`own`: also those an earlier process of this replica id
+        claimed), now this replica's for `ttl`."""
         async with self.storage.transaction() as tx:
-            return await tx.deploys.take_due(self.replica, self.ttl, now)
+            return await tx.deploys.take_due(self.replica, self.ttl, now, own=own)
 
     async def claim_deploy(self, tx: Tx, deploy_id: str) -> None:
         """Inside `tx` (the verdict's or the report's): the marker is still this replica's."""

@@ -678,8 +678,8 @@ class MemDeploys(_Repo):
         self.bump(ports.DEPLOYS)
         return True
 
-    async def take_due(self, replica: str, ttl: float, now: float, limit: int = 100
-                       ) -> builtins.list[DeployRow]:
+    async def take_due(self, replica: str, ttl: float, now: float, limit: int = 100, *,
+                       own: bool = False) -> builtins.list[DeployRow]:
         """One process owns this store: every due marker, nothing to claim."""
         rows = sorted((d for d in self.t.deploys.values()
                        if (d.status == "open" and d.window_end <= now)

@@ -364,12 +364,14 @@ class DeployRepo(Protocol):
     # ended (or whose report is due) is closed by the one replica that claims it. Claims use
     # the database's clock; whether work is due uses the caller's `now`.
 
-    async def take_due(self, replica: str, ttl: float, now: float, limit: int = 100
-                       ) -> builtins.list[DeployRow]:
+    async def take_due(self, replica: str, ttl: float, now: float, limit: int = 100, *,
+                       own: bool = False) -> builtins.list[DeployRow]:
         """Claim, for `ttl` seconds, the markers with work due at `now` — open with their window
-        ended, or a report due (`at + report_days`) and not posted — that no live claim holds;
-        those rows (skipping rows another replica is claiming right now). A store one process
-        owns claims nothing and answers every due marker."""
+        ended, or a report due (`at + report_days`) and not posted — that no live claim holds
+        (with `own`, also those claimed under this replica id: by an earlier process of it,
+        known dead, like `RunRepo.take_expired`'s); those rows (skipping rows another replica
+        is claiming right now). A store one process owns claims nothing and answers every due
+        marker."""
 
     async def claim(self, deploy_id: str, replica: str, ttl: float) -> bool:
         """Extend this replica's unexpired claim on the marker (the fence: checked in the

@@ -703,8 +703,8 @@ class SqlDeploys:
 
     # Claims, like action runs': only where several replicas share the store (PostgreSQL).
 
-    async def take_due(self, replica: str, ttl: float, now: float, limit: int = 100
-                       ) -> builtins.list[DeployRow]:
+    async def take_due(self, replica: str, ttl: float, now: float, limit: int = 100, *,
+                       own: bool = False) -> builtins.list[DeployRow]:
         if not self.shared:
             return [_deploy(r) for r in await self.c.fetchall(
                 f"SELECT {_DEPLOY_COLS} FROM deploy_markers WHERE {_DUE} "
@@ -714,10 +714,10 @@ class SqlDeploys:
         return sorted((_deploy(r) for r in await self.c.fetchall(
             f"UPDATE deploy_markers SET claimed_by = ?, claim_until = {PG_NOW} + ?::float8 "
             f"WHERE id IN (SELECT id FROM deploy_markers WHERE {_DUE} AND "
-            f"(claim_until IS NULL OR claim_until <= {PG_NOW}) "
+            f"(claim_until IS NULL OR claim_until <= {PG_NOW} OR (? AND claimed_by = ?)) "
             "ORDER BY window_end, id LIMIT ? FOR UPDATE SKIP LOCKED) "
             f"RETURNING {_DEPLOY_COLS}",
-            (replica, float(ttl), float(now), float(now), int(limit)))),
+            (replica, float(ttl), float(now), float(now), bool(own), replica, int(limit)))),
             key=lambda d: (d.window_end, d.id))
 
     async def claim(self, deploy_id: str, replica: str, ttl: float) -> bool:
