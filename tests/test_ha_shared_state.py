@@ -2,7 +2,9 @@
 once: the store's change counts (`tx.versions`), silences and acks re-read only when they
 changed (`SilenceStore.refresh`), and deploy markers whose due work (a window to close, a report
 to post) is claimed by one replica (`tx.deploys.take_due` / `claim`), on real PostgreSQL — two
-storages on one database stand for two replicas — and, for the counts, on every backend.
+storages on one database stand for two replicas — and, for the counts, on every backend. A
+replica restarted under the same `REPLICA_ID` takes its killed process's claims back at once
+(storage, tracker and in-process daemons), and a duplicate live one takes none.
 
 Claims run on the database's clock: a claim running out is simulated by moving `claim_until`
 into the past with SQL, never by sleeping.
@@ -11,19 +13,23 @@ into the past with SQL, never by sleeping.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 from storage_support import storage_at
+from test_daemon_support import settings
 from test_storage_contract import (  # noqa: F401  (fixtures)
     _execute,
     _recorded_version,
     backend,
     deploy,
     read,
+    run_row,
     sql_url,
     storage,
     url,
@@ -33,6 +39,7 @@ from watchdog.actions.deploys import DeployTracker
 from watchdog.actions.store import ActionStore
 from watchdog.actions.testing import RecordingSink, make_context
 from watchdog.actions.timing import Waker
+from watchdog.daemon import Daemon, StartupError
 from watchdog.labels import fingerprint
 from watchdog.notify.silences import Ack, Matcher, Silence, SilenceStore
 from watchdog.rulesdir import build
@@ -385,6 +392,84 @@ async def test_a_replica_restarted_under_its_id_closes_the_window_its_killed_pro
     async with two[1].transaction() as tx:
         got = await tx.deploys.get(doc["id"])
     assert got is not None and got.status == "passed" and d.id == doc["id"]
+
+
+# ---- daemons restarted under the same REPLICA_ID ---------------------------------------------
+
+
+async def left_by_a_killed_r1(db: str) -> float:
+    """A due marker and an unfinished run claimed by r1's process, killed (its claims a day
+    from running out); the marker's claim_until."""
+    now = time.time()
+    async with storage_at(db) as s, s.transaction() as tx:
+        await tx.deploys.insert(marker("dep", now - 120.0, window=60.0))
+        await tx.runs.insert(run_row("run1", created_at=now - 60.0))
+    conn = await asyncpg.connect(db)
+    try:
+        await conn.execute("UPDATE deploy_markers SET claimed_by = 'r1', claim_until = "
+                           "extract(epoch from clock_timestamp()) + 86400")
+        await conn.execute("UPDATE action_runs SET claimed_by = 'r1', claim_until = "
+                           "extract(epoch from clock_timestamp()) + 86400")
+        return float(await conn.fetchval("SELECT claim_until FROM deploy_markers"))
+    finally:
+        await conn.close()
+
+
+async def marker_row(db: str) -> tuple[str, str | None, float | None]:
+    conn = await asyncpg.connect(db)
+    try:
+        r = await conn.fetchrow("SELECT status, claimed_by, claim_until FROM deploy_markers")
+        assert r is not None
+        return r[0], r[1], r[2]
+    finally:
+        await conn.close()
+
+
+async def test_a_daemon_restarted_under_its_replica_id_closes_its_claimed_window_at_once(
+        tmp_path: Path, postgres_url: str) -> None:
+    """A pod restarted in place: the window its killed process had claimed is closed by the
+    new process at its first look — well before LEASE_TTL (30 s here) — while a daemon of
+    another replica id, running all along, leaves it alone."""
+    await left_by_a_killed_r1(postgres_url)
+
+    def daemon(replica: str) -> Daemon:
+        s = settings(tmp_path, state_url=postgres_url, replica_id=replica, lease_ttl=30.0)
+        return Daemon(s, source=FakeSource({}), schedule=False)
+
+    async with daemon("r2"):
+        await asyncio.sleep(2.5)  # a few of its one-second looks
+        assert (await marker_row(postgres_url))[:2] == ("open", "r1")
+        started = time.monotonic()
+        async with daemon("r1"):
+            async def decided() -> bool:
+                return (await marker_row(postgres_url))[0] == "passed"
+            while not await decided():
+                assert time.monotonic() - started < 10.0, "r1 waited for its old claim"
+                await asyncio.sleep(0.1)
+
+
+async def test_a_second_live_process_of_a_replica_id_takes_none_of_its_claims(
+        tmp_path: Path, postgres_url: str) -> None:
+    """A duplicate REPLICA_ID (a misconfiguration): while the first process lives (it holds
+    the id's lock), the second waits one LEASE_TTL and refuses to start — having taken back
+    none of the claims recorded under the id: its handlers start only once it holds the id."""
+    until = await left_by_a_killed_r1(postgres_url)
+    holder = await asyncpg.connect(postgres_url)
+    try:
+        assert await holder.fetchval(
+            "SELECT pg_try_advisory_lock(hashtextextended('watchdog-replica:' || $1, 0))", "r1")
+        s = settings(tmp_path, state_url=postgres_url, replica_id="r1", lease_ttl=1.0)
+        with pytest.raises(StartupError, match="REPLICA_ID"):
+            await Daemon(s, source=FakeSource({}), schedule=False).start()
+    finally:
+        await holder.close()
+    assert await marker_row(postgres_url) == ("open", "r1", until)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        assert await conn.fetchval("SELECT claim_until > extract(epoch from clock_timestamp()) "
+                                   "+ 80000 FROM action_runs")  # the run: not taken either
+    finally:
+        await conn.close()
 
 
 @pytest.fixture

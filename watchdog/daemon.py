@@ -189,6 +189,14 @@ class Daemon:
             registry=self.metrics.registry, on_acquire=self._acquired,
             on_release=self._releasing, on_lost=self._lease_lost)
         shared = self.coordinator.shared
+        try:
+            # Before anything starts: the handlers take back at start the action runs and
+            # deploy markers claimed under this replica id, which is safe only once no other
+            # live process holds the id (a duplicate REPLICA_ID is refused here, having
+            # started nothing).
+            await self.coordinator.identify()
+        except StorageError as e:
+            raise StartupError(redact_url(str(e))) from None
         self.ctx = DaemonContext(settings=s, storage=self.storage, session=self._session,
                                  source=self.source, alerts=self.live, clock=self.clock,
                                  registry=self.metrics.registry, leases=self.coordinator)

@@ -110,6 +110,7 @@ class Coordinator:
         self._lock = asyncio.Lock()
         self._renew_lock = asyncio.Lock()
         self._renewed_at = -math.inf  # loop time the last renewal started
+        self._identified = False  # this process holds the replica id (`identify`)
 
     @property
     def every(self) -> float:
@@ -133,11 +134,13 @@ class Coordinator:
 
     # ---- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """The first cycle (the groups this replica gets are loaded before it evaluates), then
-        one every LEASE_TTL/3. A replica id in use by a live process is waited out for one
-        LEASE_TTL (a restarted pod's predecessor), then refused."""
-        if not self.shared:
+    async def identify(self) -> None:
+        """Make this process the one holding the replica id: a replica id in use by a live
+        process is waited out for one LEASE_TTL (a restarted pod's predecessor), then refused.
+        Once this returns, what the store records under the id (leases, run and marker claims)
+        is this process's to take: the daemon calls it before the handlers start, since they
+        take back their earlier process's claims at start. Idempotent."""
+        if not self.shared or self._identified:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ttl + 1.0
@@ -147,6 +150,14 @@ class Coordinator:
                     f"WATCHDOG_REPLICA_ID: {self.replica_id!r} is in use by another live "
                     "watchdog process on this database; give each replica its own REPLICA_ID")
             await asyncio.sleep(0.5)
+        self._identified = True
+
+    async def start(self) -> None:
+        """`identify` (when not done yet), the first cycle (the groups this replica gets are
+        loaded before it evaluates), then one every LEASE_TTL/3."""
+        if not self.shared:
+            return
+        await self.identify()
         await self.cycle()
         self._task = asyncio.create_task(self._loop(), name="replicas")
         self._keepalive = asyncio.create_task(self._keep_alive(), name="replica-keepalive")
