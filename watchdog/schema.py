@@ -983,16 +983,15 @@ class _Compiled:
                 for name in names:
                     (field_before if mode == "before" else field_after).setdefault(
                         name, []).append(bound)
-        self.fields: list[tuple[FieldInfo, Check, list[Callable[..., Any]],
-                                list[Callable[..., Any]]]] = []
+        self.fields: list[tuple[FieldInfo, Check, list[_FieldCheck], list[_FieldCheck]]] = []
         for name, info in cls.__schema_fields__.items():  # type: ignore[attr-defined]
             tp = hints[name]
             info.annotation = tp
             info.metadata = typing.get_args(tp)[1:] if typing.get_origin(
                 tp) is typing.Annotated else ()
             self.fields.append((info, _compile_type(tp, info),
-                                list(reversed(field_before.get(name, []))),
-                                field_after.get(name, [])))
+                                [_arity(f) for f in reversed(field_before.get(name, []))],
+                                [_arity(f) for f in field_after.get(name, [])]))
         self.keys = frozenset(k for info, *_ in self.fields
                               for k in ((info.key, info.name) if self.populate_by_name
                                         else (info.key,)))
@@ -1067,8 +1066,8 @@ class _Compiled:
         inst = into if into is not None else object.__new__(self.cls)
         for name, value in values.items():
             object.__setattr__(inst, name, value)
-        for fn in self.model_after:
-            got = _call(fn, (inst,), loc, errors, data)
+        for check_model in self.model_after:
+            got = _call(check_model, (inst,), loc, errors, data)
             if got is _FAIL:
                 return _FAIL
             if into is not None and got is not inst:
@@ -1079,12 +1078,22 @@ class _Compiled:
         return inst
 
     @staticmethod
-    def _run(fn: Callable[..., Any], v: Any, info: FieldInfo, values: dict[str, Any],
+    def _run(fn: _FieldCheck, v: Any, info: FieldInfo, values: dict[str, Any],
              loc: Loc, errors: list[ErrorDetail]) -> Any:
-        code = getattr(getattr(fn, "__func__", fn), "__code__", None)
-        if code is not None and code.co_argcount >= 3:  # (cls, value, info)
-            return _call(fn, (v, ValidationInfo(values, info.name)), loc, errors, v)
-        return _call(fn, (v,), loc, errors, v)
+        func, wants_info = fn
+        if wants_info:
+            return _call(func, (v, ValidationInfo(values, info.name)), loc, errors, v)
+        return _call(func, (v,), loc, errors, v)
+
+
+# A field validator and whether it takes a ValidationInfo: `(cls, value, info)`. Read once when
+# the model compiles, not at every value it checks.
+_FieldCheck = tuple[Callable[..., Any], bool]
+
+
+def _arity(fn: Callable[..., Any]) -> _FieldCheck:
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    return fn, code is not None and code.co_argcount >= 3
 
 
 def _compiled(cls: type[BaseModel]) -> _Compiled:
