@@ -34,6 +34,7 @@ from watchdog.deploy_report import item_doc, step_for, windows
 from watchdog.model import Goal, ReportQuery
 from watchdog.notify.message import ReportDoc, report_lines
 from watchdog.rulefile import parse_rule_file
+from watchdog.schema import ValidationError
 from watchdog.series import Series
 from watchdog.source import PrometheusConfig, PrometheusSource
 from watchdog.storage import open_storage
@@ -372,3 +373,15 @@ def test_a_target_means_what_it_says(op: str, pct: int, word: str, change: float
     toward = -change if word in ("faster", "lower", "fewer") else change
     want = {">": toward > pct, ">=": toward >= pct, "<": toward < pct, "<=": toward <= pct}[op]
     assert Goal.parse(f"{op} {pct}% {word}").met(change) is want
+
+
+def test_a_min_change_too_large_for_a_number_is_refused_as_bad_input() -> None:
+    """Found by the schema oracle's random bodies: an integer past a float's range made
+    `float()` raise OverflowError out of validation (a 500 for POST /api/v1/deploys) instead of
+    a problem naming the field."""
+    with pytest.raises(ValidationError) as e:
+        ReportQuery.model_validate({"name": "p95", "query": "q", "better": "lower",
+                                    "min_change": 10**400})
+    (err,) = e.value.errors()
+    assert err["loc"] == ("min_change",) and "percentage" in err["msg"]
+    assert len(err["msg"]) < 200  # the number itself is not echoed

@@ -773,7 +773,10 @@ def _percent(v: Any) -> Any:
     if isinstance(v, bool):
         raise ValueError("expected a percentage like 10%")
     if isinstance(v, int | float):
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:  # an int past a float's range: bad input, not a crash
+            raise ValueError("expected a percentage like 10%, got a number too large") from None
     if isinstance(v, str):
         try:
             return float(v.strip().removesuffix("%"))
